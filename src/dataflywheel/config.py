@@ -1,0 +1,277 @@
+"""The one config model: pydantic classes mirroring flywheel.yaml.
+
+Every class forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. :func:`load_config` turns pydantic's errors into one line that names the YAML path
+and the fix, e.g. ``data.split.valid: must be between 0 and 1 (got 1.5)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dataflywheel.errors import ConfigError
+
+FeatureType = Literal["number", "category", "binary", "text", "datetime"]
+Task = Literal["auto", "binary", "multiclass", "regression"]
+AnomalyKind = Literal[
+    "missing_column", "extra_column", "type_change", "out_of_range", "unseen_category", "missing_jump"
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Section):
+    """Where the raw data comes from. A plain string in YAML is a shorthand: a path
+    (its extension picks the reader) or ``sklearn:NAME`` for a built-in example."""
+
+    type: Literal["auto", "csv", "tsv", "jsonl", "parquet", "sql", "sklearn"] = "auto"
+    path: str | None = None
+    """File or folder (csv, tsv, jsonl, parquet); relative to flywheel.yaml's folder."""
+    url: str | None = None
+    """SQLAlchemy URL for ``type: sql``, e.g. ``sqlite:///data.db``."""
+    query: str | None = None
+    """SQL query for ``type: sql``."""
+    name: str | None = None
+    """Built-in example for ``type: sklearn``: breast_cancer, iris, wine, diabetes."""
+    delimiter: str | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceConfig:
+        if self.type == "sql" and not (self.url and self.query):
+            raise ValueError("a sql source needs both url and query")
+        if self.type == "sklearn" and not self.name:
+            raise ValueError("a sklearn source needs name (e.g. breast_cancer)")
+        if self.type in ("auto", "csv", "tsv", "jsonl", "parquet") and not self.path:
+            raise ValueError("needs path (a file or folder of data)")
+        return self
+
+    @classmethod
+    def from_shorthand(cls, value: str) -> SourceConfig:
+        if value.startswith("sklearn:"):
+            return cls(type="sklearn", name=value.split(":", 1)[1])
+        return cls(type="auto", path=value)
+
+
+class FeatureConfig(Section):
+    """Overrides for one input column; columns not listed keep their inferred type."""
+
+    name: str
+    type: FeatureType | None = None
+    encoder: Literal["auto", "zscore", "minmax", "none", "index", "onehot"] = "auto"
+    """number: zscore (default), minmax, none; category: index (default) or onehot."""
+
+
+class MissingConfig(Section):
+    """How missing cells are filled, per feature type (statistics from the train split)."""
+
+    number: Literal["drop", "mean", "median", "most_frequent", "constant"] = "median"
+    category: Literal["drop", "most_frequent", "constant"] = "most_frequent"
+    binary: Literal["drop", "most_frequent", "constant"] = "most_frequent"
+    text: Literal["drop", "constant"] = "constant"
+    datetime: Literal["drop", "most_frequent", "constant"] = "most_frequent"
+    constant: float | str = 0.0
+    """Fill value for the ``constant`` strategy (text uses an empty string)."""
+
+
+class ProcessingConfig(Section):
+    drop_duplicates: bool = True
+    missing: MissingConfig = Field(default_factory=MissingConfig)
+    clip_quantiles: tuple[float, float] | None = None
+    """Clip numbers to these train-split quantiles, e.g. [0.001, 0.999]; null disables."""
+    coerce: Literal["coerce", "reject"] = "coerce"
+    """A cell that cannot be read as its column's type: coerce to missing (and count it) or
+    reject the data with an error naming the row."""
+
+    @field_validator("clip_quantiles")
+    @classmethod
+    def _quantiles(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (0 <= v[0] < v[1] <= 1):
+            raise ValueError(f"must be two quantiles 0 <= low < high <= 1 (got {list(v)})")
+        return v
+
+
+class SplitConfig(Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    valid: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    seed: int = 42
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must sum to 1 (got {total:g})")
+        return self
+
+
+class DataConfig(Section):
+    source: SourceConfig
+    target: str
+    features: list[FeatureConfig] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    """Columns to ignore (ids, free-text notes, leakage)."""
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return SourceConfig.from_shorthand(v) if isinstance(v, str) else v
+
+
+class ModelConfig(Section):
+    type: str = "mlp"
+    """A registered model builder (``flywheel models builders`` lists them)."""
+    task: Task = "auto"
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Builder arguments, e.g. for mlp: hidden [64, 64], activation relu, dropout 0.0."""
+
+
+class ScheduleConfig(Section):
+    warmup_steps: int = Field(0, ge=0)
+    decay: Literal["constant", "linear", "cosine"] = "constant"
+
+
+class EarlyStoppingConfig(Section):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["auto", "bce", "cross_entropy", "mse"] = "auto"
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(None, gt=0)
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; null picks one by model size and available cores."""
+
+
+class EvaluateConfig(Section):
+    metric: str = "auto"
+    """Primary metric for comparing models: auto = roc_auc (binary), macro_f1 (multiclass),
+    rmse (regression)."""
+    min_improvement: float = Field(0.0, ge=0)
+    """A challenger must beat the champion's primary metric by at least this much."""
+
+
+class StoreConfig(Section):
+    root: str = ".flywheel"
+    """Folder for the embedded store (SQLite file and artifacts), relative to flywheel.yaml."""
+    url: str | None = None
+    """SQLAlchemy URL of the metadata store; default ``sqlite:///<root>/flywheel.db``."""
+
+
+class AnomalyPolicy(Section):
+    """warn or fail for each kind of anomaly ``flywheel data validate`` can find."""
+
+    missing_column: Literal["warn", "fail"] = "fail"
+    extra_column: Literal["warn", "fail"] = "warn"
+    type_change: Literal["warn", "fail"] = "fail"
+    out_of_range: Literal["warn", "fail"] = "warn"
+    unseen_category: Literal["warn", "fail"] = "warn"
+    missing_jump: Literal["warn", "fail"] = "warn"
+    missing_jump_threshold: float = Field(0.1, gt=0, le=1)
+    """A column's missing rate may rise by this much (absolute) before it is an anomaly."""
+
+
+class FlywheelConfig(Section):
+    project: str = "flywheel"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    validation: AnomalyPolicy = Field(default_factory=AnomalyPolicy)
+
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    """Folder of flywheel.yaml; relative paths resolve against it (not a YAML key)."""
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def section_hash(self, *sections: str) -> str:
+        """Content hash of the named sections, for caching and lineage."""
+        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    msg: str = err["msg"]
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{loc}: required; add it"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        parent, _, field = loc.rpartition(".")
+        bounds = _BOUNDS.get(field)
+        if bounds:
+            return f"{loc}: must be {bounds} (got {got})"
+        return f"{loc}: {msg.lower()} (got {got})"
+    if kind == "literal_error":
+        return f"{loc}: must be one of {ctx.get('expected')} (got {got!r})"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    prefix = f"{loc}: " if loc else ""
+    if got is not None and not isinstance(got, (dict, list)) and "got" not in msg:
+        return f"{prefix}{msg} (got {got!r})"
+    return f"{prefix}{msg}"
+
+
+_BOUNDS = {"train": "between 0 and 1", "valid": "between 0 and 1", "test": "between 0 and 1"}
+
+
+def config_from_dict(raw: Any, *, base_dir: Path | None = None, where: str = "flywheel.yaml") -> FlywheelConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a YAML mapping with at least data.source and data.target", where=where)
+    try:
+        cfg = FlywheelConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(first + more, where=where) from None
+    if base_dir is not None:
+        cfg.base_dir = base_dir
+    return cfg
+
+
+def load_config(path: str | Path) -> FlywheelConfig:
+    """Read and validate flywheel.yaml; raise :class:`ConfigError` naming the bad field."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("file not found", where=str(p), fix="run `flywheel init --data FILE --target COLUMN`")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"invalid YAML{line}: {problem}", where=str(p), fix="fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", where=str(p)) from None
+    return config_from_dict(raw, base_dir=p.resolve().parent, where=str(p))
