@@ -1,0 +1,31 @@
+# `make demo` and `make test` work on a fresh clone: both create .venv first.
+# torch is installed on its own, pinned, before anything else: an unpinned resolve would fetch
+# a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	cd examples/breast-cancer && ../../$(BIN)/flywheel run
+
+test: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) examples/*/.flywheel

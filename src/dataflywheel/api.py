@@ -1,0 +1,81 @@
+"""The Python API: the same operations as the CLI, for notebooks and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dataflywheel.config import FlywheelConfig, load_config
+from dataflywheel.loop import RunResult, as_config, open_project
+from dataflywheel.loop import run as _run
+
+__all__ = ["ingest", "load_config", "load_model", "run", "train", "validate_batch"]
+
+
+def run(config: str | Path | FlywheelConfig = "flywheel.yaml", *, progress: bool = False, log: Any = None) -> RunResult:
+    """Every stage, from the source to a registered model (``flywheel run``)."""
+    return _run(config, progress=progress, log=log or (lambda _m: None))
+
+
+def train(config: str | Path | FlywheelConfig = "flywheel.yaml", *, resume: bool = False, force: bool = False,
+          progress: bool = False, log: Any = None) -> RunResult:
+    """Train on the (re-used) dataset version; ``resume`` continues from the last checkpoint."""
+    from dataflywheel.data.dataset import ingest as _ingest
+    from dataflywheel.loop import train_and_register
+
+    cfg = as_config(config)
+    project = open_project(cfg)
+    log = log or (lambda _m: None)
+    try:
+        dataset = _ingest(cfg, project, log=log)
+        return train_and_register(cfg, project, dataset, resume=resume, progress=progress, log=log,
+                                  force=force or resume)
+    finally:
+        project.close()
+
+
+def ingest(config: str | Path | FlywheelConfig = "flywheel.yaml", *, log: Any = None) -> Any:
+    """The data stages alone (``flywheel data ingest``); returns the DatasetVersion."""
+    from dataflywheel.data.dataset import ingest as _ingest
+
+    cfg = as_config(config)
+    project = open_project(cfg)
+    try:
+        return _ingest(cfg, project, log=log or (lambda _m: None))
+    finally:
+        project.close()
+
+
+def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig = "flywheel.yaml") -> Any:
+    """A :class:`~dataflywheel.registry.predictor.Predictor` for a version number, alias or bundle folder."""
+    from dataflywheel.registry import versions
+    from dataflywheel.registry.predictor import Predictor
+
+    if isinstance(ref, (str, Path)) and Path(ref).is_dir():
+        return Predictor.load(ref)
+    cfg = as_config(config)
+    project = open_project(cfg)
+    try:
+        info = versions.resolve(project, ref)
+        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor.version = info.version
+        return predictor
+    finally:
+        project.close()
+
+
+def validate_batch(path: str | Path, config: str | Path | FlywheelConfig = "flywheel.yaml",
+                   dataset: str = "latest") -> Any:
+    """Check a new batch of data against a dataset version's schema (``flywheel data validate``)."""
+    from dataflywheel.data.anomalies import validate_batch as _validate
+    from dataflywheel.data.dataset import get_version
+    from dataflywheel.data.sources import source_from_path
+
+    cfg = as_config(config)
+    project = open_project(cfg)
+    try:
+        version = get_version(project, dataset)
+        schema = version.schema()
+    finally:
+        project.close()
+    return _validate(source_from_path(path).read(), schema, cfg.validation)

@@ -1,0 +1,44 @@
+"""The ``flywheel`` command: a table from command names to functions.
+
+Command bodies live in small modules beside this one and import heavy libraries lazily, so
+``flywheel --help`` answers fast. A :class:`~dataflywheel.errors.FlywheelError` becomes one
+line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dataflywheel.cli import data, models, project
+
+app = typer.Typer(
+    name="flywheel",
+    help="Data to a deployed model and back: one versioned, traceable loop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+app.command("init")(project.init)
+app.command("validate")(project.validate)
+app.command("run")(project.run)
+app.command("train")(project.train)
+app.command("predict")(project.predict)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:
+    from dataflywheel.errors import FlywheelError
+
+    try:
+        app()
+    except FlywheelError as exc:
+        print(f"error: {exc.headline()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

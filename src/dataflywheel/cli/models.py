@@ -1,0 +1,116 @@
+"""``flywheel models``: list, show, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console
+
+app = typer.Typer(help="The model registry: versions, aliases and their history.", no_args_is_help=True)
+
+_KEY_METRICS = ("roc_auc", "accuracy", "f1", "macro_f1", "rmse", "r2")
+
+
+def _project(config):  # noqa: ANN001, ANN202
+    from dataflywheel.loop import as_config, open_project
+
+    return open_project(as_config(config))
+
+
+@app.command("list")
+def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Every model version with its aliases and headline metrics."""
+    from rich.table import Table
+
+    from dataflywheel.registry.versions import list_versions
+
+    project = _project(config)
+    try:
+        rows = list_versions(project)
+    finally:
+        project.close()
+    table = Table("version", "created", "model", "task", "dataset", "aliases", "metrics", "verdict")
+    for r in rows:
+        m = ", ".join(f"{k} {r.metrics[k]:.4f}" for k in _KEY_METRICS if isinstance(r.metrics.get(k), (int, float)))
+        table.add_row(f"v{r.version}", r.created_at, r.model_type, r.task, r.dataset_id, ", ".join(r.aliases), m,
+                      (r.verdict or {}).get("decision", ""))
+    console().print(table)
+
+
+@app.command("show")
+def show(
+    version: Annotated[str, typer.Argument(help="Version (3 or v3) or alias.")] = "champion",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Metrics, lineage, the promotion verdict and the alias history of a version."""
+    from dataflywheel.registry import versions
+
+    project = _project(config)
+    try:
+        info = versions.resolve(project, version)
+        run = versions.run_of(project, info.run_id)
+        hist = [h for h in versions.history(project) if h["version"] == info.version or h["previous"] == info.version]
+        bundle = project.artifacts.path(info.artifact)
+    finally:
+        project.close()
+    doc = {"version": info.version, "aliases": info.aliases, "model_type": info.model_type, "task": info.task,
+           "created_at": info.created_at, "dataset": info.dataset_id, "bundle": str(bundle),
+           "report": str(bundle / "report.html"), "metrics": info.metrics, "verdict": info.verdict,
+           "lineage": run.lineage, "alias_history": hist}
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    out = console()
+    out.print(f"model v{info.version} ({info.model_type}, {info.task}); aliases: {', '.join(info.aliases) or '-'}",
+              markup=False)
+    out.print(f"dataset {info.dataset_id}; bundle {bundle}", markup=False)
+    scalar = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float))}
+    out.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in scalar.items()), markup=False)
+    if info.verdict:
+        out.print(f"verdict: {info.verdict.get('decision')}: {'; '.join(info.verdict.get('reasons', []))}", markup=False)
+    lin = run.lineage
+    out.print(f"lineage: config {str(lin.get('config_hash'))[:12]}, code {lin.get('code_version')}, seed {lin.get('seed')}, "
+              f"threads {lin.get('threads')}", markup=False)
+    for h in hist:
+        out.print(f"  {h['at']} {h['alias']}: {h['action']} v{h['previous']} -> v{h['version']} ({h['reason']})",
+                  markup=False)
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Argument(help="Version (3 or v3) or alias.")],
+    alias: Annotated[str, typer.Option("--alias", "-a")] = "champion",
+    reason: Annotated[str, typer.Option("--reason")] = "manual promotion",
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Point an alias (default champion) at a version; recorded in the alias history."""
+    from dataflywheel.registry import versions
+
+    project = _project(config)
+    try:
+        v = versions.resolve(project, version).version
+        prev = versions.promote(project, v, alias=alias, reason=reason)
+    finally:
+        project.close()
+    console().print(f"{alias}: v{prev} -> v{v}" if prev else f"{alias}: v{v}", markup=False)
+
+
+@app.command("rollback")
+def rollback(
+    alias: Annotated[str, typer.Option("--alias", "-a")] = "champion",
+    reason: Annotated[str, typer.Option("--reason")] = "manual rollback",
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Restore the version an alias held before its current one."""
+    from dataflywheel.registry import versions
+
+    project = _project(config)
+    try:
+        old, new = versions.rollback(project, alias=alias, reason=reason)
+    finally:
+        project.close()
+    console().print(f"{alias}: rolled back v{old} -> v{new}", markup=False)

@@ -1,0 +1,102 @@
+"""Project-level commands: init, validate, run, train, predict."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console, logger
+
+
+def init(
+    data: Annotated[Path, typer.Option("--data", help="A data file or folder (csv, tsv, jsonl, parquet) or sklearn:NAME.")],
+    target: Annotated[str, typer.Option("--target", help="The column to predict.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a starter flywheel.yaml with the feature types inferred from the data."""
+    from dataflywheel.scaffold import write_starter_config
+
+    path = write_starter_config(str(data), target, output, force=force)
+    console().print(f"wrote {path}: review the inferred feature types, then `flywheel run`", markup=False)
+
+
+def validate(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error."""
+    from dataflywheel.config import load_config
+
+    cfg = load_config(config)
+    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, model {cfg.model.type})",
+                    markup=False)
+
+
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a live progress bar.")] = True,
+) -> None:
+    """Turn the loop: ingest, process, train, evaluate, register (skipping unchanged stages)."""
+    from dataflywheel.loop import run as run_loop
+
+    result = run_loop(config, progress=progress, log=logger())
+    _summary(result)
+
+
+def train(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this run.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train even if an identical run exists.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train, evaluate and register a model on the current dataset version."""
+    from dataflywheel.api import train as train_api
+
+    result = train_api(config, resume=resume, force=force, progress=progress, log=logger())
+    _summary(result)
+
+
+def predict(
+    input: Annotated[Path, typer.Argument(help="Records to score (csv, tsv, jsonl, parquet).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Alias, version (3 or v3) or a bundle folder.")] = "champion",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl (default: csv, or the output's extension).")] = "",
+) -> None:
+    """Batch prediction from a model bundle alone: writes prediction and class probabilities."""
+    from dataflywheel.api import load_model
+    from dataflywheel.data.sources import source_from_path
+    from dataflywheel.errors import FlywheelError
+
+    predictor = load_model(model, config) if not Path(model).is_dir() else load_model(model)
+    frame = source_from_path(input).read()
+    result = predictor.predict(frame)
+    out = result.to_frame()
+    kind = fmt or (output.suffix.lstrip(".") if output else "csv")
+    if kind not in ("csv", "jsonl"):
+        raise FlywheelError(f"unsupported output format {kind!r}", where="--format", fix="use csv or jsonl")
+    text = out.write_csv() if kind == "csv" else out.write_ndjson()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from dataflywheel.store.artifacts import atomic_write_text
+
+        atomic_write_text(output, text)
+    unknown = {k: v for k, v in result.unknown.items() if v}
+    note = f"{len(out)} rows predicted with model {predictor.version or model}"
+    if unknown:
+        note += "; unseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in unknown.items())
+    console(stderr=True).print(note, markup=False)
+
+
+def _summary(result) -> None:  # noqa: ANN001
+    out = console()
+    verdict = (result.verdict or {}).get("decision", "-")
+    out.print(
+        f"dataset {result.dataset_id} ({'reused' if result.dataset_reused else 'new'}) -> model v{result.version} "
+        f"({'trained' if result.trained else 'unchanged'}; {verdict}); champion: v{result.champion}",
+        markup=False,
+    )
+    if result.report:
+        out.print(f"report: {result.report}", markup=False)

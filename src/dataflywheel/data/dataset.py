@@ -1,0 +1,194 @@
+"""Dataset versions: the data stages' artifact.
+
+A version's id is a content hash of the source bytes and the data config (target, features,
+exclusions, processing, split) plus its parents, so ingesting unchanged inputs again finds the
+existing version and does no work. Splits are Parquet files beside ``schema.json`` and
+``report.json``; the store row and the folder appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dataflywheel.config import DataConfig, FlywheelConfig
+from dataflywheel.errors import NotFoundError
+from dataflywheel.store import Project
+from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
+
+SPLITS = ("train", "valid", "test")
+ID_LENGTH = 16
+
+
+@dataclass
+class DatasetVersion:
+    id: str
+    path: Path
+    target: str
+    source: str
+    split_sizes: dict[str, int]
+    report: dict[str, Any]
+    parents: list[str] = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def schema_path(self) -> Path:
+        return self.path / "schema.json"
+
+    def schema(self):  # -> Schema (imported lazily: keeps CLI start-up light)
+        from dataflywheel.data.schema import Schema
+
+        return Schema.load(self.schema_path)
+
+    def split(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.path / f"{name}.parquet")
+
+    @classmethod
+    def from_row(cls, row: DatasetRow, project: Project, parents: list[str], reused: bool = True) -> DatasetVersion:
+        return cls(
+            id=row.id,
+            path=project.artifacts.path(row.artifact),
+            target=row.target,
+            source=row.source,
+            split_sizes=dict(row.split_sizes),
+            report=dict(row.report),
+            parents=parents,
+            reused=reused,
+        )
+
+
+def data_config_hash(cfg: DataConfig) -> str:
+    """Hash of the parts of the data config that change a version's content (not the source path)."""
+    payload = cfg.model_dump(mode="json", exclude={"source"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def version_id(source_fingerprint: str, config_hash: str, parents: list[str] = ()) -> str:
+    h = hashlib.sha256()
+    for part in (source_fingerprint, config_hash, *sorted(parents)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:ID_LENGTH]
+
+
+def ingest(
+    cfg: FlywheelConfig,
+    project: Project,
+    *,
+    parents: list[str] = (),
+    log: Callable[[str], None] = lambda _msg: None,
+) -> DatasetVersion:
+    """Run data input, schema inference and processing; reuse the version if it exists."""
+    from dataflywheel.data.sources import source_from_config
+
+    source = source_from_config(cfg.data.source, cfg.base_dir)
+    fingerprint = source.fingerprint()
+    config_hash = data_config_hash(cfg.data)
+    vid = version_id(fingerprint, config_hash, list(parents))
+    existing = project.metadata.dataset(vid)
+    if existing is not None and project.artifacts.exists(existing.artifact):
+        log(f"dataset {vid} is up to date (same source bytes and data config): reused, nothing to do")
+        return DatasetVersion.from_row(existing, project, project.metadata.dataset_parents(vid))
+    return build_version(cfg, project, source.read(), source.describe(), fingerprint, list(parents), log=log)
+
+
+def build_version(
+    cfg: FlywheelConfig,
+    project: Project,
+    raw: pl.DataFrame,
+    source_desc: str,
+    fingerprint: str,
+    parents: list[str],
+    *,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> DatasetVersion:
+    """Process ``raw`` into a new version (or return the existing one with the same id)."""
+    from dataflywheel.data.processing import process
+    from dataflywheel.data.schema import infer_schema
+
+    config_hash = data_config_hash(cfg.data)
+    vid = version_id(fingerprint, config_hash, parents)
+    existing = project.metadata.dataset(vid)
+    if existing is not None and project.artifacts.exists(existing.artifact):
+        log(f"dataset {vid} is up to date: reused, nothing to do")
+        return DatasetVersion.from_row(existing, project, project.metadata.dataset_parents(vid))
+
+    excluded = [c for c in cfg.data.exclude if c in raw.columns]
+    raw = raw.drop(excluded) if excluded else raw
+    overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
+    processed = process(raw, schema, cfg.data, where=source_desc)
+
+    key = f"datasets/{vid}"
+    sizes = {name: processed.splits[name].height for name in SPLITS}
+    report = {"source": source_desc, **processed.report}
+    with project.artifacts.write_dir(key) as tmp:
+        for name in SPLITS:
+            processed.splits[name].write_parquet(tmp / f"{name}.parquet")
+        schema.save(tmp / "schema.json")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    try:
+        with project.metadata.transaction() as s:
+            if s.get(DatasetRow, vid) is not None:  # a stale row whose folder was lost
+                s.delete(s.get(DatasetRow, vid))
+                s.flush()
+            s.add(
+                DatasetRow(
+                    id=vid,
+                    source=source_desc,
+                    source_fingerprint=fingerprint,
+                    config_hash=config_hash,
+                    target=cfg.data.target,
+                    n_rows=raw.height,
+                    split_sizes=sizes,
+                    report=report,
+                    artifact=key,
+                )
+            )
+            s.flush()
+            for parent in parents:
+                s.add(DatasetParentRow(child_id=vid, parent_id=parent))
+    except Exception:
+        project.artifacts.remove(key)
+        raise
+    log(f"dataset {vid}: {raw.height} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}")
+    return DatasetVersion(
+        id=vid,
+        path=project.artifacts.path(key),
+        target=cfg.data.target,
+        source=source_desc,
+        split_sizes=sizes,
+        report=report,
+        parents=parents,
+        reused=False,
+    )
+
+
+def get_version(project: Project, ref: str) -> DatasetVersion:
+    """A dataset version by id or unique id prefix; ``latest`` is the newest."""
+    from sqlalchemy import select
+
+    with project.metadata.transaction() as s:
+        if ref == "latest":
+            row = s.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc()).limit(1)).first()
+        else:
+            rows = s.scalars(select(DatasetRow).where(DatasetRow.id.startswith(ref))).all()
+            row = rows[0] if len(rows) == 1 else None
+            if len(rows) > 1:
+                raise NotFoundError(f"dataset prefix {ref!r} is ambiguous", fix="give more characters of the id")
+    if row is None:
+        raise NotFoundError(f"no dataset version {ref!r}", fix="`flywheel data list` shows the versions")
+    return DatasetVersion.from_row(row, project, project.metadata.dataset_parents(row.id))
+
+
+def list_versions(project: Project) -> list[DatasetRow]:
+    from sqlalchemy import select
+
+    with project.metadata.transaction() as s:
+        return list(s.scalars(select(DatasetRow).order_by(DatasetRow.created_at)))

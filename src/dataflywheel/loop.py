@@ -1,0 +1,187 @@
+"""The flywheel: run the stages in order, skipping those whose inputs did not change.
+
+data input -> processing -> features -> training -> evaluation -> registry (+ alias decision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataflywheel.config import FlywheelConfig, load_config
+from dataflywheel.store import Project
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def open_project(cfg: FlywheelConfig) -> Project:
+    return Project.open(cfg.resolve(cfg.store.root), cfg.store.url)
+
+
+def as_config(config: str | Path | FlywheelConfig) -> FlywheelConfig:
+    return config if isinstance(config, FlywheelConfig) else load_config(config)
+
+
+def run_key(cfg: FlywheelConfig, dataset_id: str) -> str:
+    """Everything that determines a trained model: data version, features, model, train, code."""
+    from dataflywheel.lineage import code_version
+
+    payload = {
+        "dataset": dataset_id,
+        "features": [f.model_dump(mode="json") for f in cfg.data.features],
+        "exclude": cfg.data.exclude,
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "code": code_version(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class RunResult:
+    dataset_id: str
+    dataset_reused: bool
+    version: int
+    trained: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
+    report: Path | None = None
+    champion: int | None = None
+
+
+def train_and_register(
+    cfg: FlywheelConfig,
+    project: Project,
+    dataset: Any,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = _quiet,
+    force: bool = False,
+) -> RunResult:
+    """Train on ``dataset`` (unless an identical run exists), evaluate, register, decide aliases."""
+    from dataflywheel.registry import versions
+
+    key = run_key(cfg, dataset.id)
+    hit = None if force else versions.find_run_by_key(project, key)
+    if hit is not None:
+        _run, version = hit
+        info = versions.resolve(project, version)
+        log(f"model v{version} was already trained from dataset {dataset.id} with this config: nothing to train")
+        return RunResult(dataset.id, dataset.reused, version, False, info.metrics, info.verdict,
+                         project.artifacts.path(info.artifact) / "report.html",
+                         versions.alias_version(project, versions.CHAMPION))
+
+    from dataflywheel.evaluate.stage import choose_threshold, compare_to_champion, evaluate_split
+    from dataflywheel.lineage import environment
+    from dataflywheel.registry.predictor import Predictor
+    from dataflywheel.train.stage import train_on_dataset
+
+    ckpt = project.root / "checkpoints" / key[:16]
+    trained = train_on_dataset(cfg, dataset, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    target = cfg.data.target
+    meta: dict[str, Any] = {"spec": trained.spec, "task": trained.task, "target_column": target,
+                            "target_encoder": trained.target_encoder.to_dict(), "threshold": 0.5}
+    predictor = Predictor(Path("."), trained.model, meta, trained.preprocessor, trained.target_encoder,
+                          trained.schema)
+    meta["threshold"] = predictor.threshold = choose_threshold(predictor, dataset.split("valid"), target)
+    test = dataset.split("test")
+    evaluation = evaluate_split(predictor, test, target)
+    metrics = evaluation.metrics
+    history = trained.history
+    log(_metrics_line(trained.task, metrics))
+
+    champion_version = versions.alias_version(project, versions.CHAMPION)
+    champion = None
+    if champion_version is not None:
+        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact))
+    verdict = compare_to_champion(cfg, trained.task, metrics, champion, champion_version, test)
+
+    lineage = {
+        "dataset_id": dataset.id,
+        "dataset_parents": dataset.parents,
+        "config_hash": cfg.section_hash("data", "model", "train", "evaluate"),
+        "run_key": key,
+        "seed": cfg.train.seed,
+        "threads": history.threads,
+        "n_params": trained.n_params,
+        "resumed_from_epoch": history.resumed_from,
+        **environment(),
+    }
+    epochs = list(history.epochs)
+
+    def write_report(folder: Path) -> None:
+        from dataflywheel.evaluate.report import render_report
+
+        render_report(
+            folder / "report.html",
+            title=f"{cfg.project}: {cfg.model.type} on dataset {dataset.id}",
+            task=trained.task,
+            metrics=metrics,
+            history=epochs,
+            y_true=evaluation.y_true,
+            scores=evaluation.scores,
+            class_names=predictor.class_names,
+            lineage={**lineage, "verdict": verdict.decision, "verdict reasons": "; ".join(verdict.reasons)},
+        )
+
+    from dataflywheel.registry.register import register
+
+    version = register(
+        project,
+        run_key=key,
+        dataset_id=dataset.id,
+        config=cfg.model_dump(mode="json"),
+        history=epochs,
+        lineage=lineage,
+        model=trained.model,
+        model_json=meta,
+        preprocessor=trained.preprocessor,
+        schema=trained.schema,
+        metrics=metrics,
+        verdict=verdict.to_dict(),
+        extra=write_report,
+    )
+    reason = "; ".join(verdict.reasons)
+    if verdict.decision in ("champion", "promoted"):
+        versions.promote(project, version, reason=f"flywheel run: {reason}")
+    else:
+        versions.set_alias(project, versions.CHALLENGER, version, action="challenger", reason=reason)
+    log(f"model v{version} registered: {verdict.decision} ({reason})")
+    report = project.artifacts.path(f"models/v{version}") / "report.html"
+    return RunResult(dataset.id, dataset.reused, version, True, metrics, verdict.to_dict(), report,
+                     versions.alias_version(project, versions.CHAMPION))
+
+
+def _metrics_line(task: str, m: dict[str, Any]) -> str:
+    keys = {"binary": ("roc_auc", "accuracy", "f1"), "multiclass": ("accuracy", "macro_f1"),
+            "regression": ("rmse", "mae", "r2")}[task]
+    parts = [f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float))]
+    return "test: " + ", ".join(parts)
+
+
+def run(
+    config: str | Path | FlywheelConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = _quiet,
+) -> RunResult:
+    """``flywheel run``: every stage from the source to a registered, evaluated model."""
+    from dataflywheel.data.dataset import ingest
+
+    cfg = as_config(config)
+    project = open_project(cfg)
+    try:
+        dataset = ingest(cfg, project, log=log)
+        return train_and_register(cfg, project, dataset, resume=resume, progress=progress, log=log)
+    finally:
+        project.close()

@@ -1,0 +1,165 @@
+"""The metadata store: every artifact of the loop, its lineage and its audit history.
+
+SQLAlchemy 2 ORM; an embedded SQLite file (WAL mode) by default, any SQLAlchemy URL
+(e.g. PostgreSQL) for a team. All writes go through :meth:`MetadataStore.transaction`, so a
+failed step leaves nothing half-recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class DatasetRow(Base):
+    """A dataset version: processed splits of one source snapshot under one processing config."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(Text)
+    source_fingerprint: Mapped[str] = mapped_column(String(64))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    n_rows: Mapped[int] = mapped_column(Integer)
+    split_sizes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[str] = mapped_column(Text)
+    """Artifact folder (relative to the artifact root)."""
+
+
+class DatasetParentRow(Base):
+    __tablename__ = "dataset_parents"
+    child_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    parent_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+
+
+class RunRow(Base):
+    """One training run: a dataset version + a config -> a model version."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(64), index=True)
+    """Hash of everything that determines the result (dataset, model/train config, code)."""
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    history: Mapped[list[Any]] = mapped_column(JSON)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_type: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[str] = mapped_column(Text)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The promotion decision taken when this version was registered, with its reasons."""
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AliasHistoryRow(Base):
+    """Audit trail: every move of every alias, never updated or deleted."""
+
+    __tablename__ = "alias_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    action: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=_dumps)
+    return engine
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+class MetadataStore:
+    """Typed access to the metadata tables; create with a SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on any error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def record_event(self, kind: str, **detail: Any) -> None:
+        with self.transaction() as s:
+            s.add(EventRow(kind=kind, detail=detail))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Convenience reads used by several stages.
+    def dataset(self, dataset_id: str) -> DatasetRow | None:
+        with self.transaction() as s:
+            return s.get(DatasetRow, dataset_id)
+
+    def find_dataset(self, prefix: str) -> DatasetRow | None:
+        with self.transaction() as s:
+            rows = s.scalars(select(DatasetRow).where(DatasetRow.id.startswith(prefix))).all()
+            return rows[0] if len(rows) == 1 else None
+
+    def dataset_parents(self, dataset_id: str) -> list[str]:
+        with self.transaction() as s:
+            q = select(DatasetParentRow.parent_id).where(DatasetParentRow.child_id == dataset_id)
+            return list(s.scalars(q))

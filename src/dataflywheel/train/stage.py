@@ -1,0 +1,143 @@
+"""The training stage: a dataset version and a config in, a fitted model and its encoders out.
+
+Fits the ``Preprocessor`` and target encoder on the train split only, builds the configured
+model from the registry, and runs the one training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dataflywheel.config import FlywheelConfig
+from dataflywheel.data.dataset import DatasetVersion
+from dataflywheel.errors import DataError
+
+
+@dataclass
+class Trained:
+    model: Any
+    spec: dict[str, Any]
+    task: str
+    preprocessor: Any
+    target_encoder: Any
+    schema: Any
+    history: Any
+    n_params: int
+
+
+def resolve_task(cfg: FlywheelConfig, schema: Any) -> str:
+    """The configured task, or the one inferred from the target column; a mismatch is an error."""
+    from dataflywheel.data.schema import infer_task
+
+    col = schema.column(cfg.data.target)
+    inferred = infer_task(col)
+    task = cfg.model.task
+    if task == "auto":
+        return inferred
+    n = col.n_unique
+    if task == "binary" and n > 2:
+        raise DataError(
+            f"target {cfg.data.target!r} has {n} distinct values ({col.type}); a binary task needs exactly 2",
+            where="model.task",
+            fix="set model.task: regression (or multiclass), or choose another target",
+        )
+    if task == "multiclass" and col.type == "number" and n > 100:
+        raise DataError(
+            f"target {cfg.data.target!r} looks continuous ({n} distinct values)",
+            where="model.task",
+            fix="set model.task: regression",
+        )
+    return task
+
+
+def all_labels(dataset: DatasetVersion, target: str) -> pl.Series:
+    """The label set over every split (labels only: the class list, not statistics)."""
+    parts = [dataset.split(name).get_column(target) for name in ("train", "valid", "test")]
+    return pl.concat([p.cast(pl.Utf8) for p in parts])
+
+
+def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) -> Any:
+    import torch
+
+    from dataflywheel.train.loop import Batchable
+
+    batch = pre.transform(df)
+    y = target_enc.transform(df.get_column(target))
+    y_t = torch.as_tensor(np.asarray(y), dtype=torch.long if task == "multiclass" else torch.float32)
+    return Batchable(
+        numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
+        categorical=torch.as_tensor(batch.categorical, dtype=torch.long),
+        y=y_t,
+    )
+
+
+def valid_metrics(task: str) -> dict[str, Any]:
+    """Per-epoch validation metrics (logged as ``val_<name>``), usable for early stopping."""
+    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+
+    def auc(y: np.ndarray, s: np.ndarray) -> float:
+        return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
+
+    if task == "binary":
+        return {"roc_auc": auc, "accuracy": lambda y, s: float(accuracy_score(y, s >= 0.5))}
+    if task == "multiclass":
+        return {"accuracy": lambda y, s: float(accuracy_score(y, s.argmax(axis=1)))}
+    return {"r2": lambda y, s: float(r2_score(y, s))}
+
+
+def train_on_dataset(
+    cfg: FlywheelConfig,
+    dataset: DatasetVersion,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Trained:
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.models.registry import build_model, model_spec
+    from dataflywheel.train.loop import fit
+
+    schema = dataset.schema()
+    task = resolve_task(cfg, schema)
+    target = cfg.data.target
+    train_df, valid_df = dataset.split("train"), dataset.split("valid")
+    if train_df.height == 0:
+        raise DataError("the train split is empty", where=f"dataset {dataset.id}", fix="add rows or change data.split")
+
+    pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude).fit(train_df)
+    target_enc = TargetEncoder(task)
+    target_enc.fit(all_labels(dataset, target) if task != "regression" else train_df.get_column(target))
+    n_outputs = 1 if task in ("binary", "regression") else len(target_enc.classes_)
+    spec = model_spec(
+        cfg.model.type,
+        n_numeric=pre.n_numeric_,
+        cardinalities=list(pre.cardinalities_),
+        n_outputs=n_outputs,
+        task=task,
+        **cfg.model.params,
+    )
+    import torch
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(spec)
+    train_b = encode(pre, target_enc, train_df, target, task)
+    valid_b = encode(pre, target_enc, valid_df, target, task) if valid_df.height else None
+    history = fit(
+        model,
+        train_b,
+        valid_b,
+        cfg.train,
+        task,
+        metrics=valid_metrics(task),
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    return Trained(model, spec, task, pre, target_enc, schema, history, n_params)
