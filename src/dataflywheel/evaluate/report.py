@@ -1,0 +1,217 @@
+"""The evaluation report: one self-contained HTML file (inline CSS, PNGs as data URIs).
+
+The page holds a metrics table, learning curves, task-specific plots (binary: ROC, PR,
+calibration, confusion matrix with the decision threshold marked; multiclass: confusion matrix
+and a per-class table; regression: predicted vs actual and residuals), a lineage table and any
+extra sections a caller adds. matplotlib is only imported when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dataflywheel.errors import ConfigError
+from dataflywheel.evaluate import plots
+from dataflywheel.evaluate.metrics import evaluate_predictions, primary_metric
+
+if TYPE_CHECKING:
+    import jinja2
+
+TEMPLATE = "report.html.j2"
+_PER_CLASS_COLUMNS = ("precision", "recall", "f1-score", "support")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("dataflywheel.evaluate", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _fmt(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4g}" if np.isfinite(value) else None
+    return str(value)
+
+
+def _splits(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{split: metrics}``: a flat metrics dict is one split called "value"."""
+    if metrics and all(isinstance(v, dict) for v in metrics.values()):
+        return metrics
+    return {"value": metrics} if metrics else {}
+
+
+def _metric_table(splits: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    names: list[str] = []
+    for m in splits.values():
+        names += [k for k, v in m.items() if k not in names and not isinstance(v, dict | list)]
+    return [{"name": n, "cells": [_fmt(m.get(n)) for m in splits.values()]} for n in names]
+
+
+def _per_class_table(per_class: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not per_class:
+        return None
+    rows = [
+        (name, [_fmt(cells.get(c)) for c in _PER_CLASS_COLUMNS])
+        for name, cells in per_class.items()
+        if isinstance(cells, dict)
+    ]
+    return {"columns": _PER_CLASS_COLUMNS, "rows": rows}
+
+
+def _flatten(lineage: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for key, value in lineage.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += _flatten(value, name + ".")
+        elif isinstance(value, list | tuple | dict):
+            out.append((name, json.dumps(value, default=str)))
+        else:
+            out.append((name, "—" if value is None else str(value)))
+    return out
+
+
+def _plots(
+    task: str,
+    reference: dict[str, Any],
+    y_true: np.ndarray | None,
+    scores: np.ndarray | None,
+    class_names: list[str] | None,
+    threshold: float,
+) -> tuple[list[dict[str, str]], list[str]]:
+    """(plots, notes) for the evaluated predictions; ``reference`` supplies the confusion
+    matrix when no predictions are given."""
+    out: list[dict[str, str]] = []
+    notes: list[str] = []
+    have = y_true is not None and scores is not None
+    if task == "binary" and have:
+        y = np.asarray(y_true).astype(np.int64).reshape(-1)
+        s = np.asarray(scores, dtype=np.float64)
+        p = s[:, 1] if s.ndim == 2 else s
+        if len(np.unique(y)) == 2:
+            out.append({"src": plots.roc_curve(y, p, threshold), "caption": "ROC curve"})
+            out.append(
+                {"src": plots.pr_curve(y, p, threshold), "caption": "Precision-recall curve"}
+            )
+        else:
+            notes.append("ROC and precision-recall curves need both classes among the labels.")
+        out.append({"src": plots.calibration(y, p, threshold), "caption": "Calibration"})
+    elif task == "regression" and have:
+        src = plots.regression_plots(np.asarray(y_true, dtype=np.float64), np.asarray(scores))
+        out.append({"src": src, "caption": "Predicted vs actual, and residuals"})
+    cm = reference.get("confusion_matrix")
+    if task in ("binary", "multiclass") and cm:
+        labels = class_names or [str(i) for i in range(len(cm))]
+        caption = "Confusion matrix (rows: true, columns: predicted)"
+        if task == "binary":
+            caption += f" at threshold {threshold:.3g}"
+        out.append({"src": plots.confusion_matrix(cm, labels), "caption": caption})
+    return out, notes
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_report(
+    path: Path,
+    *,
+    title: str,
+    task: str,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]] | None,
+    y_true: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+    lineage: dict[str, Any] | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write the HTML report to ``path`` atomically and return ``path``.
+
+    ``metrics`` is one metrics dict (from :func:`evaluate_predictions`) or ``{split: dict}``
+    (one table column per split; the last split's threshold and confusion matrix are used).
+    ``scores`` are p_pos (binary), (n, k) proba (multiclass) or predictions (regression) for
+    ``y_true``; without them only learning curves and the confusion matrix from ``metrics`` are
+    drawn. ``history`` is one dict per epoch (loss, val_loss, val_<metric>, optional epoch).
+    ``sections`` are extra (heading, trusted HTML) blocks appended at the end.
+    """
+    path = Path(path)
+    splits = _splits(metrics)
+    last = next(reversed(splits.values()), {})
+    threshold = float(last.get("threshold", 0.5)) if task == "binary" else None
+    reference = last
+    if y_true is not None and scores is not None:
+        reference = evaluate_predictions(
+            task, y_true, scores, class_names=class_names, threshold=threshold or 0.5
+        )
+    try:
+        primary = primary_metric(task)[0]
+    except ConfigError:  # an unresolved task such as "auto": no row is highlighted
+        primary = None
+
+    groups = []
+    curves = plots.learning_curves(history) if history else None
+    if curves:
+        groups.append(
+            {"heading": "Learning curves", "plots": [{"src": curves, "caption": "Per epoch"}]}
+        )
+    found, notes = _plots(task, reference, y_true, scores, class_names, threshold or 0.5)
+    if found:
+        split = next(reversed(splits), "value")
+        heading = "Evaluation plots" + ("" if split == "value" else f" ({split})")
+        groups.append({"heading": heading, "plots": found})
+
+    html = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            title=title,
+            task=task,
+            threshold=threshold,
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            metric_columns=list(splits),
+            metric_rows=_metric_table(splits),
+            primary=primary,
+            per_class=_per_class_table(reference.get("per_class"))
+            if task == "multiclass"
+            else None,
+            plot_groups=groups,
+            notes=notes,
+            lineage=_flatten(lineage) if lineage else [],
+            sections=list(sections),
+        )
+    )
+    _write_atomic(path, html)
+    return path
