@@ -1,0 +1,122 @@
+"""The processing stage end to end: raw table + schema + config -> clean splits and a report.
+
+Order: drop excluded columns -> coerce types -> drop rows whose target is missing -> drop
+exact duplicates -> split -> fill missing cells and clip outliers with statistics from the
+train split only -> count rows shared between splits (leakage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from dataflywheel.config import DataConfig
+from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types, drop_duplicates
+from dataflywheel.data.schema import category_strings
+from dataflywheel.data.split import SPLITS, leakage_report, split_indices
+from dataflywheel.errors import SchemaError
+
+if TYPE_CHECKING:
+    from dataflywheel.data.schema import Schema
+
+
+@dataclass
+class Processed:
+    """Clean splits (keys ``train``, ``valid``, ``test``) and what processing did to get them.
+
+    ``report`` keys: rows_in, rows_out, excluded, coercion_failures (per column),
+    missing_target_dropped, duplicates_removed, missing_filled (per column, all splits),
+    missing_dropped, cells_clipped, stratified, split_sizes, leakage (see
+    :func:`~dataflywheel.data.split.leakage_report`).
+    """
+
+    splits: dict[str, pl.DataFrame]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _stratify(schema: Schema, target: str, task: str | None) -> bool:
+    if task is None:
+        from dataflywheel.data.schema import infer_task
+
+        task = infer_task(schema.column(target))
+    return task in ("binary", "multiclass")
+
+
+def process(
+    df: pl.DataFrame,
+    schema: Schema,
+    cfg: DataConfig,
+    where: str = "data",
+    *,
+    task: Literal["binary", "multiclass", "regression"] | None = None,
+) -> Processed:
+    """Run the processing stage on ``df`` (its ``schema`` inferred or loaded beforehand).
+
+    ``task`` decides whether the split is stratified (classification only); None infers it
+    from the target column's schema. Raises :class:`SchemaError` when the target is absent,
+    :class:`DataError` when ``cfg.processing.coerce`` is ``reject`` and a cell is unreadable.
+    """
+    target = cfg.target
+    if target not in df.columns:
+        raise SchemaError(
+            f"target column '{target}' is not in the data",
+            where="data.target",
+            fix=f"set data.target to one of: {', '.join(df.columns[:10])}",
+        )
+    proc = cfg.processing
+    rows_in = df.height
+    excluded = [c for c in cfg.exclude if c in df.columns and c != target]
+    df = df.drop(excluded)
+
+    df, failures = coerce_types(df, schema, proc.coerce, where)
+    before = df.height
+    df = df.drop_nulls(subset=[target])
+    missing_target = before - df.height
+
+    duplicates = 0
+    if proc.drop_duplicates:
+        df, duplicates = drop_duplicates(df)
+
+    strat = cfg.split.stratify and _stratify(schema, target, task)
+    labels = category_strings(df[target]).to_numpy() if strat else None
+    indices, stratified = split_indices(df.height, labels, cfg.split)
+    splits = {name: df[indices[name]] for name in SPLITS}
+
+    features = [c for c in df.columns if c != target]
+    known = {c.name: c.type for c in schema.columns}
+    imputer = Imputer(schema, proc.missing, target=target).fit(splits["train"])
+    filled: dict[str, int] = {}
+    missing_dropped = 0
+    for name in SPLITS:
+        nulls = splits[name].select(features).null_count().row(0, named=True)
+        for col, n in nulls.items():
+            if n and col in imputer.fill_:
+                filled[col] = filled.get(col, 0) + int(n)
+        splits[name], dropped = imputer.transform(splits[name])
+        missing_dropped += dropped
+
+    clipped = 0
+    if proc.clip_quantiles is not None:
+        numbers = [c for c in features if known.get(c) == "number"]
+        clipper = Clipper(numbers, proc.clip_quantiles).fit(splits["train"])
+        for name in SPLITS:
+            splits[name], n = clipper.transform(splits[name])
+            clipped += n
+
+    report: dict[str, Any] = {
+        "rows_in": rows_in,
+        "rows_out": sum(s.height for s in splits.values()),
+        "excluded": excluded,
+        "coercion_failures": failures,
+        "missing_target_dropped": missing_target,
+        "duplicates_removed": duplicates,
+        "missing_filled": filled,
+        "missing_dropped": missing_dropped,
+        "cells_clipped": clipped,
+        "stratified": stratified,
+        "split_sizes": {name: s.height for name, s in splits.items()},
+        "leakage": leakage_report(splits, features),
+    }
+    return Processed(splits=splits, report=report)

@@ -1,0 +1,121 @@
+"""Train/valid/test split by row index, and a check for rows shared between splits.
+
+The split draws row indices only (scikit-learn on the label column when stratifying), then
+gathers rows with polars; the frame itself never leaves polars. Each split keeps the
+original row order, and the same seed always gives the same split.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import polars as pl
+from sklearn.model_selection import train_test_split
+
+from dataflywheel.config import SplitConfig
+from dataflywheel.data.schema import category_strings
+from dataflywheel.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+def _min_rows(cfg: SplitConfig) -> int:
+    return 3 if cfg.valid > 0 else 2
+
+
+def _stratifiable(labels: np.ndarray, cfg: SplitConfig) -> bool:
+    """Every class needs a row in each split it is drawn into, and each split a row per class."""
+    _, counts = np.unique(labels, return_counts=True)
+    if len(counts) < 2 or counts.min() < _min_rows(cfg):
+        return False
+    n = len(labels)
+    smallest = min(cfg.test, cfg.valid if cfg.valid > 0 else 1.0, cfg.train)
+    return smallest * n >= len(counts) + 1
+
+
+def split_indices(
+    n_rows: int, labels: np.ndarray | None, cfg: SplitConfig
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Row indices (sorted) for each split, and whether the split was stratified.
+
+    ``labels`` (one per row) asks for a stratified split; it falls back to a random one when
+    some class has too few rows for every split to get a share.
+    """
+    if n_rows < _min_rows(cfg):
+        raise DataError(
+            f"{n_rows} rows are too few to split into train, valid and test",
+            where="data.split",
+            fix="add rows, or set data.split.valid: 0",
+        )
+    stratified = labels is not None and _stratifiable(labels, cfg)
+    strat = labels if stratified else None
+    idx = np.arange(n_rows)
+    try:
+        rest, test = train_test_split(
+            idx, test_size=cfg.test, random_state=cfg.seed, stratify=strat
+        )
+        if cfg.valid > 0:
+            share = cfg.valid / (cfg.train + cfg.valid)
+            train, valid = train_test_split(
+                rest,
+                test_size=share,
+                random_state=cfg.seed,
+                stratify=strat[rest] if strat is not None else None,
+            )
+        else:
+            train, valid = rest, idx[:0]
+    except ValueError as exc:
+        if stratified:
+            return split_indices(n_rows, None, cfg)[0], False
+        raise DataError(
+            f"cannot split {n_rows} rows: {exc}",
+            where="data.split",
+            fix="add rows or change the split fractions",
+        ) from None
+    parts = {"train": train, "valid": valid, "test": test}
+    return {k: np.sort(v) for k, v in parts.items()}, stratified
+
+
+def split_frame(
+    df: pl.DataFrame, target: str, cfg: SplitConfig, stratify_labels: bool
+) -> dict[str, pl.DataFrame]:
+    """Split ``df`` into ``train``, ``valid`` and ``test`` (``valid`` empty when cfg.valid == 0).
+
+    Stratified on ``target`` (compared as strings, missing as its own class) when
+    ``stratify_labels`` and every class has enough rows; random otherwise.
+    """
+    labels = _labels(df, target) if stratify_labels else None
+    indices, _ = split_indices(df.height, labels, cfg)
+    return {name: df[indices[name]] for name in SPLITS}
+
+
+def _labels(df: pl.DataFrame, target: str) -> np.ndarray:
+    return category_strings(df[target]).fill_null("\0missing").to_numpy()
+
+
+def leakage_report(splits: dict[str, pl.DataFrame], columns: list[str]) -> dict[str, int]:
+    """Per pair ``a/b`` of splits: rows of ``b`` whose values on ``columns`` also occur in ``a``.
+
+    Missing equals missing. Keys are ``train/valid``, ``train/test`` and ``valid/test``. The
+    splits must share dtypes (splits of one frame): row hashes pick candidates, which are then
+    compared exactly.
+    """
+    report: dict[str, int] = {}
+    hashes = {
+        name: frame.select(columns).hash_rows()
+        for name, frame in splits.items()
+        if columns and not frame.is_empty()
+    }
+    for a, b in combinations(SPLITS, 2):
+        if a not in hashes or b not in hashes:
+            report[f"{a}/{b}"] = 0
+            continue
+        in_a = hashes[b].is_in(hashes[a].implode())
+        if not in_a.any():
+            report[f"{a}/{b}"] = 0
+            continue
+        right = splits[b].select(columns).filter(in_a)
+        left = splits[a].select(columns).filter(hashes[a].is_in(hashes[b].implode())).unique()
+        report[f"{a}/{b}"] = right.join(left, on=columns, how="semi", nulls_equal=True).height
+    return report

@@ -1,0 +1,301 @@
+"""Per-column encoders: one polars Series in, one numpy array out.
+
+Every encoder follows the scikit-learn estimator contract: ``__init__`` only stores
+parameters, ``fit`` returns ``self``, learned state ends in ``_``, ``transform`` has no side
+effects, and using an unfitted encoder raises :class:`NotFittedError`. ``to_dict`` /
+``from_dict`` carry the parameters and learned state as JSON-safe values, so a fitted
+encoder can travel inside a model bundle and give identical outputs when loaded.
+
+Encoders are registered by name with :func:`register_encoder`; category and binary values are
+compared as strings (:func:`~dataflywheel.data.schema.category_strings`: 1.0 reads "1").
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import polars as pl
+
+from dataflywheel.data.schema import category_strings
+from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
+
+OutputKind = Literal["numeric", "categorical"]
+
+
+class Encoder:
+    """Base class. Subclasses set ``name``, ``feature_type`` and implement the hooks below.
+
+    ``kind`` says which block of the encoded batch the output joins: ``numeric`` (float32,
+    shape (n,) or (n, width)) or ``categorical`` (int64 indices, shape (n,)).
+    """
+
+    name: ClassVar[str]
+    feature_type: ClassVar[str]
+    _state: ClassVar[tuple[str, ...]] = ()
+
+    def fit(self, series: pl.Series) -> Encoder:
+        raise NotImplementedError
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def kind(self) -> OutputKind:
+        return "numeric"
+
+    @property
+    def width_(self) -> int:
+        """Output columns per row (1 for a vector output)."""
+        self._check_fitted()
+        return 1
+
+    def count_unknown(self, series: pl.Series) -> int:
+        """Present values unseen at fit time (always 0 for encoders without a vocabulary)."""
+        self._check_fitted()
+        return 0
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    def _check_fitted(self, series: pl.Series | None = None) -> None:
+        if not all(hasattr(self, attr) for attr in self._state):
+            feature = f" for feature '{series.name}'" if series is not None and series.name else ""
+            raise NotFittedError(f"{type(self).__name__}{feature} is not fitted; call fit first")
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        registered = next((n for n, c in ENCODERS.items() if c is type(self)), self.name)
+        return {
+            "encoder": registered,
+            "params": self.get_params(),
+            "state": {attr: getattr(self, attr) for attr in self._state},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Encoder:
+        enc_cls = cls
+        if cls is Encoder:
+            name = data.get("encoder", "")
+            if name not in ENCODERS:
+                raise ModelError(
+                    f"unknown encoder {name!r} (registered: {sorted(ENCODERS)})",
+                    fix="register it with register_encoder before loading",
+                )
+            enc_cls = ENCODERS[name]
+        enc = enc_cls(**data.get("params", {}))
+        for attr in enc._state:
+            if attr not in data.get("state", {}):
+                raise ModelError(f"encoder state lacks '{attr}'", where=enc_cls.__name__)
+            setattr(enc, attr, data["state"][attr])
+        return enc
+
+
+def _floats(series: pl.Series) -> pl.Series:
+    return series.cast(pl.Float64, strict=False).fill_nan(None)
+
+
+def _scale(values: pl.Series, fill: float, offset: float, scale: float) -> np.ndarray:
+    out = values.fill_null(fill).to_numpy()
+    return ((out - offset) / scale).astype(np.float32)
+
+
+def stat_or(value: Any, default: float) -> float:
+    """A statistic polars returned (None for an empty column) as a float, else ``default``."""
+    return default if value is None else float(value)
+
+
+def _nonzero(value: Any) -> float:
+    return float(value) if value else 1.0
+
+
+class NumberEncoder(Encoder):
+    """A number, missing filled with the train median, then z-scored, min-max scaled or kept."""
+
+    name = "number"
+    feature_type = "number"
+
+    def __init__(self, method: Literal["zscore", "minmax", "none"] = "zscore") -> None:
+        self.method = method
+
+    @property
+    def _state(self) -> tuple[str, ...]:  # type: ignore[override]
+        return {"zscore": ("mean_", "std_", "fill_"), "minmax": ("min_", "max_", "fill_")}.get(
+            self.method, ("fill_",)
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        return {"method": self.method}
+
+    def fit(self, series: pl.Series) -> NumberEncoder:
+        if self.method not in ("zscore", "minmax", "none"):
+            raise ConfigError(
+                f"unknown number encoding {self.method!r}", fix="use zscore, minmax or none"
+            )
+        s = _floats(series)
+        self.fill_ = stat_or(s.median(), 0.0)
+        if self.method == "zscore":
+            self.mean_ = stat_or(s.mean(), 0.0)
+            self.std_ = _nonzero(s.std(ddof=0))
+        elif self.method == "minmax":
+            self.min_ = stat_or(s.min(), 0.0)
+            self.max_ = stat_or(s.max(), 1.0)
+        return self
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        self._check_fitted(series)
+        s = _floats(series)
+        if self.method == "zscore":
+            return _scale(s, self.fill_, self.mean_, self.std_)
+        if self.method == "minmax":
+            return _scale(s, self.fill_, self.min_, _nonzero(self.max_ - self.min_))
+        return _scale(s, self.fill_, 0.0, 1.0)
+
+
+def _strings(series: pl.Series) -> pl.Series:
+    return series if series.dtype == pl.String else category_strings(series)
+
+
+def _vocabulary(series: pl.Series) -> list[str]:
+    return _strings(series).drop_nulls().unique().sort().to_list()
+
+
+class CategoryEncoder(Encoder):
+    """A category as an index into its sorted train vocabulary; 0 is unknown or missing.
+
+    With ``onehot`` the output is float32 one-hot of width ``len(categories_) + 1``.
+    """
+
+    name = "category"
+    feature_type = "category"
+    _state = ("categories_",)
+
+    def __init__(self, onehot: bool = False) -> None:
+        self.onehot = onehot
+
+    def get_params(self) -> dict[str, Any]:
+        return {"onehot": self.onehot}
+
+    @property
+    def kind(self) -> OutputKind:
+        return "numeric" if self.onehot else "categorical"
+
+    @property
+    def width_(self) -> int:
+        self._check_fitted()
+        return len(self.categories_) + 1 if self.onehot else 1
+
+    @property
+    def cardinality_(self) -> int:
+        """Distinct indices the output can take, the unknown bucket included."""
+        self._check_fitted()
+        return len(self.categories_) + 1
+
+    def fit(self, series: pl.Series) -> CategoryEncoder:
+        self.categories_: list[str] = _vocabulary(series)
+        return self
+
+    def _indices(self, series: pl.Series) -> pl.Series:
+        return _strings(series).replace_strict(
+            self.categories_,
+            list(range(1, len(self.categories_) + 1)),
+            default=0,
+            return_dtype=pl.Int64,
+        )
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        self._check_fitted(series)
+        idx = self._indices(series).to_numpy()
+        if not self.onehot:
+            return idx
+        out = np.zeros((len(idx), self.cardinality_), dtype=np.float32)
+        out[np.arange(len(idx)), idx] = 1.0
+        return out
+
+    def count_unknown(self, series: pl.Series) -> int:
+        self._check_fitted(series)
+        s = _strings(series)
+        return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
+
+
+class BinaryEncoder(Encoder):
+    """A two-valued column as float32: the sorted values map to 0 and 1; unknown/missing to 0.5.
+
+    More than two values at fit raise :class:`DataError`; a single value maps to 0.
+    """
+
+    name = "binary"
+    feature_type = "binary"
+    _state = ("categories_",)
+
+    def fit(self, series: pl.Series) -> BinaryEncoder:
+        values = _vocabulary(series)
+        if len(values) > 2:
+            raise DataError(
+                f"has {len(values)} distinct values; a binary feature needs at most 2",
+                where=f"column '{series.name}'",
+                fix=f"set its type to category under data.features (name: {series.name})",
+            )
+        self.categories_: list[str] = values
+        return self
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        self._check_fitted(series)
+        codes = [float(i) for i in range(len(self.categories_))]
+        return (
+            _strings(series)
+            .replace_strict(self.categories_, codes, default=0.5, return_dtype=pl.Float32)
+            .to_numpy()
+        )
+
+    def count_unknown(self, series: pl.Series) -> int:
+        self._check_fitted(series)
+        s = _strings(series)
+        return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
+
+
+def _epoch_seconds(series: pl.Series) -> pl.Series:
+    s = series
+    if s.dtype == pl.String:
+        s = s.str.strip_chars().str.to_datetime(strict=False)
+    elif not isinstance(s.dtype, pl.Datetime):
+        s = s.cast(pl.Datetime, strict=False)
+    return s.dt.timestamp("ms").cast(pl.Float64) / 1000.0
+
+
+class DatetimeEncoder(Encoder):
+    """A timestamp as z-scored epoch seconds; missing filled with the train median."""
+
+    name = "datetime"
+    feature_type = "datetime"
+    _state = ("mean_", "std_", "fill_")
+
+    def fit(self, series: pl.Series) -> DatetimeEncoder:
+        s = _epoch_seconds(series)
+        self.mean_ = stat_or(s.mean(), 0.0)
+        self.std_ = _nonzero(s.std(ddof=0))
+        self.fill_ = stat_or(s.median(), self.mean_)
+        return self
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        self._check_fitted(series)
+        return _scale(_epoch_seconds(series), self.fill_, self.mean_, self.std_)
+
+
+ENCODERS: dict[str, type[Encoder]] = {}
+
+
+def register_encoder(name: str, cls: type[Encoder]) -> None:
+    """Make ``cls`` available under ``name``; a name already taken raises :class:`ConfigError`."""
+    if name in ENCODERS:
+        raise ConfigError(
+            f"encoder '{name}' is already registered ({ENCODERS[name].__name__})",
+            fix="register it under another name",
+        )
+    ENCODERS[name] = cls
+
+
+register_encoder("number", NumberEncoder)
+register_encoder("category", CategoryEncoder)
+register_encoder("binary", BinaryEncoder)
+register_encoder("datetime", DatetimeEncoder)

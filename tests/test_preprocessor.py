@@ -1,0 +1,107 @@
+"""The Preprocessor: from a schema, fit on train, encode, save and load back identically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dataflywheel.config import FeatureConfig
+from dataflywheel.data.schema import infer_schema
+from dataflywheel.errors import ConfigError, ModelError, NotFittedError, SchemaError
+from dataflywheel.features.preprocessor import Preprocessor
+
+
+def table(n: int = 200, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "größe": [
+                None if i % 17 == 0 else float(v) for i, v in enumerate(rng.normal(170, 9, n))
+            ],
+            "年齢": rng.integers(18, 90, n).astype(float),
+            "farbe": rng.choice(["rot", "grün", "blau"], n).tolist(),
+            "stadt": rng.choice(["Köln", "東京", "Lyon", "Oslo"], n).tolist(),
+            "aktiv": (rng.random(n) < 0.3).tolist(),
+            "notiz": [f"frei formulierter text nummer {i} " * 3 for i in range(n)],
+            "kunden_id": [f"K{i:05d}" for i in range(n)],
+            "ziel": rng.choice(["ja", "nein"], n).tolist(),
+        }
+    )
+
+
+@pytest.fixture
+def fitted() -> Preprocessor:
+    df = table()
+    schema = infer_schema(df, target="ziel")
+    overrides = [
+        FeatureConfig(name="stadt", encoder="onehot"),
+        FeatureConfig(name="年齢", encoder="minmax"),
+    ]
+    return Preprocessor.from_schema(schema, overrides, exclude=["kunden_id"]).fit(df)
+
+
+def test_from_schema_skips_text_target_and_excluded(fitted: Preprocessor) -> None:
+    assert [f[0] for f in fitted.features] == ["größe", "年齢", "farbe", "stadt", "aktiv"]
+    assert fitted.skipped == ["notiz"]
+    assert dict((c, e) for c, _, e in fitted.features)["stadt"] == "onehot"
+
+
+def test_transform_shapes_and_names(fitted: Preprocessor) -> None:
+    batch = fitted.transform(table(50, seed=1))
+    # größe, 年齢, stadt one-hot (4 cities + unknown), aktiv
+    assert fitted.n_numeric_ == 8 and batch.numeric.shape == (50, 8)
+    assert batch.numeric.dtype == np.float32 and batch.categorical.dtype == np.int64
+    assert fitted.cardinalities_ == [4] and batch.categorical.shape == (50, 1)
+    assert fitted.feature_names_out_[:3] == ["größe", "年齢", "stadt=<unknown>"]
+    assert fitted.feature_names_out_[-1] == "farbe" and len(fitted.feature_names_out_) == 9
+    assert np.isfinite(batch.numeric).all()
+    assert batch.categorical.min() >= 1 and batch.unknown == {}
+
+
+def test_unknown_categories_are_counted(fitted: Preprocessor) -> None:
+    df = table(10, seed=2).with_columns(
+        pl.Series("farbe", ["lila"] * 3 + ["rot"] * 7), pl.Series("stadt", ["Rom"] * 10)
+    )
+    batch = fitted.transform(df)
+    assert batch.unknown == {"farbe": 3, "stadt": 10}
+    assert batch.categorical[:3, 0].tolist() == [0, 0, 0]
+
+
+def test_missing_column_is_a_schema_error(fitted: Preprocessor) -> None:
+    with pytest.raises(SchemaError) as err:
+        fitted.transform(table(5).drop("stadt"))
+    assert err.value.where == "column 'stadt'" and err.value.fix
+
+
+def test_unfitted_and_bad_overrides() -> None:
+    schema = infer_schema(table(), target="ziel")
+    pre = Preprocessor.from_schema(schema)
+    with pytest.raises(NotFittedError, match="Preprocessor"):
+        pre.transform(table(5))
+    with pytest.raises(ConfigError, match="nope"):
+        Preprocessor.from_schema(schema, [FeatureConfig(name="nope")])
+    with pytest.raises(ConfigError, match="onehot"):
+        Preprocessor.from_schema(schema, [FeatureConfig(name="größe", encoder="onehot")])
+
+
+def test_save_load_gives_identical_outputs(fitted: Preprocessor, tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "preprocessor.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["preprocessor.json"]
+    loaded = Preprocessor.load(path)
+    df = table(80, seed=3)
+    a, b = fitted.transform(df), loaded.transform(df)
+    assert np.array_equal(a.numeric, b.numeric) and np.array_equal(a.categorical, b.categorical)
+    assert loaded.feature_names_out_ == fitted.feature_names_out_ and loaded.skipped == ["notiz"]
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["encoders"]["farbe"]["encoder"] = "missing-encoder"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ModelError) as err:
+        Preprocessor.load(path)
+    assert err.value.where == str(path)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match="not a valid preprocessor"):
+        Preprocessor.load(path)
