@@ -19,4 +19,4 @@ def console(stderr: bool = False) -> Any:
 
 def logger(stderr: bool = False) -> Any:
     out = console(stderr)
-    return lambda msg: out.print(msg, markup=False)
+    return lambda msg: out.print(msg, markup=False, soft_wrap=True)

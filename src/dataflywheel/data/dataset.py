@@ -63,9 +63,10 @@ class DatasetVersion:
         )
 
 
-def data_config_hash(cfg: DataConfig) -> str:
-    """Hash of the parts of the data config that change a version's content (not the source path)."""
-    payload = cfg.model_dump(mode="json", exclude={"source"})
+def data_config_hash(cfg: DataConfig, task: str = "auto") -> str:
+    """Hash of what changes a version's content: the data config (not the source path) and the
+    task, which decides whether the split is stratified."""
+    payload = {**cfg.model_dump(mode="json", exclude={"source"}), "task": task}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -89,7 +90,7 @@ def ingest(
 
     source = source_from_config(cfg.data.source, cfg.base_dir)
     fingerprint = source.fingerprint()
-    config_hash = data_config_hash(cfg.data)
+    config_hash = data_config_hash(cfg.data, cfg.model.task)
     vid = version_id(fingerprint, config_hash, list(parents))
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -112,7 +113,7 @@ def build_version(
     from dataflywheel.data.processing import process
     from dataflywheel.data.schema import infer_schema
 
-    config_hash = data_config_hash(cfg.data)
+    config_hash = data_config_hash(cfg.data, cfg.model.task)
     vid = version_id(fingerprint, config_hash, parents)
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -123,7 +124,8 @@ def build_version(
     raw = raw.drop(excluded) if excluded else raw
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
     schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
-    processed = process(raw, schema, cfg.data, where=source_desc)
+    task = None if cfg.model.task == "auto" else cfg.model.task
+    processed = process(raw, schema, cfg.data, where=source_desc, task=task)
 
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}

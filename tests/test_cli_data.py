@@ -1,0 +1,135 @@
+"""The data commands end to end, and every kind of bad input: one line, non-zero, no traceback,
+and no partial dataset version left behind."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cli_helpers import flywheel
+
+
+def write_config(folder: Path, source: str, target: str = "y", extra: str = "") -> None:
+    (folder / "flywheel.yaml").write_text(f"data:\n  source: {source}\n  target: {target}\n{extra}")
+
+
+def messy_csv(path: Path, n: int = 120) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    rows = ["größe,年齢,colour,note,y"]
+    for i in range(n):
+        size = "" if i % 17 == 0 else f"{rng.normal():.3f}"
+        age = "n/a" if i == 50 else str(int(rng.integers(18, 90)))
+        rows.append(f"{size},{age},{rng.choice(['red', 'blue', 'grün'])},\"a, quoted note {i}\",{i % 2}")
+    rows += rows[1:6]  # exact duplicates
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def no_versions(folder: Path) -> bool:
+    root = folder / ".flywheel" / "artifacts" / "datasets"
+    return not root.exists() or not any(p.name[0] != "." for p in root.iterdir())
+
+
+def assert_one_line_error(result, *needles: str) -> None:  # noqa: ANN001
+    assert result.code != 0
+    lines = [line for line in result.err.strip().splitlines() if line]
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_init_ingest_list_show_on_messy_data(tmp_path: Path) -> None:
+    messy_csv(tmp_path / "messy.csv")
+    r = flywheel("init", "--data", "messy.csv", "--target", "y", cwd=tmp_path)
+    assert r.code == 0, r.err
+    text = (tmp_path / "flywheel.yaml").read_text(encoding="utf-8")
+    assert "größe" in text and "type: number" in text and "type: category" in text
+    assert flywheel("validate", cwd=tmp_path).code == 0
+    r = flywheel("data", "ingest", cwd=tmp_path)
+    assert r.code == 0, r.err
+    again = flywheel("data", "ingest", cwd=tmp_path)
+    assert "up to date" in again.out and "nothing to do" in again.out
+    r = flywheel("data", "show", "--json", cwd=tmp_path)
+    doc = json.loads(r.out)
+    assert doc["report"]["duplicates_removed"] == 5
+    assert doc["report"]["coercion_failures"].get("年齢") == 1
+    assert sum(doc["split_sizes"].values()) == 120
+    listing = flywheel("data", "list", cwd=tmp_path)
+    assert doc["id"][:8] in listing.out
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    messy_csv(tmp_path / "messy.csv")
+    assert flywheel("init", "--data", "messy.csv", "--target", "y", cwd=tmp_path).code == 0
+    r = flywheel("init", "--data", "messy.csv", "--target", "y", cwd=tmp_path)
+    assert_one_line_error(r, "flywheel.yaml", "already exists", "--force")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needles"),
+    [
+        ("missing.csv", None, ("missing.csv", "not found")),
+        ("data.xlsx", "a,b\n1,2\n", ("data.xlsx", ".csv")),
+        ("empty.csv", "", ("empty.csv", "empty")),
+        ("ragged.csv", "x,y\n1,0\n2,1,9\n3,0\n", ("ragged.csv", "row 3")),
+        ("notarget.csv", "x,z\n1,0\n2,1\n", ("y",)),
+    ],
+)
+def test_bad_data_files(tmp_path: Path, name: str, content: str | None, needles: tuple[str, ...]) -> None:
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    write_config(tmp_path, name)
+    r = flywheel("data", "ingest", cwd=tmp_path)
+    assert_one_line_error(r, *needles)
+    assert no_versions(tmp_path)
+
+
+def test_non_numeric_string_is_coerced_and_counted_or_rejected(tmp_path: Path) -> None:
+    rows = [f"{i * 0.5},{i % 2}" for i in range(80)]
+    rows[40] = "twelve,0"
+    (tmp_path / "data.csv").write_text("x,y\n" + "\n".join(rows) + "\n")
+    write_config(tmp_path, "data.csv")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
+    assert doc["report"]["coercion_failures"] == {"x": 1}
+
+    other = tmp_path / "strict"
+    other.mkdir()
+    (other / "data.csv").write_text((tmp_path / "data.csv").read_text())
+    write_config(other, "data.csv", extra="  processing: {coerce: reject}\n")
+    r = flywheel("data", "ingest", cwd=other)
+    assert_one_line_error(r, "data.csv row 41", "twelve")
+    assert no_versions(other)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needles"),
+    [
+        ("data:\n  source: [oops\n  target: y\n", ("flywheel.yaml", "invalid YAML")),
+        ("data:\n  source: d.csv\n  target: y\n  spilt: {}\n", ("data.spilt", "unknown key")),
+        ("data:\n  source: d.csv\n  target: y\n  split: {valid: 1.5}\n", ("data.split.valid", "between 0 and 1")),
+    ],
+)
+def test_bad_yaml(tmp_path: Path, yaml_text: str, needles: tuple[str, ...]) -> None:
+    (tmp_path / "flywheel.yaml").write_text(yaml_text)
+    for command in (("validate",), ("data", "ingest")):
+        assert_one_line_error(flywheel(*command, cwd=tmp_path), *needles)
+
+
+def test_data_validate_reports_anomalies(tmp_path: Path) -> None:
+    pl.DataFrame({"x": [float(i) for i in range(100)], "c": ["a", "b"] * 50, "y": [0, 1] * 50}).write_csv(
+        tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    pl.DataFrame({"x": [500.0, 1.0], "c": ["a", "zzz"], "y": [0, 1]}).write_csv(tmp_path / "ok.csv")
+    r = flywheel("data", "validate", "ok.csv", "--json", cwd=tmp_path)
+    kinds = {a["kind"] for a in json.loads(r.out)["anomalies"]}
+    assert kinds == {"out_of_range", "unseen_category"} and r.code == 0  # both warn by default
+    pl.DataFrame({"c": ["a"], "y": [0]}).write_csv(tmp_path / "bad.csv")
+    r = flywheel("data", "validate", "bad.csv", cwd=tmp_path)
+    assert r.code == 1 and "missing_column" in r.out
