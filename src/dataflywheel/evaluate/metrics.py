@@ -100,14 +100,32 @@ def choose_threshold(
         precision, recall, thresholds = skm.precision_recall_curve(y, p)
         precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
         denom = precision + recall
-        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-        best = thresholds[int(np.argmax(f1))]
+        score = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     else:
         fpr, tpr, thresholds = skm.roc_curve(y, p, drop_intermediate=False)
-        finite = np.isfinite(thresholds)
-        j = np.where(finite, tpr - fpr, -np.inf)
-        best = thresholds[int(np.argmax(j))]
-    return float(best)
+        score = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)
+    return _middle_of_best(p, thresholds, score)
+
+
+def _middle_of_best(p: np.ndarray, thresholds: np.ndarray, score: np.ndarray) -> float:
+    """The centre of the interval of thresholds that reach the best score.
+
+    Every threshold in (highest score below the lowest best threshold, highest best threshold]
+    classifies the validation rows identically; its edges sit on a validation score, where a
+    slightly different test score flips the decision. The centre of the gap generalises better.
+    """
+    keep = np.isfinite(thresholds)
+    t, sc = thresholds[keep], score[keep]
+    order = np.argsort(t)
+    t, sc = t[order], sc[order]
+    is_best = sc >= np.max(sc) - 1e-12
+    start = end = int(np.argmax(is_best))  # the lowest best threshold, then its contiguous run
+    while end + 1 < len(t) and is_best[end + 1]:
+        end += 1
+    lo, hi = float(t[start]), float(t[end])
+    below = p[p < lo]
+    floor = float(np.max(below)) if below.size else max(0.0, lo - (hi - lo) - 1e-6)
+    return float((floor + hi) / 2) if hi > floor else lo
 
 
 def binary_metrics(y_true: Any, p_pos: Any, threshold: float = 0.5) -> dict[str, Any]:

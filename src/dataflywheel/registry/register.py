@@ -37,6 +37,7 @@ def register(
     with project.metadata.transaction() as s:
         s.add(RunRow(id=run_id, run_key=run_key, dataset_id=dataset_id, config=config, history=history,
                      lineage=lineage))
+        s.flush()  # the run row must exist before the version row that references it
         row = ModelVersionRow(
             run_id=run_id,
             dataset_id=dataset_id,

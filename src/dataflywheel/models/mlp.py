@@ -1,0 +1,124 @@
+"""The ``mlp`` builder: a multilayer perceptron over numeric columns and embedded categories.
+
+With the defaults this is the classic Dense(64, ReLU) -> Dense(64, ReLU) -> Dense(1) network;
+with ``hidden=[]`` it is a single neuron, i.e. logistic (binary) or linear (regression)
+regression. The module returns logits; the loss and :func:`~dataflywheel.models.predict.predict_proba`
+apply the sigmoid/softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dataflywheel.errors import ModelError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+}
+TASKS = ("binary", "multiclass", "regression")
+
+
+class CategoricalEmbedding(nn.Module):
+    """One ``nn.Embedding(cardinality, dim)`` per categorical column, concatenated."""
+
+    def __init__(self, cardinalities: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(c, dim) for c in cardinalities)
+        self.out_features = len(cardinalities) * dim
+
+    def forward(self, categorical: torch.Tensor) -> torch.Tensor:
+        # categorical: (B, n_cat) long -> (B, n_cat * dim)
+        if not self.tables:
+            return categorical.new_empty((categorical.shape[0], 0), dtype=torch.get_default_dtype())
+        return torch.cat([table(categorical[:, i]) for i, table in enumerate(self.tables)], dim=1)
+
+
+class MLP(nn.Module):
+    """(numeric, categorical) -> logits; hidden layers are Linear -> activation -> Dropout."""
+
+    def __init__(
+        self,
+        n_numeric: int,
+        cardinalities: Sequence[int],
+        n_outputs: int,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        embedding_dim: int = 8,
+    ) -> None:
+        super().__init__()
+        self.embed = CategoricalEmbedding(cardinalities, embedding_dim)
+        width = n_numeric + self.embed.out_features
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_outputs)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        # numeric: (B, n_numeric) float; categorical: (B, n_cat) long
+        if self.embed.tables:
+            x = torch.cat([numeric, self.embed(categorical).to(numeric.dtype)], dim=1)  # (B, n_in)
+        else:
+            x = numeric  # (B, n_numeric)
+        h = self.body(x)  # (B, hidden[-1]) or (B, n_in) when hidden == []
+        return self.head(h)  # (B, n_outputs) logits
+
+
+def build_mlp(
+    *,
+    n_numeric: int,
+    cardinalities: list[int],
+    n_outputs: int,
+    task: str,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "relu",
+    dropout: float = 0.0,
+    embedding_dim: int = 8,
+) -> MLP:
+    """Build an :class:`MLP`; raise :class:`ModelError` naming ``model.params.X`` for a bad value."""
+    _check_shape(n_numeric, cardinalities, n_outputs, task)
+    if (
+        isinstance(hidden, (str, bytes))
+        or not isinstance(hidden, Sequence)
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)
+    ):
+        raise _bad("hidden", "must be a list of positive layer widths, e.g. [64, 64] or []", hidden)
+    if activation not in ACTIVATIONS:
+        raise _bad("activation", f"must be one of {sorted(ACTIVATIONS)}", activation)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise _bad("dropout", "must be a number with 0 <= dropout < 1", dropout)
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+        raise _bad("embedding_dim", "must be a positive integer", embedding_dim)
+    return MLP(
+        n_numeric, cardinalities, n_outputs, list(hidden), activation, float(dropout), embedding_dim
+    )
+
+
+def _check_shape(n_numeric: int, cardinalities: list[int], n_outputs: int, task: str) -> None:
+    if task not in TASKS:
+        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    if n_numeric < 0 or any(c < 1 for c in cardinalities) or n_numeric + len(cardinalities) == 0:
+        raise ModelError(
+            f"needs at least one input column (got {n_numeric} numeric, cardinalities {cardinalities})",
+            where="model",
+            fix="check data.features and data.exclude",
+        )
+    expected = "k >= 2 (one per class)" if task == "multiclass" else "1"
+    if (task == "multiclass" and n_outputs < 2) or (task != "multiclass" and n_outputs != 1):
+        raise ModelError(
+            f"a {task} model needs n_outputs = {expected} (got {n_outputs})", where="model"
+        )
+
+
+def _bad(param: str, message: str, got: object) -> ModelError:
+    return ModelError(f"{message} (got {got!r})", where=f"model.params.{param}")

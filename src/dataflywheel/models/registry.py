@@ -1,0 +1,103 @@
+"""Model builders by name.
+
+A builder is ``builder(*, n_numeric, cardinalities, n_outputs, task, **params) -> nn.Module``
+whose module maps ``(numeric (B, n_numeric) float, categorical (B, n_cat) long)`` to logits
+``(B, n_outputs)``. Builders are added by an explicit :func:`register_model` call (duplicates are
+rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
+stores; :func:`build_model` rebuilds the module from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dataflywheel.errors import ModelError
+from dataflywheel.models.mlp import build_mlp
+from dataflywheel.models.predict import predict_proba
+
+__all__ = [
+    "Builder",
+    "available_models",
+    "build_model",
+    "get_builder",
+    "model_spec",
+    "predict_proba",
+    "register_model",
+]
+
+Builder = Callable[..., nn.Module]
+SHAPE_ARGS = ("n_numeric", "cardinalities", "n_outputs", "task")
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_model(name: str, builder: Builder) -> None:
+    """Make ``builder`` available as ``model.type: name``; a name can be registered once."""
+    if name in _BUILDERS:
+        raise ValueError(
+            f"model type {name!r} is already registered (by {_BUILDERS[name].__module__})"
+        )
+    _BUILDERS[name] = builder
+
+
+def available_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def get_builder(name: str) -> Builder:
+    try:
+        return _BUILDERS[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown model type {name!r}",
+            where="model.type",
+            fix=f"use one of {available_models()}",
+        ) from None
+
+
+def model_spec(name: str, **kwargs: Any) -> dict[str, Any]:
+    """The JSON-able spec for ``build_model``; checks the name and the parameter names now."""
+    _check_params(name, get_builder(name), kwargs)
+    return {"type": name, "args": dict(kwargs)}
+
+
+def build_model(spec: dict[str, Any], *, seed: int | None = None) -> nn.Module:
+    """Build the module a spec describes; with ``seed``, initialise deterministically
+    without touching the global torch RNG."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ModelError('a model spec must be {"type": NAME, "args": {...}}', where="model.json")
+    name, args = spec["type"], dict(spec.get("args") or {})
+    builder = get_builder(name)
+    _check_params(name, builder, args)
+    if seed is None:
+        return builder(**args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(**args)
+
+
+def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
+    missing = [a for a in SHAPE_ARGS if a not in args]
+    if missing:
+        raise ModelError(
+            f"model spec lacks {missing}", where="model.json", fix="rebuild it with model_spec()"
+        )
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in args:
+        if key not in params:
+            known = sorted(k for k in params if k not in SHAPE_ARGS)
+            raise ModelError(
+                f"unknown parameter for model type {name!r}",
+                where=f"model.params.{key}",
+                fix=f"use one of {known}",
+            )
+
+
+register_model("mlp", build_mlp)

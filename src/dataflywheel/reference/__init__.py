@@ -1,0 +1,1 @@
+"""NumPy references that the torch code is checked against (see docs/math.md)."""

@@ -1,0 +1,238 @@
+"""Callbacks (Keras 3 style) and the :class:`TrainState` they see.
+
+A callback overrides any of the no-op hooks below. ``fit`` calls :meth:`Callback.set_state`
+first, so every hook can read and change ``self.state`` (the model, optimiser, epoch, step,
+history); setting ``self.state.stop = True`` ends training after the current epoch.
+A callback with state to resume (early stopping's best value, ...) returns it from
+:meth:`Callback.state_dict` (tensors and JSON types) and takes it back in ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from dataflywheel.config import TrainConfig
+from dataflywheel.errors import ConfigError
+
+Logs = dict[str, Any]
+
+
+@dataclass
+class TrainState:
+    """A training run as callbacks see it. ``epoch`` counts completed epochs and ``step``
+    optimiser steps; ``history`` holds one log dict per completed epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    generator: torch.Generator
+    cfg: TrainConfig
+    task: str
+    epochs: int
+    steps_per_epoch: int
+    callbacks: list[Callback] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    stop: bool = False
+    history: list[Logs] = field(default_factory=list)
+    best_metric: str | None = None
+    best_value: float | None = None
+    best_epoch: int | None = None
+
+    def keyed_callbacks(self) -> Iterator[tuple[str, Callback]]:
+        """Each callback with a stable key (its class name, numbered when repeated)."""
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            yield (name if seen[name] == 1 else f"{name}{seen[name]}"), cb
+
+
+class Callback:
+    """Base class: every hook is a documented no-op."""
+
+    state: TrainState
+
+    def set_state(self, state: TrainState) -> None:
+        self.state = state
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Before the first epoch (also on resume, after the checkpoint is loaded)."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """After the last epoch, or after a stop request."""
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Before epoch ``epoch`` (1-based) starts."""
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        """After epoch ``epoch``: ``logs`` has loss, val_loss, val_<metric>, lr, seconds."""
+
+    def on_batch_end(self, step: int, logs: Logs) -> None:
+        """After optimiser step ``step`` (1-based, over the whole run). ``logs["loss"]`` is a
+        detached 0-dim tensor (call ``float()``: that syncs, so do it only when needed).
+        Called only for callbacks that override it, so the loop stays cheap."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint (tensors and JSON types); empty for stateless callbacks."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned."""
+
+
+def overrides(cb: Callback, hook: str) -> bool:
+    return getattr(type(cb), hook) is not getattr(Callback, hook)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
+    epochs; at the end, put back the best epoch's weights if ``restore_best_weights``."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        patience: int = 10,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ) -> None:
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.min_delta, self.restore_best_weights = min_delta, restore_best_weights
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        if self.monitor not in logs:
+            known = sorted(k for k in logs if k.startswith("val_"))
+            raise ConfigError(
+                f"metric {self.monitor!r} is not logged",
+                where="train.early_stopping.metric",
+                fix=f"use one of {known}",
+            )
+        value = float(logs[self.monitor])
+        if math.isnan(value):
+            self.wait += 1
+        elif self.improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {
+                    k: v.detach().clone() for k, v in self.state.model.state_dict().items()
+                }
+        else:
+            self.wait += 1
+        self.state.best_metric, self.state.best_value = self.monitor, self.best
+        self.state.best_epoch = self.best_epoch
+        if self.wait >= self.patience:
+            self.state.stop = True
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            state.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.best_weights = state.get("best_weights")
+
+
+class Checkpoint(Callback):
+    """Write a resumable checkpoint (see :mod:`dataflywheel.train.checkpoint`) after every
+    epoch into ``directory``, keeping the newest ``keep``. ``fit`` runs it after the other
+    callbacks, so it records their end-of-epoch state."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 1) -> None:
+        self.directory, self.keep = Path(directory), keep
+        self.last: Path | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        from dataflywheel.train.checkpoint import save_checkpoint, snapshot
+
+        weights, saved = snapshot(self.state)
+        self.last = save_checkpoint(self.directory, weights, saved, keep=self.keep)
+
+
+class Progress(Callback):
+    """A Rich progress bar over all steps, showing epoch, live loss and the validation metric.
+    Renders nothing when the console is not a terminal; redraws at most every ``refresh`` s."""
+
+    def __init__(self, *, console: Any = None, refresh: float = 0.2) -> None:
+        self.console, self.refresh = console, refresh
+        self._bar: Any = None
+        self._task: Any = None
+        self._last = 0.0
+
+    def on_train_begin(self, state: TrainState) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        console = self.console or Console(file=sys.stderr)
+        if not console.is_terminal:
+            return
+        self._bar = RichProgress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[val]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task = self._bar.add_task(
+            "train",
+            total=state.epochs * state.steps_per_epoch,
+            completed=state.step,
+            epoch=f"{state.epoch + 1}/{state.epochs}",
+            loss="-",
+            val="",
+        )
+        self._bar.start()
+
+    def on_batch_end(self, step: int, logs: Logs) -> None:
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.refresh:
+            self._last = now
+            self._bar.update(self._task, completed=step, loss=f"{float(logs['loss']):.4f}")
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        if self._bar is None:
+            return
+        shown = [k for k in logs if k.startswith("val_") and k != "val_loss"][:1] + ["val_loss"]
+        val = "  ".join(f"{k} {logs[k]:.4f}" for k in shown if k in logs)
+        self._bar.update(
+            self._task,
+            completed=self.state.step,
+            loss=f"{logs['loss']:.4f}",
+            val=val,
+            epoch=f"{min(epoch + 1, self.state.epochs)}/{self.state.epochs}",
+        )
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,88 @@
+"""Optimiser, loss and learning-rate schedule, each built from :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from dataflywheel.config import ScheduleConfig, TrainConfig
+from dataflywheel.errors import ConfigError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits (B, n_outputs), y (B,)) -> scalar`` (mean over the batch)."""
+
+TASK_LOSS = {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}
+
+
+def resolve_loss(loss: str, task: str) -> str:
+    """The loss name for ``train.loss`` (``auto`` picks by task); a mismatch is a ConfigError."""
+    if task not in TASK_LOSS:
+        raise ConfigError(f"must be one of {list(TASK_LOSS)} (got {task!r})", where="model.task")
+    expected = TASK_LOSS[task]
+    if loss not in ("auto", expected):
+        raise ConfigError(
+            f"{loss} does not fit a {task} task", where="train.loss", fix=f"use auto or {expected}"
+        )
+    return expected
+
+
+def make_loss(cfg: TrainConfig, task: str, *, reduction: str = "mean") -> LossFn:
+    """BCE-with-logits (binary), cross-entropy (multiclass) or MSE (regression) on logits."""
+    name = resolve_loss(cfg.loss, task)
+    if name == "cross_entropy":
+        ce = nn.CrossEntropyLoss(reduction=reduction)
+        return lambda logits, y: ce(logits, y)
+    base: nn.Module = (
+        nn.BCEWithLogitsLoss(reduction=reduction)
+        if name == "bce"
+        else nn.MSELoss(reduction=reduction)
+    )
+    return lambda logits, y: base(logits.squeeze(-1), y)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (with ``cfg.momentum``), at ``cfg.lr`` and ``cfg.weight_decay``."""
+    params = list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise ConfigError(
+        f"must be adam, adamw or sgd (got {cfg.optimizer!r})", where="train.optimizer"
+    )
+
+
+def lr_factor(schedule: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR before optimiser step ``step`` (0-based): a linear warm-up
+    over ``warmup_steps``, then constant, linear-to-zero or cosine-to-zero over the rest."""
+    warmup, decay = schedule.warmup_steps, schedule.decay
+    span = max(1, total_steps - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / span)
+        if decay == "linear":
+            return 1.0 - progress
+        if decay == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> LambdaLR | None:
+    """A per-step LambdaLR, or None when the schedule is a constant LR (no per-step cost)."""
+    if cfg.schedule.warmup_steps == 0 and cfg.schedule.decay == "constant":
+        return None
+    return LambdaLR(optimizer, lr_factor(cfg.schedule, total_steps))
