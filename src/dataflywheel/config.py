@@ -141,10 +141,27 @@ class ScheduleConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    metric: str = "auto"
+    """A logged validation value: val_loss, val_roc_auc, val_accuracy, val_r2. auto = val_roc_auc
+    for binary tasks (the quantity the model is judged on), val_loss otherwise."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """auto = max for metrics where higher is better, min for losses."""
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
+
+
+def resolve_early_stopping(
+    es: EarlyStoppingConfig, task: str, logged: tuple[str, ...] = ()
+) -> tuple[str, Literal["min", "max"]]:
+    """The concrete (metric, mode) for ``auto`` settings; ``logged`` lists the validation
+    metrics the loop computes (without the ``val_`` prefix)."""
+    metric = es.metric
+    if metric == "auto":
+        metric = "val_roc_auc" if task == "binary" and "roc_auc" in logged else "val_loss"
+    mode = es.mode
+    if mode == "auto":
+        mode = "min" if metric.endswith(("loss", "rmse", "mae", "mse")) else "max"
+    return metric, mode
 
 
 class TrainConfig(Section):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dataflywheel.config import TrainConfig
+from dataflywheel.config import TrainConfig, resolve_early_stopping
 from dataflywheel.errors import DataError
 from dataflywheel.models.predict import logits_to_output, predict_logits
 from dataflywheel.runtime import set_threads
@@ -105,7 +105,7 @@ def fit(
         task=task,
         epochs=cfg.epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=_arrange(callbacks, cfg, valid is not None, checkpoint_dir, progress),
+        callbacks=_arrange(callbacks, cfg, task, tuple(metrics or ()), valid is not None, checkpoint_dir, progress),
     )
     for cb in state.callbacks:
         cb.set_state(state)
@@ -209,6 +209,8 @@ def validate(
 def _arrange(
     callbacks: Sequence[Callback],
     cfg: TrainConfig,
+    task: str,
+    logged: tuple[str, ...],
     has_valid: bool,
     checkpoint_dir: Path | None,
     progress: bool,
@@ -216,7 +218,8 @@ def _arrange(
     cbs = list(callbacks)
     es = cfg.early_stopping
     if es is not None and has_valid and not any(isinstance(c, EarlyStopping) for c in cbs):
-        cbs.append(EarlyStopping(es.metric, es.mode, es.patience, es.min_delta))
+        metric, mode = resolve_early_stopping(es, task, logged)
+        cbs.append(EarlyStopping(metric, mode, es.patience, es.min_delta))
     if progress and sys.stderr.isatty() and not any(isinstance(c, Progress) for c in cbs):
         cbs.append(Progress())
     if checkpoint_dir is not None and not any(isinstance(c, Checkpoint) for c in cbs):

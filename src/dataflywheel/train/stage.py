@@ -68,7 +68,7 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
 
     batch = pre.transform(df)
     y = target_enc.transform(df.get_column(target))
-    y_t = torch.as_tensor(np.asarray(y), dtype=torch.long if task == "multiclass" else torch.float32)
+    y_t = torch.as_tensor(np.array(y), dtype=torch.long if task == "multiclass" else torch.float32)
     return Batchable(
         numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
         categorical=torch.as_tensor(batch.categorical, dtype=torch.long),
