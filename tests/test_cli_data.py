@@ -133,3 +133,13 @@ def test_data_validate_reports_anomalies(tmp_path: Path) -> None:
     pl.DataFrame({"c": ["a"], "y": [0]}).write_csv(tmp_path / "bad.csv")
     r = flywheel("data", "validate", "bad.csv", cwd=tmp_path)
     assert r.code == 1 and "missing_column" in r.out
+
+
+def test_data_validate_inputs_only_needs_no_target(tmp_path: Path) -> None:
+    pl.DataFrame({"x": [float(i) for i in range(50)], "y": [0, 1] * 25}).write_csv(tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    pl.DataFrame({"x": [3.0]}).write_csv(tmp_path / "inputs.csv")
+    assert flywheel("data", "validate", "inputs.csv", cwd=tmp_path).code == 1
+    r = flywheel("data", "validate", "inputs.csv", "--inputs-only", cwd=tmp_path)
+    assert r.code == 0, r.out

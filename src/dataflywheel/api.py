@@ -65,8 +65,9 @@ def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig 
 
 
 def validate_batch(path: str | Path, config: str | Path | FlywheelConfig = "flywheel.yaml",
-                   dataset: str = "latest") -> Any:
-    """Check a new batch of data against a dataset version's schema (``flywheel data validate``)."""
+                   dataset: str = "latest", *, require_target: bool = True) -> Any:
+    """Check a new batch of data against a dataset version's schema (``flywheel data validate``);
+    ``require_target=False`` checks model inputs, which have no target column."""
     from dataflywheel.data.anomalies import validate_batch as _validate
     from dataflywheel.data.dataset import get_version
     from dataflywheel.data.sources import source_from_path
@@ -78,4 +79,4 @@ def validate_batch(path: str | Path, config: str | Path | FlywheelConfig = "flyw
         schema = version.schema()
     finally:
         project.close()
-    return _validate(source_from_path(path).read(), schema, cfg.validation)
+    return _validate(source_from_path(path).read(), schema, cfg.validation, require_target=require_target)

@@ -89,11 +89,12 @@ def validate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset version to check against.")] = "latest",
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    inputs_only: Annotated[bool, typer.Option("--inputs-only", help="The batch has no target column.")] = False,
 ) -> None:
     """Check a new batch against a dataset version's schema; exit 1 if an anomaly set to 'fail' is found."""
     from dataflywheel.api import validate_batch
 
-    report = validate_batch(file, config, dataset)
+    report = validate_batch(file, config, dataset, require_target=not inputs_only)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
