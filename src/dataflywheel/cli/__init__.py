@@ -27,6 +27,7 @@ app.command("validate")(project.validate)
 app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
+app.command("serve")(project.serve)
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 

@@ -100,3 +100,15 @@ def _summary(result) -> None:  # noqa: ANN001
     )
     if result.report:
         out.print(f"report: {result.report}", markup=False)
+
+
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    alias: Annotated[str, typer.Option("--alias", "-a", help="Serve the model under this alias.")] = "champion",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+) -> None:
+    """Serve a model over HTTP: /v1/predict (micro-batched, every prediction logged), /v1/feedback."""
+    from dataflywheel.serve import serve as serve_app
+
+    serve_app(config, alias=alias, host=host, port=port)

@@ -1,0 +1,147 @@
+"""Micro-batching: concurrent requests share one forward pass, run on a worker thread.
+
+A request submits its items (records) and awaits a future. The worker thread takes the first
+waiting request, then keeps collecting requests until the batch holds ``max_batch_size`` items
+or ``max_wait_ms`` has passed since that first one, runs ``fn`` once on all their items, and
+hands each request its slice of the results. A request never straddles two batches; one larger
+than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run one by one so a
+bad request fails only itself. The event loop never runs the model, so it keeps accepting
+requests (and filling the next batch) while a forward pass is in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
+
+from dataflywheel.errors import FlywheelError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_STOP = object()
+
+
+class BatcherClosed(FlywheelError):
+    """The batcher is not running (the server is starting or shutting down)."""
+
+
+class MicroBatcher(Generic[T, R]):
+    """Group concurrent ``submit`` calls into calls of ``fn(items) -> results`` (same length).
+
+    ``batch_sizes`` holds the item count of recent forward passes (for tests and metrics).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 2.0,
+        name: str = "flywheel-batcher",
+        history: int = 10_000,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0 (got {max_wait_ms})")
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait_ms = max_wait_ms
+        self.name = name
+        self.batch_sizes: deque[int] = deque(maxlen=history)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = True
+
+    def start(self) -> MicroBatcher[T, R]:
+        with self._lock:
+            if self._thread is None:
+                self._closed = False
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting requests, finish the queued ones, stop the thread."""
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def submit(self, items: Sequence[T]) -> Future[list[R]]:
+        """Queue ``items`` (thread-safe); the future holds their results, in order."""
+        fut: Future[list[R]] = Future()
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed("the model worker is not running", fix="retry once /v1/ready says ready")
+            self._queue.put((list(items), fut))
+        return fut
+
+    async def run(self, items: Sequence[T]) -> list[R]:
+        """``submit`` from the event loop and await the results."""
+        return await asyncio.wrap_future(self.submit(items))
+
+    # -- the worker thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        carry: Any = None
+        while True:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is _STOP:
+                return
+            batch = [first]
+            size = len(first[0])
+            deadline = time.monotonic() + self.max_wait_ms / 1000.0
+            while size < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP or size + len(item[0]) > self.max_batch_size:
+                    carry = item
+                    break
+                batch.append(item)
+                size += len(item[0])
+            self._forward(batch)
+
+    def _forward(self, batch: list[tuple[list[T], Future[list[R]]]]) -> None:
+        items = [x for request, _ in batch for x in request]
+        try:
+            results = list(self.fn(items))
+            if len(results) != len(items):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+        except Exception as exc:  # noqa: BLE001 - handed to the callers' futures
+            if len(batch) == 1:
+                _settle(batch[0][1], None, exc)
+            else:
+                for request in batch:
+                    self._forward([request])
+            return
+        self.batch_sizes.append(len(items))
+        start = 0
+        for chunk, fut in batch:
+            _settle(fut, results[start : start + len(chunk)], None)
+            start += len(chunk)
+
+
+def _settle(fut: Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.set_running_or_notify_cancel():
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)

@@ -1,0 +1,69 @@
+"""Request models generated from a bundle's :class:`~dataflywheel.data.schema.Schema`.
+
+One pydantic model per served model, built with :func:`pydantic.create_model`: every feature
+the preprocessor reads is a required field (``null`` is allowed and means "missing", which
+the preprocessor fills as at training time). ``number`` fields take finite JSON numbers only
+(no strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields
+take strings, with integers and booleans read as their category string (``1`` -> ``"1"``,
+``true`` -> ``"true"``), as the encoders compare categories. Extra keys are ignored, so a
+client may send ids alongside the features; a misspelt feature shows as a missing one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+
+from dataflywheel.data.schema import Schema
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+def _as_category(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return value  # str passes; anything else fails str validation with the field's name
+
+
+Category = Annotated[str, BeforeValidator(_as_category), Field(strict=True, max_length=10_000)]
+
+_TYPES: dict[str, Any] = {"number": Number, "category": Category, "binary": Category,
+                          "text": Category, "datetime": Category}
+
+
+class RecordBase(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def record_model(schema: Schema, columns: list[str] | None = None, name: str = "Record") -> type[BaseModel]:
+    """A pydantic model of one input record: ``columns`` (default: every feature) typed by ``schema``."""
+    wanted = columns if columns is not None else [c.name for c in schema.features]
+    fields: dict[str, Any] = {}
+    for col in wanted:
+        ftype = schema.column(col).type
+        fields[col] = (_TYPES[ftype] | None, Field(..., description=f"{ftype} feature"))
+    return create_model(name, __base__=RecordBase, **fields)
+
+
+def served_columns(predictor: Any) -> list[str]:
+    """The columns the predictor's preprocessor reads (a subset of the schema's features)."""
+    encoders = getattr(predictor.preprocessor, "encoders_", None)
+    if encoders:
+        return list(encoders)
+    return [c.name for c in predictor.schema.features]
+
+
+class FeedbackIn(BaseModel):
+    """POST /v1/feedback: the true label (or value) of a logged prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(min_length=1, max_length=64)
+    label: Annotated[str, Field(strict=True, max_length=10_000)] | Annotated[int, Field(strict=True)] | Number
+    """A class name (an integer is read as its string, ``1`` -> ``"1"``) or, for regression, a number."""
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200)

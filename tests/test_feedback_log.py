@@ -1,0 +1,168 @@
+"""The prediction/feedback log: tables on the shared Base, group commit, idempotency, failure isolation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from dataflywheel.errors import DataError, NotFoundError
+from dataflywheel.feedback.log import (
+    FeedbackRow,
+    IdempotencyConflict,
+    LogWriter,
+    PredictionRecord,
+    PredictionRow,
+    WriterClosed,
+    new_id,
+)
+from dataflywheel.store import Project
+from dataflywheel.store.metadata import Base
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    p = Project.open(tmp_path / "store")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def writer(project: Project) -> Iterator[LogWriter]:
+    with LogWriter(project.metadata) as w:
+        yield w
+
+
+def record(**kw: object) -> PredictionRecord:
+    return PredictionRecord(id=kw.get("id") or new_id(), model_version=1, input={"x": 1.0},  # type: ignore[arg-type]
+                            output={"prediction": "a", "probabilities": {"a": 0.9, "b": 0.1}}, latency_ms=1.5)
+
+
+def hold(writer: LogWriter) -> threading.Event:
+    """Occupy the writer thread until the returned event is set, so later writes queue up."""
+    started, gate = threading.Event(), threading.Event()
+
+    def op(_session: object) -> bool:
+        started.set()
+        return gate.wait(5)
+
+    writer.submit(op)
+    assert started.wait(5)
+    return gate
+
+
+def test_tables_live_on_the_metadata_base(project: Project) -> None:
+    LogWriter(project.metadata)
+    assert {"predictions", "feedback"} <= set(Base.metadata.tables)
+    names = set(inspect(project.metadata.engine).get_table_names())
+    assert {"predictions", "feedback", "model_versions"} <= names
+    assert any(c["name"] == "idempotency_key" for c in inspect(project.metadata.engine).get_columns("feedback"))
+
+
+def test_rows_round_trip_after_the_future_completes(writer: LogWriter) -> None:
+    r = record()
+    assert writer.log_predictions([r]).result(5) == [r.id]
+    row = writer.prediction(r.id)
+    assert row is not None and row.model_version == 1 and row.input == {"x": 1.0}
+    assert row.output["probabilities"] == {"a": 0.9, "b": 0.1} and row.latency_ms == pytest.approx(1.5)
+    assert row.created_at is not None
+
+
+def test_queued_writes_share_one_transaction(writer: LogWriter) -> None:
+    gate = hold(writer)
+    futures = [writer.log_predictions([record(), record()]) for _ in range(40)]
+    assert not any(f.done() for f in futures)
+    gate.set()
+    ids = [i for f in futures for i in f.result(5)]
+    assert writer.count(PredictionRow) == 80 == len(set(ids))
+    assert max(writer.group_sizes) == 40 and writer.commits == 2
+
+
+def test_concurrent_writers_all_commit_in_fewer_transactions(writer: LogWriter) -> None:
+    def one(_i: int) -> list[str]:
+        return writer.log_predictions([record()]).result(10)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for out in pool.map(one, range(200)) for i in out]
+    assert len(set(ids)) == 200 and writer.count(PredictionRow) == 200
+    assert sum(writer.group_sizes) == 200 and writer.commits == len(writer.group_sizes)
+
+
+def test_a_failing_row_fails_only_its_own_caller(writer: LogWriter) -> None:
+    first = record()
+    writer.log_predictions([first]).result(5)
+    gate = hold(writer)
+    good = writer.log_predictions([record()])
+    duplicate = writer.log_predictions([record(id=first.id)])  # primary-key clash at commit
+    also_good = writer.log_predictions([record()])
+    gate.set()
+    assert len(good.result(5)) == 1 and len(also_good.result(5)) == 1
+    with pytest.raises(Exception, match="UNIQUE|unique|IntegrityError"):
+        duplicate.result(5)
+    assert writer.count(PredictionRow) == 3
+
+
+def test_feedback_unknown_prediction_is_not_found(writer: LogWriter) -> None:
+    with pytest.raises(NotFoundError, match="no prediction"):
+        writer.record_feedback("deadbeef", "a").result(5)
+    assert writer.count(FeedbackRow) == 0
+
+
+def test_feedback_idempotency_key_returns_the_first_id(writer: LogWriter) -> None:
+    r = record()
+    writer.log_predictions([r]).result(5)
+    first = writer.record_feedback(r.id, "a", idempotency_key="k1").result(5)
+    again = writer.record_feedback(r.id, "a", idempotency_key="k1").result(5)
+    assert first.created and not again.created and again.id == first.id
+    other = writer.record_feedback(r.id, "b").result(5)
+    assert other.created and other.id != first.id
+    rows = writer.feedback_for(r.id)
+    assert [f.value for f in rows] == [{"label": "a"}, {"label": "b"}] and rows[0].idempotency_key == "k1"
+
+
+def test_same_key_twice_in_one_group_is_one_row(writer: LogWriter) -> None:
+    r = record()
+    writer.log_predictions([r]).result(5)
+    gate = hold(writer)
+    futures = [writer.record_feedback(r.id, "a", idempotency_key="same") for _ in range(5)]
+    gate.set()
+    results = [f.result(5) for f in futures]
+    assert len({x.id for x in results}) == 1 and sum(x.created for x in results) == 1
+    assert writer.count(FeedbackRow) == 1
+
+
+def test_key_reused_for_another_prediction_conflicts(writer: LogWriter) -> None:
+    a, b = record(), record()
+    writer.log_predictions([a, b]).result(5)
+    writer.record_feedback(a.id, "a", idempotency_key="k").result(5)
+    with pytest.raises(IdempotencyConflict):
+        writer.record_feedback(b.id, "a", idempotency_key="k").result(5)
+
+
+def test_check_can_reject_or_normalise_the_value(writer: LogWriter) -> None:
+    r = record()
+    writer.log_predictions([r]).result(5)
+
+    def check(row: PredictionRow, value: object) -> object:
+        if value not in row.output["probabilities"]:
+            raise DataError("not a class", where="label")
+        return str(value).upper()
+
+    with pytest.raises(DataError, match="not a class"):
+        writer.record_feedback(r.id, "zebra", check=check).result(5)
+    writer.record_feedback(r.id, "b", check=check).result(5)
+    assert [f.value for f in writer.feedback_for(r.id)] == [{"label": "B"}]
+
+
+def test_close_commits_what_was_queued_then_refuses(project: Project) -> None:
+    w = LogWriter(project.metadata).start()
+    futures = [w.log_predictions([record()]) for _ in range(20)]
+    w.close()
+    assert all(f.done() and not f.exception() for f in futures)
+    assert w.count(PredictionRow) == 20 and not w.alive
+    with pytest.raises(WriterClosed):
+        w.log_predictions([record()])
