@@ -96,13 +96,14 @@ def ingest(
     if existing is not None and project.artifacts.exists(existing.artifact):
         log(f"dataset {vid} is up to date (same source bytes and data config): reused, nothing to do")
         return DatasetVersion.from_row(existing, project, project.metadata.dataset_parents(vid))
-    return build_version(cfg, project, source.read(), source.describe(), fingerprint, list(parents), log=log)
+    # Pass the reader, not the table: build_version then holds the only reference and can free it.
+    return build_version(cfg, project, source.read, source.describe(), fingerprint, list(parents), log=log)
 
 
 def build_version(
     cfg: FlywheelConfig,
     project: Project,
-    raw: pl.DataFrame,
+    raw: pl.DataFrame | Callable[[], pl.DataFrame],
     source_desc: str,
     fingerprint: str,
     parents: list[str],
@@ -120,12 +121,16 @@ def build_version(
         log(f"dataset {vid} is up to date: reused, nothing to do")
         return DatasetVersion.from_row(existing, project, project.metadata.dataset_parents(vid))
 
+    if callable(raw):
+        raw = raw()
     excluded = [c for c in cfg.data.exclude if c in raw.columns]
     raw = raw.drop(excluded) if excluded else raw
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
     schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
     task = None if cfg.model.task == "auto" else cfg.model.task
     processed = process(raw, schema, cfg.data, where=source_desc, task=task)
+    n_rows = raw.height
+    del raw  # the splits are all we keep: let the raw table go before writing
 
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}
@@ -147,7 +152,7 @@ def build_version(
                     source_fingerprint=fingerprint,
                     config_hash=config_hash,
                     target=cfg.data.target,
-                    n_rows=raw.height,
+                    n_rows=n_rows,
                     split_sizes=sizes,
                     report=report,
                     artifact=key,
@@ -159,7 +164,7 @@ def build_version(
     except Exception:
         project.artifacts.remove(key)
         raise
-    log(f"dataset {vid}: {raw.height} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}")
+    log(f"dataset {vid}: {n_rows} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}")
     return DatasetVersion(
         id=vid,
         path=project.artifacts.path(key),
