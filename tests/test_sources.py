@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import sqlite3
 from pathlib import Path
 
@@ -162,6 +164,90 @@ def test_ragged_row_names_the_line(tmp_path: Path) -> None:
         "fix the row or quote the field containing the delimiter"
     )
     assert "\n" not in str(err.value)
+
+
+_SHORT_FIX = "fix the row: give it every field, leaving a missing value empty"
+
+
+@pytest.mark.parametrize("chunk", [5, sources._CHUNK])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_short_row_names_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, newline: str
+) -> None:
+    monkeypatch.setattr(sources, "_CHUNK", chunk)  # 5 bytes: quotes and rows span chunks
+    path = tmp_path / "d.csv"
+    lines = ["a,b,c", '1,"two', 'lines, too",3', "4,5,", "", "7,8", "9,10,11"]
+    path.write_bytes(newline.join(lines).encode())
+    with pytest.raises(DataError) as err:
+        source_from_path(path).read()
+    assert str(err.value) == f"{path} row 6: expected 3 fields, found 2; {_SHORT_FIX}"
+
+
+def test_short_row_deep_in_a_large_file(tmp_path: Path) -> None:
+    rows = [f"{i},{i * 0.5},{i % 7}" for i in range(30_000)]
+    rows[100] = "100,50.0,"  # an empty last field is a value, not a missing field
+    rows[25_000] = "25000,12500.0"
+    path = tmp_path / "d.csv"
+    path.write_text("id,v,k\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        source_from_path(path).read()
+    assert str(err.value) == f"{path} row 25002: expected 3 fields, found 2; {_SHORT_FIX}"
+
+
+@pytest.mark.parametrize("chunk", [3, sources._CHUNK])
+def test_quoted_delimiters_newlines_and_empty_fields_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    path = tmp_path / "d.csv"
+    path.write_text(
+        'id,text,score\n1,"a, b",\n2,"say ""hi"", then\nleave",0.5\n3,plain,\n4,",",1.5\n'
+    )
+    df = source_from_path(path).read()
+    assert df.to_dict(as_series=False) == {
+        "id": [1, 2, 3, 4],
+        "text": ["a, b", 'say "hi", then\nleave', "plain", ","],
+        "score": [None, 0.5, None, 1.5],
+    }
+
+
+def test_blank_lines_are_not_ragged_rows(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"a,b\r\n1,\r\n\r\n3,4\r\n\r\n")
+    df = source_from_path(path).read()
+    assert df.filter(pl.any_horizontal(pl.all().is_not_null())).rows() == [(1, None), (3, 4)]
+
+
+def test_ragged_rows_match_the_csv_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random files with quoted delimiters, quotes and newlines, blank and short rows: a read
+    fails exactly when the stdlib csv reader sees a ragged row, and names that row."""
+    rng = np.random.default_rng(7)
+    pieces = ["a", "1", ",", '"', "\n", " ", "\r\n"]
+    path = tmp_path / "d.csv"
+    for case in range(150):
+        monkeypatch.setattr(sources, "_CHUNK", int(rng.choice([4, 64, 1 << 20])))
+        width, newline = int(rng.integers(2, 5)), str(rng.choice(["\n", "\r\n"]))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator=newline)
+        writer.writerow([f"h{i}" for i in range(width)])
+        for _ in range(int(rng.integers(1, 8))):
+            n = width if rng.random() < 0.8 else int(rng.integers(1, width))
+            writer.writerow(["".join(rng.choice(pieces, rng.integers(0, 4))) for _ in range(n)])
+            if rng.random() < 0.1:
+                buf.write(newline)
+        path.write_bytes(buf.getvalue().encode())
+        reader = csv.reader(io.StringIO(buf.getvalue(), newline=""))
+        ragged = [(reader.line_num, len(r)) for r in reader if r and len(r) != width]
+        assert sources._fields_agree(path, ",", width) == (not ragged), case  # no slow pass
+        if not ragged:
+            assert source_from_path(path).read().width == width, case
+            continue
+        with pytest.raises(DataError) as err:
+            source_from_path(path).read()
+        line, found = ragged[0]
+        assert str(err.value).startswith(
+            f"{path} row {line}: expected {width} fields, found {found}; "
+        ), case
 
 
 @pytest.mark.parametrize(

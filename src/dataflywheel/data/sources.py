@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
+import mmap
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import polars as pl
 
 from dataflywheel.config import SourceConfig
@@ -107,7 +108,9 @@ class FileSource(Source):
 class CsvSource(FileSource):
     """Delimited text. The delimiter is the one given, else the kind's default (``,`` for csv,
     tab for tsv); a ``.txt`` file, or a header with none of the default, is sniffed among
-    ``, TAB ; |``."""
+    ``, TAB ; |``. Quoted fields may hold the delimiter, quotes (doubled) and newlines. A row
+    with more or fewer fields than the header is an error naming its line; a blank line is not a
+    row with too few fields (polars reads it as a row of nulls)."""
 
     kind = "csv"
     extensions: ClassVar[tuple[str, ...]] = (".csv", ".txt")
@@ -135,7 +138,18 @@ class CsvSource(FileSource):
         return best if counts[best] else self.default_delimiter
 
     def read_file(self, path: Path) -> pl.DataFrame:
+        """Parse with polars. Polars rejects long rows itself but pads short ones with nulls,
+        so only a file whose last column holds a null pays for a vectorised field count."""
         sep = self.separator(path)
+        df = self._parse(path, sep)
+        padded = df.width > 1 and df[df.columns[-1]].null_count() > 0
+        if padded and not _fields_agree(path, sep, df.width):
+            error = _ragged_error(path, sep)
+            if error is not None:
+                raise error
+        return df
+
+    def _parse(self, path: Path, sep: str) -> pl.DataFrame:
         overrides: dict[str, type[pl.DataType]] = {}
         full_inference = False
         while True:
@@ -154,7 +168,11 @@ class CsvSource(FileSource):
             except pl.exceptions.PolarsError as exc:
                 text = str(exc)
                 if "more fields" in text:
-                    raise _ragged_error(path, sep) from None
+                    raise _ragged_error(path, sep) or DataError(
+                        "rows have more fields than the header",
+                        where=str(path),
+                        fix="fix the ragged rows",
+                    ) from None
                 bad = _UNPARSED.search(text)
                 if bad and not full_inference:
                     full_inference = True  # a late stray value: infer from every row instead
@@ -192,95 +210,6 @@ class ParquetSource(FileSource):
             return pl.read_parquet(path)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise _read_error(path, "Parquet", str(exc)) from None
-
-
-class SqlSource(Source):
-    """The result of a query on any SQLAlchemy URL. A relative SQLite path is relative to
-    ``base_dir``; a missing SQLite file is an error (never created). The fingerprint hashes the
-    query text and the result as Arrow IPC of the frame :meth:`read` last returned or, before a
-    read, of a fresh result that the next :meth:`read` then returns (one query, one snapshot).
-    """
-
-    kind = "sql"
-
-    def __init__(self, url: str, query: str, base_dir: Path | None = None) -> None:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise DataError(
-                "not a valid database URL",
-                where="data.source.url",
-                fix="use a SQLAlchemy URL such as sqlite:///data.db or postgresql://user@host/db",
-            ) from None
-        db = parsed.database
-        if (
-            parsed.get_backend_name() == "sqlite"
-            and db
-            and db != ":memory:"
-            and not db.startswith("file:")
-        ):
-            p = Path(db)
-            p = p if p.is_absolute() or base_dir is None else base_dir / p
-            if not p.is_file():
-                raise DataError(
-                    "database file not found",
-                    where=str(p),
-                    fix="check data.source.url (relative to flywheel.yaml)",
-                )
-            parsed = parsed.set(database=str(p))
-        self.url = parsed
-        self.query = query
-        self._last: pl.DataFrame | None = None
-        self._pending: pl.DataFrame | None = None
-
-    def describe(self) -> str:
-        return f"query on {self.url.render_as_string(hide_password=True)}"
-
-    def read(self) -> pl.DataFrame:
-        df = self._pending if self._pending is not None else self._query()
-        self._pending = None
-        self._last = df
-        return df.clone()
-
-    def fingerprint(self) -> str:
-        df = self._pending if self._pending is not None else self._last
-        if df is None:
-            df = self._pending = self._query()
-        buf = io.BytesIO()
-        df.write_ipc_stream(buf, compression="uncompressed")
-        digest = hashlib.sha256(self.query.encode() + b"\0")
-        digest.update(buf.getvalue())
-        return digest.hexdigest()
-
-    def _query(self) -> pl.DataFrame:
-        import sqlalchemy as sa
-
-        try:
-            engine = sa.create_engine(self.url)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise DataError(
-                f"cannot use this database URL ({_first_line(str(exc))})",
-                where="data.source.url",
-                fix="check the URL and that its database driver is installed",
-            ) from None
-        try:
-            with engine.connect() as conn:
-                df = pl.read_database(sa.text(self.query), conn, infer_schema_length=None)
-        except sa.exc.SQLAlchemyError as exc:
-            reason = _first_line(str(getattr(exc, "orig", None) or exc))
-            raise DataError(
-                f"query failed: {reason}", where=self.describe(), fix="check data.source.query"
-            ) from None
-        finally:
-            engine.dispose()
-        if df.height == 0:
-            raise DataError(
-                "query returned no rows", where=self.describe(), fix="check data.source.query"
-            )
-        return df
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -379,9 +308,9 @@ def _file_factory(cls: type[FileSource]) -> SourceFactory:
 
 
 def _sql_factory(cfg: SourceConfig, base_dir: Path) -> Source:
-    if not (cfg.url and cfg.query):
-        raise DataError("a sql source needs both url and query", where="data.source")
-    return SqlSource(cfg.url, cfg.query, base_dir)
+    from dataflywheel.data.sql_source import sql_source_from_config
+
+    return sql_source_from_config(cfg, base_dir)
 
 
 def _sklearn_factory(cfg: SourceConfig, base_dir: Path) -> Source:
@@ -402,7 +331,9 @@ register_source("sklearn", _sklearn_factory)
 # --- helpers --------------------------------------------------------------------------------
 
 _PATH_FIX = "check data.source.path (relative paths start at flywheel.yaml's folder)"
-_UNPARSED = re.compile(r"could not parse `.*?` as dtype `.*?` at column '(.+?)'", re.S)
+_CHUNK = 1 << 23  # bytes per vectorised step of the field-count check
+_LF, _CR, _QUOTE = ord("\n"), ord("\r"), ord('"')
+_UNPARSED = re.compile(r"could not parse `.*?` as dtype `.*?` at column '(.+?)'", re.DOTALL)
 
 
 def _file_sha256(path: Path) -> bytes:
@@ -441,8 +372,57 @@ def _stack(frames: list[tuple[Path, pl.DataFrame]]) -> pl.DataFrame:
         ) from None
 
 
-def _ragged_error(path: Path, sep: str) -> DataError:
-    """Locate the first row whose field count differs from the header's (error path only)."""
+def _fields_agree(path: Path, sep: str, width: int) -> bool:
+    """Whether every non-blank record has ``width`` fields, given that none has more.
+
+    Vectorised over the raw bytes, chunk by chunk: the delimiters outside quotes must number
+    ``width - 1`` per non-blank record (header included). A quote toggles quoting (RFC 4180; a
+    doubled quote toggles twice); only chunks holding a quote pay for tracking it. ``False`` on
+    odd quoting may be a false alarm, so :func:`_ragged_error` has the last word.
+    """
+    with open(path, "rb") as fh:
+        raw = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    delim = ord(sep)
+    delims = records = blanks = parity = 0
+    last_end = -1  # the newline that ends the previous record
+    for start in range(0, data.size, _CHUNK):
+        stop = start + _CHUNK
+        chunk = data[start:stop]
+        is_delim = chunk == delim
+        delims += int(np.count_nonzero(is_delim))
+        ends = np.flatnonzero(chunk == _LF)
+        if parity or raw.find(b'"', start, stop) >= 0:
+            quotes = np.flatnonzero(chunk == _QUOTE)
+            ends = ends[(np.searchsorted(quotes, ends) + parity) % 2 == 0]
+            opened = [0] if parity else []  # quoted spans: (bounds[0], bounds[1]), ...
+            parity = (parity + quotes.size) % 2
+            closed = [chunk.size] if parity else []
+            bounds = np.concatenate([opened, quotes, closed]).astype(np.int64)
+            delims -= _count_within(is_delim, bounds[0::2], bounds[1::2])
+        ends += start
+        gaps = np.diff(ends, prepend=last_end)
+        blanks += int(np.count_nonzero((gaps == 1) | ((gaps == 2) & (data[ends - 1] == _CR))))
+        records += ends.size
+        last_end = int(ends[-1]) if ends.size else last_end
+    tail = data[last_end + 1 :]
+    records += int(tail.size > 1 or (tail.size == 1 and tail[0] != _CR))
+    return delims == (width - 1) * (records - blanks)
+
+
+def _count_within(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
+    """How many of ``mask`` are set within the spans ``[starts[i], ends[i])``."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total > mask.size // 4:  # long spans: locate every set position once instead
+        at = np.searchsorted(np.flatnonzero(mask), np.stack([starts, ends]))
+        return int((at[1] - at[0]).sum())
+    index = np.arange(total) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return int(np.count_nonzero(mask[index]))
+
+
+def _ragged_error(path: Path, sep: str) -> DataError | None:
+    """The first row whose field count differs from the header's, if any (error path only)."""
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh, delimiter=sep)
         expected = len(next(reader, []))
@@ -451,11 +431,13 @@ def _ragged_error(path: Path, sep: str) -> DataError:
                 return DataError(
                     f"expected {expected} fields, found {len(row)}",
                     where=f"{path} row {reader.line_num}",
-                    fix="fix the row or quote the field containing the delimiter",
+                    fix=(
+                        "fix the row or quote the field containing the delimiter"
+                        if len(row) > expected
+                        else "fix the row: give it every field, leaving a missing value empty"
+                    ),
                 )
-    return DataError(
-        "rows have more fields than the header", where=str(path), fix="fix the ragged rows"
-    )
+    return None
 
 
 def _json_error(path: Path) -> DataError | None:
