@@ -181,11 +181,58 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """Evaluation and the promotion gate: a challenger replaces the champion only if it beats
+    it on ``metric`` by ``min_improvement`` and regresses on no ``guard_metrics`` by more than
+    ``tolerance``, both models scored on the same test split (plus held-out feedback)."""
+
     metric: str = "auto"
     """Primary metric for comparing models: auto = roc_auc (binary), macro_f1 (multiclass),
     rmse (regression)."""
     min_improvement: float = Field(0.0, ge=0)
     """A challenger must beat the champion's primary metric by at least this much."""
+    guard_metrics: list[str] | Literal["auto"] = "auto"
+    """Metrics that must not regress: auto = accuracy, f1, log_loss (binary); accuracy,
+    log_loss (multiclass); mae, r2 (regression)."""
+    tolerance: float = Field(0.01, ge=0)
+    """Largest regression allowed on a guard metric (absolute)."""
+    feedback_holdout: float = Field(0.2, ge=0, lt=1)
+    """Share of new labelled feedback held out of retraining and added to the evaluation."""
+
+
+class RetrainConfig(Section):
+    """When the loop retrains by itself (``flywheel serve --auto-retrain``)."""
+
+    every_n_labels: int | None = Field(50, ge=1)
+    """Retrain after this many new labelled feedback rows; null disables."""
+    drift_threshold: float | None = Field(None, gt=0)
+    """Retrain when any feature's PSI over recent inputs exceeds this; null disables."""
+    poll_seconds: float = Field(5.0, gt=0)
+    """How often the retrain worker checks the trigger."""
+
+
+class MonitorConfig(Section):
+    window: int = Field(1000, ge=10)
+    """Recent predictions compared against the training data."""
+    bins: int = Field(10, ge=2, le=100)
+    """Quantile bins for PSI on numbers."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_size: int = Field(64, ge=1)
+    """Most records in one forward pass."""
+    max_wait_ms: float = Field(2.0, ge=0)
+    """How long the first request of a batch waits for others to join it."""
+    max_records: int = Field(1000, ge=1)
+    """Most records in one request (more is a 413)."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body (more is a 413)."""
+    log_mode: Literal["sync", "async"] = "sync"
+    """sync: a prediction's response is sent after its log row is committed. async: sent at
+    once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
+    swap_poll_seconds: float = Field(1.0, gt=0)
+    """How often the server checks whether its alias moved (hot swap)."""
 
 
 class StoreConfig(Section):
@@ -216,6 +263,9 @@ class FlywheelConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     validation: AnomalyPolicy = Field(default_factory=AnomalyPolicy)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Folder of flywheel.yaml; relative paths resolve against it (not a YAML key)."""
