@@ -1,0 +1,206 @@
+"""Serving benchmark, one run, all against 127.0.0.1, bounded.
+
+Requests/s and p50/p99 latency at concurrency 1, 8 and 64 for
+  (a) our server (`flywheel serve`: micro-batching, every prediction logged, sync commit),
+  (b) a minimal FastAPI endpoint calling the same model bundle once per request
+      (no batching, no logging; plain uvicorn),
+and (c) the model's in-process throughput at batch 1 and 1024 (the limit), plus acknowledged
+feedback writes/s on SQLite. Load comes from wrk (Debian package `wrk`) in its own process,
+one thread, for a few seconds per point.
+
+    python benchmarks/bench_serve.py [--seconds 5]
+
+Targets: (a)/(b) >= 1.5 at concurrency 64 and >= 1.0 at concurrency 1; (a) p99 at
+concurrency 1 <= 10 ms; feedback >= 2,000 acknowledged rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+NAIVE_APP = '''
+import os
+from fastapi import FastAPI, Request
+from dataflywheel.registry.predictor import Predictor
+import torch
+torch.set_num_threads(1)
+predictor = Predictor.load(os.environ["BUNDLE"])
+app = FastAPI()
+
+@app.post("/predict")
+async def predict(request: Request):
+    record = await request.json()
+    p = predictor.predict([record])
+    return {"prediction": p.values[0], "probabilities": dict(zip(p.class_names, p.proba[0].tolist()))}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+def start(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wrk(url: str, script: Path, conns: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        bad += sum(int(g) for g in socket_errors.groups())
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "errors": bad, "requests": int(total.group(1))}
+
+
+def post_script(folder: Path, name: str, body: dict) -> Path:
+    path = folder / f"{name}.lua"
+    payload = json.dumps(body).replace("\\", "\\\\").replace("'", "\\'")
+    path.write_text(f"wrk.method = 'POST'\nwrk.body = '{payload}'\nwrk.headers['Content-Type'] = 'application/json'\n")
+    return path
+
+
+def feedback_script(folder: Path, ids: list[str]) -> Path:
+    path = folder / "feedback.lua"
+    lua_ids = ",".join(f'"{i}"' for i in ids)
+    path.write_text(
+        f"local ids = {{{lua_ids}}}\nlocal i = 0\n"
+        "request = function()\n  i = i + 1\n  local id = ids[(i % #ids) + 1]\n"
+        "  return wrk.format('POST', '/v1/feedback', {['Content-Type'] = 'application/json'},"
+        " '{\"prediction_id\":\"' .. id .. '\",\"label\":\"1\"}')\nend\n")
+    return path
+
+
+def in_process(bundle: Path) -> dict[str, float]:
+    import polars as pl
+    import torch
+
+    from dataflywheel.registry.predictor import Predictor
+
+    torch.set_num_threads(1)
+    p = Predictor.load(bundle)
+    test = pl.read_parquet(next((bundle.parents[1] / "datasets").iterdir()) / "test.parquet").drop("target")
+    out = {}
+    for size in (1, 1024):
+        batch = pl.concat([test] * (size // test.height + 1)).head(size)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 2.0:
+            p.scores(batch)
+            n += size
+        out[size] = n / (time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    from rich.console import Console
+    from rich.table import Table
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    shutil.copy(ROOT / "examples" / "breast-cancer" / "flywheel.yaml", tmp / "flywheel.yaml")
+    subprocess.run([str(BIN / "flywheel"), "run", "--no-progress"], cwd=tmp, check=True, capture_output=True)
+    bundle = tmp / ".flywheel" / "artifacts" / "models" / "v1"
+    (tmp / "naive_app.py").write_text(NAIVE_APP)
+    from sklearn.datasets import load_breast_cancer
+
+    bc = load_breast_cancer()
+    record = dict(zip(bc.feature_names.tolist(), bc.data[0].tolist()))
+    script = post_script(tmp, "predict", record)
+    env = {"OMP_NUM_THREADS": "1", "BUNDLE": str(bundle)}
+
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    port = free_port()
+    ours = start([str(BIN / "flywheel"), "serve", "--port", str(port)], tmp, env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/health")
+        results["ours"] = {c: wrk(f"http://127.0.0.1:{port}/v1/predict", script, c, args.seconds) for c in (1, 8, 64)}
+        ids = [httpx.post(f"http://127.0.0.1:{port}/v1/predict", json=record).json()["prediction_id"] for _ in range(200)]
+        fb = wrk(f"http://127.0.0.1:{port}", feedback_script(tmp, ids), 64, args.seconds)
+    finally:
+        stop(ours)
+    import sqlite3
+
+    with sqlite3.connect(tmp / ".flywheel" / "flywheel.db") as db:
+        stored_feedback = db.execute("select count(*) from feedback").fetchone()[0]
+        logged = db.execute("select count(*) from predictions").fetchone()[0]
+    port = free_port()
+    naive = start([str(BIN / "uvicorn"), "naive_app:app", "--port", str(port), "--log-level", "warning"], tmp, env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/docs")
+        results["naive"] = {c: wrk(f"http://127.0.0.1:{port}/predict", script, c, args.seconds) for c in (1, 8, 64)}
+    finally:
+        stop(naive)
+    limit = in_process(bundle)
+
+    table = Table(title="serving: breast-cancer MLP, wrk -t1, 127.0.0.1")
+    for col in ("concurrency", "ours req/s", "ours p50 ms", "ours p99 ms", "naive req/s", "naive p50 ms",
+                "naive p99 ms", "ours/naive", "errors"):
+        table.add_column(col, justify="right")
+    for c in (1, 8, 64):
+        a, b = results["ours"][c], results["naive"][c]
+        table.add_row(str(c), f"{a['rps']:,.0f}", f"{a['p50']:.2f}", f"{a['p99']:.2f}", f"{b['rps']:,.0f}",
+                      f"{b['p50']:.2f}", f"{b['p99']:.2f}", f"{a['rps'] / b['rps']:.2f}",
+                      f"{a['errors']:.0f}/{b['errors']:.0f}")
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"in process (the limit): {limit[1]:,.0f} rows/s at batch 1, {limit[1024]:,.0f} rows/s at batch 1024")
+    console.print(f"feedback: {fb['rps']:,.0f} acknowledged writes/s at concurrency 64 (p99 {fb['p99']:.1f} ms); "
+                  f"{stored_feedback} rows stored vs {fb['requests'] - fb['errors']:.0f} acknowledged by wrk "
+                  f"(wrk counts requests cut off at the end as unanswered); {logged} predictions logged")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
