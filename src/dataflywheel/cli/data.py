@@ -18,8 +18,10 @@ def ingest(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Run the data stages alone (input, schema, processing); reuse an unchanged version."""
     from dataflywheel.api import ingest as ingest_api
 
-    version = ingest_api(config, log=logger())
-    console().print(f"dataset {version.id}: {version.path}", markup=False)
+    out = console()
+    with out.status("reading, checking and processing the data..."):
+        version = ingest_api(config, log=logger())
+    out.print(f"dataset {version.id}: {version.path}", markup=False)
 
 
 @app.command("list")
