@@ -215,6 +215,8 @@ class MonitorConfig(Section):
     """Recent predictions compared against the training data."""
     bins: int = Field(10, ge=2, le=100)
     """Quantile bins for PSI on numbers."""
+    min_recent: int = Field(200, ge=1)
+    """Recent predictions needed before drift can trigger a retrain (PSI on few rows is noise)."""
 
 
 class ServeConfig(Section):

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dataflywheel.cli import data, models, project
+from dataflywheel.cli import data, models, monitor_command, project
 
 app = typer.Typer(
     name="flywheel",
@@ -28,6 +28,7 @@ app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
 app.command("serve")(project.serve)
+app.command("monitor")(monitor_command.monitor)
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 
