@@ -8,7 +8,13 @@ import polars as pl
 import pytest
 
 from dataflywheel.config import MissingConfig
-from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types, drop_duplicates
+from dataflywheel.data.cleaning import (
+    Clipper,
+    Imputer,
+    coerce_types,
+    drop_duplicates,
+    unique_rows,
+)
 from dataflywheel.data.schema import ColumnSchema, Schema
 from dataflywheel.errors import ConfigError, DataError, NotFittedError, SchemaError
 
@@ -75,6 +81,8 @@ def test_drop_duplicates_keeps_first_in_order() -> None:
     out, n = drop_duplicates(df)
     assert n == 2
     assert out.rows() == [(3, "x"), (1, "y"), (None, None), (2, "z"), (1, "q")]
+    assert unique_rows(df).to_list() == [True, True, False, True, False, True, True]
+    assert unique_rows(out) is None and drop_duplicates(out) == (out, 0)
 
 
 def frame_with_gaps() -> pl.DataFrame:

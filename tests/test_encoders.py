@@ -131,3 +131,18 @@ def test_datetime_encoder_zscores_epoch_seconds() -> None:
     assert enc.std_ == pytest.approx(day)
     out = enc.transform(pl.Series("t", [datetime(2024, 1, 1), datetime(2024, 1, 5), None]))
     assert np.allclose(out, [-1.0, 3.0, 0.0])
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])
+@pytest.mark.parametrize(
+    "enc", [CategoryEncoder(), CategoryEncoder(onehot=True), BinaryEncoder()], ids=repr
+)
+def test_encode_agrees_with_transform_and_count_unknown(enc, n: int) -> None:
+    rng = np.random.default_rng(n)
+    enc.fit(pl.Series("c", ["a", "b"] * 5))
+    s = pl.Series("c", rng.choice(["a", "b", "z", None], n).tolist())
+    out, unknown = enc.encode(s)
+    assert np.array_equal(out, enc.transform(s)) and out.dtype == enc.transform(s).dtype
+    assert unknown == enc.count_unknown(s) == sum(v == "z" for v in s.to_list())
+    enc.fit(pl.Series("c", ["b", "z"]))  # refitting must not keep the old lookup
+    assert np.array_equal(enc.encode(s)[0], enc.transform(s))

@@ -105,3 +105,78 @@ def test_save_load_gives_identical_outputs(fitted: Preprocessor, tmp_path: Path)
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelError, match="not a valid preprocessor"):
         Preprocessor.load(path)
+
+
+def reference(pre: Preprocessor, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Encode column by column with each encoder's own transform (the contract transform keeps)."""
+    numeric, categorical, unknown = [], [], {}
+    for col, enc in pre.encoders_.items():
+        out = enc.transform(df[col])
+        width = 1 if enc.kind == "categorical" else enc.width_
+        (categorical if enc.kind == "categorical" else numeric).append(out.reshape(df.height, width))
+        if enc.count_unknown(df[col]):
+            unknown[col] = enc.count_unknown(df[col])
+    return np.hstack(numeric), np.hstack(categorical), unknown
+
+
+def messy(n: int, seed: int) -> pl.DataFrame:
+    """Rows like table()'s with missing cells, NaN, unseen categories and missing flags."""
+    rng = np.random.default_rng(seed)
+    df = table(n, seed)
+    return df.with_columns(
+        pl.when(pl.Series(rng.random(n) < 0.2)).then(None).otherwise(pl.col("年齢")).alias("年齢"),
+        pl.when(pl.Series(rng.random(n) < 0.1)).then(float("nan")).otherwise(pl.col("größe")).alias("größe"),
+        pl.Series("farbe", rng.choice(["rot", "grün", "lila", None], n).tolist()),
+        pl.Series("stadt", rng.choice(["Köln", "Rom", None], n).tolist()),
+        pl.Series("aktiv", [None if v < 0.1 else bool(v < 0.5) for v in rng.random(n)]),
+    )
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
+def test_transform_matches_per_column_encoding(
+    fitted: Preprocessor, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dataflywheel.features.preprocessor.CHUNK_ROWS", 64)  # several chunks
+    df = messy(n, seed=n)
+    numeric, categorical, unknown = reference(fitted, df)
+    batch = fitted.transform(df)
+    assert np.array_equal(batch.numeric, numeric) and np.array_equal(batch.categorical, categorical)
+    assert batch.unknown == unknown
+    if n == 300:
+        assert set(unknown) == {"farbe", "stadt"}
+
+
+def test_transform_reads_number_columns_of_other_dtypes(fitted: Preprocessor) -> None:
+    df = table(20, seed=4)
+    as_text = df.with_columns(pl.col("größe").cast(pl.String), pl.col("年齢").cast(pl.Int64))
+    a, b = fitted.transform(df), fitted.transform(as_text)
+    assert np.array_equal(a.numeric, b.numeric)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transform_records_equals_transform(fitted: Preprocessor, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    records = messy(n, seed).to_dicts()
+    for r in records:  # keys left out of some records read as missing
+        if rng.random() < 0.2:
+            del r[str(rng.choice(["größe", "farbe", "aktiv"]))]
+    if seed == 1:  # values polars must read: a number as text, a category as a number
+        records[0]["größe"], records[-1]["farbe"] = "171.5", 7
+    if seed == 2:
+        records[0]["年齢"] = 40  # an int among floats
+    expected = fitted.transform(pl.DataFrame(records, infer_schema_length=None))
+    got = fitted.transform_records(records)
+    assert np.array_equal(got.numeric, expected.numeric, equal_nan=True)
+    assert np.array_equal(got.categorical, expected.categorical)
+    assert got.unknown == expected.unknown
+
+
+def test_transform_records_long_list_and_missing_column(fitted: Preprocessor) -> None:
+    records = messy(400, seed=9).to_dicts()
+    expected = fitted.transform(pl.DataFrame(records))
+    got = fitted.transform_records(records)
+    assert np.array_equal(got.numeric, expected.numeric) and got.unknown == expected.unknown
+    with pytest.raises(SchemaError) as err:
+        fitted.transform_records([{k: v for k, v in r.items() if k != "stadt"} for r in records[:3]])
+    assert err.value.where == "column 'stadt'"

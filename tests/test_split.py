@@ -7,7 +7,13 @@ import polars as pl
 import pytest
 
 from dataflywheel.config import SplitConfig
-from dataflywheel.data.split import leakage_report, split_frame, split_indices
+from dataflywheel.data.split import (
+    gather_splits,
+    label_codes,
+    leakage_report,
+    split_frame,
+    split_indices,
+)
 from dataflywheel.errors import DataError
 
 
@@ -78,3 +84,25 @@ def test_leakage_counts_rows_of_later_split_seen_in_earlier() -> None:
     assert leakage_report(splits, ["a", "b", "y"])["train/valid"] == 1
     empty = {"train": train, "valid": valid.clear(), "test": test}
     assert leakage_report(empty, ["a", "b"])["valid/test"] == 0
+
+
+def test_label_codes_stratify_exactly_like_the_strings() -> None:
+    rng = np.random.default_rng(3)
+    strings = rng.choice(["b", "B", "a", "ä", "東", "10", "2"], 500).tolist()
+    codes = label_codes(pl.Series(strings))
+    assert len(np.unique(codes)) == 7
+    cfg = SplitConfig(train=0.6, valid=0.2, test=0.2, seed=5)
+    by_string, s1 = split_indices(500, np.array(strings, dtype=object), cfg)
+    by_code, s2 = split_indices(500, codes, cfg)
+    assert s1 and s2
+    assert all(np.array_equal(by_string[k], by_code[k]) for k in by_string)
+
+
+def test_gather_splits_equals_indexing_and_consumes_columns() -> None:
+    df = labelled(300, 0.2).with_columns(pl.Series("leer", [None] * 300, dtype=pl.String))
+    indices, _ = split_indices(300, None, SplitConfig(seed=1))
+    columns = df.get_columns()
+    splits = gather_splits(columns, indices)
+    assert columns == []
+    for name, idx in indices.items():
+        assert splits[name].equals(df[idx]) and splits[name].schema == df.schema

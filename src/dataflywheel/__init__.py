@@ -13,9 +13,16 @@ and ``flywheel --help`` stay fast.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# polars' allocator (jemalloc) keeps freed pages for a while; the data stages free whole
+# copies of a table as they go, so hand them back at once (peak memory 2.3x -> 2.0x the
+# table on a 1M-row ingest). Takes effect only if polars is not imported yet; a user's own
+# setting wins.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 if TYPE_CHECKING:
     from dataflywheel.api import ingest, load_config, load_model, run, train, validate_batch

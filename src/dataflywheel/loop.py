@@ -96,6 +96,11 @@ def train_and_register(
     test = dataset.split("test")
     evaluation = evaluate_split(predictor, test, target)
     metrics = evaluation.metrics
+    # The gate scores both models on the frozen test split plus any held-out feedback.
+    from dataflywheel.feedback.trainingset import evaluation_rows
+
+    gate_rows, eval_rows = evaluation_rows(dataset, test)
+    gate_metrics = metrics if gate_rows is test else evaluate_split(predictor, gate_rows, target).metrics
     history = trained.history
     log(_metrics_line(trained.task, metrics))
 
@@ -103,7 +108,8 @@ def train_and_register(
     champion = None
     if champion_version is not None:
         champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact))
-    verdict = compare_to_champion(cfg, trained.task, metrics, champion, champion_version, test)
+    verdict = compare_to_champion(cfg, trained.task, gate_metrics, champion, champion_version, gate_rows,
+                                  eval_rows=eval_rows)
 
     lineage = {
         "dataset_id": dataset.id,

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dataflywheel.cli import data, models, monitor_command, project
+from dataflywheel.cli import data, loop_commands, models, monitor_command, project
 
 app = typer.Typer(
     name="flywheel",
@@ -28,7 +28,11 @@ app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
 app.command("serve")(project.serve)
+app.command("demo")(project.demo)
 app.command("monitor")(monitor_command.monitor)
+app.command("retrain")(loop_commands.retrain)
+app.command("lineage")(loop_commands.lineage)
+app.add_typer(loop_commands.feedback_app, name="feedback")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 

@@ -105,10 +105,24 @@ def _summary(result) -> None:  # noqa: ANN001
 def serve(
     config: ConfigOpt = DEFAULT_CONFIG,
     alias: Annotated[str, typer.Option("--alias", "-a", help="Serve the model under this alias.")] = "champion",
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str | None, typer.Option("--host", help="Default: serve.host (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default: serve.port (8000).")] = None,
+    auto_retrain: Annotated[bool, typer.Option("--auto-retrain", help="Run the retrain worker beside the server.")] = False,
 ) -> None:
     """Serve a model over HTTP: /v1/predict (micro-batched, every prediction logged), /v1/feedback."""
     from dataflywheel.serve import serve as serve_app
 
-    serve_app(config, alias=alias, host=host, port=port)
+    serve_app(config, alias=alias, host=host, port=port, auto_retrain=auto_retrain)
+
+
+def demo(
+    folder: Annotated[Path, typer.Option("--folder", help="Where to create the demo project.")] = Path("flywheel-demo"),
+    initial: Annotated[int, typer.Option("--initial", help="Rows v1 is trained on.")] = 120,
+    label_share: Annotated[float, typer.Option("--label-share", help="Share of traffic that gets a true label.")] = 0.6,
+) -> None:
+    """One turn of the loop on breast cancer: train v1, serve, traffic + feedback, retrain, gate, hot swap."""
+    from dataflywheel.demo import print_summary, run_demo
+
+    out = console()
+    result = run_demo(folder, initial=initial, label_share=label_share, log=logger())
+    print_summary(result, out)

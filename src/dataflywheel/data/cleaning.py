@@ -92,20 +92,29 @@ def coerce_types(
     return (df.with_columns(e.alias(n) for n, e in final.items()) if final else df), failures
 
 
-def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Drop exact duplicate rows (missing equals missing), keeping the first; order is kept.
+def unique_rows(df: pl.DataFrame) -> pl.Series | None:
+    """Mask of the rows to keep when dropping exact duplicates (missing equals missing): each
+    row's first occurrence. None when there is no duplicate.
 
     Row hashes find the candidates cheaply; only rows sharing a hash are compared exactly.
     """
     if df.is_empty() or not df.columns:
-        return df, 0
+        return None
     repeated = df.hash_rows().is_duplicated()
     if not repeated.any():
-        return df, 0
+        return None
     index = "\0row"
     candidates = df.with_row_index(index).filter(repeated)
     first = candidates.unique(subset=df.columns, keep="first", maintain_order=True)[index]
     keep = ~repeated | pl.int_range(df.height, dtype=pl.UInt32, eager=True).is_in(first.implode())
+    return None if keep.all() else keep
+
+
+def drop_duplicates(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Drop exact duplicate rows (missing equals missing), keeping the first; order is kept."""
+    keep = unique_rows(df)
+    if keep is None:
+        return df, 0
     out = df.filter(keep)
     return out, df.height - out.height
 

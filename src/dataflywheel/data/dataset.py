@@ -128,9 +128,10 @@ def build_version(
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
     schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
     task = None if cfg.model.task == "auto" else cfg.model.task
-    processed = process(raw, schema, cfg.data, where=source_desc, task=task)
     n_rows = raw.height
-    del raw  # the splits are all we keep: let the raw table go before writing
+    handover = [raw]
+    del raw  # process holds the only reference, so it can free the raw columns as it splits
+    processed = process(handover.pop(), schema, cfg.data, where=source_desc, task=task)
 
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}

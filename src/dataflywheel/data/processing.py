@@ -3,6 +3,10 @@
 Order: drop excluded columns -> coerce types -> drop rows whose target is missing -> drop
 exact duplicates -> split -> fill missing cells and clip outliers with statistics from the
 train split only -> count rows shared between splits (leakage).
+
+Memory: duplicates and the split are row indices; each split is gathered straight from the
+coerced frame, column by column, releasing it as it goes. So when the caller hands over its
+only reference to the input (see ``build_version``), about one copy of the table is alive.
 """
 
 from __future__ import annotations
@@ -13,9 +17,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from dataflywheel.config import DataConfig
-from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types, drop_duplicates
+from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types, unique_rows
 from dataflywheel.data.schema import category_strings
-from dataflywheel.data.split import SPLITS, leakage_report, split_indices
+from dataflywheel.data.split import (
+    SPLITS,
+    gather_splits,
+    label_codes,
+    leakage_report,
+    split_indices,
+)
 from dataflywheel.errors import SchemaError
 
 if TYPE_CHECKING:
@@ -71,20 +81,27 @@ def process(
     df = df.drop(excluded)
 
     df, failures = coerce_types(df, schema, proc.coerce, where)
-    before = df.height
-    df = df.drop_nulls(subset=[target])
-    missing_target = before - df.height
+    missing_target = df[target].null_count()
+    if missing_target:
+        df = df.drop_nulls(subset=[target])
 
-    duplicates = 0
-    if proc.drop_duplicates:
-        df, duplicates = drop_duplicates(df)
+    keep = unique_rows(df) if proc.drop_duplicates else None
+    rows = None if keep is None else keep.arg_true().to_numpy()
+    n_rows = df.height if rows is None else len(rows)
+    duplicates = df.height - n_rows
 
     strat = cfg.split.stratify and _stratify(schema, target, task)
-    labels = category_strings(df[target]).to_numpy() if strat else None
-    indices, stratified = split_indices(df.height, labels, cfg.split)
-    splits = {name: df[indices[name]] for name in SPLITS}
-
+    labels = None
+    if strat:
+        kept = df[target] if keep is None else df[target].filter(keep)
+        labels = label_codes(category_strings(kept))
+    indices, stratified = split_indices(n_rows, labels, cfg.split)
+    if rows is not None:
+        indices = {name: rows[idx] for name, idx in indices.items()}
     features = [c for c in df.columns if c != target]
+    columns = df.get_columns()
+    del df, keep  # gather_splits frees each input column once it is gathered
+    splits = gather_splits(columns, indices)
     known = {c.name: c.type for c in schema.columns}
     imputer = Imputer(schema, proc.missing, target=target).fit(splits["train"])
     filled: dict[str, int] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,10 @@ class Verdict:
     champion: float | None
     champion_version: int | None
     reasons: list[str]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per gated metric (see :class:`~dataflywheel.evaluate.gate.Check`)."""
+    eval_rows: dict[str, int] = field(default_factory=dict)
+    """Rows both models were scored on: ``test`` and ``feedback_holdout``."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -63,25 +67,23 @@ class Verdict:
 
 def compare_to_champion(
     cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Any | None,
-    champion_version: int | None, test: pl.DataFrame,
+    champion_version: int | None, test: pl.DataFrame, *, eval_rows: dict[str, int] | None = None,
 ) -> Verdict:
-    """Evaluate the champion on the same test split and decide whether the challenger wins."""
-    from dataflywheel.evaluate.metrics import is_better, primary_metric
+    """Score the champion on the rows the challenger was scored on (``test``) and apply the
+    promotion gate (:mod:`dataflywheel.evaluate.gate`) to the two models' metrics."""
+    from dataflywheel.evaluate.gate import gate
+    from dataflywheel.evaluate.metrics import primary_metric
 
-    metric, higher = primary_metric(task, cfg.evaluate.metric)
+    rows = eval_rows or {"test": test.height}
+    metric, _higher = primary_metric(task, cfg.evaluate.metric)
     ours = challenger_metrics.get(metric)
     if champion is None:
-        return Verdict("champion", metric, ours, None, None, ["first model: becomes champion"])
+        return Verdict("champion", metric, ours, None, None, ["first model: becomes champion"], eval_rows=rows)
     if champion.task != task:
         return Verdict("promoted", metric, ours, None, champion_version,
-                       [f"champion solves a different task ({champion.task}); replaced"])
-    theirs = evaluate_split(champion, test, cfg.data.target).metrics.get(metric)
-    if ours is None:
-        return Verdict("rejected", metric, ours, theirs, champion_version, [f"challenger {metric} is undefined"])
-    if theirs is None or is_better(task, metric, ours, theirs, cfg.evaluate.min_improvement):
-        word = "higher" if higher else "lower"
-        reason = f"{metric} {ours:.4f} vs champion {theirs if theirs is None else round(theirs, 4)} ({word} is better"
-        reason += f", min improvement {cfg.evaluate.min_improvement:g})"
-        return Verdict("promoted", metric, ours, theirs, champion_version, [reason])
-    reason = f"{metric} {ours:.4f} does not beat champion {theirs:.4f} by {cfg.evaluate.min_improvement:g}"
-    return Verdict("rejected", metric, ours, theirs, champion_version, [reason])
+                       [f"champion solves a different task ({champion.task}); replaced"], eval_rows=rows)
+    theirs = evaluate_split(champion, test, cfg.data.target).metrics
+    result = gate(task, cfg.evaluate, challenger_metrics, theirs)
+    checks = result.to_dict()["checks"]
+    return Verdict("promoted" if result.passed else "rejected", metric, ours, theirs.get(metric), champion_version,
+                   result.reasons, checks, rows)

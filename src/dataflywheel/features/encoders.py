@@ -12,6 +12,7 @@ compared as strings (:func:`~dataflywheel.data.schema.category_strings`: 1.0 rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -21,6 +22,9 @@ from dataflywheel.data.schema import category_strings
 from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
 
 OutputKind = Literal["numeric", "categorical"]
+
+SMALL_BATCH = 64
+"""Up to this many rows, vocabulary lookups go through a Python dict rather than polars."""
 
 
 class Encoder:
@@ -54,6 +58,10 @@ class Encoder:
         """Present values unseen at fit time (always 0 for encoders without a vocabulary)."""
         self._check_fitted()
         return 0
+
+    def encode(self, series: pl.Series) -> tuple[np.ndarray, int]:
+        """``(transform(series), count_unknown(series))``; subclasses may share the work."""
+        return self.transform(series), self.count_unknown(series)
 
     def get_params(self) -> dict[str, Any]:
         return {}
@@ -142,14 +150,18 @@ class NumberEncoder(Encoder):
             self.max_ = stat_or(s.max(), 1.0)
         return self
 
+    def affine(self) -> tuple[float, float, float]:
+        """``(fill, offset, scale)``: the output is ``(value or fill - offset) / scale``."""
+        self._check_fitted()
+        if self.method == "zscore":
+            return self.fill_, self.mean_, self.std_
+        if self.method == "minmax":
+            return self.fill_, self.min_, _nonzero(self.max_ - self.min_)
+        return self.fill_, 0.0, 1.0
+
     def transform(self, series: pl.Series) -> np.ndarray:
         self._check_fitted(series)
-        s = _floats(series)
-        if self.method == "zscore":
-            return _scale(s, self.fill_, self.mean_, self.std_)
-        if self.method == "minmax":
-            return _scale(s, self.fill_, self.min_, _nonzero(self.max_ - self.min_))
-        return _scale(s, self.fill_, 0.0, 1.0)
+        return _scale(_floats(series), *self.affine())
 
 
 def _strings(series: pl.Series) -> pl.Series:
@@ -160,7 +172,62 @@ def _vocabulary(series: pl.Series) -> list[str]:
     return _strings(series).drop_nulls().unique().sort().to_list()
 
 
-class CategoryEncoder(Encoder):
+class _Vocabulary(Encoder):
+    """Shared by encoders of a sorted vocabulary ``categories_``: index 1.. for each value, 0 for
+    unknown or missing, by polars for long series and a cached dict for short ones."""
+
+    _state = ("categories_",)
+    categories_: list[str]
+
+    def _index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_lookup")
+        if cached is None or cached[0] is not self.categories_:  # refitted or loaded since
+            cached = (self.categories_, {c: i for i, c in enumerate(self.categories_, 1)})
+            self._lookup = cached
+        return cached[1]
+
+    def _indices(self, series: pl.Series) -> pl.Series:
+        return _strings(series).replace_strict(
+            self.categories_,
+            list(range(1, len(self.categories_) + 1)),
+            default=0,
+            return_dtype=pl.Int64,
+        )
+
+    def index_values(self, values: Sequence[str | None]) -> tuple[np.ndarray, int]:
+        """Indices (int64) of category strings, and how many present ones are unknown."""
+        self._check_fitted()
+        index = self._index()
+        idx = np.fromiter(
+            (0 if v is None else index.get(v, 0) for v in values), dtype=np.int64, count=len(values)
+        )
+        present = sum(v is not None for v in values)
+        return idx, present - int(np.count_nonzero(idx))
+
+    def index_series(self, series: pl.Series) -> tuple[np.ndarray, int]:
+        """Indices of a series' values, and how many present ones are unknown."""
+        self._check_fitted(series)
+        s = _strings(series)
+        if s.len() <= SMALL_BATCH:
+            return self.index_values(s.to_list())
+        idx = self._indices(s).to_numpy()
+        return idx, s.len() - s.null_count() - int(np.count_nonzero(idx))
+
+    def count_unknown(self, series: pl.Series) -> int:
+        self._check_fitted(series)
+        s = _strings(series)
+        return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
+
+    def output(self, idx: np.ndarray) -> np.ndarray:
+        """This encoder's output given the vocabulary indices."""
+        raise NotImplementedError
+
+    def encode(self, series: pl.Series) -> tuple[np.ndarray, int]:
+        idx, unknown = self.index_series(series)
+        return self.output(idx), unknown
+
+
+class CategoryEncoder(_Vocabulary):
     """A category as an index into its sorted train vocabulary; 0 is unknown or missing.
 
     With ``onehot`` the output is float32 one-hot of width ``len(categories_) + 1``.
@@ -195,30 +262,19 @@ class CategoryEncoder(Encoder):
         self.categories_: list[str] = _vocabulary(series)
         return self
 
-    def _indices(self, series: pl.Series) -> pl.Series:
-        return _strings(series).replace_strict(
-            self.categories_,
-            list(range(1, len(self.categories_) + 1)),
-            default=0,
-            return_dtype=pl.Int64,
-        )
-
-    def transform(self, series: pl.Series) -> np.ndarray:
-        self._check_fitted(series)
-        idx = self._indices(series).to_numpy()
+    def output(self, idx: np.ndarray) -> np.ndarray:
         if not self.onehot:
             return idx
         out = np.zeros((len(idx), self.cardinality_), dtype=np.float32)
         out[np.arange(len(idx)), idx] = 1.0
         return out
 
-    def count_unknown(self, series: pl.Series) -> int:
+    def transform(self, series: pl.Series) -> np.ndarray:
         self._check_fitted(series)
-        s = _strings(series)
-        return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
+        return self.output(self._indices(series).to_numpy())
 
 
-class BinaryEncoder(Encoder):
+class BinaryEncoder(_Vocabulary):
     """A two-valued column as float32: the sorted values map to 0 and 1; unknown/missing to 0.5.
 
     More than two values at fit raise :class:`DataError`; a single value maps to 0.
@@ -239,19 +295,13 @@ class BinaryEncoder(Encoder):
         self.categories_: list[str] = values
         return self
 
+    def output(self, idx: np.ndarray) -> np.ndarray:
+        codes = np.array([0.5, *range(len(self.categories_))], dtype=np.float32)
+        return codes[idx]
+
     def transform(self, series: pl.Series) -> np.ndarray:
         self._check_fitted(series)
-        codes = [float(i) for i in range(len(self.categories_))]
-        return (
-            _strings(series)
-            .replace_strict(self.categories_, codes, default=0.5, return_dtype=pl.Float32)
-            .to_numpy()
-        )
-
-    def count_unknown(self, series: pl.Series) -> int:
-        self._check_fitted(series)
-        s = _strings(series)
-        return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
+        return self.output(self._indices(series).to_numpy())
 
 
 def _epoch_seconds(series: pl.Series) -> pl.Series:

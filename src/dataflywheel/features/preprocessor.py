@@ -1,7 +1,9 @@
 """The Preprocessor: a table in, model-ready arrays out, identically at training and serving time.
 
 It holds one encoder per feature column (see :mod:`dataflywheel.features.encoders`), fitted
-on the train split only. Numbers, binaries, datetimes and one-hot categories join a float32
+on the train split only. ``transform`` encodes every number column in one numpy pass (the
+server sends many one-row batches, so per-column overhead matters) and ``transform_records``
+encodes a list of dicts without building a frame. Numbers, binaries, datetimes and one-hot categories join a float32
 ``numeric`` block; index-encoded categories join an int64 ``categorical`` block (for
 embeddings, with ``cardinalities_`` giving each one's size). Its whole state is JSON, saved
 atomically, so a bundle's ``preprocessor.json`` reproduces the training-time encoding exactly.
@@ -12,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +23,23 @@ import numpy as np
 import polars as pl
 
 from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError, SchemaError
-from dataflywheel.features.encoders import ENCODERS, CategoryEncoder, Encoder
+from dataflywheel.features.encoders import (
+    ENCODERS,
+    BinaryEncoder,
+    CategoryEncoder,
+    Encoder,
+    NumberEncoder,
+)
 
 if TYPE_CHECKING:
     from dataflywheel.config import FeatureConfig
     from dataflywheel.data.schema import Schema
 
 FORMAT = "dataflywheel.preprocessor/1"
+CHUNK_ROWS = 65_536
+"""Rows per numpy pass over the number columns (bounds the float64 scratch memory)."""
+RECORDS_MAX = 256
+"""Longer record lists go through a polars frame, which is faster at that size."""
 
 # (feature type, encoder option) -> (registered encoder, its parameters)
 _OPTIONS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -74,14 +86,79 @@ def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
     )
 
 
+def _missing_column(col: str) -> SchemaError:
+    return SchemaError(
+        "input column is missing",
+        where=f"column '{col}'",
+        fix="send every feature the model was trained on",
+    )
+
+
 def _require_columns(df: pl.DataFrame, columns: Iterable[str]) -> None:
+    present = set(df.columns)
     for col in columns:
-        if col not in df.columns:
-            raise SchemaError(
-                "input column is missing",
-                where=f"column '{col}'",
-                fix="send every feature the model was trained on",
-            )
+        if col not in present:
+            raise _missing_column(col)
+
+
+@dataclass
+class _Plan:
+    """Where each fitted encoder's output goes, with the plain number encoders as vectors."""
+
+    n_numeric: int
+    n_categorical: int
+    numbers: list[str] = field(default_factory=list)
+    number_slots: list[int] = field(default_factory=list)
+    fill: np.ndarray = field(default_factory=lambda: np.empty(0))
+    offset: np.ndarray = field(default_factory=lambda: np.empty(0))
+    scale: np.ndarray = field(default_factory=lambda: np.empty(0))
+    others: list[tuple[str, Encoder, int]] = field(default_factory=list)
+    """(column, encoder, first column in its block) for every other encoder."""
+    vocabularies: set[str] = field(default_factory=set)
+    """Columns whose encoder is a built-in category or binary one (dict lookups allowed)."""
+
+    def scale_numbers(self, x: np.ndarray, out: np.ndarray) -> None:
+        """``out[:, number_slots] = (x or fill - offset) / scale`` for float64 ``x`` (n, k), in place."""
+        np.copyto(x, np.broadcast_to(self.fill, x.shape), where=np.isnan(x))
+        x -= self.offset
+        x /= self.scale
+        out[:, self.number_slots] = x
+
+    def place(self, enc: Encoder, pos: int, values: np.ndarray, numeric: np.ndarray,
+              categorical: np.ndarray) -> None:
+        if enc.kind == "categorical":
+            categorical[:, pos] = values
+        else:
+            w = enc.width_
+            numeric[:, pos : pos + w] = values.reshape(len(values), w)
+
+
+def _plan(encoders: Mapping[str, Encoder]) -> _Plan:
+    plan = _Plan(0, 0)
+    affine: list[tuple[float, float, float]] = []
+    for col, enc in encoders.items():
+        if type(enc) in (CategoryEncoder, BinaryEncoder):
+            plan.vocabularies.add(col)
+        if enc.kind == "categorical":
+            plan.others.append((col, enc, plan.n_categorical))
+            plan.n_categorical += 1
+            continue
+        if type(enc) is NumberEncoder:
+            plan.numbers.append(col)
+            plan.number_slots.append(plan.n_numeric)
+            affine.append(enc.affine())
+        else:
+            plan.others.append((col, enc, plan.n_numeric))
+        plan.n_numeric += enc.width_
+    if affine:
+        plan.fill, plan.offset, plan.scale = (np.array(v, dtype=np.float64) for v in zip(*affine))
+    return plan
+
+
+def _number_or_none(value: Any) -> bool:
+    """A record value the fast path reads exactly as polars would (bools and huge ints are not)."""
+    kind = type(value)
+    return value is None or kind is float or (kind is int and -(2**63) <= value < 2**63)
 
 
 class Preprocessor:
@@ -138,6 +215,15 @@ class Preprocessor:
         }
         return self
 
+    def _layout(self) -> _Plan:
+        """The plan for the current encoders, built once per fit or load."""
+        encoders = self._fitted()
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] is not encoders:
+            cached = (encoders, _plan(encoders))
+            self._plan_cache = cached
+        return cached[1]
+
     def _fitted(self) -> dict[str, Encoder]:
         if not hasattr(self, "encoders_"):
             raise NotFittedError("Preprocessor is not fitted; call fit on the train split first")
@@ -171,24 +257,69 @@ class Preprocessor:
         return numeric + categorical
 
     def transform(self, df: pl.DataFrame) -> EncodedBatch:
-        encoders = self._fitted()
-        _require_columns(df, encoders)
+        """Encode ``df`` (extra columns ignored); a missing feature raises :class:`SchemaError`."""
+        plan = self._layout()
+        _require_columns(df, self.encoders_)
         n = df.height
-        numeric = np.empty((n, self.n_numeric_), dtype=np.float32)
-        categorical = np.empty((n, len(self.cardinalities_)), dtype=np.int64)
+        numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
+        categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
+        if plan.numbers:
+            floats = [pl.col(c).cast(pl.Float64, strict=False) for c in plan.numbers]
+            for start in range(0, max(n, 1), CHUNK_ROWS):
+                x = df.slice(start, CHUNK_ROWS).select(floats).to_numpy()
+                if not x.flags.writeable:
+                    x = x.copy()
+                plan.scale_numbers(x, numeric[start : start + CHUNK_ROWS])
         unknown: dict[str, int] = {}
-        i = j = 0
-        for col, enc in encoders.items():
+        for col, enc, pos in plan.others:
             series = df[col]
-            out = enc.transform(series)
-            if enc.kind == "categorical":
-                categorical[:, j] = out
-                j += 1
+            if col in plan.vocabularies:
+                out, n_unknown = enc.encode(series)
+            else:  # a plugin may override transform alone: use it as it is
+                out, n_unknown = enc.transform(series), enc.count_unknown(series)
+            plan.place(enc, pos, out, numeric, categorical)
+            if n_unknown:
+                unknown[col] = n_unknown
+        return EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]]) -> EncodedBatch:
+        """``transform(pl.DataFrame(records, infer_schema_length=None))``, without the frame
+        for short lists of plain values.
+
+        A key absent from some records reads as missing there; absent from all of them, it
+        raises :class:`SchemaError`. Number columns holding only floats, ints and None, and
+        category or binary columns holding only strings and None, skip polars; any other
+        column is read as polars would read it.
+        """
+        plan = self._layout()
+        if len(records) > RECORDS_MAX:
+            return self.transform(pl.DataFrame(records, infer_schema_length=None))
+        columns: dict[str, list[Any]] = {}
+        for col in self.encoders_:
+            values = [r.get(col) for r in records]
+            if not any(col in r for r in records):
+                raise _missing_column(col)
+            columns[col] = values
+        n = len(records)
+        numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
+        categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
+        if plan.numbers:
+            if all(_number_or_none(v) for c in plan.numbers for v in columns[c]):
+                x = np.array([columns[c] for c in plan.numbers], dtype=np.float64).T
             else:
-                w = enc.width_
-                numeric[:, i : i + w] = out.reshape(n, w)
-                i += w
-            n_unknown = enc.count_unknown(series)
+                frame = pl.DataFrame([pl.Series(c, columns[c], strict=False) for c in plan.numbers])
+                x = frame.select(pl.col(plan.numbers).cast(pl.Float64, strict=False)).to_numpy()
+            plan.scale_numbers(np.array(x, dtype=np.float64, order="C"), numeric)
+        unknown: dict[str, int] = {}
+        for col, enc, pos in plan.others:
+            values = columns[col]
+            if col in plan.vocabularies and all(v is None or type(v) is str for v in values):
+                idx, n_unknown = enc.index_values(values)  # type: ignore[attr-defined]
+                out = enc.output(idx)  # type: ignore[attr-defined]
+            else:
+                series = pl.Series(col, values, strict=False)
+                out, n_unknown = enc.transform(series), enc.count_unknown(series)
+            plan.place(enc, pos, out, numeric, categorical)
             if n_unknown:
                 unknown[col] = n_unknown
         return EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)

@@ -1,4 +1,5 @@
-"""Serving: a FastAPI app over a registered model, with micro-batching and a prediction log.
+"""Serving: a FastAPI app over a registered model, with micro-batching, a prediction log,
+hot swap, metrics and (optionally) an automatic retrain worker.
 
 ``create_app`` builds the app (for tests and ASGI servers); ``serve`` runs it with uvicorn
 (``flywheel serve``).
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from dataflywheel.config import FlywheelConfig
     from dataflywheel.serve.app import ServeSettings
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ServeSettings", "create_app", "serve"]
 
 
 def __getattr__(name: str) -> object:  # keep `import dataflywheel.serve` free of FastAPI
@@ -27,13 +28,22 @@ def __getattr__(name: str) -> object:  # keep `import dataflywheel.serve` free o
 def serve(
     config: FlywheelConfig | str | Path = "flywheel.yaml",
     alias: str = "champion",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str | None = None,
+    port: int | None = None,
     settings: ServeSettings | None = None,
+    auto_retrain: bool = False,
 ) -> None:
-    """Serve ``alias`` of the project over HTTP until interrupted (one process, one worker)."""
+    """Serve ``alias`` of the project over HTTP until interrupted (one process, one worker).
+
+    ``host``/``port``/``settings`` default to flywheel.yaml's ``serve`` section. With
+    ``auto_retrain`` the retrain worker runs as a separate process for the server's lifetime.
+    Access logs are off (they cost more than a prediction); /metrics counts every request.
+    """
     import uvicorn
 
-    from dataflywheel.serve.app import create_app
+    from dataflywheel.serve.app import _config, create_app
 
-    uvicorn.run(create_app(config, alias, settings), host=host, port=port, log_level="info")
+    cfg = _config(config)
+    app = create_app(config if auto_retrain else cfg, alias, settings, auto_retrain=auto_retrain)
+    uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="info",
+                access_log=False)

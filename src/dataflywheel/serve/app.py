@@ -4,50 +4,71 @@ Endpoints (JSON in and out, rendered with orjson):
 
 - ``POST /v1/predict``: one record (object -> object) or a list of records (list -> list);
   each answer is ``{prediction_id, model_version, prediction, probabilities}``. Records are
-  validated against a model generated from the bundle's schema (422 naming the field), run
-  through the micro-batcher, and the answer is sent only after their prediction rows are
-  committed by the group-commit writer.
+  validated against a model generated from the bundle's schema (422 naming the field) and run
+  through the micro-batcher. ``log_mode: sync`` (default) answers only after the prediction
+  rows are committed by the group-commit writer; ``async`` answers at once, and a crash (or
+  kill -9) can then lose the rows not yet committed: those queued plus the group being written,
+  in practice the last few milliseconds of traffic.
 - ``POST /v1/feedback``: ``{prediction_id, label, idempotency_key?}`` -> 201 ``{feedback_id}``
   once committed (200 with the same id when the key was seen before); 404 unknown prediction,
   422 label outside the predicting model's classes, 409 key reused for other feedback.
+- ``POST /v1/admin/reload``: check the alias now and swap if it moved (see ``serve.swap``).
 - ``GET /v1/health`` (the process is up), ``GET /v1/ready`` (model loaded and workers running,
-  else 503), ``GET /v1/model`` (version, alias, task, classes, schema, metrics).
+  else 503), ``GET /v1/model`` (version, alias, task, classes, schema, metrics),
+  ``GET /v1/monitor`` (drift and live accuracy), ``GET /metrics`` (Prometheus).
 
-Errors are ``{"detail": ...}``: a :class:`FlywheelError` gives its one-line headline (plus
+Feedback and admin endpoints need a bearer token when ``FLYWHEEL_API_TOKEN`` is set
+(``serve.auth``); bodies over ``max_body_bytes`` get a 413 (``serve.limits``). Errors are
+``{"detail": ...}``: a :class:`FlywheelError` gives its one-line headline (plus
 ``where``/``fix``), a validation error gives the list of ``{loc, msg, type}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
-from dataflywheel.config import FlywheelConfig
-from dataflywheel.errors import DataError, FlywheelError, NotFoundError, StoreError
-from dataflywheel.feedback.log import (
-    IdempotencyConflict,
-    LogWriter,
-    PredictionRecord,
-    PredictionRow,
-    new_id,
-)
+from dataflywheel.config import FlywheelConfig, ServeConfig
+from dataflywheel.errors import ConfigError, FlywheelError, NotFoundError, StoreError
+from dataflywheel.feedback.log import IdempotencyConflict, LogWriter, PredictionRow, new_id
+from dataflywheel.serve.auth import BearerAuth
 from dataflywheel.serve.batching import BatcherClosed, MicroBatcher
+from dataflywheel.serve.limits import BodyLimitMiddleware
+from dataflywheel.serve.metrics import MetricsMiddleware, ServeMetrics
 from dataflywheel.serve.model import ServedModel, load_served_model
+from dataflywheel.serve.requests import (
+    MAX_ERRORS,
+    BadRequest,
+    LabelError,
+    check_label,
+    logged_output,
+    parse_json,
+    split_records,
+    validate_records,
+)
 from dataflywheel.serve.schemas import FeedbackIn
+from dataflywheel.serve.swap import AliasWatcher
+from dataflywheel.serve.worker import RetrainProcess
+from dataflywheel.store.metadata import utcnow
 
-MAX_ERRORS = 20
+_INSERT_PREDICTIONS = insert(PredictionRow.__table__)
+__all__ = ["LabelError", "OrjsonResponse", "ServeSettings", "Server", "check_label", "config_path", "create_app"]
+JSON_TYPE = "application/json"
 
 
 class OrjsonResponse(JSONResponse):
@@ -59,44 +80,123 @@ class OrjsonResponse(JSONResponse):
 
 @dataclass
 class ServeSettings:
+    """The server's knobs; :meth:`from_config` reads them from flywheel.yaml's ``serve`` section."""
+
     max_batch_size: int = 64
     """Most records in one forward pass."""
     max_wait_ms: float = 2.0
-    """How long the first request of a batch waits for others to join it."""
+    """How long a batch with concurrent requests waits for more (a lone request never waits)."""
     max_records: int = 1000
     """Most records in one request (more is a 413)."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body (more is a 413)."""
+    log_mode: Literal["sync", "async"] = "sync"
+    """sync: answer after the prediction rows are committed; async: answer at once."""
+    swap_poll_seconds: float = 1.0
+    """How often the alias is checked for a hot swap."""
     max_commit_group: int = 1024
     """Most log writes committed in one transaction."""
     threads: int | None = None
     """torch intra-op threads; None picks by model size (see dataflywheel.runtime)."""
 
+    @classmethod
+    def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in serve.model_dump().items() if k in names}
+        return cls(**(values | overrides))
+
+
+Item = tuple[ServedModel, dict[str, Any]]
+
 
 class Server:
-    """What the app holds: the project, the served model, the batcher and the log writer."""
+    """What the app holds: the project, the served model, the batcher, the log writer, the
+    alias watcher (hot swap), the metrics and, with auto-retrain, the retrain worker process."""
 
-    def __init__(self, cfg: FlywheelConfig, alias: str, settings: ServeSettings) -> None:
+    def __init__(self, cfg: FlywheelConfig, alias: str, settings: ServeSettings,
+                 retrain: RetrainProcess | None = None) -> None:
         from dataflywheel.loop import open_project
 
+        self.cfg = cfg
         self.settings = settings
         self.alias = alias
+        self.metrics = ServeMetrics()
+        self.retrain = retrain
         self.project = open_project(cfg)
         try:
             self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads)
         except BaseException:
             self.project.close()
             raise
-        self.batcher: MicroBatcher[dict[str, Any], dict[str, Any]] = MicroBatcher(
-            self._forward, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms)
+        self.metrics.model_version.set(self.model.version or 0)
+        self.batcher: MicroBatcher[Item, dict[str, Any]] = MicroBatcher(
+            self._forward, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+            on_batch=self.metrics.batch_size.observe)
         self.writer = LogWriter(self.project.metadata, max_group=settings.max_commit_group)
+        self.watcher: AliasWatcher[ServedModel] | None = None
+        if not re.fullmatch(r"v?\d+", alias):  # a fixed version never moves
+            self.watcher = AliasWatcher(self._alias_version, self._load, self._install, version=self.model.version,
+                                        poll_seconds=settings.swap_poll_seconds,
+                                        on_failure=lambda _v, _e: self.metrics.swap_failures.inc())
 
-    def _forward(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.model.forward(records)  # one read of self.model per batch: swap-safe
+    # -- the model ---------------------------------------------------------------------------
+    def _forward(self, items: list[Item]) -> list[dict[str, Any]]:
+        """One forward pass per model: each request runs on the model it was validated against,
+        so requests in flight during a swap finish on the old one."""
+        first = items[0][0]
+        if all(m is first for m, _ in items):
+            return first.forward([r for _, r in items])
+        out: list[dict[str, Any]] = [{}] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (m, _) in enumerate(items):
+            groups.setdefault(id(m), []).append(i)
+        for idx in groups.values():
+            model = items[idx[0]][0]
+            for i, res in zip(idx, model.forward([items[i][1] for i in idx]), strict=True):
+                out[i] = res
+        return out
 
+    def _alias_version(self) -> int | None:
+        from dataflywheel.registry.versions import alias_version
+
+        return alias_version(self.project, self.alias)
+
+    def _load(self, version: int) -> ServedModel:
+        return load_served_model(self.project, version, threads=self.settings.threads)
+
+    def _install(self, model: ServedModel, version: int) -> None:
+        self.model = model  # one reference assignment: atomic for every reader
+        self.metrics.model_version.set(version)
+        self.metrics.swaps.inc()
+
+    # -- the prediction log ------------------------------------------------------------------
+    def log_predictions(self, rows: list[dict[str, Any]]) -> Future[Any]:
+        def op(session: Session) -> None:  # a Core executemany: half the cost of the ORM's bulk insert
+            session.connection().execute(_INSERT_PREDICTIONS, rows)
+
+        fut = self.writer.submit(op)
+        if self.settings.log_mode == "async":
+            fut.add_done_callback(self._log_done)
+        return fut
+
+    def _log_done(self, fut: Future[Any]) -> None:
+        if fut.exception() is not None:
+            self.metrics.log_failures.inc()
+
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.writer.start()
         self.batcher.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        if self.retrain is not None:
+            self.retrain.start()
 
     def close(self) -> None:
+        if self.retrain is not None:
+            self.retrain.stop()
+        if self.watcher is not None:
+            self.watcher.close()
         self.batcher.close()
         self.writer.close()
         self.project.close()
@@ -113,23 +213,41 @@ class Server:
 def _config(project: FlywheelConfig | str | Path) -> FlywheelConfig:
     from dataflywheel.loop import as_config
 
-    if isinstance(project, (str, Path)) and Path(project).is_dir():
-        project = Path(project) / "flywheel.yaml"
-    return as_config(project)
+    return as_config(config_path(project) if isinstance(project, (str, Path)) else project)
+
+
+def config_path(project: FlywheelConfig | str | Path) -> Path:
+    """The flywheel.yaml behind ``project`` (a config, a file, or the folder holding it)."""
+    if isinstance(project, FlywheelConfig):
+        path = project.base_dir / "flywheel.yaml"
+        if not path.is_file():
+            raise ConfigError("auto-retrain needs the config as a file", where=str(path),
+                              fix="pass the path of flywheel.yaml rather than a config object")
+        return path
+    path = Path(project)
+    return path / "flywheel.yaml" if path.is_dir() else path
 
 
 def create_app(
     project: FlywheelConfig | str | Path = "flywheel.yaml",
     alias: str = "champion",
     settings: ServeSettings | None = None,
+    *,
+    auto_retrain: bool = False,
 ) -> FastAPI:
     """An app serving the model ``alias`` (or a version, ``"3"``) of the project.
 
-    ``project`` is a config, a flywheel.yaml path, or the folder holding it. The model is loaded
-    here, so a missing alias or a damaged bundle fails now, as a :class:`FlywheelError`; the
-    worker threads start and stop with the app's lifespan.
+    ``project`` is a config, a flywheel.yaml path, or the folder holding it; ``settings``
+    default to its ``serve`` section. The model is loaded here, so a missing alias or a damaged
+    bundle fails now, as a :class:`FlywheelError`; the worker threads (batcher, log writer,
+    alias watcher) and, with ``auto_retrain``, the retrain worker process start and stop with
+    the app's lifespan. The bearer token is read from the environment now.
     """
-    server = Server(_config(project), alias, settings or ServeSettings())
+    cfg = _config(project)
+    retrain = RetrainProcess(config_path(project)) if auto_retrain else None
+    server = Server(cfg, alias, settings or ServeSettings.from_config(cfg.serve), retrain)
+    auth = BearerAuth.from_env()
+    protected = [Depends(auth)]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -156,26 +274,35 @@ def create_app(
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
+        watcher = server.watcher
         return server.model.describe(alias=server.alias) | {
-            "batching": {"max_batch_size": server.batcher.max_batch_size, "max_wait_ms": server.batcher.max_wait_ms}}
+            "batching": {"max_batch_size": server.batcher.max_batch_size, "max_wait_ms": server.batcher.max_wait_ms},
+            "swap": {"follows_alias": watcher is not None, "last_error": watcher.last_error if watcher else None},
+            "log_mode": server.settings.log_mode}
 
     @app.post("/v1/predict", openapi_extra=_predict_openapi(server.model.record_model))
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        payload = _parse_json(await request.body())
+        payload = parse_json(await request.body())
         single = isinstance(payload, dict)
-        records = _records(payload, server.settings.max_records)
-        served = server.model
-        features = _validate(served.record_model, records, single)
-        outputs = await server.batcher.run(features)
+        records = split_records(payload, server.settings.max_records)
+        served = server.model  # read once: this request runs on this model to the end
+        features = validate_records(served.record_model, records, single)
+        outputs = await server.batcher.run([(served, f) for f in features])
         latency_ms = (time.perf_counter() - started) * 1000.0
-        rows = [PredictionRecord(new_id(), out["model_version"], feat, _logged(out), latency_ms)
-                for feat, out in zip(features, outputs, strict=True)]
-        await asyncio.wrap_future(server.writer.log_predictions(rows))
-        answers = [{"prediction_id": row.id, **out} for row, out in zip(rows, outputs, strict=True)]
-        return OrjsonResponse(answers[0] if single else answers)
+        now = utcnow()
+        answers = [{"prediction_id": new_id(), **out} for out in outputs]
+        rows = [{"id": a["prediction_id"], "created_at": now, "model_version": out["model_version"], "input": feat,
+                 "output": logged_output(out), "latency_ms": latency_ms}
+                for a, feat, out in zip(answers, features, outputs, strict=True)]
+        fut = server.log_predictions(rows)
+        if server.settings.log_mode == "sync":
+            await asyncio.wrap_future(fut)
+        server.metrics.predictions.inc(len(rows))
+        return Response(orjson.dumps(answers[0] if single else answers), media_type=JSON_TYPE)
 
-    @app.post("/v1/feedback", status_code=201, responses={200: {"description": "already recorded"}})
+    @app.post("/v1/feedback", status_code=201, dependencies=protected,
+              responses={200: {"description": "already recorded"}})
     async def feedback(body: FeedbackIn, response: Response) -> dict[str, Any]:
         fut = server.writer.record_feedback(body.prediction_id, body.label,
                                             idempotency_key=body.idempotency_key, check=check_label)
@@ -184,80 +311,32 @@ def create_app(
             response.status_code = 200
         return {"feedback_id": result.id, "prediction_id": body.prediction_id, "created": result.created}
 
-    return app
+    @app.post("/v1/admin/reload", dependencies=protected)
+    async def reload() -> Response:
+        if server.watcher is None:
+            raise BadRequest(409, f"serving the fixed version {server.alias!r}; serve an alias to hot swap")
+        result = await asyncio.to_thread(server.watcher.check, force=True)
+        return OrjsonResponse(result.to_dict(), status_code=503 if result.error else 200)
 
-
-def _logged(output: dict[str, Any]) -> dict[str, Any]:
-    return {"prediction": output["prediction"], "probabilities": output["probabilities"]}
-
-
-class LabelError(DataError):
-    """A feedback label the predicting model cannot have produced."""
-
-
-def check_label(prediction: PredictionRow, label: Any) -> Any:
-    """``label`` as stored: a class name of the model that made ``prediction``, or a number."""
-    probabilities = (prediction.output or {}).get("probabilities")
-    if probabilities is None:  # regression
-        if isinstance(label, str):
-            raise LabelError(f"label must be a number for a regression model (got {label!r})", where="label")
-        return float(label)
-    classes = list(probabilities)
-    text = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
-    if text not in classes:
-        raise LabelError(f"label {label!r} is not one of the model's classes {classes}", where="label",
-                         fix="send one of the classes listed by /v1/model")
-    return text
-
-
-def _parse_json(body: bytes) -> Any:
-    if not body:
-        raise _BadRequest(400, "empty request body; send a JSON record or a list of records")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # NaN/Infinity are not JSON, but get a 422 naming the field rather than a parse error
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest(400, f"malformed JSON: {exc}") from None
-
-
-def _records(payload: Any, max_records: int) -> list[Any]:
-    if isinstance(payload, dict):
-        return [payload]
-    if not isinstance(payload, list):
-        raise _BadRequest(422, f"expected a JSON object (one record) or a list of records, got {type(payload).__name__}")
-    if not payload:
-        raise _BadRequest(422, "empty list of records; send at least one record")
-    if len(payload) > max_records:
-        raise _BadRequest(413, f"{len(payload)} records in one request; the limit is {max_records}")
-    return payload
-
-
-def _validate(model: type[BaseModel], records: list[Any], single: bool) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for i, record in enumerate(records):
-        prefix: tuple[Any, ...] = ("body",) if single else ("body", i)
-        if not isinstance(record, dict):
-            errors.append({"loc": list(prefix), "msg": "a record must be a JSON object", "type": "model_type"})
-            continue
+    @app.get("/v1/monitor")
+    async def monitor() -> Response:
         try:
-            out.append(model.model_validate(record).model_dump())
-        except ValidationError as exc:
-            errors.extend({"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors())
-        if len(errors) >= MAX_ERRORS:
-            break
-    if errors:
-        raise _BadRequest(422, errors[:MAX_ERRORS])
-    return out
+            from dataflywheel.feedback.monitor import monitor_report
+        except ImportError:
+            raise BadRequest(501, "monitoring is not available: dataflywheel.feedback.monitor is missing") from None
+        m = server.cfg.monitor
+        report = await asyncio.to_thread(monitor_report, server.project, server.model.predictor, m.window, m.bins)
+        return OrjsonResponse(report)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = server.metrics.render()
+        return Response(body, media_type=content_type)
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, detail: Any) -> None:
-        self.status = status
-        self.detail = detail
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=server.settings.max_body_bytes)
+    endpoints = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)  # outermost: sees 413s
+    return app
 
 
 def _status(exc: FlywheelError) -> int:
@@ -271,8 +350,8 @@ def _status(exc: FlywheelError) -> int:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(_BadRequest)
-    async def bad_request(_req: Request, exc: _BadRequest) -> Response:
+    @app.exception_handler(BadRequest)
+    async def bad_request(_req: Request, exc: BadRequest) -> Response:
         return OrjsonResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(FlywheelError)

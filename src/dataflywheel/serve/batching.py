@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests share one forward pass, run on a worker thread.
 
 A request submits its items (records) and awaits a future. The worker thread takes the first
-waiting request, then keeps collecting requests until the batch holds ``max_batch_size`` items
-or ``max_wait_ms`` has passed since that first one, runs ``fn`` once on all their items, and
-hands each request its slice of the results. A request never straddles two batches; one larger
+waiting request and every request already queued behind it. A request that is alone runs at
+once (batching must cost nothing when there is no concurrency); when others were queued, the
+worker keeps collecting until the batch holds ``max_batch_size`` items or ``max_wait_ms`` has
+passed since the first one. Under load, requests pile up while a forward pass runs, so batches
+form by themselves. ``fn`` runs once on all the batch's items and each request gets its slice. A request never straddles two batches; one larger
 than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run one by one so a
 bad request fails only itself. The event loop never runs the model, so it keeps accepting
 requests (and filling the next batch) while a forward pass is in progress.
@@ -35,7 +37,8 @@ class BatcherClosed(FlywheelError):
 class MicroBatcher(Generic[T, R]):
     """Group concurrent ``submit`` calls into calls of ``fn(items) -> results`` (same length).
 
-    ``batch_sizes`` holds the item count of recent forward passes (for tests and metrics).
+    ``batch_sizes`` holds the item count of recent forward passes (for tests); ``on_batch(size)``
+    is called after each successful one (for metrics).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: float = 2.0,
         name: str = "flywheel-batcher",
         history: int = 10_000,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
@@ -55,6 +59,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.name = name
+        self.on_batch = on_batch
         self.batch_sizes: deque[int] = deque(maxlen=history)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -109,7 +114,10 @@ class MicroBatcher(Generic[T, R]):
             while size < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    if len(batch) > 1 and remaining > 0:  # concurrent traffic: wait for stragglers
+                        item = self._queue.get(timeout=remaining)
+                    else:  # alone (or out of time): take only what is already queued
+                        item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP or size + len(item[0]) > self.max_batch_size:
@@ -133,6 +141,8 @@ class MicroBatcher(Generic[T, R]):
                     self._forward([request])
             return
         self.batch_sizes.append(len(items))
+        if self.on_batch is not None:
+            self.on_batch(len(items))
         start = 0
         for chunk, fut in batch:
             _settle(fut, results[start : start + len(chunk)], None)

@@ -49,6 +49,18 @@ class DatasetParentRow(Base):
     parent_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
 
 
+class DatasetFeedbackRow(Base):
+    """Lineage: a feedback row a dataset version includes, and its ``role`` there: ``train``,
+    ``valid``, ``holdout`` (evaluation only) or ``dropped`` (seen but unusable: duplicate or
+    invalid). No foreign key to ``feedback``: that table lives on the same Base but is
+    created by the log writer."""
+
+    __tablename__ = "dataset_feedback"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    feedback_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
 class RunRow(Base):
     """One training run: a dataset version + a config -> a model version."""
 

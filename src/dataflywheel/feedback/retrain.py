@@ -1,0 +1,111 @@
+"""``flywheel retrain``: champion's dataset + labelled feedback -> challenger -> gate -> aliases.
+
+The next dataset version is built by :func:`~dataflywheel.feedback.trainingset.build_next_version`
+from the dataset of the current champion; a challenger is trained with the same config and
+registered by :func:`~dataflywheel.loop.train_and_register`, which scores challenger and
+champion on the frozen test split plus the held-out feedback, applies the promotion gate
+(:mod:`dataflywheel.evaluate.gate`), records the verdict on the new model version and moves
+``champion`` (promoted) or ``challenger`` (rejected).
+
+Idempotent: with no labelled feedback beyond the champion's dataset there is nothing to do, and
+retraining on the same feedback again finds the version already trained. One retrain runs at a
+time per project (a lock file beside the store); a second one fails fast.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dataflywheel.config import FlywheelConfig
+from dataflywheel.errors import NotFoundError, StoreError
+from dataflywheel.store import Project
+
+Status = Literal["nothing_to_do", "no_usable_rows", "trained", "already_trained"]
+
+
+@dataclass
+class RetrainResult:
+    status: Status
+    message: str
+    parent_dataset: str | None = None
+    dataset_id: str | None = None
+    feedback: dict[str, int] = field(default_factory=dict)
+    """Feedback rows per role in the new dataset version: train, valid, holdout, dropped."""
+    version: int | None = None
+    decision: str | None = None
+    """``promoted`` or ``rejected`` (None when nothing was trained)."""
+    verdict: dict[str, Any] | None = None
+    champion: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class RetrainBusy(StoreError):
+    """Another retrain of the same project is running."""
+
+
+@contextmanager
+def retrain_lock(project: Project) -> Iterator[None]:
+    """Hold the project's retrain lock (an advisory ``flock``; released if the process dies)."""
+    path = project.root / "retrain.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RetrainBusy("another retrain of this project is running", where=str(path),
+                              fix="wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def retrain(
+    cfg: FlywheelConfig,
+    project: Project,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> RetrainResult:
+    """Retrain from the champion's dataset plus pending labelled feedback (module docstring)."""
+    from dataflywheel.data.dataset import get_version
+    from dataflywheel.feedback.trainingset import HOLDOUT, build_next_version
+    from dataflywheel.loop import train_and_register
+    from dataflywheel.registry import versions
+
+    with retrain_lock(project):
+        champion = versions.alias_version(project, versions.CHAMPION)
+        if champion is None:
+            raise NotFoundError("no champion model to retrain", fix="run `flywheel run` first")
+        parent = get_version(project, versions.resolve(project, champion).dataset_id)
+        built = build_next_version(cfg, project, parent, log=log)
+        if built is None:
+            msg = f"no new labelled feedback since dataset {parent.id} (champion v{champion}): nothing to do"
+            log(msg)
+            return RetrainResult("nothing_to_do", msg, parent.id, champion=champion)
+        counts = {role: len(ids) for role, ids in built.roles.items()}
+        base = RetrainResult("no_usable_rows", "", parent.id, built.dataset.id, counts, champion=champion)
+        if not any(counts.get(r) for r in ("train", "valid", HOLDOUT)):
+            base.message = (f"all {counts.get('dropped', 0)} new feedback rows were dropped "
+                            f"({built.dropped}); nothing to train")
+            log(base.message)
+            return base
+        run = train_and_register(cfg, project, built.dataset, progress=progress, log=log)
+        decision = (run.verdict or {}).get("decision")
+        base.version, base.decision, base.verdict, base.champion = run.version, decision, run.verdict, run.champion
+        if run.trained:
+            base.status = "trained"
+            base.message = (f"model v{run.version} trained on dataset {built.dataset.id}: {decision}; "
+                            f"champion v{run.champion}")
+        else:
+            base.status = "already_trained"
+            base.message = (f"model v{run.version} was already trained on this feedback ({decision}): "
+                            "nothing to do")
+        log(base.message)
+        return base

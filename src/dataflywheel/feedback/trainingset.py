@@ -1,0 +1,267 @@
+"""The next dataset version: a parent version plus the labelled feedback it does not yet hold.
+
+Each labelled feedback row becomes a data row: its prediction's logged input plus the label as
+the target. Rows are validated against the parent's schema (:mod:`dataflywheel.data.anomalies`),
+coerced and filled like the parent's (statistics from the parent's train split), and
+de-duplicated: the newest label per prediction wins, and a row identical to one already in the
+parent (any split) or to an earlier feedback row is dropped. A feedback row's role is a
+deterministic hash of its id: ``holdout`` (share ``evaluate.feedback_holdout``; evaluation
+only), else ``valid`` or ``train`` in the proportion of ``data.split``.
+
+The new version's train/valid splits are the parent's plus the feedback rows; its test split is
+the parent's, frozen, so a challenger and its champion are compared on the same rows;
+``holdout.parquet`` collects the held-out feedback of every ancestor. The id is a content hash
+of the parent id, the data config and the feedback ids, and every feedback row seen (including
+the dropped ones) is linked to the version in ``dataset_feedback`` for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from sqlalchemy import select
+
+from dataflywheel.config import FlywheelConfig
+from dataflywheel.data.dataset import SPLITS, DatasetVersion, data_config_hash, version_id
+from dataflywheel.errors import DataError
+from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
+from dataflywheel.store import Project
+from dataflywheel.store.metadata import Base, DatasetFeedbackRow, DatasetParentRow, DatasetRow
+
+HOLDOUT = "holdout"
+ROLES = ("train", "valid", HOLDOUT, "dropped")
+_ID = "\0feedback_id"
+
+
+@dataclass
+class TrainingSet:
+    dataset: DatasetVersion
+    parent_id: str
+    roles: dict[str, list[str]] = field(default_factory=dict)
+    """Feedback ids per role (train, valid, holdout, dropped)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Why rows were dropped: superseded, invalid, duplicate."""
+
+
+def unit_hash(text: str) -> float:
+    """A deterministic number in [0, 1) for ``text`` (stable across processes and platforms)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def assign_role(feedback_id: str, holdout: float, valid_share: float) -> str:
+    """``holdout`` for a ``holdout`` share of ids, else ``valid`` for ``valid_share`` of the rest."""
+    if unit_hash(f"holdout:{feedback_id}") < holdout:
+        return HOLDOUT
+    return "valid" if unit_hash(f"valid:{feedback_id}") < valid_share else "train"
+
+
+def holdout_frame(dataset: DatasetVersion) -> pl.DataFrame | None:
+    path = dataset.path / f"{HOLDOUT}.parquet"
+    return pl.read_parquet(path) if path.is_file() else None
+
+
+def evaluation_rows(dataset: DatasetVersion, test: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    """The rows a challenger and its champion are scored on: ``test`` plus the dataset's
+    held-out feedback (``test`` itself, unchanged, when there is none), and their counts."""
+    held = holdout_frame(dataset)
+    if held is None or held.height == 0:
+        return test, {"test": test.height}
+    rows = pl.concat([test, held.select(test.columns).cast(test.schema)], how="vertical")
+    return rows, {"test": test.height, "feedback_holdout": held.height}
+
+
+def ensure_log_tables(project: Project) -> None:
+    """Create the prediction/feedback tables if this store has never logged anything."""
+    Base.metadata.create_all(project.metadata.engine, tables=TABLES)
+
+
+def ancestry(project: Project, dataset_id: str) -> list[str]:
+    """``dataset_id`` and all its ancestors, nearest first."""
+    seen, todo = [dataset_id], [dataset_id]
+    with project.metadata.transaction() as s:
+        while todo:
+            q = select(DatasetParentRow.parent_id).where(DatasetParentRow.child_id.in_(todo))
+            todo = [p for p in dict.fromkeys(s.scalars(q)) if p not in seen]
+            seen.extend(todo)
+    return seen
+
+
+def new_label_count(project: Project) -> int:
+    """Labelled feedback rows not yet seen by any dataset version (the retrain trigger)."""
+    from sqlalchemy import func
+
+    ensure_log_tables(project)
+    linked = select(DatasetFeedbackRow.feedback_id)
+    with project.metadata.transaction() as s:
+        q = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.kind == "label",
+                                                                FeedbackRow.id.not_in(linked))
+        return int(s.scalar(q) or 0)
+
+
+def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
+    """Labelled feedback not held by ``parent_id`` or its ancestors, joined to the logged
+    input: columns ``feedback_id``, ``prediction_id``, ``created_at``, ``input``, ``label``."""
+    ensure_log_tables(project)
+    held = select(DatasetFeedbackRow.feedback_id).where(
+        DatasetFeedbackRow.dataset_id.in_(ancestry(project, parent_id)))
+    q = (select(FeedbackRow.id, FeedbackRow.prediction_id, FeedbackRow.created_at, FeedbackRow.value,
+                PredictionRow.input)
+         .join(PredictionRow, PredictionRow.id == FeedbackRow.prediction_id)
+         .where(FeedbackRow.kind == "label", FeedbackRow.id.not_in(held))
+         .order_by(FeedbackRow.created_at, FeedbackRow.id))
+    with project.metadata.transaction() as s:
+        rows = s.execute(q).all()
+    return pl.DataFrame(
+        {"feedback_id": [r[0] for r in rows], "prediction_id": [r[1] for r in rows],
+         "created_at": [r[2] for r in rows], "input": [json.dumps(r[4]) for r in rows],
+         "label": [json.dumps((r[3] or {}).get("label")) for r in rows]},
+        schema={"feedback_id": pl.String, "prediction_id": pl.String, "created_at": pl.Datetime("us", "UTC"),
+                "input": pl.String, "label": pl.String},
+    )
+
+
+def _as_table(pending: pl.DataFrame, target: str) -> pl.DataFrame:
+    records = [{**json.loads(inp), target: json.loads(lab)}
+               for inp, lab in zip(pending["input"], pending["label"], strict=True)]
+    table = pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
+    return table.with_columns(pending["feedback_id"].alias(_ID))
+
+
+def _conform(table: pl.DataFrame, cfg: FlywheelConfig, parent: DatasetVersion, train: pl.DataFrame
+             ) -> tuple[pl.DataFrame, int]:
+    """Validate, coerce, fill and cast ``table`` to the parent's columns; return it and the
+    number of rows dropped as invalid (no usable target, or a missing ``drop`` column)."""
+    from dataflywheel.data.anomalies import validate_batch
+    from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types
+
+    schema = parent.schema()
+    target = cfg.data.target
+    report = validate_batch(table.drop(_ID), schema, cfg.validation)
+    if report.failed:
+        first = next(a for a in report.anomalies if a.severity == "fail")
+        raise DataError(f"labelled feedback does not match the schema of dataset {parent.id}: {first.kind}: "
+                        f"{first.detail}", where=f"feedback column '{first.column}'",
+                        fix="fix the logged inputs or relax the policy in flywheel.yaml validation")
+    table, _failures = coerce_types(table, schema, "coerce", "feedback")
+    table = table.with_columns(
+        (table[c].cast(dtype, strict=False) if c in table.columns else pl.lit(None, dtype=dtype)).alias(c)
+        for c, dtype in train.schema.items()
+    ).select([*train.columns, _ID])
+    before = table.height
+    table = table.drop_nulls(subset=[target])
+    imputer = Imputer(schema, cfg.data.processing.missing, target=target).fit(train)
+    table, _ = imputer.transform(table)
+    if cfg.data.processing.clip_quantiles is not None:
+        numbers = [c.name for c in schema.features if c.type == "number" and c.name in train.columns]
+        table, _ = Clipper(numbers, cfg.data.processing.clip_quantiles).fit(train).transform(table)
+    return table, before - table.height
+
+
+def _fingerprint(feedback_ids: list[str]) -> str:
+    return hashlib.sha256(("feedback\0" + "\0".join(sorted(feedback_ids))).encode()).hexdigest()
+
+
+def build_next_version(
+    cfg: FlywheelConfig, project: Project, parent: DatasetVersion, *,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> TrainingSet | None:
+    """The next version of ``parent`` with its pending labelled feedback; None when there is none.
+    An existing version with the same content is reused (``dataset.reused``)."""
+    pending = pending_feedback(project, parent.id)
+    if pending.height == 0:
+        return None
+    all_ids = pending["feedback_id"].to_list()
+    vid = version_id(_fingerprint(all_ids), data_config_hash(cfg.data, cfg.model.task), [parent.id])
+    existing = project.metadata.dataset(vid)
+    if existing is not None and project.artifacts.exists(existing.artifact):
+        log(f"dataset {vid} (dataset {parent.id} + the same {len(all_ids)} feedback rows) exists: reused")
+        return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
+                           _linked_roles(project, vid))
+
+    target = cfg.data.target
+    split = cfg.data.split
+    latest = pending.unique(subset="prediction_id", keep="last", maintain_order=True)
+    superseded = sorted(set(all_ids) - set(latest["feedback_id"]))
+    parts = {name: parent.split(name) for name in SPLITS}
+    held = holdout_frame(parent)
+    train = parts["train"]
+    table, _ = _conform(_as_table(latest, target), cfg, parent, train)
+    invalid = sorted(set(latest["feedback_id"]) - set(table[_ID]))
+
+    known = pl.concat([parts[n] for n in SPLITS] + ([held.cast(train.schema)] if held is not None else []))
+    seen = known.select(train.columns).hash_rows().unique()
+    hashes = table.select(train.columns).hash_rows()
+    fresh = ~hashes.is_in(seen.implode()) & hashes.is_first_distinct()
+    duplicate = sorted(set(table.filter(~fresh)[_ID]))
+    table = table.filter(fresh)
+
+    valid_share = split.valid / (split.train + split.valid)
+    role = [assign_role(f, cfg.evaluate.feedback_holdout, valid_share) for f in table[_ID]]
+    table = table.with_columns(pl.Series("\0role", role, dtype=pl.String))
+    roles: dict[str, list[str]] = {
+        r: sorted(table.filter(pl.col("\0role") == r)[_ID]) for r in ("train", "valid", HOLDOUT)
+    }
+    roles["dropped"] = sorted({*superseded, *invalid, *duplicate})
+
+    def rows(r: str) -> pl.DataFrame:
+        return table.filter(pl.col("\0role") == r).select(train.columns)
+
+    out = {"train": pl.concat([train, rows("train")]), "valid": pl.concat([parts["valid"], rows("valid")]),
+           "test": parts["test"]}
+    holdout = pl.concat(([held.cast(train.schema)] if held is not None else []) + [rows(HOLDOUT)])
+    dropped = {"superseded": len(superseded), "invalid": len(invalid), "duplicate": len(duplicate)}
+    dataset = _write(cfg, project, parent, vid, out, holdout, roles, dropped)
+    log(f"dataset {vid} = dataset {parent.id} + {len(all_ids)} labelled feedback rows: "
+        f"train +{len(roles['train'])}, valid +{len(roles['valid'])}, held out {len(roles[HOLDOUT])}, "
+        f"dropped {len(roles['dropped'])} ({', '.join(f'{k} {v}' for k, v in dropped.items() if v) or 'none'})")
+    return TrainingSet(dataset, parent.id, roles, dropped)
+
+
+def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: str, splits: dict[str, pl.DataFrame],
+           holdout: pl.DataFrame, roles: dict[str, list[str]], dropped: dict[str, int]) -> DatasetVersion:
+    key = f"datasets/{vid}"
+    sizes = {name: splits[name].height for name in SPLITS}
+    n_rows = sum(sizes.values()) + holdout.height
+    source = f"dataset {parent.id} + {sum(len(v) for v in roles.values())} feedback rows"
+    report = {"source": source, "parent": parent.id, "split_sizes": sizes, "feedback_holdout_rows": holdout.height,
+              "feedback": {r: len(ids) for r, ids in roles.items()}, "feedback_dropped": dropped,
+              "test_split": f"frozen: the test split of dataset {parent.id}"}
+    with project.artifacts.write_dir(key) as tmp:
+        for name in SPLITS:
+            splits[name].write_parquet(tmp / f"{name}.parquet")
+        holdout.write_parquet(tmp / f"{HOLDOUT}.parquet")
+        (tmp / "schema.json").write_bytes(parent.schema_path.read_bytes())
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    try:
+        with project.metadata.transaction() as s:
+            stale = s.get(DatasetRow, vid)
+            if stale is not None:  # a row whose folder was lost
+                s.delete(stale)
+                s.flush()
+            s.add(DatasetRow(id=vid, source=source, source_fingerprint=_fingerprint(
+                [f for ids in roles.values() for f in ids]), config_hash=data_config_hash(cfg.data, cfg.model.task),
+                target=cfg.data.target, n_rows=n_rows, split_sizes=sizes, report=report, artifact=key))
+            s.flush()
+            s.add(DatasetParentRow(child_id=vid, parent_id=parent.id))
+            s.add_all(DatasetFeedbackRow(dataset_id=vid, feedback_id=f, role=r)
+                      for r, ids in roles.items() for f in ids)
+    except Exception:
+        project.artifacts.remove(key)
+        raise
+    return DatasetVersion(id=vid, path=project.artifacts.path(key), target=cfg.data.target, source=source,
+                          split_sizes=sizes, report=report, parents=[parent.id], reused=False)
+
+
+def _linked_roles(project: Project, dataset_id: str) -> dict[str, list[str]]:
+    with project.metadata.transaction() as s:
+        rows = s.execute(select(DatasetFeedbackRow.feedback_id, DatasetFeedbackRow.role)
+                         .where(DatasetFeedbackRow.dataset_id == dataset_id)).all()
+    out: dict[str, list[str]] = {r: [] for r in ROLES}
+    for fid, role in rows:
+        out.setdefault(role, []).append(fid)
+    return {r: sorted(v) for r, v in out.items()}

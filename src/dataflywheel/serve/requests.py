@@ -1,0 +1,93 @@
+"""Request parsing for the prediction server: JSON bodies, record lists, schema validation,
+feedback labels. Each failure is a :class:`BadRequest` (status + JSON detail) or a
+:class:`FlywheelError`, which the app turns into a 4xx answer; nothing here touches the model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from dataflywheel.errors import DataError
+from dataflywheel.feedback.log import PredictionRow
+
+MAX_ERRORS = 20
+"""Most validation errors listed in one 422 answer."""
+
+
+def logged_output(output: dict[str, Any]) -> dict[str, Any]:
+    return {"prediction": output["prediction"], "probabilities": output["probabilities"]}
+
+
+class LabelError(DataError):
+    """A feedback label the predicting model cannot have produced."""
+
+
+def check_label(prediction: PredictionRow, label: Any) -> Any:
+    """``label`` as stored: a class name of the model that made ``prediction``, or a number."""
+    probabilities = (prediction.output or {}).get("probabilities")
+    if probabilities is None:  # regression
+        if isinstance(label, str):
+            raise LabelError(f"label must be a number for a regression model (got {label!r})", where="label")
+        return float(label)
+    classes = list(probabilities)
+    text = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
+    if text not in classes:
+        raise LabelError(f"label {label!r} is not one of the model's classes {classes}", where="label",
+                         fix="send one of the classes listed by /v1/model")
+    return text
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequest(400, "empty request body; send a JSON record or a list of records")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # NaN/Infinity are not JSON, but get a 422 naming the field rather than a parse error
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"malformed JSON: {exc}") from None
+
+
+def split_records(payload: Any, max_records: int) -> list[Any]:
+    if isinstance(payload, dict):
+        return [payload]
+    if not isinstance(payload, list):
+        raise BadRequest(422, f"expected a JSON object (one record) or a list of records, got {type(payload).__name__}")
+    if not payload:
+        raise BadRequest(422, "empty list of records; send at least one record")
+    if len(payload) > max_records:
+        raise BadRequest(413, f"{len(payload)} records in one request; the limit is {max_records}")
+    return payload
+
+
+def validate_records(model: type[BaseModel], records: list[Any], single: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        prefix: tuple[Any, ...] = ("body",) if single else ("body", i)
+        if not isinstance(record, dict):
+            errors.append({"loc": list(prefix), "msg": "a record must be a JSON object", "type": "model_type"})
+            continue
+        try:
+            out.append(model.model_validate(record).model_dump())
+        except ValidationError as exc:
+            errors.extend({"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors())
+        if len(errors) >= MAX_ERRORS:
+            break
+    if errors:
+        raise BadRequest(422, errors[:MAX_ERRORS])
+    return out
+
+
+class BadRequest(Exception):
+    """Answer the request with ``status`` and ``{"detail": detail}``."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        self.status = status
+        self.detail = detail

@@ -1,0 +1,74 @@
+"""The promotion gate: primary improvement, min_improvement, guard tolerance, ties, undefined values."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataflywheel.config import EvaluateConfig
+from dataflywheel.errors import ConfigError
+from dataflywheel.evaluate.gate import gate, guard_metrics
+
+CHAMPION = {"roc_auc": 0.90, "accuracy": 0.85, "f1": 0.80, "log_loss": 0.40}
+
+
+def cfg(**kw: object) -> EvaluateConfig:
+    return EvaluateConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_better_primary_and_steady_guards_pass() -> None:
+    result = gate("binary", cfg(), {**CHAMPION, "roc_auc": 0.93}, CHAMPION)
+    assert result.passed and result.metric == "roc_auc"
+    primary = result.checks[0]
+    assert primary.role == "primary" and primary.gain == pytest.approx(0.03)
+    assert [c.metric for c in result.checks[1:]] == ["accuracy", "f1", "log_loss"]
+    assert all(c.passed for c in result.checks)
+
+
+def test_tie_on_primary_keeps_the_champion() -> None:
+    result = gate("binary", cfg(), dict(CHAMPION), CHAMPION)
+    assert not result.passed
+    assert "does not beat champion" in result.reasons[0]
+
+
+def test_min_improvement_is_required() -> None:
+    challenger = {**CHAMPION, "roc_auc": 0.92}
+    assert not gate("binary", cfg(min_improvement=0.05), challenger, CHAMPION).passed
+    assert gate("binary", cfg(min_improvement=0.02), challenger, CHAMPION).passed
+
+
+def test_guard_regression_beyond_tolerance_rejects() -> None:
+    challenger = {**CHAMPION, "roc_auc": 0.95, "accuracy": 0.83}  # accuracy -0.02
+    result = gate("binary", cfg(tolerance=0.01), challenger, CHAMPION)
+    assert not result.passed
+    failed = [c for c in result.checks if not c.passed]
+    assert [c.metric for c in failed] == ["accuracy"]
+    assert "regresses beyond tolerance" in failed[0].reason
+    assert gate("binary", cfg(tolerance=0.03), challenger, CHAMPION).passed
+
+
+def test_lower_is_better_guard_direction() -> None:
+    worse_loss = {**CHAMPION, "roc_auc": 0.95, "log_loss": 0.45}
+    better_loss = {**CHAMPION, "roc_auc": 0.95, "log_loss": 0.10}
+    assert not gate("binary", cfg(tolerance=0.01), worse_loss, CHAMPION).passed
+    assert gate("binary", cfg(tolerance=0.01), better_loss, CHAMPION).passed
+
+
+def test_regression_task_primary_is_rmse_lower_is_better() -> None:
+    champion = {"rmse": 2.0, "mae": 1.5, "r2": 0.6}
+    assert gate("regression", cfg(), {"rmse": 1.8, "mae": 1.5, "r2": 0.6}, champion).passed
+    assert not gate("regression", cfg(), {"rmse": 2.2, "mae": 1.4, "r2": 0.7}, champion).passed
+
+
+def test_undefined_values() -> None:
+    assert not gate("binary", cfg(), {**CHAMPION, "roc_auc": None}, CHAMPION).passed
+    assert gate("binary", cfg(), CHAMPION, {**CHAMPION, "roc_auc": None}).passed
+    # An undefined guard is reported but does not block.
+    result = gate("binary", cfg(), {**CHAMPION, "roc_auc": 0.95, "f1": None}, CHAMPION)
+    assert result.passed and "undefined" in result.checks[2].reason
+
+
+def test_configured_guards_and_unknown_names() -> None:
+    assert guard_metrics("binary", cfg(guard_metrics=["brier", "roc_auc"])) == ["brier"]
+    assert guard_metrics("multiclass", cfg()) == ["accuracy", "log_loss"]
+    with pytest.raises(ConfigError, match="evaluate.guard_metrics"):
+        guard_metrics("binary", cfg(guard_metrics=["rmse"]))

@@ -1,0 +1,333 @@
+"""Server operations: metrics, bearer token, body limit, hot swap, async logging, the retrain process."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from dataflywheel.config import ServeConfig
+from dataflywheel.feedback.log import PredictionRow
+from dataflywheel.registry import versions
+from dataflywheel.serve.app import ServeSettings, create_app
+from dataflywheel.serve.batching import MicroBatcher
+from dataflywheel.serve.swap import AliasWatcher
+from dataflywheel.serve.worker import RetrainProcess
+from dataflywheel.store import Project
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with two model versions (different seeds); champion on v1."""
+    from dataflywheel.loop import run
+
+    folder = tmp_path_factory.mktemp("ops")
+    text = EXAMPLE.read_text().replace("epochs: 50", "epochs: 2")
+    (folder / "flywheel.yaml").write_text(text)
+    assert run(folder / "flywheel.yaml", progress=False).version == 1
+    (folder / "flywheel.yaml").write_text(text.replace("seed: 0", "seed: 1"))
+    assert run(folder / "flywheel.yaml", progress=False).version == 2
+    set_champion(folder, 1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rows(project: Path) -> list[dict[str, Any]]:
+    test = pl.read_parquet(next((project / ".flywheel" / "artifacts" / "datasets").iterdir()) / "test.parquet")
+    return test.drop("target").head(20).to_dicts()
+
+
+def set_champion(folder: Path, version: int) -> None:
+    proj = Project.open(folder / ".flywheel")
+    try:
+        if versions.alias_version(proj, "champion") != version:
+            versions.promote(proj, version, reason="test")
+    finally:
+        proj.close()
+
+
+def serving(folder: Path, fn: Callable[[httpx.AsyncClient, FastAPI], Awaitable[Any]],
+            settings: ServeSettings | None = None) -> Any:
+    app = create_app(folder, settings=settings)
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+            async with app.router.lifespan_context(app):
+                return await fn(client, app)
+
+    return asyncio.run(main())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def test_metrics_count_requests_errors_batches_and_model_version(project: Path, rows: list[dict[str, Any]]) -> None:
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> tuple[httpx.Response, str]:
+        for r in rows[:3]:
+            assert (await client.post("/v1/predict", json=r)).status_code == 200
+        assert (await client.post("/v1/predict", json=rows[3:7])).status_code == 200
+        assert (await client.post("/v1/predict", content=b"{oops")).status_code == 400
+        assert (await client.get("/no/such/path")).status_code == 404
+        m = await client.get("/metrics")
+        return m, (await client.get("/metrics")).text
+
+    first, again = serving(project, calls)
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/plain")
+    s = samples(first.text)
+    ep = ("endpoint", "/v1/predict")
+    assert s[("flywheel_requests_total", (ep, ("method", "POST"), ("status", "200")))] == 4
+    assert s[("flywheel_requests_total", (ep, ("method", "POST"), ("status", "400")))] == 1
+    assert s[("flywheel_errors_total", (ep, ("status", "400")))] == 1
+    assert s[("flywheel_errors_total", (("endpoint", "other"), ("status", "404")))] == 1
+    assert s[("flywheel_request_latency_seconds_count", (ep,))] == 5
+    assert s[("flywheel_predictions_total", ())] == 7
+    assert s[("flywheel_batch_size_count", ())] >= 2 and s[("flywheel_batch_size_sum", ())] == 7
+    assert s[("flywheel_model_version", ())] == 1
+    # /metrics counts itself, and a second app has its own registry (counts start again).
+    metrics_ep = (("endpoint", "/metrics"), ("method", "GET"), ("status", "200"))
+    assert samples(again)[("flywheel_requests_total", metrics_ep)] == 1
+    fresh = serving(project, lambda c, _a: c.get("/metrics"))
+    assert ("flywheel_requests_total", (ep, ("method", "POST"), ("status", "200"))) not in samples(fresh.text)
+
+
+# -- auth and limits --------------------------------------------------------------------------
+
+def test_bearer_token_guards_feedback_and_admin_but_not_predict(
+        project: Path, rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_API_TOKEN", "s3cret-token")
+
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> dict[str, httpx.Response]:
+        pred = await client.post("/v1/predict", json=rows[0])
+        fb = {"prediction_id": pred.json()["prediction_id"], "label": "1"}
+        return {
+            "predict": pred,
+            "none": await client.post("/v1/feedback", json=fb),
+            "basic": await client.post("/v1/feedback", json=fb, headers={"Authorization": "Basic s3cret-token"}),
+            "wrong": await client.post("/v1/feedback", json=fb, headers={"Authorization": "Bearer s3cret-tokeN"}),
+            "right": await client.post("/v1/feedback", json=fb, headers={"Authorization": "Bearer s3cret-token"}),
+            "admin_none": await client.post("/v1/admin/reload"),
+            "admin_wrong": await client.post("/v1/admin/reload", headers={"Authorization": "Bearer x"}),
+            "admin_right": await client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret-token"}),
+        }
+
+    r = serving(project, calls)
+    assert r["predict"].status_code == 200
+    for key in ("none", "basic", "admin_none"):
+        assert r[key].status_code == 401, key
+        assert r[key].headers["www-authenticate"] == "Bearer" and "FLYWHEEL_API_TOKEN" in r[key].json()["detail"]
+    assert r["wrong"].status_code == 403 and r["admin_wrong"].status_code == 403
+    assert r["right"].status_code == 201 and r["admin_right"].status_code == 200
+
+
+def test_body_limit_gives_413_with_json_detail_and_the_server_stays_up(
+        project: Path, rows: list[dict[str, Any]]) -> None:
+    big = b"[" + b",".join([b'{"mean radius": 1.0}'] * 200) + b"]"  # ~4 KB
+    assert len(big) > 2048
+
+    async def chunks() -> Any:
+        for i in range(0, len(big), 512):
+            yield big[i : i + 512]
+
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> list[httpx.Response]:
+        return [await client.post("/v1/predict", content=big, headers={"content-type": "application/json"}),
+                await client.post("/v1/predict", content=chunks()),  # no Content-Length: counted as it streams
+                await client.post("/v1/feedback", content=chunks()),
+                await client.post("/v1/predict", json=rows[0])]
+
+    declared, streamed, feedback, after = serving(project, calls, ServeSettings(max_body_bytes=2048))
+    for r in (declared, streamed, feedback):
+        assert r.status_code == 413 and "2048 bytes" in r.json()["detail"]
+    assert "content-length" not in streamed.request.headers
+    assert after.status_code == 200
+
+
+def test_settings_come_from_the_serve_section(project: Path, tmp_path: Path) -> None:
+    s = ServeSettings.from_config(ServeConfig(max_batch_size=7, log_mode="async", swap_poll_seconds=3), threads=1)
+    assert (s.max_batch_size, s.log_mode, s.swap_poll_seconds, s.threads, s.max_records) == (7, "async", 3, 1, 1000)
+    cfg = (project / "flywheel.yaml").read_text().replace("store:", "xx") + (
+        f"store: {{root: {project / '.flywheel'}}}\nserve: {{max_batch_size: 5, max_body_bytes: 4096}}\n")
+    (tmp_path / "flywheel.yaml").write_text(cfg)
+    app = create_app(tmp_path)
+    try:
+        server = app.state.server
+        assert server.batcher.max_batch_size == 5 and server.settings.max_body_bytes == 4096
+    finally:
+        app.state.server.close()
+
+
+# -- hot swap ---------------------------------------------------------------------------------
+
+def test_hot_swap_follows_promote_and_rollback(project: Path, rows: list[dict[str, Any]]) -> None:
+    async def until_version(client: httpx.AsyncClient, version: int) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            r = await client.post("/v1/predict", json=rows[0])
+            assert r.status_code == 200
+            if r.json()["model_version"] == version:
+                return time.monotonic() - started
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"still not serving v{version}")
+
+    async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[Any, ...]:
+        first = (await client.post("/v1/predict", json=rows[0])).json()["model_version"]
+        set_champion(project, 2)
+        await until_version(client, 2)
+        proj = Project.open(project / ".flywheel")
+        try:
+            versions.rollback(proj, reason="test")
+        finally:
+            proj.close()
+        await until_version(client, 1)
+        model = (await client.get("/v1/model")).json()
+        return first, model, samples((await client.get("/metrics")).text), app.state.server.writer
+
+    first, model, s, writer = serving(project, calls, ServeSettings(swap_poll_seconds=0.05))
+    assert first == 1 and model["version"] == 1 and model["swap"] == {"follows_alias": True, "last_error": None}
+    assert s[("flywheel_model_swaps_total", ())] == 2 and s[("flywheel_model_version", ())] == 1
+    assert {r.model_version for r in _logged_rows(writer)} >= {1, 2}
+
+
+def _logged_rows(writer: Any) -> list[PredictionRow]:
+    from sqlalchemy import select
+
+    with writer.store.transaction() as s:
+        return list(s.scalars(select(PredictionRow)))
+
+
+def test_admin_reload_swaps_at_once(project: Path, rows: list[dict[str, Any]]) -> None:
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> tuple[Any, ...]:
+        unchanged = (await client.post("/v1/admin/reload")).json()
+        set_champion(project, 2)
+        try:
+            reloaded = (await client.post("/v1/admin/reload")).json()
+            after = (await client.post("/v1/predict", json=rows[0])).json()["model_version"]
+        finally:
+            set_champion(project, 1)
+        return unchanged, reloaded, after
+
+    unchanged, reloaded, after = serving(project, calls, ServeSettings(swap_poll_seconds=600))
+    assert unchanged == {"previous": 1, "version": 1, "swapped": False, "error": None}
+    assert reloaded == {"previous": 1, "version": 2, "swapped": True, "error": None} and after == 2
+
+
+def test_requests_in_flight_run_on_the_model_they_arrived_with(project: Path, rows: list[dict[str, Any]]) -> None:
+    app = create_app(project)
+    server = app.state.server
+    try:
+        old = server.model
+        new = server._load(2)
+        items = [(old, rows[0]), (new, rows[1]), (old, rows[2]), (new, rows[0])]
+        out = server._forward(items)
+        assert [o["model_version"] for o in out] == [1, 2, 1, 2]
+        assert out[0]["probabilities"] == old.forward([rows[0]])[0]["probabilities"]
+        assert out[3]["probabilities"] == new.forward([rows[0]])[0]["probabilities"]
+    finally:
+        server.close()
+
+
+def test_watcher_keeps_the_old_model_when_a_version_fails_to_load() -> None:
+    target = {"v": 1}
+    loads: list[int] = []
+    installed: list[int] = []
+
+    def load(v: int) -> str:
+        loads.append(v)
+        if v == 2:
+            raise OSError("bundle damaged")
+        return f"model-{v}"
+
+    w = AliasWatcher(lambda: target["v"], load, lambda _m, v: installed.append(v), version=1, poll_seconds=0.01)
+    target["v"] = 2
+    failed = w.check()
+    assert failed.swapped is False and failed.version == 1 and "bundle damaged" in (failed.error or "")
+    assert w.check().swapped is False and loads == [2]  # not retried until forced or the alias moves
+    assert w.check(force=True).swapped is False and loads == [2, 2]
+    target["v"] = 3
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.version != 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        w.close()
+    assert w.version == 3 and installed == [3] and w.last_error is None and not w.alive
+
+
+# -- batching and logging -----------------------------------------------------------------------
+
+def test_a_lone_request_does_not_wait_for_a_batch() -> None:
+    batcher = MicroBatcher(lambda xs: [x + 1 for x in xs], max_wait_ms=500).start()
+    try:
+        started = time.perf_counter()
+        assert batcher.submit([1]).result(5) == [2]
+        assert time.perf_counter() - started < 0.2
+    finally:
+        batcher.close()
+
+
+def test_async_log_mode_answers_then_commits(project: Path, rows: list[dict[str, Any]]) -> None:
+    async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[list[str], Any]:
+        answers = [(await client.post("/v1/predict", json=r)).json() for r in rows[:5]]
+        ids = [a["prediction_id"] for a in answers]
+        writer = app.state.server.writer
+        deadline = time.monotonic() + 5
+        while not all(writer.prediction(i) for i in ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return ids, writer
+
+    ids, writer = serving(project, calls, ServeSettings(log_mode="async"))
+    assert all(writer.prediction(i) is not None for i in ids)
+
+
+def test_monitor_endpoint(project: Path, rows: list[dict[str, Any]]) -> None:
+    pytest.importorskip("dataflywheel.feedback.monitor")
+
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> httpx.Response:
+        for r in rows:
+            await client.post("/v1/predict", json=r)
+        return await client.get("/v1/monitor")
+
+    r = serving(project, calls)
+    assert r.status_code == 200 and isinstance(r.json(), dict) and r.json()
+
+
+# -- the retrain worker process -----------------------------------------------------------------
+
+def test_retrain_process_starts_stops_and_tolerates_a_missing_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = RetrainProcess(tmp_path / "flywheel.yaml", module="dataflywheel_no_such_worker").start()
+    assert not missing.alive and missing.stop() is None
+    (tmp_path / "fake_worker.py").write_text(
+        "import sys, time\nassert sys.argv[1:3] == ['--config', sys.argv[2]]\n"
+        "open(sys.argv[2] + '.started', 'w').close()\ntime.sleep(30)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = RetrainProcess(tmp_path / "flywheel.yaml", module="fake_worker").start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "flywheel.yaml.started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.alive and proc.process is not None and proc.process.args[:2] == [sys.executable, "-m"]
+        assert (tmp_path / "flywheel.yaml.started").exists()
+    finally:
+        code = proc.stop(timeout=5)
+    assert code is not None and code != 0 and not proc.alive
