@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo example test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# One turn of the whole loop (train v1, serve, traffic + feedback, retrain, gate, hot swap) in
+# a fresh demo-project/ folder; `make example` runs `flywheel run` on examples/breast-cancer.
 demo: install
+	rm -rf demo-project
+	$(BIN)/flywheel demo --folder demo-project
+
+example: install
 	cd examples/breast-cancer && ../../$(BIN)/flywheel run
 
 test: install
@@ -26,6 +32,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
-	rm -rf $(VENV) examples/*/.flywheel
+	rm -rf $(VENV) examples/*/.flywheel demo-project
