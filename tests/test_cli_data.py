@@ -143,3 +143,17 @@ def test_data_validate_inputs_only_needs_no_target(tmp_path: Path) -> None:
     assert flywheel("data", "validate", "inputs.csv", cwd=tmp_path).code == 1
     r = flywheel("data", "validate", "inputs.csv", "--inputs-only", cwd=tmp_path)
     assert r.code == 0, r.out
+
+
+def test_init_excludes_identifier_columns_and_refuses_a_constant_target(tmp_path: Path) -> None:
+    rows = ["row_id,customer_id,x,y"] + [f"{i},C{i:05d},{i % 7},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    assert flywheel("init", "--data", "d.csv", "--target", "y", cwd=tmp_path).code == 0
+    import yaml
+
+    doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+    assert doc["data"]["exclude"] == ["row_id", "customer_id"]
+    assert [f["name"] for f in doc["data"]["features"]] == ["x"]
+    (tmp_path / "one.csv").write_text("x,y\n" + "\n".join(f"{i},1" for i in range(30)) + "\n")
+    r = flywheel("init", "--data", "one.csv", "--target", "y", "--output", "o.yaml", cwd=tmp_path)
+    assert_one_line_error(r, "one.csv column y", "at least 2")

@@ -86,3 +86,24 @@ def test_a_failing_ingest_leaves_no_version_behind(tmp_path: Path) -> None:
     assert list_versions(project) == []
     leftovers = list((tmp_path / ".flywheel" / "artifacts").rglob("*"))
     assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_ids_hash_only_settings_that_differ_from_defaults(tmp_path: Path) -> None:
+    from dataflywheel.data.dataset import data_config_hash
+
+    minimal = cfg_for(tmp_path)
+    explicit = cfg_for(tmp_path, split={"train": 0.7, "valid": 0.15, "test": 0.15, "seed": 42},
+                       processing={"drop_duplicates": True})
+    changed = cfg_for(tmp_path, split={"train": 0.7, "valid": 0.15, "test": 0.15, "seed": 7})
+    assert data_config_hash(minimal.data) == data_config_hash(explicit.data)
+    assert data_config_hash(minimal.data) != data_config_hash(changed.data)
+
+
+def test_unknown_excluded_column_is_an_error(tmp_path: Path) -> None:
+    from dataflywheel.errors import ConfigError
+
+    make_csv(tmp_path / "data.csv")
+    project = Project.open(tmp_path / ".flywheel")
+    with pytest.raises(ConfigError, match="data.exclude: no column named 'ghost'"):
+        ingest(cfg_for(tmp_path, exclude=["ghost"]), project)
+    assert list_versions(project) == []

@@ -27,7 +27,24 @@ def test_better_primary_and_steady_guards_pass() -> None:
 def test_tie_on_primary_keeps_the_champion() -> None:
     result = gate("binary", cfg(), dict(CHAMPION), CHAMPION)
     assert not result.passed
-    assert "does not beat champion" in result.reasons[0]
+    assert "tied at 0.9000" in result.reasons[0] and "not better" in result.reasons[0]
+
+
+def test_tie_at_the_ceiling_is_broken_by_the_first_guard() -> None:
+    champion = {**CHAMPION, "roc_auc": 1.0}
+    better = {**champion, "accuracy": 0.90, "log_loss": 0.2}
+    result = gate("binary", cfg(), better, champion)
+    assert result.passed and "tie broken by accuracy" in result.reasons[0]
+    worse = {**champion, "accuracy": 0.84}
+    assert not gate("binary", cfg(), worse, champion).passed
+    # A demanded improvement cannot be met by a tie.
+    assert not gate("binary", cfg(min_improvement=0.01), better, champion).passed
+
+
+def test_guard_reasons_say_better_or_worse() -> None:
+    challenger = {**CHAMPION, "roc_auc": 0.95, "log_loss": 0.10}
+    reasons = gate("binary", cfg(), challenger, CHAMPION).reasons
+    assert any("guard log_loss" in r and "better by 0.3000" in r for r in reasons)
 
 
 def test_min_improvement_is_required() -> None:
@@ -42,7 +59,7 @@ def test_guard_regression_beyond_tolerance_rejects() -> None:
     assert not result.passed
     failed = [c for c in result.checks if not c.passed]
     assert [c.metric for c in failed] == ["accuracy"]
-    assert "regresses beyond tolerance" in failed[0].reason
+    assert "worse by 0.0200, beyond tolerance 0.01" in failed[0].reason
     assert gate("binary", cfg(tolerance=0.03), challenger, CHAMPION).passed
 
 

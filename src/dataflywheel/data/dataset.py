@@ -24,6 +24,7 @@ from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
+PROCESSING_VERSION = 1
 
 
 @dataclass
@@ -65,8 +66,13 @@ class DatasetVersion:
 
 def data_config_hash(cfg: DataConfig, task: str = "auto") -> str:
     """Hash of what changes a version's content: the data config (not the source path) and the
-    task, which decides whether the split is stratified."""
-    payload = {**cfg.model_dump(mode="json", exclude={"source"}), "task": task}
+    task, which decides whether the split is stratified.
+
+    Only settings that differ from their defaults are hashed, so a release that adds a config
+    field keeps every existing id; ``PROCESSING_VERSION`` is bumped instead when a default or the
+    processing itself changes what a version contains."""
+    payload = {**cfg.model_dump(mode="json", exclude={"source"}, exclude_defaults=True), "task": task,
+               "processing_version": PROCESSING_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -123,7 +129,14 @@ def build_version(
 
     if callable(raw):
         raw = raw()
-    excluded = [c for c in cfg.data.exclude if c in raw.columns]
+    unknown = [c for c in cfg.data.exclude if c not in raw.columns]
+    if unknown:
+        from dataflywheel.errors import ConfigError
+
+        raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
+                          fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
+                          f"{', ...' if len(raw.columns) > 8 else ''})")
+    excluded = list(cfg.data.exclude)
     raw = raw.drop(excluded) if excluded else raw
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
     schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)

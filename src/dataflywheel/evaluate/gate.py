@@ -5,6 +5,11 @@ retraining). The challenger passes when its primary metric (``evaluate.metric``)
 champion's by at least ``evaluate.min_improvement`` (strictly, when that is 0: a tie keeps the
 champion) and no guard metric (``evaluate.guard_metrics``) is worse than the champion's by more
 than ``evaluate.tolerance``. Every metric gets a :class:`Check` with both values and a reason.
+
+A tie on the primary metric (with ``min_improvement`` 0) is broken by the first guard metric
+defined for both models: otherwise a champion at a metric's ceiling (ROC AUC 1.0 on a small
+test split is common) could never be replaced, however much better a challenger's accuracy or
+log loss.
 """
 
 from __future__ import annotations
@@ -89,8 +94,8 @@ def check_primary(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], ch
     gain = ours - theirs if higher else theirs - ours
     passed = gain > _EPS and gain >= cfg.min_improvement - _EPS
     if passed:
-        reason = (f"{metric} {ours:.4f} vs champion {theirs:.4f} ({word} is better, "
-                  f"gain {gain:+.4f} >= min improvement {cfg.min_improvement:g})")
+        reason = (f"{metric} {ours:.4f} vs champion {theirs:.4f} ({word} is better; "
+                  f"gain {gain:+.4f}, min improvement {cfg.min_improvement:g})")
     else:
         reason = (f"{metric} {ours:.4f} does not beat champion {theirs:.4f} by {cfg.min_improvement:g} "
                   f"(gain {gain:+.4f}; {word} is better)")
@@ -106,8 +111,13 @@ def check_guard(task: str, name: str, tolerance: float, challenger: dict[str, An
                      f"guard {name}: {_fmt(ours)} vs {_fmt(theirs)}: undefined, not checked")
     gain = ours - theirs if higher else theirs - ours
     passed = -gain <= tolerance + _EPS
-    verdict = "within" if passed else "regresses beyond"
-    reason = f"guard {name} {ours:.4f} vs champion {theirs:.4f} (change {gain:+.4f}, {verdict} tolerance {tolerance:g})"
+    if gain > _EPS:
+        change = f"better by {gain:.4f}"
+    elif gain >= -_EPS:
+        change = "unchanged"
+    else:
+        change = f"worse by {-gain:.4f}, {'within' if passed else 'beyond'} tolerance {tolerance:g}"
+    reason = f"guard {name} {ours:.4f} vs champion {theirs:.4f} ({change})"
     return Check(name, "guard", higher, ours, theirs, gain, passed, reason)
 
 
@@ -115,5 +125,21 @@ def gate(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], champion: d
     """Decide from two metric dicts computed on the same rows (see the module docstring)."""
     primary = check_primary(task, cfg, challenger, champion)
     guards = [check_guard(task, n, cfg.tolerance, challenger, champion) for n in guard_metrics(task, cfg)]
+    if not primary.passed and primary.gain is not None and abs(primary.gain) <= _EPS and cfg.min_improvement <= _EPS:
+        primary = _break_tie(primary, guards)
     checks = [primary, *guards]
     return GateResult(all(c.passed for c in checks), primary.metric, checks)
+
+
+def _break_tie(primary: Check, guards: list[Check]) -> Check:
+    """A tied primary metric passes when the first guard defined for both models is better."""
+    for g in guards:
+        if g.gain is None:
+            continue
+        won = g.gain > _EPS
+        outcome = "better" if won else "not better"
+        reason = (f"{primary.metric} tied at {primary.champion:.4f}; tie broken by {g.metric}: "
+                  f"{g.challenger:.4f} vs {g.champion:.4f} ({outcome})")
+        return Check(primary.metric, "primary", primary.higher_is_better, primary.challenger, primary.champion,
+                     primary.gain, won, reason)
+    return primary
