@@ -66,7 +66,7 @@ def show(
     if as_json:
         doc = {"id": v.id, "source": v.source, "parents": v.parents, "split_sizes": v.split_sizes,
                "report": v.report, "schema": schema.to_dict()}
-        typer.echo(json.dumps(doc, indent=2, default=str))
+        typer.echo(json.dumps(doc, indent=2, default=str, ensure_ascii=False))
         return
     out = console()
     out.print(f"dataset {v.id}  source: {v.source}  parents: {', '.join(v.parents) or '-'}", markup=False)
@@ -78,7 +78,7 @@ def show(
         table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), _num(c.min), _num(c.max), _num(c.mean), cats)
     out.print(table)
     report = {k: val for k, val in v.report.items() if k not in ("split_sizes",)}
-    out.print("processing: " + json.dumps(report, default=str), markup=False, soft_wrap=True)
+    out.print("processing: " + json.dumps(report, default=str, ensure_ascii=False), markup=False, soft_wrap=True)
 
 
 def _num(x: float | None) -> str:

@@ -80,7 +80,7 @@ def _prediction_lines(doc: dict[str, Any]) -> list[str]:
     p = doc["prediction"]
     lines = [f"prediction {p['id']} at {p['created_at']}: {json.dumps(p['output'].get('prediction'))} "
              f"(latency {p['latency_ms']:.2f} ms)"]
-    lines += [f"  feedback {f['id']}: {f['kind']} {json.dumps(f['value'])}" for f in doc["feedback"]]
+    lines += [f"  feedback {f['id']}: {f['kind']} {_value(f['value'])}" for f in doc["feedback"]]
     m = doc["model"]
     if m is None:
         return [*lines, "  model: unknown (not logged)"]
@@ -106,12 +106,26 @@ def _dataset_lines(node: dict[str, Any], depth: int) -> list[str]:
 
 def _feedback_lines(doc: dict[str, Any]) -> list[str]:
     f = doc["feedback"]
-    lines = [f"feedback {f['id']} ({f['kind']} {json.dumps(f['value'])}) on prediction {f['prediction_id']}"]
+    lines = [f"feedback {f['id']} ({f['kind']} {_value(f['value'])}) on prediction {f['prediction_id']}"]
     lines += [f"  in dataset {d['id']} as {d['role']}" for d in doc["datasets"]] or ["  in no dataset version yet"]
     m = doc["first_model"]
-    lines.append(f"first model that learned from it: v{m['version']} ({m['verdict']}; aliases: "
-                 f"{', '.join(m['aliases']) or '-'})" if m else "first model that learned from it: none yet")
+    roles = {d["role"] for d in doc["datasets"]}
+    if m:
+        lines.append(f"first model that learned from it: v{m['version']} ({m['verdict']}; aliases: "
+                     f"{', '.join(m['aliases']) or '-'})")
+    elif roles and roles <= {"dropped", "holdout"}:
+        why = "held out for evaluation" if roles == {"holdout"} else "dropped (a duplicate or superseded)"
+        lines.append(f"first model that learned from it: none: it was {why}, never trained on")
+    else:
+        lines.append("first model that learned from it: none yet")
     return lines
+
+
+def _value(value: Any) -> str:
+    """A feedback value as a person reads it: the label itself, not its JSON wrapper."""
+    if isinstance(value, dict) and set(value) == {"label"}:
+        value = value["label"]
+    return json.dumps(value, ensure_ascii=False)
 
 
 @feedback_app.command("import")

@@ -12,9 +12,13 @@ DEFAULT_CONFIG = Path("flywheel.yaml")
 
 
 def console(stderr: bool = False) -> Any:
+    """Rich console; lines never wrap, and output to a pipe or file gets a wide table width."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = 160
+    return out
 
 
 def logger(stderr: bool = False) -> Any:
