@@ -75,7 +75,7 @@ def retrain(
 ) -> RetrainResult:
     """Retrain from the champion's dataset plus pending labelled feedback (module docstring)."""
     from dataflywheel.data.dataset import get_version
-    from dataflywheel.feedback.trainingset import HOLDOUT, build_next_version
+    from dataflywheel.feedback.trainingset import HOLDOUT, build_next_version, new_label_count
     from dataflywheel.loop import train_and_register
     from dataflywheel.registry import versions
 
@@ -84,7 +84,9 @@ def retrain(
         if champion is None:
             raise NotFoundError("no champion model to retrain", fix="run `flywheel run` first")
         parent = get_version(project, versions.resolve(project, champion).dataset_id)
-        built = build_next_version(cfg, project, parent, log=log)
+        # Feedback already linked to a dataset version was considered by an earlier retrain
+        # (trained on, held out or dropped): without new labels the result would be the same.
+        built = build_next_version(cfg, project, parent, log=log) if new_label_count(project) else None
         if built is None:
             msg = f"no new labelled feedback since dataset {parent.id} (champion v{champion}): nothing to do"
             log(msg)
@@ -92,8 +94,8 @@ def retrain(
         counts = {role: len(ids) for role, ids in built.roles.items()}
         base = RetrainResult("no_usable_rows", "", parent.id, built.dataset.id, counts, champion=champion)
         if not any(counts.get(r) for r in ("train", "valid", HOLDOUT)):
-            base.message = (f"all {counts.get('dropped', 0)} new feedback rows were dropped "
-                            f"({built.dropped}); nothing to train")
+            why = f" ({built.dropped})" if built.dropped else " (duplicates of rows already in the data)"
+            base.message = f"all {counts.get('dropped', 0)} new feedback rows were dropped{why}; nothing to train"
             log(base.message)
             return base
         run = train_and_register(cfg, project, built.dataset, progress=progress, log=log)
