@@ -42,10 +42,16 @@ def _inputs(shape: dict, n: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch
 @pytest.mark.parametrize("task", sorted(SHAPES))
 def test_every_model_maps_inputs_to_logits(name: str, task: str) -> None:
     shape = SHAPES[task]
-    spec = json.loads(json.dumps(model_spec(name, **shape)))  # what model.json stores
+    text = {"text_vocab_size": 50, "max_length": 16} if registry.takes_text(name) else {}
+    spec = json.loads(json.dumps(model_spec(name, **shape, **text)))  # what model.json stores
     model = build_model(spec, seed=3)
     numeric, categorical = _inputs(shape)
-    logits = model(numeric, categorical)
+    if text:  # a text model also reads padded token ids and their mask
+        tokens = torch.randint(0, 50, (7, 9), generator=torch.Generator().manual_seed(1))
+        mask = torch.arange(9)[None, :] < torch.randint(2, 10, (7, 1), generator=torch.Generator().manual_seed(2))
+        logits = model(numeric, categorical, tokens=tokens, attention_mask=mask)
+    else:
+        logits = model(numeric, categorical)
     assert logits.shape == (7, shape["n_outputs"])
     assert logits.dtype == torch.float32
     logits.sum().backward()

@@ -66,6 +66,13 @@ class FeatureConfig(Section):
     type: FeatureType | None = None
     encoder: Literal["auto", "zscore", "minmax", "none", "index", "onehot"] = "auto"
     """number: zscore (default), minmax, none; category: index (default) or onehot."""
+    max_length: int = Field(128, ge=4)
+    """text: most tokens per text, [CLS] and [SEP] included; longer texts are truncated (counted)."""
+    vocab_size: int = Field(8000, ge=64)
+    """text: WordPiece vocabulary trained on the train split (ignored with ``tokenizer``)."""
+    tokenizer: str | None = None
+    """text: a local folder (or tokenizer.json) of a Hugging Face fast tokenizer to use instead
+    of training one; relative to flywheel.yaml."""
 
 
 class MissingConfig(Section):
@@ -178,6 +185,18 @@ class TrainConfig(Section):
     seed: int = 0
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads; null picks one by model size and available cores."""
+    grad_accumulation: int = Field(1, ge=1)
+    """Micro-batches (of ``batch_size`` rows) whose gradients add up to one optimiser step."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (even mid-epoch); the schedule spans them."""
+    eval_every_steps: int | None = Field(None, ge=1)
+    """Also validate every N optimiser steps (logged in the history's ``evals``)."""
+    bf16: bool = False
+    """Train under torch.autocast(cpu, bfloat16) where the CPU supports bf16 (else fp32, warned)."""
+    compile: bool = False
+    """Train through torch.compile (needs a C++ compiler; first steps are slow)."""
+    bucket_by_length: bool = True
+    """Text models: draw shuffled batches from length-sorted chunks, so padding stays short."""
 
 
 class EvaluateConfig(Section):

@@ -102,6 +102,8 @@ def train_and_register(
     gate_rows, eval_rows = evaluation_rows(dataset, test)
     gate_metrics = metrics if gate_rows is test else evaluate_split(predictor, gate_rows, target).metrics
     history = trained.history
+    for column, count in (trained.truncated or {}).items():
+        log(f"text column {column!r}: {count} train text(s) truncated to max_length")
     log(_metrics_line(trained.task, metrics))
 
     champion_version = versions.alias_version(project, versions.CHAMPION)
@@ -120,6 +122,7 @@ def train_and_register(
         "threads": history.threads,
         "n_params": trained.n_params,
         "resumed_from_epoch": history.resumed_from,
+        "truncated_texts": trained.truncated or {},
         **environment(),
     }
     epochs = list(history.epochs)

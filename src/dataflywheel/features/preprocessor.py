@@ -5,8 +5,10 @@ on the train split only. ``transform`` encodes every number column in one numpy 
 server sends many one-row batches, so per-column overhead matters) and ``transform_records``
 encodes a list of dicts without building a frame. Numbers, binaries, datetimes and one-hot categories join a float32
 ``numeric`` block; index-encoded categories join an int64 ``categorical`` block (for
-embeddings, with ``cardinalities_`` giving each one's size). Its whole state is JSON, saved
-atomically, so a bundle's ``preprocessor.json`` reproduces the training-time encoding exactly.
+embeddings, with ``cardinalities_`` giving each one's size). A text column (one, for models
+that read text: see ``from_schema(text=True)``) becomes ragged token ids in ``tokens``. Its
+whole state is JSON, saved atomically, so a bundle's ``preprocessor.json`` reproduces the
+training-time encoding exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataflywheel.features.encoders import (
     Encoder,
     NumberEncoder,
 )
+from dataflywheel.features.text import Ragged, TextEncoder
 
 if TYPE_CHECKING:
     from dataflywheel.config import FeatureConfig
@@ -63,6 +66,10 @@ class EncodedBatch:
     """int64 (n, n_categorical)"""
     unknown: dict[str, int]
     """Cells per feature holding a category unseen at fit time (features with none left out)."""
+    tokens: Ragged | None = None
+    """Token ids of the text column (no padding), or None when the preprocessor has none."""
+    truncated: dict[str, int] = field(default_factory=dict)
+    """Texts per text column cut to its max_length (columns with none left out)."""
 
 
 def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
@@ -84,6 +91,16 @@ def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
         where=f"data.features ({column}).encoder",
         fix=f"use one of {options} or a registered encoder {sorted(ENCODERS)}",
     )
+
+
+def _text_params(override: FeatureConfig | None, base_dir: Path | None) -> dict[str, Any]:
+    """:class:`TextEncoder` parameters from a feature's config (defaults when none)."""
+    if override is None:
+        return {}
+    tokenizer = override.tokenizer
+    if tokenizer is not None and base_dir is not None and not Path(tokenizer).is_absolute():
+        tokenizer = str(base_dir / tokenizer)
+    return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": tokenizer}
 
 
 def _missing_column(col: str) -> SchemaError:
@@ -162,16 +179,22 @@ def _number_or_none(value: Any) -> bool:
 
 
 class Preprocessor:
-    """Encode ``features``: a list of (column, feature type, encoder name or "auto").
+    """Encode ``features``: a list of (column, feature type, encoder name or "auto"), plus
+    ``text_features``: (column, :class:`TextEncoder` parameters), at most one.
 
-    ``skipped`` lists columns deliberately left out (text, for now), kept for reporting.
+    ``skipped`` lists columns deliberately left out (text, for a model that reads no text),
+    kept for reporting.
     """
 
     def __init__(
-        self, features: Sequence[tuple[str, str, str]], skipped: Sequence[str] = ()
+        self,
+        features: Sequence[tuple[str, str, str]],
+        skipped: Sequence[str] = (),
+        text_features: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> None:
         self.features = [tuple(f) for f in features]
         self.skipped = list(skipped)
+        self.text_features = [(col, dict(params)) for col, params in text_features]
 
     @classmethod
     def from_schema(
@@ -179,8 +202,15 @@ class Preprocessor:
         schema: Schema,
         overrides: Sequence[FeatureConfig] = (),
         exclude: Iterable[str] = (),
+        *,
+        text: bool = False,
+        base_dir: Path | None = None,
     ) -> Preprocessor:
-        """Non-target schema columns, minus ``exclude``; ``overrides`` change type or encoder."""
+        """Non-target schema columns, minus ``exclude``; ``overrides`` change type or encoder.
+
+        Text columns are skipped unless ``text`` (the model reads token ids); then exactly one
+        may remain. A relative ``tokenizer`` path resolves against ``base_dir``.
+        """
         excluded = set(exclude)
         names = {c.name for c in schema.features}
         by_name: dict[str, FeatureConfig] = {}
@@ -194,6 +224,7 @@ class Preprocessor:
             by_name[ov.name] = ov
         features: list[tuple[str, str, str]] = []
         skipped: list[str] = []
+        texts: list[tuple[str, dict[str, Any]]] = []
         for col in schema.features:
             if col.name in excluded:
                 continue
@@ -201,17 +232,29 @@ class Preprocessor:
             ftype = (override.type if override is not None else None) or col.type
             encoder = override.encoder if override is not None else "auto"
             if ftype == "text":
-                skipped.append(col.name)
+                if text:
+                    texts.append((col.name, _text_params(override, base_dir)))
+                else:
+                    skipped.append(col.name)
                 continue
             build_encoder(col.name, ftype, encoder)  # reject a bad combination now, not at fit
             features.append((col.name, ftype, encoder))
-        return cls(features, skipped)
+        if len(texts) > 1:
+            raise ConfigError(
+                f"a model reads one text column; found {[c for c, _ in texts]}",
+                where="data.features",
+                fix="add all but one of them to data.exclude",
+            )
+        return cls(features, skipped, texts)
 
     def fit(self, df: pl.DataFrame) -> Preprocessor:
         """Fit every encoder on ``df`` (the train split)."""
-        _require_columns(df, (f[0] for f in self.features))
+        _require_columns(df, [f[0] for f in self.features] + [c for c, _ in self.text_features])
         self.encoders_: dict[str, Encoder] = {
             col: build_encoder(col, ftype, enc).fit(df[col]) for col, ftype, enc in self.features
+        }
+        self.text_encoders_: dict[str, TextEncoder] = {
+            col: TextEncoder(**params).fit(df[col]) for col, params in self.text_features
         }
         return self
 
@@ -228,6 +271,18 @@ class Preprocessor:
         if not hasattr(self, "encoders_"):
             raise NotFittedError("Preprocessor is not fitted; call fit on the train split first")
         return self.encoders_
+
+    @property
+    def input_columns_(self) -> list[str]:
+        """Every column ``transform`` reads: the tabular features, then the text column."""
+        return [*self._fitted(), *self.__dict__.get("text_encoders_", {})]
+
+    @property
+    def text_encoder_(self) -> TextEncoder | None:
+        """The text column's fitted encoder (vocab_size_, max_length, pad_id_), if any."""
+        self._fitted()
+        texts = self.__dict__.get("text_encoders_", {})
+        return next(iter(texts.values()), None)
 
     @property
     def n_numeric_(self) -> int:
@@ -280,7 +335,17 @@ class Preprocessor:
             plan.place(enc, pos, out, numeric, categorical)
             if n_unknown:
                 unknown[col] = n_unknown
-        return EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+        if self.__dict__.get("text_encoders_"):
+            _require_columns(df, self.text_encoders_)
+            self._encode_text(batch, {c: df[c] for c in self.text_encoders_})
+        return batch
+
+    def _encode_text(self, batch: EncodedBatch, columns: Mapping[str, pl.Series]) -> None:
+        for col, enc in self.text_encoders_.items():
+            batch.tokens, n_truncated = enc.encode(columns[col])
+            if n_truncated:
+                batch.truncated[col] = n_truncated
 
     def transform_records(self, records: Sequence[Mapping[str, Any]]) -> EncodedBatch:
         """``transform(pl.DataFrame(records, infer_schema_length=None))``, without the frame
@@ -322,7 +387,15 @@ class Preprocessor:
             plan.place(enc, pos, out, numeric, categorical)
             if n_unknown:
                 unknown[col] = n_unknown
-        return EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+        if self.__dict__.get("text_encoders_"):
+            texts: dict[str, pl.Series] = {}
+            for col in self.text_encoders_:
+                if not any(col in r for r in records):
+                    raise _missing_column(col)
+                texts[col] = pl.Series(col, [r.get(col) for r in records], dtype=pl.Utf8, strict=False)
+            self._encode_text(batch, texts)
+        return batch
 
     def to_dict(self) -> dict[str, Any]:
         encoders = self._fitted()
@@ -331,6 +404,10 @@ class Preprocessor:
             "features": [list(f) for f in self.features],
             "skipped": self.skipped,
             "encoders": {col: enc.to_dict() for col, enc in encoders.items()},
+            "text_features": [[col, params] for col, params in self.text_features],
+            "text_encoders": {
+                col: enc.to_dict() for col, enc in self.__dict__.get("text_encoders_", {}).items()
+            },
         }
 
     @classmethod
@@ -340,8 +417,15 @@ class Preprocessor:
                 f"unsupported preprocessor format {data.get('format')!r} (expected {FORMAT})",
                 fix="re-train the model with this version of dataflywheel",
             )
-        pre = cls([tuple(f) for f in data["features"]], data.get("skipped", ()))
+        pre = cls(
+            [tuple(f) for f in data["features"]],
+            data.get("skipped", ()),
+            [(col, params) for col, params in data.get("text_features", ())],
+        )
         pre.encoders_ = {col: Encoder.from_dict(d) for col, d in data["encoders"].items()}
+        pre.text_encoders_ = {
+            col: TextEncoder.from_dict(d) for col, d in data.get("text_encoders", {}).items()
+        }
         return pre
 
     def save(self, path: str | Path) -> Path:

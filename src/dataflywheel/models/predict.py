@@ -1,14 +1,23 @@
-"""Turn a model's logits into predictions: probabilities for classifiers, values for regression."""
+"""Turn a model's logits into predictions: probabilities for classifiers, values for regression.
+
+Every model is called the same way: ``model(numeric, categorical)``, and for a text model also
+``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool, padded per batch.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from dataflywheel.features.text import Ragged
+
 ArrayLike = torch.Tensor | np.ndarray | Any
+TEXT_BATCH = 64
+"""Texts per forward pass at prediction time (attention memory grows with batch x length^2)."""
 
 
 def as_inputs(
@@ -30,24 +39,50 @@ def as_inputs(
 
 
 def predict_logits(
-    model: nn.Module, numeric: ArrayLike, categorical: ArrayLike, *, batch_size: int = 8192
+    model: nn.Module,
+    numeric: ArrayLike,
+    categorical: ArrayLike,
+    *,
+    tokens: Ragged | None = None,
+    pad_id: int = 0,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Logits ``(N, n_outputs)`` in eval mode and without autograd; the model's mode is restored.
-    Inputs may be tensors or NumPy arrays."""
+    Inputs may be tensors or NumPy arrays. With ``tokens`` (N ragged rows), texts are batched
+    in length order (each batch padded to its longest) and the logits returned in input order."""
     numeric, categorical = as_inputs(model, numeric, categorical)
+    batches: list[torch.Tensor] = []
+    if tokens is not None:
+        by_length = torch.from_numpy(np.argsort(tokens.lengths, kind="stable"))  # (N,)
+        batches = list(by_length.split(batch_size or TEXT_BATCH))
+    size = batch_size or 8192
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            parts = [
-                model(numeric[i : i + batch_size], categorical[i : i + batch_size])
-                for i in range(0, numeric.shape[0], batch_size)
-            ]
+            if tokens is None:
+                parts = [
+                    model(numeric[i : i + size], categorical[i : i + size])
+                    for i in range(0, numeric.shape[0], size)
+                ]
+            else:
+                parts = [_text_forward(model, numeric, categorical, tokens, pad_id, idx) for idx in batches]
     finally:
         model.train(was_training)
     if not parts:
         return torch.empty((0, 1))
-    return torch.cat(parts)
+    logits = torch.cat(parts)
+    if tokens is not None:
+        logits = logits[torch.argsort(torch.cat(batches))]
+    return logits
+
+
+def _text_forward(model: nn.Module, numeric: torch.Tensor, categorical: torch.Tensor, tokens: Ragged,
+                  pad_id: int, idx: torch.Tensor) -> torch.Tensor:
+    ids, mask = tokens.pad(idx.numpy(), pad_id)
+    device = numeric.device
+    return model(numeric[idx], categorical[idx], tokens=torch.from_numpy(ids).to(device),
+                 attention_mask=torch.from_numpy(mask).to(device))
 
 
 def logits_to_output(logits: torch.Tensor, task: str) -> np.ndarray:
@@ -62,7 +97,13 @@ def logits_to_output(logits: torch.Tensor, task: str) -> np.ndarray:
 
 
 def predict_proba(
-    model: nn.Module, numeric: ArrayLike, categorical: ArrayLike, task: str
+    model: nn.Module,
+    numeric: ArrayLike,
+    categorical: ArrayLike,
+    task: str,
+    *,
+    tokens: Ragged | None = None,
+    pad_id: int = 0,
 ) -> np.ndarray:
     """Predictions as NumPy (see :func:`logits_to_output` for the shapes)."""
-    return logits_to_output(predict_logits(model, numeric, categorical), task)
+    return logits_to_output(predict_logits(model, numeric, categorical, tokens=tokens, pad_id=pad_id), task)

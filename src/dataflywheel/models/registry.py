@@ -2,7 +2,9 @@
 
 A builder is ``builder(*, n_numeric, cardinalities, n_outputs, task, **params) -> nn.Module``
 whose module maps ``(numeric (B, n_numeric) float, categorical (B, n_cat) long)`` to logits
-``(B, n_outputs)``. Builders are added by an explicit :func:`register_model` call (duplicates are
+``(B, n_outputs)``. A builder that reads text declares a ``text_vocab_size`` parameter: it then
+gets ``text_vocab_size`` and ``max_length`` from the text column's tokenizer, and its module
+also takes ``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool (True on real tokens). Builders are added by an explicit :func:`register_model` call (duplicates are
 rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
 stores; :func:`build_model` rebuilds the module from it.
 """
@@ -19,6 +21,7 @@ from torch import nn
 from dataflywheel.errors import ModelError
 from dataflywheel.models.mlp import build_mlp
 from dataflywheel.models.predict import predict_proba
+from dataflywheel.models.transformer import build_transformer
 
 __all__ = [
     "Builder",
@@ -28,6 +31,7 @@ __all__ = [
     "model_spec",
     "predict_proba",
     "register_model",
+    "takes_text",
 ]
 
 Builder = Callable[..., nn.Module]
@@ -58,6 +62,11 @@ def get_builder(name: str) -> Builder:
             where="model.type",
             fix=f"use one of {available_models()}",
         ) from None
+
+
+def takes_text(name: str) -> bool:
+    """Whether model type ``name`` reads a text column (its builder has ``text_vocab_size``)."""
+    return "text_vocab_size" in inspect.signature(get_builder(name)).parameters
 
 
 def model_spec(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -101,3 +110,4 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
 
 
 register_model("mlp", build_mlp)
+register_model("transformer", build_transformer)

@@ -28,6 +28,8 @@ class Predictions:
     class_names: list[str] | None
     unknown: dict[str, int] = field(default_factory=dict)
     """Cells per feature that held a category unseen at training time (encoded as unknown)."""
+    truncated: dict[str, int] = field(default_factory=dict)
+    """Texts per text column longer than the model's max_length (cut to it)."""
 
     def to_frame(self) -> pl.DataFrame:
         cols: dict[str, Any] = {"prediction": self.values}
@@ -96,21 +98,29 @@ class Predictor:
     def scores(self, df: pl.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
         """Raw model scores: p(positive) (n,) for binary, (n, k) probabilities for multiclass,
         de-standardised values (n,) for regression; plus unknown-category counts."""
+        out, batch = self._scores(df)
+        return out, dict(batch.unknown)
+
+    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, Any]:
         from dataflywheel.models.registry import predict_proba
 
         batch = self.preprocessor.transform(df)
-        out = predict_proba(self.model, batch.numeric, batch.categorical, self.task)
+        text = getattr(self.preprocessor, "text_encoder_", None)
+        out = predict_proba(self.model, batch.numeric, batch.categorical, self.task, tokens=batch.tokens,
+                            pad_id=text.pad_id_ if text is not None else 0)
         if self.task == "regression":
             out = np.asarray(self.target.inverse_transform(out.reshape(-1)), dtype=np.float64)
         elif self.task == "binary":
             out = out.reshape(-1)
-        return out, dict(batch.unknown)
+        return out, batch
 
     def predict(self, rows: Any) -> Predictions:
+        """Predictions for records (dicts), a polars or pandas frame; text columns hold raw text."""
         df = to_frame(rows)
-        scores, unknown = self.scores(df)
+        scores, batch = self._scores(df)
+        unknown, truncated = dict(batch.unknown), dict(batch.truncated)
         if self.task == "regression":
-            return Predictions(self.task, scores.tolist(), None, None, unknown)
+            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated)
         classes = self.class_names or []
         if self.task == "binary":
             p = scores.astype(np.float64)
@@ -120,4 +130,4 @@ class Predictor:
             proba = scores.astype(np.float64)
             idx = proba.argmax(axis=1)
         labels = self.target.inverse_transform(idx)
-        return Predictions(self.task, list(labels), proba, classes, unknown)
+        return Predictions(self.task, list(labels), proba, classes, unknown, truncated)

@@ -44,6 +44,8 @@ class TrainState:
     step: int = 0
     stop: bool = False
     history: list[Logs] = field(default_factory=list)
+    evals: list[Logs] = field(default_factory=list)
+    """With ``train.eval_every_steps``: one log dict per step-wise evaluation."""
     best_metric: str | None = None
     best_value: float | None = None
     best_epoch: int | None = None
@@ -81,6 +83,10 @@ class Callback:
         """After optimiser step ``step`` (1-based, over the whole run). ``logs["loss"]`` is a
         detached 0-dim tensor (call ``float()``: that syncs, so do it only when needed).
         Called only for callbacks that override it, so the loop stays cheap."""
+
+    def on_evaluate(self, step: int, logs: Logs) -> None:
+        """After a step-wise evaluation (``train.eval_every_steps``) at optimiser step ``step``:
+        ``logs`` has step, epoch (the one in progress), val_loss and val_<metric>."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (tensors and JSON types); empty for stateless callbacks."""

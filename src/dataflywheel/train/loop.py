@@ -1,8 +1,11 @@
 """The one training loop, used by every model type.
 
 Mini-batches come from a shuffled index permutation over in-memory tensors (no DataLoader:
-at tabular sizes its per-batch overhead rivals the model's own cost). Everything optional
-(early stopping, checkpoints, progress) is a callback; the loop itself only steps.
+at tabular sizes its per-batch overhead rivals the model's own cost); text batches are padded
+per batch and drawn length-bucketed (:mod:`dataflywheel.train.batching`). Gradient
+accumulation, ``max_steps``, step-wise evaluation, bf16 autocast and ``torch.compile`` are
+settings of the same loop. Everything optional (early stopping, checkpoints, progress) is a
+callback; the loop itself only steps.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from torch import nn
 
 from dataflywheel.config import TrainConfig, resolve_early_stopping
 from dataflywheel.errors import DataError
+from dataflywheel.features.text import Ragged
 from dataflywheel.models.predict import logits_to_output, predict_logits
 from dataflywheel.runtime import set_threads
 from dataflywheel.train.callbacks import (
@@ -32,6 +37,7 @@ from dataflywheel.train.callbacks import (
     TrainState,
     overrides,
 )
+from dataflywheel.train.batching import batch_order
 from dataflywheel.train.checkpoint import load_checkpoint, restore
 from dataflywheel.train.optim import LossFn, make_loss, make_optimizer, make_scheduler
 
@@ -43,14 +49,30 @@ returns it (p(class 1) for binary, (N, k) probabilities for multiclass, values f
 @dataclass
 class Batchable:
     """Model inputs and target: ``numeric`` (N, n_numeric) float, ``categorical`` (N, n_cat)
-    long, ``y`` (N,) float for bce/mse or long for cross-entropy."""
+    long, ``y`` (N,) float for bce/mse or long for cross-entropy, and for text models
+    ``tokens``: N ragged token-id rows, padded with ``pad_id`` per mini-batch."""
 
     numeric: torch.Tensor
     categorical: torch.Tensor
     y: torch.Tensor
+    tokens: Ragged | None = None
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def forward(self, model: Callable[..., torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Logits of rows ``idx``: ``model(numeric, categorical)``, plus for text
+        ``tokens`` (B, T) long and ``attention_mask`` (B, T) bool padded to the batch's longest."""
+        if self.tokens is None:
+            return model(self.numeric[idx], self.categorical[idx])
+        ids, mask = self.tokens.pad(idx.numpy(), self.pad_id)
+        return model(
+            self.numeric[idx],
+            self.categorical[idx],
+            tokens=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+        )
 
 
 @dataclass
@@ -63,6 +85,9 @@ class History:
     threads: int
     resumed_from: int | None
     seconds: float
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    """With ``eval_every_steps``: one log dict per evaluation (step, epoch, val_loss, ...)."""
+    reached_max_steps: bool = False
 
 
 def fit(
@@ -81,7 +106,10 @@ def fit(
     """Train ``model`` in place for ``cfg.epochs`` epochs and return its :class:`History`.
 
     Deterministic on CPU for a given ``cfg.seed`` (the caller seeds the model's initialisation).
-    ``metrics`` are computed on ``valid`` after every epoch and logged as ``val_<name>``.
+    ``metrics`` are computed on ``valid`` after every epoch and logged as ``val_<name>``; with
+    ``cfg.eval_every_steps`` also every N optimiser steps (``History.evals``, callbacks'
+    ``on_evaluate``). One optimiser step takes ``cfg.grad_accumulation`` mini-batches of
+    ``cfg.batch_size`` rows; ``cfg.max_steps`` ends training after that many steps.
     ``cfg.early_stopping`` adds :class:`EarlyStopping` when ``valid`` is given; ``checkpoint_dir``
     adds :class:`Checkpoint`; ``resume=True`` continues from its latest checkpoint, if any.
     """
@@ -95,11 +123,14 @@ def fit(
 
     loss_fn = make_loss(cfg, task)
     optimizer = make_optimizer(model.parameters(), cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accumulation)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
     state = TrainState(
         model=model,
         optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch),
+        scheduler=make_scheduler(optimizer, cfg, total_steps),
         generator=torch.Generator().manual_seed(cfg.seed),
         cfg=cfg,
         task=task,
@@ -119,15 +150,16 @@ def fit(
             resumed_from = state.epoch
 
     batch_hooks = [cb for cb in state.callbacks if overrides(cb, "on_batch_end")]
+    runner = _Runner(state, train, valid, loss_fn, metrics or {}, batch_hooks)
     try:
         for cb in state.callbacks:
             cb.on_train_begin(state)
-        while state.epoch < state.epochs and not state.stop:
+        while state.epoch < state.epochs and not state.stop and not runner.reached_max_steps:
             epoch = state.epoch + 1
             for cb in state.callbacks:
                 cb.on_epoch_begin(epoch)
             t0 = time.perf_counter()
-            logs: Logs = {"epoch": epoch, **train_epoch(state, train, loss_fn, batch_hooks)}
+            logs: Logs = {"epoch": epoch, **runner.epoch()}
             if valid is not None:
                 logs.update(validate(model, valid, loss_fn, task, metrics or {}))
             logs["seconds"] = time.perf_counter() - t0
@@ -148,47 +180,127 @@ def fit(
         best_epoch=state.best_epoch
         if state.best_epoch is not None
         else _lowest_val_loss(state.history),
-        stopped_early=state.stop and state.epoch < state.epochs,
+        stopped_early=state.stop and state.epoch < state.epochs and not runner.reached_max_steps,
         threads=threads,
         resumed_from=resumed_from,
         seconds=time.perf_counter() - started,
+        evals=state.evals,
+        reached_max_steps=runner.reached_max_steps,
     )
 
 
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively (oneDNN); elsewhere autocast would emulate it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _Runner:
+    """What one epoch needs, resolved once per ``fit``: the forward callable (compiled or
+    not), the autocast context, the step-wise evaluation."""
+
+    def __init__(self, state: TrainState, train: Batchable, valid: Batchable | None, loss_fn: LossFn,
+                 metrics: dict[str, Metric], hooks: Sequence[Callback]) -> None:
+        cfg = state.cfg
+        self.state, self.train, self.valid, self.loss_fn = state, train, valid, loss_fn
+        self.metrics, self.hooks = metrics, hooks
+        self.reached_max_steps = cfg.max_steps is not None and state.step >= cfg.max_steps
+        self.forward: Callable[..., torch.Tensor] = state.model
+        if cfg.compile:
+            self.forward = torch.compile(state.model, dynamic=train.tokens is not None)
+        self.bf16 = cfg.bf16 and bf16_supported()
+        if cfg.bf16 and not self.bf16:
+            warnings.warn("train.bf16: this CPU has no native bfloat16; training in float32", stacklevel=3)
+        self.lengths = (
+            torch.from_numpy(train.tokens.lengths)
+            if train.tokens is not None and cfg.bucket_by_length
+            else None
+        )
+
+    def evaluate(self) -> None:
+        state = self.state
+        assert self.valid is not None
+        logs: Logs = {"step": state.step, "epoch": state.epoch + 1,
+                      **validate(state.model, self.valid, self.loss_fn, state.task, self.metrics)}
+        state.evals.append(logs)
+        for cb in state.callbacks:
+            cb.on_evaluate(state.step, logs)
+
+    def epoch(self) -> Logs:
+        state = self.state
+        every = state.cfg.eval_every_steps if self.valid is not None else None
+        batches = batch_order(len(self.train), state.cfg.batch_size, state.generator, self.lengths)
+        return train_epoch(state, self.train, self.loss_fn, self.hooks, batches=batches, runner=self,
+                           eval_every=every)
+
+
 def train_epoch(
-    state: TrainState, data: Batchable, loss_fn: LossFn, hooks: Sequence[Callback]
+    state: TrainState,
+    data: Batchable,
+    loss_fn: LossFn,
+    hooks: Sequence[Callback],
+    *,
+    batches: list[torch.Tensor] | None = None,
+    runner: _Runner | None = None,
+    eval_every: int | None = None,
 ) -> Logs:
-    """One pass over ``data`` in a fresh random order; returns ``{"loss", "lr"}`` (mean loss
-    over rows, LR of the last step)."""
+    """One pass over ``data`` (``batches``: row indices per mini-batch, default a fresh random
+    order); returns ``{"loss", "lr"}`` (mean loss over the rows seen, LR of the last step).
+    Each optimiser step sums the gradients of ``grad_accumulation`` mini-batches, each
+    weighted by its share of the step's rows (so it equals one batch of all those rows).
+    Sets ``state.stop`` when ``max_steps`` is reached, possibly mid-epoch."""
     model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
-    bs, clip = state.cfg.batch_size, state.cfg.grad_clip
+    cfg = state.cfg
+    clip, accum, max_steps = cfg.grad_clip, cfg.grad_accumulation, cfg.max_steps
     params = [p for p in model.parameters() if p.requires_grad]
     group = optimizer.param_groups[0]
+    forward = runner.forward if runner is not None else model
+    bf16 = runner is not None and runner.bf16
     model.train()
-    n = len(data)
-    perm = torch.randperm(n, generator=state.generator)  # (N,)
+    if batches is None:
+        batches = batch_order(len(data), cfg.batch_size, state.generator)
     losses: list[torch.Tensor] = []
+    sizes: list[int] = []
     lr = group["lr"]
-    for start in range(0, n, bs):
-        idx = perm[start : start + bs]  # (B,)
+    for first in range(0, len(batches), accum):
+        if max_steps is not None and state.step >= max_steps:
+            break
+        micro = batches[first : first + accum]
+        rows = sum(len(idx) for idx in micro)
         lr = group["lr"]
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(data.numeric[idx], data.categorical[idx]), data.y[idx])
-        loss.backward()
+        for idx in micro:  # (B,) row indices
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = loss_fn(data.forward(forward, idx), data.y[idx])
+            else:
+                loss = loss_fn(data.forward(forward, idx), data.y[idx])
+            (loss if len(micro) == 1 else loss * (len(idx) / rows)).backward()
+            losses.append(loss.detach())
+            sizes.append(len(idx))
         if clip is not None:
             nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         state.step += 1
-        losses.append(loss.detach())
         if hooks:
             logs = {"loss": losses[-1], "lr": lr}
             for cb in hooks:
                 cb.on_batch_end(state.step, logs)
-    sizes = torch.full((len(losses),), float(bs), dtype=torch.float64)
-    sizes[-1] = n - bs * (len(losses) - 1)
-    mean = float((torch.stack(losses).to(torch.float64) * sizes).sum() / n)
+        if eval_every is not None and runner is not None and state.step % eval_every == 0:
+            runner.evaluate()
+            model.train()
+    if max_steps is not None and state.step >= max_steps:
+        state.stop = True
+        if runner is not None:
+            runner.reached_max_steps = True
+    if not losses:
+        return {"loss": float("nan"), "lr": float(lr)}
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    mean = float((torch.stack(losses).to(torch.float64) * weights).sum() / weights.sum())
     return {"loss": mean, "lr": float(lr)}
 
 
@@ -196,7 +308,7 @@ def validate(
     model: nn.Module, data: Batchable, loss_fn: LossFn, task: str, metrics: dict[str, Metric]
 ) -> Logs:
     """``val_loss`` and ``val_<name>`` for each metric, in eval mode without autograd."""
-    logits = predict_logits(model, data.numeric, data.categorical)
+    logits = predict_logits(model, data.numeric, data.categorical, tokens=data.tokens, pad_id=data.pad_id)
     with torch.no_grad():
         logs: Logs = {"val_loss": float(loss_fn(logits, data.y))}
     if metrics:
@@ -243,14 +355,15 @@ def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str) -> Batch
         raise DataError(
             f"the {name} split is empty", where=name, fix="add rows or change data.split"
         )
-    if data.numeric.shape[0] != n or data.categorical.shape[0] != n:
+    n_tokens = n if data.tokens is None else len(data.tokens)
+    if data.numeric.shape[0] != n or data.categorical.shape[0] != n or n_tokens != n:
         raise DataError(
-            f"numeric {tuple(data.numeric.shape)}, categorical {tuple(data.categorical.shape)} and "
-            f"y {tuple(data.y.shape)} differ in rows",
+            f"numeric {tuple(data.numeric.shape)}, categorical {tuple(data.categorical.shape)}, "
+            f"tokens ({n_tokens} rows) and y {tuple(data.y.shape)} differ in rows",
             where=name,
         )
     y = data.y.long() if task == "multiclass" else data.y.to(dtype)
-    return Batchable(data.numeric.to(dtype), data.categorical.long(), y)
+    return Batchable(data.numeric.to(dtype), data.categorical.long(), y, data.tokens, data.pad_id)
 
 
 def _lowest_val_loss(history: list[Logs]) -> int | None:

@@ -28,6 +28,8 @@ class Trained:
     schema: Any
     history: Any
     n_params: int
+    truncated: dict[str, int] | None = None
+    """Train-split texts per text column cut to max_length."""
 
 
 def resolve_task(cfg: FlywheelConfig, schema: Any) -> str:
@@ -61,7 +63,8 @@ def all_labels(dataset: DatasetVersion, target: str) -> pl.Series:
     return pl.concat([p.cast(pl.Utf8) for p in parts])
 
 
-def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) -> Any:
+def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) -> tuple[Any, dict[str, int]]:
+    """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
     import torch
 
     from dataflywheel.train.loop import Batchable
@@ -69,11 +72,14 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
     batch = pre.transform(df)
     y = target_enc.transform(df.get_column(target))
     y_t = torch.as_tensor(np.array(y), dtype=torch.long if task == "multiclass" else torch.float32)
+    text = pre.text_encoder_
     return Batchable(
         numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
         categorical=torch.as_tensor(batch.categorical, dtype=torch.long),
         y=y_t,
-    )
+        tokens=batch.tokens,
+        pad_id=text.pad_id_ if text is not None else 0,
+    ), batch.truncated
 
 
 def valid_metrics(task: str) -> dict[str, Any]:
@@ -100,7 +106,7 @@ def train_on_dataset(
 ) -> Trained:
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
-    from dataflywheel.models.registry import build_model, model_spec
+    from dataflywheel.models.registry import build_model, model_spec, takes_text
     from dataflywheel.train.loop import fit
 
     schema = dataset.schema()
@@ -110,7 +116,12 @@ def train_on_dataset(
     if train_df.height == 0:
         raise DataError("the train split is empty", where=f"dataset {dataset.id}", fix="add rows or change data.split")
 
-    pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude).fit(train_df)
+    pre = Preprocessor.from_schema(
+        schema, cfg.data.features, exclude=cfg.data.exclude, text=takes_text(cfg.model.type),
+        base_dir=cfg.base_dir,
+    ).fit(train_df)
+    text = pre.text_encoder_
+    text_args = {} if text is None else {"text_vocab_size": text.vocab_size_, "max_length": text.max_length}
     target_enc = TargetEncoder(task)
     target_enc.fit(all_labels(dataset, target) if task != "regression" else train_df.get_column(target))
     n_outputs = 1 if task in ("binary", "regression") else len(target_enc.classes_)
@@ -120,14 +131,14 @@ def train_on_dataset(
         cardinalities=list(pre.cardinalities_),
         n_outputs=n_outputs,
         task=task,
-        **cfg.model.params,
+        **{**cfg.model.params, **text_args},
     )
     import torch
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec)
-    train_b = encode(pre, target_enc, train_df, target, task)
-    valid_b = encode(pre, target_enc, valid_df, target, task) if valid_df.height else None
+    train_b, truncated = encode(pre, target_enc, train_df, target, task)
+    valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
     history = fit(
         model,
         train_b,
@@ -140,4 +151,4 @@ def train_on_dataset(
         progress=progress,
     )
     n_params = sum(p.numel() for p in model.parameters())
-    return Trained(model, spec, task, pre, target_enc, schema, history, n_params)
+    return Trained(model, spec, task, pre, target_enc, schema, history, n_params, truncated)

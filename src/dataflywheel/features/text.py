@@ -1,0 +1,226 @@
+"""Text features: a Hugging Face fast tokenizer in, ragged token ids out.
+
+:class:`TextEncoder` follows the estimator contract of :mod:`dataflywheel.features.encoders`:
+``fit`` builds a WordPiece tokenizer from the train split's words (or loads a local fast tokenizer and
+fits nothing), ``transform`` returns :class:`Ragged` ids (no padding: each mini-batch is padded
+to its own longest text later, see :meth:`Ragged.pad`), truncated to ``max_length`` tokens with
+the truncated texts counted. Its state is the tokenizer's own JSON, so it travels inside
+``preprocessor.json`` (never pickled).
+
+Empty or blank text is a :class:`DataError` naming the row and column; a missing value (None)
+encodes as an empty text, i.e. the special tokens alone (``[CLS] [SEP]`` for WordPiece).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MAX_ALPHABET = 500
+"""Most distinct characters kept in a trained vocabulary (rarer ones make their word [UNK])."""
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Variable-length int64 sequences: row ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
+
+    ids: np.ndarray
+    """int64 (total,)"""
+    offsets: np.ndarray
+    """int64 (n + 1,), starting at 0"""
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)  # (n,)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]]) -> Ragged:
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in seqs], out=offsets[1:])
+        flat = [t for s in seqs for t in s]
+        return cls(np.asarray(flat, dtype=np.int64).reshape(-1), offsets)
+
+    def take(self, idx: np.ndarray) -> Ragged:
+        """The rows ``idx``, in that order."""
+        return Ragged.from_lists([self.row(int(i)) for i in idx])
+
+    def pad(self, idx: np.ndarray | None = None, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` (all when None) padded to the longest of them: ``(ids (B, T) int64,
+        mask (B, T) bool)`` with ``mask`` True on real tokens."""
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
+        starts = self.offsets[idx]  # (B,)
+        lengths = self.offsets[idx + 1] - starts  # (B,)
+        width = int(lengths.max()) if len(idx) else 0
+        pos = np.arange(width, dtype=np.int64)  # (T,)
+        mask = pos[None, :] < lengths[:, None]  # (B, T)
+        gather = np.where(mask, starts[:, None] + pos[None, :], 0)  # (B, T)
+        ids = self.ids[gather] if self.ids.size else np.zeros(gather.shape, dtype=np.int64)
+        return np.where(mask, ids, pad_id), mask
+
+
+def _check_text(series: pl.Series) -> None:
+    blank = series.str.strip_chars().str.len_chars() == 0
+    if blank.any():
+        row = int(blank.arg_true()[0])
+        raise DataError(
+            f"empty text ({int(blank.sum())} row(s))",
+            where=f"row {row}, column '{series.name}'",
+            fix="drop or fill those rows (data.processing.missing.text: drop drops missing text)",
+        )
+
+
+def _load_tokenizer(path: str) -> Any:
+    """A fast tokenizer from a tokenizer.json file or a local folder holding one (or holding
+    files ``transformers.AutoTokenizer`` can turn into a fast tokenizer)."""
+    from tokenizers import Tokenizer
+
+    where = f"tokenizer {path}"
+    p = Path(path)
+    if p.is_file():
+        return Tokenizer.from_file(str(p))
+    if not p.is_dir():
+        raise ConfigError("tokenizer folder not found", where=where,
+                          fix="give a local folder with tokenizer.json, or leave tokenizer unset")
+    if (p / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(p / "tokenizer.json"))
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(p), use_fast=True, local_files_only=True).backend_tokenizer
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no fast tokenizer in the folder ({exc})", where=where,
+                          fix="add tokenizer.json (or vocab.txt and tokenizer_config.json)") from None
+
+
+class TextEncoder:
+    """Tokenise one text column into ragged ids of at most ``max_length`` tokens."""
+
+    name = "text"
+    feature_type = "text"
+    _state = ("tokenizer_json_", "vocab_size_", "pad_id_")
+
+    def __init__(self, max_length: int = 128, vocab_size: int = 8000, tokenizer: str | None = None) -> None:
+        self.max_length = max_length
+        self.vocab_size = vocab_size
+        self.tokenizer = tokenizer
+
+    def get_params(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "vocab_size": self.vocab_size, "tokenizer": self.tokenizer}
+
+    def fit(self, series: pl.Series) -> TextEncoder:
+        """Train a WordPiece tokenizer on ``series`` (the train split), or load ``tokenizer``."""
+        if self.max_length < 4:
+            raise ConfigError(f"must be >= 4 (got {self.max_length})", where=f"data.features ({series.name}).max_length")
+        if self.tokenizer is not None:
+            tok = _load_tokenizer(self.tokenizer)
+        else:
+            tok = self._train(series)
+        tok.no_padding()
+        tok.no_truncation()
+        self.tokenizer_json_: str = tok.to_str()
+        self.vocab_size_: int = tok.get_vocab_size()
+        pad = tok.token_to_id("[PAD]")
+        if pad is None and tok.padding is not None:
+            pad = tok.padding.get("pad_id")
+        self.pad_id_: int = int(pad or 0)
+        self.__dict__.pop("_tok", None)
+        return self
+
+    def _train(self, series: pl.Series) -> Any:
+        """A BERT-style WordPiece tokenizer whose vocabulary is the special tokens, the
+        ``MAX_ALPHABET`` most frequent characters (each also as a ``##`` continuation), then
+        the most frequent words. Chosen by counts with ties broken alphabetically, so refitting
+        on the same data gives the same tokenizer (the HF WordPiece trainer breaks ties by
+        hash-map order, which changes from process to process)."""
+        from collections import Counter
+
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+        texts = series.drop_nulls().cast(pl.Utf8)
+        _check_text(texts)
+        normalizer = normalizers.BertNormalizer(lowercase=True)
+        pre = pre_tokenizers.BertPreTokenizer()
+        words: Counter[str] = Counter()
+        for text in texts.to_list():
+            words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+        chars: Counter[str] = Counter()
+        for w, c in words.items():
+            for ch in w:
+                chars[ch] += c
+        ranked = lambda counts: sorted(counts, key=lambda k: (-counts[k], k))  # noqa: E731
+        alphabet = ranked(chars)[:MAX_ALPHABET]
+        vocab = list(SPECIAL_TOKENS) + alphabet + ["##" + ch for ch in alphabet]
+        known = set(vocab)
+        room = max(0, self.vocab_size - len(vocab))
+        vocab += [w for w in ranked(words) if w not in known and words[w] >= 2][:room]
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.normalizer = normalizer
+        tok.pre_tokenizer = pre
+        tok.decoder = decoders.WordPiece()
+        cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        return tok
+
+    def _check_fitted(self) -> None:
+        if not all(hasattr(self, a) for a in self._state):
+            raise NotFittedError("TextEncoder is not fitted; call fit on the train split first")
+
+    @property
+    def _tokenizer(self) -> Any:
+        self._check_fitted()
+        tok = self.__dict__.get("_tok")
+        if tok is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(self.tokenizer_json_)
+            tok.no_padding()
+            tok.enable_truncation(self.max_length)
+            self._tok = tok
+        return tok
+
+    def encode(self, series: pl.Series) -> tuple[Ragged, int]:
+        """``(ids, number of texts truncated to max_length)``; blank text raises DataError."""
+        tok = self._tokenizer
+        texts = series.cast(pl.Utf8)
+        _check_text(texts.drop_nulls())
+        encodings = tok.encode_batch(texts.fill_null("").to_list())
+        truncated = sum(1 for e in encodings if e.overflowing)
+        return Ragged.from_lists([e.ids for e in encodings]), truncated
+
+    def transform(self, series: pl.Series) -> Ragged:
+        return self.encode(series)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "encoder": self.name,
+            "params": self.get_params(),
+            "state": {a: getattr(self, a) for a in self._state},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextEncoder:
+        enc = cls(**data.get("params", {}))
+        state = data.get("state", {})
+        for attr in cls._state:
+            if attr not in state:
+                raise ModelError(f"text encoder state lacks '{attr}'", where="preprocessor.json")
+            setattr(enc, attr, state[attr])
+        return enc

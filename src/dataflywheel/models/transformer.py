@@ -1,0 +1,178 @@
+"""The ``transformer`` builder: a small BERT-style text encoder written from scratch.
+
+In the nanoGPT manner: token + learned position embeddings, ``n_layer`` pre-norm blocks
+(``x + attn(ln(x))``, ``x + mlp(ln(x))``) of multi-head self-attention
+(``scaled_dot_product_attention`` with the padding mask: no token attends to padding) and a
+GELU MLP, a final LayerNorm, mean pooling over the real tokens and a linear head. Numeric and
+embedded categorical columns, if any, join the pooled text before the head. Because padding
+is masked everywhere it could leak in, a text's logits do not depend on how much it is padded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dataflywheel.errors import ModelError
+from dataflywheel.models.mlp import TASKS, CategoricalEmbedding
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over (B, T, C) with a key padding mask."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C); mask: (B, 1, 1, T) bool, True where the key is a real token
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ratio: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, ratio * d_model)
+        self.proj = nn.Linear(ratio * d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: attention, then MLP."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float, mlp_ratio: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_head, dropout)
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.mlp = FeedForward(d_model, mlp_ratio, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class TextTransformer(nn.Module):
+    """(numeric, categorical, tokens, attention_mask) -> logits (B, n_outputs)."""
+
+    def __init__(
+        self,
+        n_numeric: int,
+        cardinalities: Sequence[int],
+        n_outputs: int,
+        vocab_size: int,
+        max_length: int,
+        n_layer: int,
+        n_head: int,
+        d_model: int,
+        dropout: float,
+        mlp_ratio: int,
+        embedding_dim: int,
+    ) -> None:
+        super().__init__()
+        self.max_length = max_length
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(max_length, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, mlp_ratio) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.embed = CategoricalEmbedding(cardinalities, embedding_dim)
+        self.head = nn.Linear(d_model + n_numeric + self.embed.out_features, n_outputs)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        numeric: torch.Tensor,
+        categorical: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # numeric: (B, n_numeric); categorical: (B, n_cat); tokens, attention_mask: (B, T)
+        if tokens is None:
+            raise ModelError("a transformer model needs token ids", fix="pass the text column")
+        B, T = tokens.shape
+        if T > self.max_length:
+            raise ModelError(f"{T} tokens exceed the model's max_length {self.max_length}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask = attention_mask.bool()
+        pos = torch.arange(T, device=tokens.device)  # (T,)
+        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, C)
+        key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        for block in self.blocks:
+            x = block(x, key_mask)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+        parts = [pooled, numeric.to(pooled.dtype)]
+        if self.embed.tables:
+            parts.append(self.embed(categorical).to(pooled.dtype))  # (B, n_cat * dim)
+        return self.head(torch.cat(parts, dim=1))  # (B, n_outputs) logits
+
+
+def build_transformer(
+    *,
+    n_numeric: int,
+    cardinalities: list[int],
+    n_outputs: int,
+    task: str,
+    text_vocab_size: int | None = None,
+    max_length: int = 128,
+    n_layer: int = 2,
+    n_head: int = 4,
+    d_model: int = 128,
+    dropout: float = 0.1,
+    mlp_ratio: int = 4,
+    embedding_dim: int = 8,
+) -> TextTransformer:
+    """Build a :class:`TextTransformer`; ``text_vocab_size`` and ``max_length`` come from the
+    text column's tokenizer. Raise :class:`ModelError` naming ``model.params.X`` for a bad value."""
+    if task not in TASKS:
+        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    if text_vocab_size is None:
+        raise ModelError("a transformer reads text, and the data has no text column", where="model.type",
+                         fix="give a column type: text in data.features, or use model.type: mlp")
+    expected_outputs = n_outputs >= 2 if task == "multiclass" else n_outputs == 1
+    if not expected_outputs:
+        raise ModelError(f"a {task} model cannot have n_outputs = {n_outputs}", where="model")
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("d_model", d_model),
+                        ("mlp_ratio", mlp_ratio), ("embedding_dim", embedding_dim), ("max_length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _bad(name, "must be a positive integer", value)
+    if d_model % n_head:
+        raise _bad("d_model", f"must be a multiple of n_head ({n_head})", d_model)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise _bad("dropout", "must be a number with 0 <= dropout < 1", dropout)
+    return TextTransformer(n_numeric, cardinalities, n_outputs, text_vocab_size, max_length, n_layer,
+                           n_head, d_model, float(dropout), mlp_ratio, embedding_dim)
+
+
+def _bad(param: str, message: str, got: object) -> ModelError:
+    return ModelError(f"{message} (got {got!r})", where=f"model.params.{param}")
