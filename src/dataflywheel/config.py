@@ -81,7 +81,7 @@ class MissingConfig(Section):
     number: Literal["drop", "mean", "median", "most_frequent", "constant"] = "median"
     category: Literal["drop", "most_frequent", "constant"] = "most_frequent"
     binary: Literal["drop", "most_frequent", "constant"] = "most_frequent"
-    text: Literal["drop", "constant"] = "constant"
+    text: Literal["drop", "constant"] = "drop"
     datetime: Literal["drop", "most_frequent", "constant"] = "most_frequent"
     constant: float | str = 0.0
     """Fill value for the ``constant`` strategy (text uses an empty string)."""

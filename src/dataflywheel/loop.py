@@ -16,6 +16,8 @@ from dataflywheel.config import FlywheelConfig, load_config
 from dataflywheel.store import Project
 
 Log = Callable[[str], None]
+MIN_TEST_ROWS = 20
+"""Below this many test rows a run warns that its metrics (and the gate) mean little."""
 
 
 def _quiet(_msg: str) -> None:
@@ -66,6 +68,7 @@ def train_and_register(
     progress: bool = True,
     log: Log = _quiet,
     force: bool = False,
+    actor: str = "flywheel run",
 ) -> RunResult:
     """Train on ``dataset`` (unless an identical run exists), evaluate, register, decide aliases."""
     from dataflywheel.registry import versions
@@ -94,6 +97,9 @@ def train_and_register(
                           trained.schema)
     meta["threshold"] = predictor.threshold = choose_threshold(predictor, dataset.split("valid"), target)
     test = dataset.split("test")
+    if test.height < MIN_TEST_ROWS:
+        log(f"warning: the test split has {test.height} rows; its metrics are noise and the promotion "
+            f"decision with them (add data or raise data.split.test)")
     evaluation = evaluate_split(predictor, test, target)
     metrics = evaluation.metrics
     # The gate scores both models on the frozen test split plus any held-out feedback.
@@ -161,7 +167,7 @@ def train_and_register(
     )
     reason = "; ".join(verdict.reasons)
     if verdict.decision in ("champion", "promoted"):
-        versions.promote(project, version, reason=f"flywheel run: {reason}")
+        versions.promote(project, version, reason=f"{actor}: {reason}")
     else:
         versions.set_alias(project, versions.CHALLENGER, version, action="challenger", reason=reason)
     log(f"model v{version} registered: {verdict.decision} ({reason})")

@@ -98,7 +98,7 @@ def retrain(
             base.message = f"all {counts.get('dropped', 0)} new feedback rows were dropped{why}; nothing to train"
             log(base.message)
             return base
-        run = train_and_register(cfg, project, built.dataset, progress=progress, log=log)
+        run = train_and_register(cfg, project, built.dataset, progress=progress, log=log, actor="flywheel retrain")
         decision = (run.verdict or {}).get("decision")
         base.version, base.decision, base.verdict, base.champion = run.version, decision, run.verdict, run.champion
         if run.trained:
