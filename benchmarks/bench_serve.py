@@ -8,7 +8,10 @@ and (c) the model's in-process throughput at batch 1 and 1024 (the limit), plus 
 feedback writes/s on SQLite. Load comes from wrk (Debian package `wrk`) in its own process,
 one thread, for a few seconds per point.
 
-    python benchmarks/bench_serve.py [--seconds 5]
+    python benchmarks/bench_serve.py [--seconds 5] [--repeats 3]
+
+Both servers run side by side and the points alternate between them (median of the repeats),
+so a busy neighbour on a shared machine weighs on both alike.
 
 Targets: (a)/(b) >= 1.5 at concurrency 64 and >= 1.0 at concurrency 1; (a) p99 at
 concurrency 1 <= 10 ms; feedback >= 2,000 acknowledged rows/s.
@@ -119,6 +122,18 @@ def feedback_script(folder: Path, ids: list[str]) -> Path:
     return path
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median requests/s (its own latencies), errors summed over all runs."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return ordered[len(ordered) // 2] | {"errors": sum(r["errors"] for r in runs)}
+
+
+def folder_script(folder: Path) -> Path:
+    path = folder / "get.lua"
+    path.write_text("wrk.method = 'GET'\n")
+    return path
+
+
 def in_process(bundle: Path) -> dict[str, float]:
     import polars as pl
     import torch
@@ -142,6 +157,7 @@ def in_process(bundle: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per point, alternating servers; medians shown")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install -y wrk")
@@ -160,28 +176,33 @@ def main() -> None:
     script = post_script(tmp, "predict", record)
     env = {"OMP_NUM_THREADS": "1", "BUNDLE": str(bundle)}
 
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    port = free_port()
+    # Both servers stay up (an idle one costs nothing) and the points alternate, ours then naive,
+    # so a neighbour's load on this shared machine hits both alike; each figure is the median run.
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {"ours": {}, "naive": {}}
+    port, naive_port = free_port(), free_port()
     ours = start([str(BIN / "flywheel"), "serve", "--port", str(port)], tmp, env)
+    naive = start([str(BIN / "uvicorn"), "naive_app:app", "--port", str(naive_port), "--log-level", "warning"],
+                  tmp, env)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/health")
-        results["ours"] = {c: wrk(f"http://127.0.0.1:{port}/v1/predict", script, c, args.seconds) for c in (1, 8, 64)}
-        ids = [httpx.post(f"http://127.0.0.1:{port}/v1/predict", json=record).json()["prediction_id"] for _ in range(200)]
+        wait_ready(f"http://127.0.0.1:{naive_port}/docs")
+        urls = {"ours": f"http://127.0.0.1:{port}/v1/predict", "naive": f"http://127.0.0.1:{naive_port}/predict"}
+        for c in (1, 8, 64):
+            for _ in range(args.repeats):
+                for name, url in urls.items():
+                    runs[name].setdefault(c, []).append(wrk(url, script, c, args.seconds))
+        ids = [httpx.post(urls["ours"], json=record).json()["prediction_id"] for _ in range(200)]
         fb = wrk(f"http://127.0.0.1:{port}", feedback_script(tmp, ids), 64, args.seconds)
+        ceiling = wrk(f"http://127.0.0.1:{port}/v1/health", folder_script(tmp), 64, args.seconds)
     finally:
         stop(ours)
+        stop(naive)
+    results = {name: {c: median_run(r) for c, r in points.items()} for name, points in runs.items()}
     import sqlite3
 
     with sqlite3.connect(tmp / ".flywheel" / "flywheel.db") as db:
         stored_feedback = db.execute("select count(*) from feedback").fetchone()[0]
         logged = db.execute("select count(*) from predictions").fetchone()[0]
-    port = free_port()
-    naive = start([str(BIN / "uvicorn"), "naive_app:app", "--port", str(port), "--log-level", "warning"], tmp, env)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/docs")
-        results["naive"] = {c: wrk(f"http://127.0.0.1:{port}/predict", script, c, args.seconds) for c in (1, 8, 64)}
-    finally:
-        stop(naive)
     limit = in_process(bundle)
 
     table = Table(title="serving: breast-cancer MLP, wrk -t1, 127.0.0.1")
@@ -199,6 +220,8 @@ def main() -> None:
     console.print(f"feedback: {fb['rps']:,.0f} acknowledged writes/s at concurrency 64 (p99 {fb['p99']:.1f} ms); "
                   f"{stored_feedback} rows stored vs {fb['requests'] - fb['errors']:.0f} acknowledged by wrk "
                   f"(wrk counts requests cut off at the end as unanswered); {logged} predictions logged")
+    console.print(f"HTTP stack ceiling on this machine: GET /v1/health {ceiling['rps']:,.0f} req/s at concurrency 64 "
+                  "(same server, no model, no database)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -21,7 +21,7 @@ from dataflywheel.feedback.log import (
     new_id,
 )
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import Base
+from dataflywheel.store.metadata import Base, utcnow
 
 
 @pytest.fixture
@@ -166,3 +166,61 @@ def test_close_commits_what_was_queued_then_refuses(project: Project) -> None:
     assert w.count(PredictionRow) == 20 and not w.alive
     with pytest.raises(WriterClosed):
         w.log_predictions([record()])
+
+
+def test_a_group_of_mixed_writes_is_one_transaction_in_queue_order(writer: LogWriter) -> None:
+    """Predictions and feedback queued together commit once; feedback sees a prediction queued
+    before it in the same group, and every outcome (created, repeat, 404, 409, rejected) is its own."""
+    known = record()
+    writer.log_predictions([known]).result(5)
+    writer.record_feedback(known.id, "a", idempotency_key="old").result(5)
+    fresh = record()
+
+    def check(row: PredictionRow, value: object) -> object:
+        if value not in row.output["probabilities"]:
+            raise DataError("not a class", where="label")
+        return value
+
+    commits = writer.commits
+    gate = hold(writer)
+    logged = writer.log_predictions([fresh])
+    outcomes = [
+        writer.record_feedback(fresh.id, "b", check=check),  # its prediction is in this very group
+        writer.record_feedback(known.id, "a", idempotency_key="old"),  # seen before: the first id
+        writer.record_feedback(fresh.id, "a", idempotency_key="old"),  # same key, other prediction
+        writer.record_feedback("0" * 32, "a"),
+        writer.record_feedback(known.id, "zebra", check=check),
+        writer.record_feedback(known.id, "b", idempotency_key="new"),
+        writer.record_feedback(known.id, "b", idempotency_key="new"),  # repeated within the group
+    ]
+    gate.set()
+    assert logged.result(5) == [fresh.id]
+    assert outcomes[0].result(5).created and not outcomes[1].result(5).created
+    with pytest.raises(IdempotencyConflict):
+        outcomes[2].result(5)
+    with pytest.raises(NotFoundError):
+        outcomes[3].result(5)
+    with pytest.raises(DataError, match="not a class"):
+        outcomes[4].result(5)
+    first, again = outcomes[5].result(5), outcomes[6].result(5)
+    assert first.created and not again.created and again.id == first.id
+    assert writer.commits == commits + 2 and writer.group_sizes[-1] == 8  # the held op's, then ours
+    assert writer.count(FeedbackRow) == 3
+    assert [f.value for f in writer.feedback_for(fresh.id)] == [{"label": "b"}]
+
+
+def test_submit_rows_settles_on_the_writer_thread_after_commit(writer: LogWriter) -> None:
+    seen: list[tuple[bool, object, bool]] = []
+    done = threading.Event()
+    row = {"id": new_id(), "created_at": utcnow(), "model_version": 2, "input": {"x": 2.0},
+           "output": {"prediction": 1.5, "probabilities": None}, "latency_ms": 0.5}
+
+    def settle(ok: bool, value: object) -> None:
+        seen.append((ok, value, writer.prediction(row["id"]) is not None))  # type: ignore[arg-type]
+        done.set()
+
+    writer.submit_rows([row], settle, result="token")
+    assert done.wait(5)
+    assert seen == [(True, "token", True)]
+    stored = writer.prediction(row["id"])  # type: ignore[arg-type]
+    assert stored is not None and stored.input == {"x": 2.0} and stored.output["probabilities"] is None

@@ -331,3 +331,52 @@ def test_retrain_process_starts_stops_and_tolerates_a_missing_module(
     finally:
         code = proc.stop(timeout=5)
     assert code is not None and code != 0 and not proc.alive
+
+
+def test_hot_path_and_the_fastapi_routes_answer_alike(
+        project: Path, rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """/v1/predict and /v1/feedback are answered by the pure-ASGI hot path; the FastAPI routes
+    (docs, or an app without that layer) must give the same statuses, bodies and headers."""
+    from dataflywheel.serve.hotpath import HotPathMiddleware
+
+    monkeypatch.setenv("FLYWHEEL_API_TOKEN", "tok")
+    auth = {"Authorization": "Bearer tok"}
+
+    async def exchange(client: httpx.AsyncClient) -> list[httpx.Response]:
+        pred = await client.post("/v1/predict", json=rows[:2])
+        pid = pred.json()[0]["prediction_id"]
+        return [pred,
+                await client.post("/v1/predict", content=b'{"mean radius": NaN}',
+                                  headers={"content-type": "application/json"}),
+                await client.post("/v1/predict", content=b"[1, 2"),
+                await client.post("/v1/feedback", json={"prediction_id": pid, "label": "1"}),
+                await client.post("/v1/feedback", json={"prediction_id": pid, "label": "1", "idempotency_key": pid},
+                                  headers=auth),
+                await client.post("/v1/feedback", json={"prediction_id": pid, "label": "1", "idempotency_key": pid},
+                                  headers=auth),
+                await client.post("/v1/feedback", json={"prediction_id": "f" * 32, "label": "1"}, headers=auth),
+                await client.post("/v1/feedback", json={"prediction_id": pid, "label": "7"}, headers=auth),
+                await client.post("/v1/feedback", json={"prediction_id": pid}, headers=auth)]
+
+    async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[list[httpx.Response], list[httpx.Response]]:
+        hot = await exchange(client)  # builds the app's stack, hot path included
+        assert any(m.cls is HotPathMiddleware for m in app.user_middleware)
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not HotPathMiddleware]
+        plain = app.build_middleware_stack()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=plain), base_url="http://ops") as routed:
+            return hot, await exchange(routed)
+
+    hot, routed = serving(project, calls)
+    assert [r.status_code for r in hot] == [r.status_code for r in routed] == [200, 422, 400, 401, 201, 200, 404,
+                                                                               422, 422]
+    strip = {"prediction_id", "feedback_id"}
+    for a, b in zip(hot, routed, strict=True):
+        assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+        assert a.headers.get("www-authenticate") == b.headers.get("www-authenticate")
+        ja, jb = a.json(), b.json()
+        if isinstance(ja, list) and ja and "prediction_id" in ja[0]:
+            ja, jb = [{k: v for k, v in x.items() if k not in strip} for x in ja], [
+                {k: v for k, v in x.items() if k not in strip} for x in jb]
+        elif isinstance(ja, dict) and "feedback_id" in ja:
+            ja, jb = {k: v for k, v in ja.items() if k not in strip}, {k: v for k, v in jb.items() if k not in strip}
+        assert ja == jb

@@ -4,36 +4,53 @@ Two tables on the metadata store's :class:`~dataflywheel.store.metadata.Base`: `
 (one row per served record: input, output, model version, latency) and ``feedback`` (true
 labels sent back later, keyed to a prediction, optionally with a unique idempotency key).
 
-All writes go through :class:`LogWriter`: callers queue an *operation* (a function of a
-session) and get a :class:`concurrent.futures.Future` that completes only once the operation's
-rows are committed. The writer thread takes everything queued, runs it in ONE transaction and
-commits once (group commit), so a burst of requests costs one fsync, not one each. Being the
-only writer also makes the idempotency check race-free within a process.
+All writes go through :class:`LogWriter`. Callers queue work and learn its outcome only once
+its rows are committed: through a :class:`concurrent.futures.Future` (``submit``,
+``log_predictions``, ``record_feedback``) or, cheaper on a server's hot path, through a
+:data:`Settle` callback run on the writer thread (``submit_rows``, ``submit_feedback``). The
+writer thread takes everything queued, runs it in ONE transaction on the connection it holds
+and commits once (group commit), so a burst of requests costs one commit, not one each.
+Within a group, adjacent prediction writes become one executemany, and adjacent feedback
+requests share one lookup of their predictions and idempotency keys (``WHERE ... IN``) and
+one insert. JSON columns are written as orjson text. On SQLite the writer's connection never
+checkpoints the WAL itself (a checkpoint's fsync would stall every request in its group); a
+separate thread runs a passive checkpoint every ``checkpoint_seconds`` while writes arrive. Being the only writer also makes the
+idempotency check race-free within a process; across processes a clash on the unique key
+fails the group, which is then replayed and finds the other process's row.
 
 Contract for an operation: it may raise a :class:`FlywheelError` to reject its request, but
 only *before* it adds anything to the session; the rest of the group still commits. If the
 commit itself fails (or an operation raises anything else), the group is rolled back and each
-operation is replayed in its own transaction, so one bad row fails only its own caller.
+item is replayed in its own transaction, so one bad row fails only its own caller.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, func, select
+import orjson
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, bindparam, func, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dataflywheel.errors import FlywheelError, NotFoundError, StoreError
 from dataflywheel.store.metadata import Base, MetadataStore, utcnow
 
 Operation = Callable[[Session], Any]
+Settle = Callable[[bool, Any], None]
+"""Told a queued write's outcome on the writer thread: ``(True, value)`` once committed, else
+``(False, exception)``. It must return quickly and not raise."""
+Check = Callable[[Any, Any], Any]
+"""``check(prediction, value)``: the stored value, or raise a FlywheelError; ``prediction`` has
+the logged row's ``id``, ``model_version`` and ``output``."""
 
 
 class PredictionRow(Base):
@@ -62,6 +79,11 @@ class FeedbackRow(Base):
 
 
 TABLES = [Base.metadata.tables["predictions"], Base.metadata.tables["feedback"]]
+_P = PredictionRow.__table__.c
+_F = FeedbackRow.__table__.c
+_INSERT_PREDICTIONS = insert(PredictionRow.__table__).values(
+    input=bindparam("input_json", type_=Text()), output=bindparam("output_json", type_=Text()))
+_INSERT_FEEDBACK = insert(FeedbackRow.__table__).values(value=bindparam("value_json", type_=Text()))
 
 
 class IdempotencyConflict(StoreError):
@@ -74,6 +96,11 @@ class WriterClosed(StoreError):
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def to_json(obj: Any) -> str:
+    """JSON text as the store keeps it (orjson; numpy values allowed, unknown types as ``str``)."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
 @dataclass
@@ -94,23 +121,53 @@ class FeedbackResult:
     """False when an earlier request with the same idempotency key already recorded it."""
 
 
+@dataclass(slots=True)
+class _Op:
+    op: Operation
+    settle: Settle
+
+
+@dataclass(slots=True)
+class _Rows:
+    rows: list[dict[str, Any]]
+    settle: Settle
+    result: Any
+
+
+@dataclass(slots=True)
+class _Feedback:
+    prediction_id: str
+    value: Any
+    kind: str
+    key: str | None
+    check: Check | None
+    settle: Settle
+
+
+_Item = _Op | _Rows | _Feedback
 _STOP = object()
 
 
 class LogWriter:
     """The group-commit writer thread over a :class:`MetadataStore` (see the module docstring).
 
-    ``max_group`` bounds the operations in one transaction. ``group_sizes`` records the size of
+    ``max_group`` bounds the items in one transaction. ``group_sizes`` records the size of
     every committed group (for tests and metrics); ``commits`` counts transactions.
     """
 
-    def __init__(self, store: MetadataStore, *, max_group: int = 1024) -> None:
+    def __init__(self, store: MetadataStore, *, max_group: int = 1024, checkpoint_seconds: float = 1.0) -> None:
         self.store = store
         self.max_group = max_group
+        self.checkpoint_seconds = checkpoint_seconds
+        self._sqlite = store.engine.dialect.name == "sqlite"
+        self._dirty = False
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self.group_sizes: list[int] = []
         self.commits = 0
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
         self._closed = False
         self._lock = threading.Lock()
         Base.metadata.create_all(store.engine, tables=TABLES)
@@ -122,6 +179,11 @@ class LogWriter:
                 self._closed = False
                 self._thread = threading.Thread(target=self._run, name="flywheel-log-writer", daemon=True)
                 self._thread.start()
+                if self._sqlite:
+                    self._stop_checkpoints.clear()
+                    self._checkpointer = threading.Thread(target=self._checkpoints, name="flywheel-wal-checkpoint",
+                                                          daemon=True)
+                    self._checkpointer.start()
         return self
 
     @property
@@ -136,6 +198,10 @@ class LogWriter:
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._stop_checkpoints.set()
+            checkpointer.join(timeout)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -144,26 +210,36 @@ class LogWriter:
         self.close()
 
     # -- queueing --------------------------------------------------------------------------
-    def submit(self, op: Operation) -> Future[Any]:
-        """Queue ``op``; the future holds its return value once its transaction has committed."""
-        fut: Future[Any] = Future()
+    def _put(self, item: _Item) -> None:
         with self._lock:
             if self._closed or self._thread is None:
                 raise WriterClosed("the prediction log writer is not running", fix="start the writer first")
-            self._queue.put((op, fut))
+            self._queue.put(item)
+
+    def submit(self, op: Operation) -> Future[Any]:
+        """Queue ``op``; the future holds its return value once its transaction has committed."""
+        fut: Future[Any] = Future()
+        self._put(_Op(op, _settler(fut)))
         return fut
 
-    def log_predictions(self, records: list[PredictionRecord]) -> Future[list[str]]:
+    def submit_rows(self, rows: list[dict[str, Any]], settle: Settle, result: Any = None) -> None:
+        """Queue prediction rows (dicts with every column of ``predictions``); ``settle(True,
+        result)`` once committed. Raises :class:`WriterClosed` when stopped."""
+        self._put(_Rows(rows, settle, result))
+
+    def log_predictions(self, records: Iterable[PredictionRecord]) -> Future[list[str]]:
         """Insert prediction rows; the future holds their ids once committed."""
-        records = list(records)
+        now = utcnow()
+        rows = [{"id": r.id, "created_at": now, "model_version": r.model_version, "input": r.input,
+                 "output": r.output, "latency_ms": r.latency_ms} for r in records]
+        fut: Future[list[str]] = Future()
+        self.submit_rows(rows, _settler(fut), [r["id"] for r in rows])
+        return fut
 
-        def op(session: Session) -> list[str]:
-            # Rows are built inside the op: a replay after a failed group needs fresh ones.
-            session.add_all([PredictionRow(id=r.id, model_version=r.model_version, input=r.input,
-                                           output=r.output, latency_ms=r.latency_ms) for r in records])
-            return [r.id for r in records]
-
-        return self.submit(op)
+    def submit_feedback(self, prediction_id: str, value: Any, settle: Settle, *, kind: str = "label",
+                        idempotency_key: str | None = None, check: Check | None = None) -> None:
+        """:meth:`record_feedback` with a :data:`Settle` callback instead of a future."""
+        self._put(_Feedback(prediction_id, value, kind, idempotency_key, check, settle))
 
     def record_feedback(
         self,
@@ -172,90 +248,121 @@ class LogWriter:
         *,
         kind: str = "label",
         idempotency_key: str | None = None,
-        check: Callable[[PredictionRow, Any], Any] | None = None,
+        check: Check | None = None,
     ) -> Future[FeedbackResult]:
         """Record feedback for a logged prediction.
 
         Raises (through the future) :class:`NotFoundError` for an unknown prediction id and
         :class:`IdempotencyConflict` when ``idempotency_key`` was used for other feedback.
-        ``check(prediction_row, value)`` may normalise ``value`` or raise a FlywheelError.
+        ``check(prediction, value)`` may normalise ``value`` or raise a FlywheelError.
         A repeated key returns the first request's id with ``created=False``.
         """
-
-        def op(session: Session) -> FeedbackResult:
-            if idempotency_key is not None:
-                prior = session.scalar(select(FeedbackRow).where(FeedbackRow.idempotency_key == idempotency_key))
-                if prior is not None:
-                    if prior.prediction_id != prediction_id or prior.kind != kind:
-                        raise IdempotencyConflict(
-                            "idempotency key already used for feedback on another prediction",
-                            where=f"idempotency_key {idempotency_key!r}", fix="use a new key for new feedback")
-                    return FeedbackResult(prior.id, created=False)
-            prediction = session.get(PredictionRow, prediction_id)
-            if prediction is None:
-                raise NotFoundError(f"no prediction {prediction_id!r}", where="prediction_id",
-                                    fix="send the prediction_id returned by /v1/predict")
-            stored = check(prediction, value) if check is not None else value
-            row = FeedbackRow(id=new_id(), prediction_id=prediction_id, kind=kind, value={kind: stored},
-                              idempotency_key=idempotency_key)
-            session.add(row)
-            return FeedbackResult(row.id, created=True)
-
-        return self.submit(op)
+        fut: Future[FeedbackResult] = Future()
+        self.submit_feedback(prediction_id, value, _settler(fut), kind=kind, idempotency_key=idempotency_key,
+                             check=check)
+        return fut
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:
         stop = False
-        while not stop:
-            group = [self._queue.get()]
-            while len(group) < self.max_group:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if any(item is _STOP for item in group):
-                stop = True
-                group = [item for item in group if item is not _STOP]
-                while True:  # drain what was queued before close()
+        try:
+            while not stop:
+                group = [self._queue.get()]
+                while len(group) < self.max_group:
                     try:
-                        item = self._queue.get_nowait()
+                        group.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                    if item is not _STOP:
-                        group.append(item)
-            if group:
-                self._commit_group(group)
+                if any(item is _STOP for item in group):
+                    stop = True
+                    group = [item for item in group if item is not _STOP]
+                    while True:  # drain what was queued before close()
+                        try:
+                            item = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is not _STOP:
+                            group.append(item)
+                if group:
+                    self._commit_group(group)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    def _commit_group(self, group: list[tuple[Operation, Future[Any]]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self.store.transaction() as session:
-                for op, _fut in group:
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self.store.engine.connect()
+            if self._sqlite:
+                self._conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+                self._conn.commit()
+        return self._conn
+
+    def _checkpoints(self) -> None:
+        """Checkpoint the WAL off the writer's path; once more at the end."""
+        with self.store.engine.connect() as conn:
+            stopping = False
+            while not stopping:
+                stopping = self._stop_checkpoints.wait(self.checkpoint_seconds)
+                if self._dirty:
+                    self._dirty = False
                     try:
-                        outcomes.append((True, op(session)))
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                        conn.commit()
+                    except Exception:  # noqa: BLE001 - e.g. busy: the next round catches up
+                        conn.rollback()
+
+    def _commit_group(self, group: list[_Item]) -> None:
+        try:
+            conn = self._connection()
+            with conn.begin():
+                outcomes = self._apply(conn, group)
+        except Exception as exc:  # noqa: BLE001 - any failure: replay alone, below
+            if len(group) == 1:
+                _call(group[0].settle, False, exc)
+            else:  # only the culprit fails
+                for item in group:
+                    self._commit_group([item])
+            return
+        self.commits += 1
+        self._dirty = True
+        self.group_sizes.append(len(group))
+        for item, (ok, value) in zip(group, outcomes, strict=True):
+            _call(item.settle, ok, value)
+
+    def _apply(self, conn: Connection, group: list[_Item]) -> list[tuple[bool, Any]]:
+        """Run the group's items in order in the open transaction; each item's (ok, value)."""
+        outcomes: list[tuple[bool, Any]] = []
+        session: Session | None = None
+        try:
+            i = 0
+            while i < len(group):
+                item = group[i]
+                if isinstance(item, _Op):
+                    session = session or Session(bind=conn, expire_on_commit=False)
+                    try:
+                        outcomes.append((True, item.op(session)))
                     except FlywheelError as exc:
                         outcomes.append((False, exc))
-        except Exception:  # noqa: BLE001 - any failure: replay alone, below
-            # One operation (or the commit) failed: replay each alone so only the culprit fails.
-            for item in group:
-                self._commit_one(item)
-            return
-        self.commits += 1
-        self.group_sizes.append(len(group))
-        for (ok, value), (_op, fut) in zip(outcomes, group, strict=True):
-            _settle(fut, ok, value)
-
-    def _commit_one(self, item: tuple[Operation, Future[Any]]) -> None:
-        op, fut = item
-        try:
-            with self.store.transaction() as session:
-                value = op(session)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-            _settle(fut, False, exc)
-            return
-        self.commits += 1
-        self.group_sizes.append(1)
-        _settle(fut, True, value)
+                    session.flush()
+                    i += 1
+                    continue
+                j = i + 1
+                while j < len(group) and type(group[j]) is type(item):
+                    j += 1
+                if isinstance(item, _Rows):
+                    run_rows: list[_Rows] = group[i:j]  # type: ignore[assignment]
+                    _insert_predictions(conn, [row for r in run_rows for row in r.rows])
+                    outcomes.extend((True, r.result) for r in run_rows)
+                else:
+                    outcomes.extend(_record_feedback(conn, group[i:j]))  # type: ignore[arg-type]
+                i = j
+        finally:
+            if session is not None:
+                session.close()
+        return outcomes
 
     # -- reads -----------------------------------------------------------------------------
     def prediction(self, prediction_id: str) -> PredictionRow | None:
@@ -272,9 +379,68 @@ class LogWriter:
             return list(s.scalars(q))
 
 
-def _settle(fut: Future[Any], ok: bool, value: Any) -> None:
-    if fut.set_running_or_notify_cancel():
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _insert_predictions(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    params = [{"id": r["id"], "created_at": r["created_at"], "model_version": r["model_version"],
+               "input_json": to_json(r["input"]), "output_json": to_json(r["output"]),
+               "latency_ms": r["latency_ms"]} for r in rows]
+    if params:
+        conn.execute(_INSERT_PREDICTIONS, params)
+
+
+def _record_feedback(conn: Connection, run: list[_Feedback]) -> list[tuple[bool, Any]]:
+    """Feedback requests in one go: one lookup of their keys, one of their predictions, one insert."""
+    keys = {f.key for f in run if f.key is not None}
+    seen: dict[str, tuple[str, str, str]] = {}  # idempotency key -> (feedback id, prediction id, kind)
+    if keys:
+        q = select(_F.id, _F.prediction_id, _F.kind, _F.idempotency_key).where(_F.idempotency_key.in_(list(keys)))
+        seen = {r.idempotency_key: (r.id, r.prediction_id, r.kind) for r in conn.execute(q)}
+    q = select(_P.id, _P.model_version, _P.output).where(_P.id.in_(list({f.prediction_id for f in run})))
+    predictions = {r.id: r for r in conn.execute(q)}
+    now = utcnow()
+    outcomes: list[tuple[bool, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for f in run:
+        try:
+            if f.key is not None and f.key in seen:
+                first_id, first_prediction, first_kind = seen[f.key]
+                if first_prediction != f.prediction_id or first_kind != f.kind:
+                    raise IdempotencyConflict(
+                        "idempotency key already used for feedback on another prediction",
+                        where=f"idempotency_key {f.key!r}", fix="use a new key for new feedback")
+                outcomes.append((True, FeedbackResult(first_id, created=False)))
+                continue
+            prediction = predictions.get(f.prediction_id)
+            if prediction is None:
+                raise NotFoundError(f"no prediction {f.prediction_id!r}", where="prediction_id",
+                                    fix="send the prediction_id returned by /v1/predict")
+            stored = f.check(prediction, f.value) if f.check is not None else f.value
+        except Exception as exc:  # noqa: BLE001 - a rejected request fails only itself
+            outcomes.append((False, exc))
+            continue
+        row_id = new_id()
+        rows.append({"id": row_id, "prediction_id": f.prediction_id, "created_at": now, "kind": f.kind,
+                     "value_json": to_json({f.kind: stored}), "idempotency_key": f.key})
+        if f.key is not None:
+            seen[f.key] = (row_id, f.prediction_id, f.kind)
+        outcomes.append((True, FeedbackResult(row_id, created=True)))
+    if rows:
+        conn.execute(_INSERT_FEEDBACK, rows)
+    return outcomes
+
+
+def _settler(fut: Future[Any]) -> Settle:
+    def settle(ok: bool, value: Any) -> None:
+        if fut.set_running_or_notify_cancel():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    return settle
+
+
+def _call(settle: Settle, ok: bool, value: Any) -> None:
+    try:
+        settle(ok, value)
+    except Exception:  # noqa: BLE001 - a caller's callback must not stop the writer
+        logging.getLogger("dataflywheel.serve").exception("log writer: a completion callback failed")

@@ -21,6 +21,11 @@ Feedback and admin endpoints need a bearer token when ``FLYWHEEL_API_TOKEN`` is 
 (``serve.auth``); bodies over ``max_body_bytes`` get a 413 (``serve.limits``). Errors are
 ``{"detail": ...}``: a :class:`FlywheelError` gives its one-line headline (plus
 ``where``/``fix``), a validation error gives the list of ``{loc, msg, type}``.
+
+The hot path (``/v1/predict``, ``/v1/feedback``, answered by ``serve.hotpath``): the event loop
+parses and validates, the model thread runs the forward pass and queues the log write itself,
+the writer thread commits and hands the answer back with one ``call_soon_threadsafe``; no
+request waits on another thread more than once per step, and nothing on the loop blocks.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -40,14 +44,13 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import insert
-from sqlalchemy.orm import Session
 
 from dataflywheel.config import FlywheelConfig, ServeConfig
-from dataflywheel.errors import ConfigError, FlywheelError, NotFoundError, StoreError
-from dataflywheel.feedback.log import IdempotencyConflict, LogWriter, PredictionRow, new_id
+from dataflywheel.errors import ConfigError, FlywheelError
+from dataflywheel.feedback.log import LogWriter, new_id
 from dataflywheel.serve.auth import BearerAuth
-from dataflywheel.serve.batching import BatcherClosed, MicroBatcher
+from dataflywheel.serve.batching import Done, MicroBatcher, settle_future
+from dataflywheel.serve.hotpath import Answer, HotPathMiddleware, error_answer
 from dataflywheel.serve.limits import BodyLimitMiddleware
 from dataflywheel.serve.metrics import MetricsMiddleware, ServeMetrics
 from dataflywheel.serve.model import ServedModel, load_served_model
@@ -57,6 +60,7 @@ from dataflywheel.serve.requests import (
     LabelError,
     check_label,
     logged_output,
+    parse_feedback,
     parse_json,
     split_records,
     validate_records,
@@ -66,7 +70,6 @@ from dataflywheel.serve.swap import AliasWatcher
 from dataflywheel.serve.worker import RetrainProcess
 from dataflywheel.store.metadata import utcnow
 
-_INSERT_PREDICTIONS = insert(PredictionRow.__table__)
 __all__ = ["LabelError", "OrjsonResponse", "ServeSettings", "Server", "check_label", "config_path", "create_app"]
 JSON_TYPE = "application/json"
 
@@ -169,18 +172,38 @@ class Server:
         self.metrics.model_version.set(version)
         self.metrics.swaps.inc()
 
-    # -- the prediction log ------------------------------------------------------------------
-    def log_predictions(self, rows: list[dict[str, Any]]) -> Future[Any]:
-        def op(session: Session) -> None:  # a Core executemany: half the cost of the ORM's bulk insert
-            session.connection().execute(_INSERT_PREDICTIONS, rows)
+    # -- predict: model, then log, then answer -------------------------------------------
+    def predict(self, served: ServedModel, features: list[dict[str, Any]], started: float, done: Done) -> None:
+        """Run ``features`` through the batcher on ``served``, log them, then ``done(answers, None)``
+        (or ``done(None, exc)``), called on a worker thread: after the rows are committed in
+        ``sync`` log mode, at once in ``async``. The forward pass's completion queues the log
+        write directly, so a request costs one hop to the model thread, one to the writer and
+        one back."""
 
-        fut = self.writer.submit(op)
-        if self.settings.log_mode == "async":
-            fut.add_done_callback(self._log_done)
-        return fut
+        def after_forward(outputs: list[dict[str, Any]] | None, exc: BaseException | None) -> None:
+            if outputs is None:
+                done(None, exc)
+                return
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            now = utcnow()
+            answers = [{"prediction_id": new_id(), **out} for out in outputs]
+            rows = [{"id": a["prediction_id"], "created_at": now, "model_version": out["model_version"],
+                     "input": feat, "output": logged_output(out), "latency_ms": latency_ms}
+                    for a, feat, out in zip(answers, features, outputs, strict=True)]
+            sync = self.settings.log_mode == "sync"
+            try:
+                self.writer.submit_rows(rows, (lambda ok, err: done(answers, None) if ok else done(None, err))
+                                        if sync else self._log_done)
+            except FlywheelError as err:
+                done(None, err)
+                return
+            if not sync:
+                done(answers, None)
 
-    def _log_done(self, fut: Future[Any]) -> None:
-        if fut.exception() is not None:
+        self.batcher.enqueue([(served, f) for f in features], after_forward)
+
+    def _log_done(self, ok: bool, _value: Any) -> None:
+        if not ok:
             self.metrics.log_failures.inc()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -280,36 +303,37 @@ def create_app(
             "swap": {"follows_alias": watcher is not None, "last_error": watcher.last_error if watcher else None},
             "log_mode": server.settings.log_mode}
 
-    @app.post("/v1/predict", openapi_extra=_predict_openapi(server.model.record_model))
-    async def predict(request: Request) -> Response:
+    async def predict_answer(body: bytes, _headers: Mapping[str, str]) -> Answer:
         started = time.perf_counter()
-        payload = parse_json(await request.body())
+        payload = parse_json(body)
         single = isinstance(payload, dict)
         records = split_records(payload, server.settings.max_records)
         served = server.model  # read once: this request runs on this model to the end
         features = validate_records(served.record_model, records, single)
-        outputs = await server.batcher.run([(served, f) for f in features])
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        now = utcnow()
-        answers = [{"prediction_id": new_id(), **out} for out in outputs]
-        rows = [{"id": a["prediction_id"], "created_at": now, "model_version": out["model_version"], "input": feat,
-                 "output": logged_output(out), "latency_ms": latency_ms}
-                for a, feat, out in zip(answers, features, outputs, strict=True)]
-        fut = server.log_predictions(rows)
-        if server.settings.log_mode == "sync":
-            await asyncio.wrap_future(fut)
-        server.metrics.predictions.inc(len(rows))
-        return Response(orjson.dumps(answers[0] if single else answers), media_type=JSON_TYPE)
+        answers = await _on_loop(lambda done: server.predict(served, features, started, done))
+        server.metrics.predictions.inc(len(answers))
+        return 200, orjson.dumps(answers[0] if single else answers)
 
-    @app.post("/v1/feedback", status_code=201, dependencies=protected,
-              responses={200: {"description": "already recorded"}})
-    async def feedback(body: FeedbackIn, response: Response) -> dict[str, Any]:
-        fut = server.writer.record_feedback(body.prediction_id, body.label,
-                                            idempotency_key=body.idempotency_key, check=check_label)
-        result = await asyncio.wrap_future(fut)
-        if not result.created:
-            response.status_code = 200
-        return {"feedback_id": result.id, "prediction_id": body.prediction_id, "created": result.created}
+    async def feedback_answer(body: bytes, headers: Mapping[str, str]) -> Answer:
+        auth.check(headers.get("authorization"))
+        fb = parse_feedback(body)
+        result = await _on_loop(lambda done: server.writer.submit_feedback(
+            fb.prediction_id, fb.label, lambda ok, value: done(value, None) if ok else done(None, value),
+            idempotency_key=fb.idempotency_key, check=check_label))
+        answer = {"feedback_id": result.id, "prediction_id": fb.prediction_id, "created": result.created}
+        return 201 if result.created else 200, orjson.dumps(answer)
+
+    @app.post("/v1/predict", openapi_extra=_predict_openapi(server.model.record_model))
+    async def predict(request: Request) -> Response:
+        status, content = await predict_answer(await request.body(), request.headers)
+        return Response(content, status_code=status, media_type=JSON_TYPE)
+
+    @app.post("/v1/feedback", status_code=201, openapi_extra=_body_openapi(FeedbackIn.model_json_schema()),
+              responses={200: {"description": "already recorded"}, 401: {"description": "no bearer token"},
+                         403: {"description": "wrong bearer token"}})
+    async def feedback(request: Request) -> Response:
+        status, content = await feedback_answer(await request.body(), request.headers)
+        return Response(content, status_code=status, media_type=JSON_TYPE)
 
     @app.post("/v1/admin/reload", dependencies=protected)
     async def reload() -> Response:
@@ -333,31 +357,31 @@ def create_app(
         body, content_type = server.metrics.render()
         return Response(body, media_type=content_type)
 
+    app.add_middleware(HotPathMiddleware, routes={("POST", "/v1/predict"): predict_answer,
+                                                  ("POST", "/v1/feedback"): feedback_answer})
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=server.settings.max_body_bytes)
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)  # outermost: sees 413s
     return app
 
 
-def _status(exc: FlywheelError) -> int:
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, IdempotencyConflict):
-        return 409
-    if isinstance(exc, (BatcherClosed, StoreError)):
-        return 503
-    return 422
+async def _on_loop(start: Callable[[Done], None]) -> Any:
+    """Await work finished on another thread: ``start(done)`` hands ``done`` to the thread, which
+    calls ``done(value, None)`` or ``done(None, exc)``; the result comes back to this event loop
+    with one ``call_soon_threadsafe``."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+    start(lambda value, exc: loop.call_soon_threadsafe(settle_future, fut, value, exc))
+    return await fut
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(BadRequest)
-    async def bad_request(_req: Request, exc: BadRequest) -> Response:
-        return OrjsonResponse({"detail": exc.detail}, status_code=exc.status)
+    async def known_error(_req: Request, exc: Exception) -> Response:
+        status, body, headers = error_answer(exc) or (500, {"detail": "internal error"}, {})
+        return OrjsonResponse(body, status_code=status, headers=dict(headers))
 
-    @app.exception_handler(FlywheelError)
-    async def flywheel_error(_req: Request, exc: FlywheelError) -> Response:
-        body = {"detail": exc.headline(), "error": type(exc).__name__, "where": exc.where, "fix": exc.fix}
-        return OrjsonResponse(body, status_code=_status(exc))
+    app.add_exception_handler(BadRequest, known_error)
+    app.add_exception_handler(FlywheelError, known_error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_req: Request, exc: RequestValidationError) -> Response:
@@ -368,5 +392,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _predict_openapi(record: type[BaseModel]) -> dict[str, Any]:
     schema = record.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}}}}}
+    return _body_openapi({"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]})
+
+
+def _body_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

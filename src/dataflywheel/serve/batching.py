@@ -9,11 +9,16 @@ form by themselves. ``fn`` runs once on all the batch's items and each request g
 than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run one by one so a
 bad request fails only itself. The event loop never runs the model, so it keeps accepting
 requests (and filling the next batch) while a forward pass is in progress.
+
+Completion is a callback run on the worker thread (:meth:`MicroBatcher.enqueue`), so a caller
+can chain the next step (the prediction log write) without a hop back to the event loop;
+:meth:`~MicroBatcher.submit` (a future) and :meth:`~MicroBatcher.run` (awaitable) wrap it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -28,6 +33,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _STOP = object()
+log = logging.getLogger("dataflywheel.serve")
+
+Done = Callable[[list[Any] | None, BaseException | None], None]
+"""``done(results, None)`` or ``done(None, exception)``, called once on the worker thread."""
 
 
 class BatcherClosed(FlywheelError):
@@ -87,18 +96,34 @@ class MicroBatcher(Generic[T, R]):
             self._queue.put(_STOP)
             thread.join(timeout)
 
-    def submit(self, items: Sequence[T]) -> Future[list[R]]:
-        """Queue ``items`` (thread-safe); the future holds their results, in order."""
-        fut: Future[list[R]] = Future()
+    def enqueue(self, items: Sequence[T], done: Done) -> None:
+        """Queue ``items`` (thread-safe); ``done`` gets their results, in order, on the worker
+        thread. It must be quick and must not raise (it runs between forward passes)."""
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the model worker is not running", fix="retry once /v1/ready says ready")
-            self._queue.put((list(items), fut))
+            self._queue.put((list(items), done))
+
+    def submit(self, items: Sequence[T]) -> Future[list[R]]:
+        """Queue ``items`` (thread-safe); the future holds their results, in order."""
+        fut: Future[list[R]] = Future()
+
+        def done(results: list[Any] | None, exc: BaseException | None) -> None:
+            if fut.set_running_or_notify_cancel():
+                if exc is None:
+                    fut.set_result(results)  # type: ignore[arg-type]
+                else:
+                    fut.set_exception(exc)
+
+        self.enqueue(items, done)
         return fut
 
     async def run(self, items: Sequence[T]) -> list[R]:
-        """``submit`` from the event loop and await the results."""
-        return await asyncio.wrap_future(self.submit(items))
+        """``enqueue`` from the event loop and await the results."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[R]] = loop.create_future()
+        self.enqueue(items, lambda results, exc: loop.call_soon_threadsafe(settle_future, fut, results, exc))
+        return await fut
 
     # -- the worker thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -127,15 +152,15 @@ class MicroBatcher(Generic[T, R]):
                 size += len(item[0])
             self._forward(batch)
 
-    def _forward(self, batch: list[tuple[list[T], Future[list[R]]]]) -> None:
+    def _forward(self, batch: list[tuple[list[T], Done]]) -> None:
         items = [x for request, _ in batch for x in request]
         try:
             results = list(self.fn(items))
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
-        except Exception as exc:  # noqa: BLE001 - handed to the callers' futures
+        except Exception as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) == 1:
-                _settle(batch[0][1], None, exc)
+                _call(batch[0][1], None, exc)
             else:
                 for request in batch:
                     self._forward([request])
@@ -144,14 +169,22 @@ class MicroBatcher(Generic[T, R]):
         if self.on_batch is not None:
             self.on_batch(len(items))
         start = 0
-        for chunk, fut in batch:
-            _settle(fut, results[start : start + len(chunk)], None)
+        for chunk, done in batch:
+            _call(done, results[start : start + len(chunk)], None)
             start += len(chunk)
 
 
-def _settle(fut: Future[Any], value: Any, exc: BaseException | None) -> None:
-    if fut.set_running_or_notify_cancel():
+def settle_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    """Complete an asyncio future (on its loop) unless it was cancelled."""
+    if not fut.done():
         if exc is None:
             fut.set_result(value)
         else:
             fut.set_exception(exc)
+
+
+def _call(done: Done, results: list[Any] | None, exc: BaseException | None) -> None:
+    try:
+        done(results, exc)
+    except Exception:  # noqa: BLE001 - a caller's callback must not stop the worker
+        log.exception("micro-batcher: a completion callback failed")

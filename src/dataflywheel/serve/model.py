@@ -2,6 +2,11 @@
 
 :class:`ServedModel` is immutable once built, so a future hot swap is one reference
 assignment: a batch reads the server's model once and uses it throughout.
+
+:meth:`ServedModel.forward` is the server's hot path: validated records go through the
+preprocessor's record path (no DataFrame for small batches) and straight into the network,
+already in eval mode, under ``torch.inference_mode``; the labels, probabilities and threshold
+follow :meth:`Predictor.predict` exactly (tests compare the two).
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
+import torch
 from pydantic import BaseModel
 
+from dataflywheel.models.predict import as_inputs, logits_to_output
 from dataflywheel.registry.predictor import Predictor
 from dataflywheel.serve.schemas import record_model, served_columns
 from dataflywheel.store import Project
@@ -26,7 +32,6 @@ class ServedModel:
     columns: list[str]
     """The features a record must carry, in the preprocessor's order."""
     record_model: type[BaseModel]
-    frame_schema: dict[str, Any]
 
     @property
     def task(self) -> str:
@@ -38,18 +43,26 @@ class ServedModel:
 
     def forward(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Validated records -> ``{model_version, prediction, probabilities}`` each (one forward pass)."""
-        df = pl.DataFrame(records, schema=self.frame_schema)
-        preds = self.predictor.predict(df)
-        out = []
-        for i, value in enumerate(preds.values):
-            probabilities = None
-            if preds.proba is not None and preds.class_names is not None:
-                probabilities = {str(c): float(p) for c, p in zip(preds.class_names, preds.proba[i], strict=True)}
-                value = str(value)
-            else:
-                value = float(value)
-            out.append({"model_version": self.version, "prediction": value, "probabilities": probabilities})
-        return out
+        p = self.predictor
+        batch = p.preprocessor.transform_records(records)
+        numeric, categorical = as_inputs(p.model, batch.numeric, batch.categorical)
+        with torch.inference_mode():
+            scores = logits_to_output(p.model(numeric, categorical), p.task)
+        version = self.version
+        if p.task == "regression":
+            values = np.asarray(p.target.inverse_transform(scores.reshape(-1)), dtype=np.float64).tolist()
+            return [{"model_version": version, "prediction": v, "probabilities": None} for v in values]
+        if p.task == "binary":
+            pos = scores.reshape(-1).astype(np.float64)
+            proba = np.stack([1.0 - pos, pos], axis=1)
+            idx = (pos >= p.threshold).astype(np.int64)
+        else:
+            proba = scores.astype(np.float64)
+            idx = proba.argmax(axis=1)
+        labels = p.target.inverse_transform(idx)
+        names = [str(c) for c in self.class_names or []]
+        return [{"model_version": version, "prediction": str(label), "probabilities": dict(zip(names, row, strict=True))}
+                for label, row in zip(labels, proba.tolist(), strict=True)]
 
     def describe(self, alias: str | None = None) -> dict[str, Any]:
         schema = self.predictor.schema
@@ -67,9 +80,7 @@ class ServedModel:
 
 def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any]) -> ServedModel:
     columns = served_columns(predictor)
-    schema = predictor.schema
-    frame_schema = {c: pl.Float64 if schema.column(c).type == "number" else pl.String for c in columns}
-    return ServedModel(predictor, version, dict(metrics), columns, record_model(schema, columns), frame_schema)
+    return ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns))
 
 
 def load_served_model(project: Project, ref: str | int, *, threads: int | None = None) -> ServedModel:

@@ -9,10 +9,11 @@ import json
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from dataflywheel.errors import DataError
 from dataflywheel.feedback.log import PredictionRow
+from dataflywheel.serve.schemas import FeedbackIn
 
 MAX_ERRORS = 20
 """Most validation errors listed in one 422 answer."""
@@ -83,6 +84,19 @@ def validate_records(model: type[BaseModel], records: list[Any], single: bool) -
     if errors:
         raise BadRequest(422, errors[:MAX_ERRORS])
     return out
+
+
+_FEEDBACK = TypeAdapter(FeedbackIn)
+
+
+def parse_feedback(body: bytes) -> FeedbackIn:
+    """A feedback body validated straight from its JSON bytes (422 listing ``{loc, msg, type}``
+    with ``loc`` starting at ``"body"``, as FastAPI would)."""
+    try:
+        return _FEEDBACK.validate_json(body)
+    except ValidationError as exc:
+        errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise BadRequest(422, errors[:MAX_ERRORS]) from None
 
 
 class BadRequest(Exception):
