@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -146,3 +147,57 @@ def test_encode_agrees_with_transform_and_count_unknown(enc, n: int) -> None:
     assert unknown == enc.count_unknown(s) == sum(v == "z" for v in s.to_list())
     enc.fit(pl.Series("c", ["b", "z"]))  # refitting must not keep the old lookup
     assert np.array_equal(enc.encode(s)[0], enc.transform(s))
+
+
+def test_datetime_learns_format_and_reads_each_cell_alone() -> None:
+    enc = DatetimeEncoder().fit(pl.Series("t", ["2024-01-01", "2024-01-03", None, "soon"]))
+    assert enc.format_ == "%Y-%m-%d"
+    assert Encoder.from_dict(json.loads(json.dumps(enc.to_dict()))).format_ == "%Y-%m-%d"
+    batch = pl.Series("t", ["yesterday", "2024-01-05", "2024-01-05 10:00:00", " ", None])
+    out = enc.transform(batch)
+    assert np.allclose(out, [0.0, 3.0, 0.0, 0.0, 0.0])  # unreadable and blank read as missing
+    assert enc.count_coerced(batch) == 2  # "yesterday" and the time the format lacks
+    for i in range(batch.len()):  # alone, each record encodes as it did in the batch
+        assert enc.transform(batch.slice(i, 1))[0] == out[i]
+    alone = pl.Series("t", ["yesterday"])
+    assert enc.transform(alone).tolist() == [0.0] and enc.count_coerced(alone) == 1
+
+
+def test_datetime_without_a_learned_format_reads_common_formats_per_cell() -> None:
+    enc = DatetimeEncoder().fit(pl.Series("t", [datetime(2024, 1, 1), datetime(2024, 1, 3)]))
+    assert enc.format_ is None
+    cells = ["2024-01-05", "05/01/2024", "2024-01-05T00:00:00Z", "2024-01-05 00:00", "never"]
+    out, coerced = enc.encode_coerced(pl.Series("t", cells))
+    assert np.allclose(out, [3.0, 3.0, 3.0, 3.0, 0.0]) and coerced == 1
+    assert [enc.transform(pl.Series("t", [c]))[0] for c in cells] == out.tolist()
+
+
+def test_datetime_state_saved_before_format_existed_still_loads() -> None:
+    data = DatetimeEncoder().fit(pl.Series("t", ["2024-01-01", "2024-01-03"])).to_dict()
+    del data["state"]["format_"]
+    old = Encoder.from_dict(data)
+    assert old.format_ is None
+    assert np.allclose(old.transform(pl.Series("t", ["2024-01-05", "junk"])), [3.0, 0.0])
+
+
+@pytest.mark.parametrize("method", ["zscore", "minmax", "none"])
+def test_number_extremes_are_clipped_and_infinity_is_missing(method: str) -> None:
+    enc = NumberEncoder(method).fit(pl.Series("x", [1.0, 2.0, 4.0, float("inf")]))
+    assert np.isfinite([enc.fill_, *enc.affine()]).all()  # fit ignores the infinity
+    fill = enc.transform(pl.Series("x", [None]))[0]
+    s = pl.Series("x", [1e308, -1e308, float("inf"), float("-inf"), float("nan")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = enc.transform(s)
+    assert np.isfinite(out).all() and out.dtype == np.float32
+    assert out[0] == enc.limit() and out[1] == -enc.limit()
+    assert out[2] == out[3] == out[4] == fill
+    assert enc.count_coerced(s) == 2  # the infinities; NaN is plain missing
+
+
+def test_number_counts_unreadable_cells() -> None:
+    enc = NumberEncoder().fit(pl.Series("x", [1.0, 3.0]))
+    s = pl.Series("x", ["abc", "2", None, " ", "1e999"])
+    assert enc.count_coerced(s) == 2  # "abc", and "1e999" reads as infinity
+    assert np.allclose(enc.transform(s), [0.0, 0.0, 0.0, 0.0, 0.0])
+    assert enc.count_coerced(pl.Series("x", [1.0, None, float("nan")])) == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import timeit
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,74 @@ def test_transform_records_long_list_and_missing_column(fitted: Preprocessor) ->
     with pytest.raises(SchemaError) as err:
         fitted.transform_records([{k: v for k, v in r.items() if k != "stadt"} for r in records[:3]])
     assert err.value.where == "column 'stadt'"
+
+
+@pytest.fixture
+def dated() -> Preprocessor:
+    df = pl.DataFrame(
+        {
+            "alter": [20.0, 30.0, 40.0, None],
+            "seit": ["2024-01-01", "2024-01-03", None, "2024-01-02"],
+            "farbe": ["rot", "grün", "rot", None],
+        }
+    )
+    features = [("alter", "number", "auto"), ("seit", "datetime", "auto"), ("farbe", "category", "auto")]
+    return Preprocessor(features).fit(df)
+
+
+def test_unreadable_cells_are_counted_and_scored_as_missing(dated: Preprocessor) -> None:
+    records = [
+        {"alter": "abc", "seit": "yesterday", "farbe": "rot"},
+        {"alter": "35", "seit": "2024-01-02", "farbe": "rot"},
+        {"alter": None, "seit": None, "farbe": "rot"},
+        {"alter": " ", "seit": "2024-01-05", "farbe": "lila"},
+    ]
+    df = pl.DataFrame(records)
+    batch = dated.transform(df)
+    assert batch.coerced == {"alter": 1, "seit": 1} and batch.unknown == {"farbe": 1}
+    assert np.array_equal(batch.numeric[0], batch.numeric[2])  # unreadable reads as missing
+    for col in ("alter", "seit"):
+        assert dated.encoders_[col].count_coerced(df[col]) == batch.coerced[col]
+    got = dated.transform_records(records)
+    assert np.array_equal(got.numeric, batch.numeric) and got.coerced == batch.coerced
+    assert dated.transform(df.slice(1, 3)).coerced == {}
+
+
+def test_a_record_encodes_the_same_alone_and_in_any_batch(dated: Preprocessor) -> None:
+    records = [
+        {"alter": 31.0, "seit": "yesterday", "farbe": "rot"},
+        {"alter": 25.0, "seit": "2024-01-04", "farbe": "grün"},
+        {"alter": 1e308, "seit": "2024-01-02 12:00:00", "farbe": None},
+    ]
+    together = dated.transform_records(records)
+    frame = dated.transform(pl.DataFrame(records))
+    assert np.array_equal(together.numeric, frame.numeric)
+    for i, r in enumerate(records):
+        alone = dated.transform_records([r])
+        assert np.array_equal(alone.numeric[0], together.numeric[i])
+        assert np.array_equal(dated.transform(pl.DataFrame([r])).numeric[0], together.numeric[i])
+
+
+def test_extreme_numbers_give_finite_outputs_without_warnings(dated: Preprocessor) -> None:
+    records = [{"alter": v, "seit": None, "farbe": "rot"} for v in (1e308, -1e308, float("inf"), float("nan"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = dated.transform_records(records)
+        frame = dated.transform(pl.DataFrame(records))
+    x = batch.numeric[:, 0]
+    assert np.isfinite(batch.numeric).all() and np.array_equal(frame.numeric, batch.numeric)
+    limit = dated.encoders_["alter"].limit()
+    assert x[0] == limit and x[1] == -limit and x[2] == x[3]  # infinity reads as missing, like NaN
+    assert batch.coerced == frame.coerced == {"alter": 1}
+
+
+def test_one_record_of_thirty_numbers_is_fast() -> None:
+    rng = np.random.default_rng(0)
+    cols = [f"x{i}" for i in range(30)]
+    pre = Preprocessor([(c, "number", "auto") for c in cols]).fit(
+        pl.DataFrame({c: rng.normal(size=50) for c in cols})
+    )
+    record = [{c: float(v) for c, v in zip(cols, rng.normal(size=30), strict=True)}]
+    pre.transform_records(record)
+    best = min(timeit.repeat(lambda: pre.transform_records(record), number=20, repeat=5)) / 20
+    assert best < 1e-3

@@ -84,9 +84,12 @@ def predict(
 
         atomic_write_text(output, text)
     unknown = {k: v for k, v in result.unknown.items() if v}
+    coerced = {k: v for k, v in getattr(result, "coerced", {}).items() if v}
     note = f"{len(out)} rows predicted with model {predictor.version or model}"
     if unknown:
         note += "; unseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in unknown.items())
+    if coerced:
+        note += "; unreadable values (scored as missing): " + ", ".join(f"{k}={v}" for k, v in coerced.items())
     console(stderr=True).print(note, markup=False)
 
 

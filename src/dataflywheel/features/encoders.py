@@ -8,6 +8,12 @@ encoder can travel inside a model bundle and give identical outputs when loaded.
 
 Encoders are registered by name with :func:`register_encoder`; category and binary values are
 compared as strings (:func:`~dataflywheel.data.schema.category_strings`: 1.0 reads "1").
+
+Number and datetime encoders never raise on bad cells: a cell that cannot be read (``"abc"``,
+``"yesterday"``) or is infinite counts as *coerced* (:meth:`Encoder.count_coerced`) and is
+encoded as missing; NaN and null are plain missing values. Their scaled outputs are clipped to
++-:data:`Z_LIMIT` (+-:data:`RAW_LIMIT` for unscaled numbers), so a huge finite input cannot
+overflow float32 into inf and NaN model outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ OutputKind = Literal["numeric", "categorical"]
 
 SMALL_BATCH = 64
 """Up to this many rows, vocabulary lookups go through a Python dict rather than polars."""
+Z_LIMIT = 1e4
+"""Scaled outputs (z-scores, or training ranges for minmax) are clipped to +-Z_LIMIT: further
+out means nothing, and a float32 model holds the value, its square and their sums safely."""
+RAW_LIMIT = 1e12
+"""Unscaled numbers (method ``none``) are clipped to +-RAW_LIMIT, for the same reason."""
 
 
 class Encoder:
@@ -37,6 +48,8 @@ class Encoder:
     name: ClassVar[str]
     feature_type: ClassVar[str]
     _state: ClassVar[tuple[str, ...]] = ()
+    _optional_state: ClassVar[dict[str, Any]] = {}
+    """Learned state added after the first release: name -> value when an old JSON lacks it."""
 
     def fit(self, series: pl.Series) -> Encoder:
         raise NotImplementedError
@@ -59,6 +72,11 @@ class Encoder:
         self._check_fitted()
         return 0
 
+    def count_coerced(self, series: pl.Series) -> int:
+        """Present cells that could not be read and were encoded as missing (0 by default)."""
+        self._check_fitted(series)
+        return 0
+
     def encode(self, series: pl.Series) -> tuple[np.ndarray, int]:
         """``(transform(series), count_unknown(series))``; subclasses may share the work."""
         return self.transform(series), self.count_unknown(series)
@@ -77,7 +95,7 @@ class Encoder:
         return {
             "encoder": registered,
             "params": self.get_params(),
-            "state": {attr: getattr(self, attr) for attr in self._state},
+            "state": {attr: getattr(self, attr) for attr in (*self._state, *self._optional_state)},
         }
 
     @classmethod
@@ -96,25 +114,41 @@ class Encoder:
             if attr not in data.get("state", {}):
                 raise ModelError(f"encoder state lacks '{attr}'", where=enc_cls.__name__)
             setattr(enc, attr, data["state"][attr])
+        for attr, default in enc._optional_state.items():
+            setattr(enc, attr, data.get("state", {}).get(attr, default))
         return enc
 
 
 def _floats(series: pl.Series) -> pl.Series:
-    return series.cast(pl.Float64, strict=False).fill_nan(None)
+    """``series`` as Float64 with unreadable cells, NaN and infinities as null."""
+    s = series.cast(pl.Float64, strict=False)
+    return s.to_frame().select(pl.when(pl.first().is_finite()).then(pl.first())).to_series()
 
 
-def _scale(values: pl.Series, fill: float, offset: float, scale: float) -> np.ndarray:
-    out = values.fill_null(fill).to_numpy()
-    return ((out - offset) / scale).astype(np.float32)
+def _unreadable(series: pl.Series, parsed: pl.Series) -> int:
+    """Cells present in ``series`` (not null, not blank text) that are null in ``parsed``."""
+    present = series.is_not_null()
+    if series.dtype == pl.String:
+        present = present & (series.str.strip_chars() != "")
+    return int((present & parsed.is_null()).sum())
+
+
+def _scale(values: pl.Series, fill: float, offset: float, scale: float, limit: float) -> np.ndarray:
+    """``clip((value or fill - offset) / scale, -limit, limit)`` as float32; null reads as missing."""
+    x = values.cast(pl.Float64).to_numpy()
+    x = np.where(np.isfinite(x), x, fill)
+    with np.errstate(over="ignore"):
+        x = (x - offset) / scale
+    return np.clip(x, -limit, limit).astype(np.float32)
 
 
 def stat_or(value: Any, default: float) -> float:
-    """A statistic polars returned (None for an empty column) as a float, else ``default``."""
-    return default if value is None else float(value)
+    """A statistic polars returned (None for an empty column, or not finite) as a float, else ``default``."""
+    return default if value is None or not np.isfinite(value) else float(value)
 
 
 def _nonzero(value: Any) -> float:
-    return float(value) if value else 1.0
+    return float(value) if value and np.isfinite(value) else 1.0
 
 
 class NumberEncoder(Encoder):
@@ -159,9 +193,19 @@ class NumberEncoder(Encoder):
             return self.fill_, self.min_, _nonzero(self.max_ - self.min_)
         return self.fill_, 0.0, 1.0
 
+    def limit(self) -> float:
+        """Outputs are clipped to ``[-limit, limit]`` (:data:`Z_LIMIT` or :data:`RAW_LIMIT`)."""
+        return RAW_LIMIT if self.method == "none" else Z_LIMIT
+
     def transform(self, series: pl.Series) -> np.ndarray:
         self._check_fitted(series)
-        return _scale(_floats(series), *self.affine())
+        return _scale(_floats(series), *self.affine(), self.limit())
+
+    def count_coerced(self, series: pl.Series) -> int:
+        """Unreadable cells (``"abc"``) and infinities, both encoded as missing."""
+        self._check_fitted(series)
+        parsed = series.cast(pl.Float64, strict=False)
+        return _unreadable(series, parsed) + int(parsed.is_infinite().sum())
 
 
 def _strings(series: pl.Series) -> pl.Series:
@@ -304,32 +348,92 @@ class BinaryEncoder(_Vocabulary):
         return self.output(self._indices(series).to_numpy())
 
 
-def _epoch_seconds(series: pl.Series) -> pl.Series:
+def _datetime_formats() -> list[str]:
+    """The formats polars infers (day-first and year-first dates, optional time and offset)."""
+    dates = ["%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d-%m-%Y", "%d/%m/%Y", "%d.%m.%Y"]
+    formats: list[str] = []
+    for date in dates:
+        formats.append(date)
+        for sep in ("T", " "):
+            formats += [f"{date}{sep}%H:%M:%S%.f", f"{date}{sep}%H:%M:%S%.f%#z", f"{date}{sep}%H:%M"]
+    return formats
+
+
+DATETIME_FORMATS = _datetime_formats()
+"""Formats a datetime encoder learns from (first best wins), and the per-cell fallback order."""
+FORMAT_SAMPLE = 1000
+"""Distinct training strings a datetime format is chosen on."""
+
+
+def _epoch_seconds(series: pl.Series, fmt: str | None) -> pl.Series:
+    """Epoch seconds (Float64), null where missing or unreadable; never raises.
+
+    Text is read with ``fmt``; without one each cell is read by the first of
+    :data:`DATETIME_FORMATS` that fits it, so a cell's value never depends on its neighbours.
+    """
     s = series
     if s.dtype == pl.String:
-        s = s.str.strip_chars().str.to_datetime(strict=False)
-    elif not isinstance(s.dtype, pl.Datetime):
+        s = s.str.strip_chars()
+        formats = [fmt] if fmt is not None else DATETIME_FORMATS
+        ms = s.to_frame("s").select(
+            pl.coalesce([pl.col("s").str.to_datetime(f, strict=False).dt.timestamp("ms") for f in formats])
+        ).to_series()
+        return ms.cast(pl.Float64) / 1000.0
+    if s.dtype == pl.Null:
+        return pl.Series(s.name, [None] * s.len(), dtype=pl.Float64)
+    if not isinstance(s.dtype, pl.Datetime):
         s = s.cast(pl.Datetime, strict=False)
     return s.dt.timestamp("ms").cast(pl.Float64) / 1000.0
 
 
+def learn_datetime_format(series: pl.Series) -> str | None:
+    """The format of :data:`DATETIME_FORMATS` reading most of a text column's (sampled) values;
+    None for a non-text column or when none reads any."""
+    if series.dtype != pl.String:
+        return None
+    sample = series.drop_nulls().str.strip_chars().unique(maintain_order=True).head(FORMAT_SAMPLE)
+    frame = sample.to_frame("s")
+    counts = frame.select(
+        pl.col("s").str.to_datetime(f, strict=False).is_not_null().sum().alias(str(i))
+        for i, f in enumerate(DATETIME_FORMATS)
+    ).row(0)
+    best = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    return DATETIME_FORMATS[best] if counts[best] else None
+
+
 class DatetimeEncoder(Encoder):
-    """A timestamp as z-scored epoch seconds; missing filled with the train median."""
+    """A timestamp as z-scored epoch seconds; missing or unreadable filled with the train median.
+
+    ``format_`` is the text format learned at fit (None when the training column was already
+    temporal, or for an encoder saved before it existed: then each cell is read by the first of
+    :data:`DATETIME_FORMATS` that fits it).
+    """
 
     name = "datetime"
     feature_type = "datetime"
     _state = ("mean_", "std_", "fill_")
+    _optional_state: ClassVar[dict[str, Any]] = {"format_": None}
 
     def fit(self, series: pl.Series) -> DatetimeEncoder:
-        s = _epoch_seconds(series)
+        self.format_: str | None = learn_datetime_format(series)
+        s = _epoch_seconds(series, self.format_)
         self.mean_ = stat_or(s.mean(), 0.0)
         self.std_ = _nonzero(s.std(ddof=0))
         self.fill_ = stat_or(s.median(), self.mean_)
         return self
 
-    def transform(self, series: pl.Series) -> np.ndarray:
+    def encode_coerced(self, series: pl.Series) -> tuple[np.ndarray, int]:
+        """``(transform(series), count_coerced(series))``, parsing once."""
         self._check_fitted(series)
-        return _scale(_epoch_seconds(series), self.fill_, self.mean_, self.std_)
+        seconds = _epoch_seconds(series, self.__dict__.get("format_"))
+        out = _scale(seconds, self.fill_, self.mean_, self.std_, Z_LIMIT)
+        return out, _unreadable(series, seconds)
+
+    def transform(self, series: pl.Series) -> np.ndarray:
+        return self.encode_coerced(series)[0]
+
+    def count_coerced(self, series: pl.Series) -> int:
+        return self.encode_coerced(series)[1]
 
 
 ENCODERS: dict[str, type[Encoder]] = {}

@@ -29,6 +29,7 @@ from dataflywheel.features.encoders import (
     ENCODERS,
     BinaryEncoder,
     CategoryEncoder,
+    DatetimeEncoder,
     Encoder,
     NumberEncoder,
 )
@@ -70,6 +71,9 @@ class EncodedBatch:
     """Token ids of the text column (no padding), or None when the preprocessor has none."""
     truncated: dict[str, int] = field(default_factory=dict)
     """Texts per text column cut to its max_length (columns with none left out)."""
+    coerced: dict[str, int] = field(default_factory=dict)
+    """Cells per number or datetime feature that could not be read ("abc", "yesterday") or were
+    infinite, and were encoded as missing (features with none left out)."""
 
 
 def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
@@ -129,17 +133,26 @@ class _Plan:
     fill: np.ndarray = field(default_factory=lambda: np.empty(0))
     offset: np.ndarray = field(default_factory=lambda: np.empty(0))
     scale: np.ndarray = field(default_factory=lambda: np.empty(0))
+    limit: np.ndarray = field(default_factory=lambda: np.empty(0))
     others: list[tuple[str, Encoder, int]] = field(default_factory=list)
     """(column, encoder, first column in its block) for every other encoder."""
     vocabularies: set[str] = field(default_factory=set)
     """Columns whose encoder is a built-in category or binary one (dict lookups allowed)."""
 
-    def scale_numbers(self, x: np.ndarray, out: np.ndarray) -> None:
-        """``out[:, number_slots] = (x or fill - offset) / scale`` for float64 ``x`` (n, k), in place."""
-        np.copyto(x, np.broadcast_to(self.fill, x.shape), where=np.isnan(x))
-        x -= self.offset
-        x /= self.scale
+    def scale_numbers(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out[:, number_slots] = clip((x or fill - offset) / scale, -limit, limit)`` for float64
+        ``x`` (n, k), in place, NaN and infinities filled; returns the infinities per column."""
+        infinite = np.zeros(x.shape[1], dtype=np.int64)
+        finite = np.isfinite(x)
+        if not finite.all():
+            infinite += np.isinf(x).sum(axis=0)
+            np.copyto(x, np.broadcast_to(self.fill, x.shape), where=~finite)
+        with np.errstate(over="ignore"):
+            x -= self.offset
+            x /= self.scale
+        np.clip(x, -self.limit, self.limit, out=x)
         out[:, self.number_slots] = x
+        return infinite
 
     def place(self, enc: Encoder, pos: int, values: np.ndarray, numeric: np.ndarray,
               categorical: np.ndarray) -> None:
@@ -152,7 +165,7 @@ class _Plan:
 
 def _plan(encoders: Mapping[str, Encoder]) -> _Plan:
     plan = _Plan(0, 0)
-    affine: list[tuple[float, float, float]] = []
+    affine: list[tuple[float, float, float, float]] = []
     for col, enc in encoders.items():
         if type(enc) in (CategoryEncoder, BinaryEncoder):
             plan.vocabularies.add(col)
@@ -163,13 +176,35 @@ def _plan(encoders: Mapping[str, Encoder]) -> _Plan:
         if type(enc) is NumberEncoder:
             plan.numbers.append(col)
             plan.number_slots.append(plan.n_numeric)
-            affine.append(enc.affine())
+            affine.append((*enc.affine(), enc.limit()))
         else:
             plan.others.append((col, enc, plan.n_numeric))
         plan.n_numeric += enc.width_
     if affine:
-        plan.fill, plan.offset, plan.scale = (np.array(v, dtype=np.float64) for v in zip(*affine))
+        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64) for v in zip(*affine))
     return plan
+
+
+def _unreadable_numbers(df: pl.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Per number column, present cells (not null, not blank) a Float64 cast turns null; only
+    text columns have any (as :meth:`NumberEncoder.count_coerced` counts them)."""
+    counts = np.zeros(len(columns), dtype=np.int64)
+    dtypes = dict(zip(df.columns, df.dtypes, strict=True))
+    text = [i for i, c in enumerate(columns) if dtypes[c] == pl.String]
+    if text:
+        row = df.select(
+            (
+                (pl.col(columns[i]).str.strip_chars() != "")
+                & pl.col(columns[i]).cast(pl.Float64, strict=False).is_null()
+            ).sum().alias(str(i))
+            for i in text
+        ).row(0)
+        counts[text] = row
+    return counts
+
+
+def _nonzero_counts(columns: Sequence[str], counts: np.ndarray) -> dict[str, int]:
+    return {c: int(k) for c, k in zip(columns, counts, strict=True) if k}
 
 
 def _number_or_none(value: Any) -> bool:
@@ -318,24 +353,33 @@ class Preprocessor:
         n = df.height
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
+        coerced = np.zeros(len(plan.numbers), dtype=np.int64)
         if plan.numbers:
             floats = [pl.col(c).cast(pl.Float64, strict=False) for c in plan.numbers]
             for start in range(0, max(n, 1), CHUNK_ROWS):
                 x = df.slice(start, CHUNK_ROWS).select(floats).to_numpy()
                 if not x.flags.writeable:
                     x = x.copy()
-                plan.scale_numbers(x, numeric[start : start + CHUNK_ROWS])
+                coerced += plan.scale_numbers(x, numeric[start : start + CHUNK_ROWS])
+            coerced += _unreadable_numbers(df, plan.numbers)
         unknown: dict[str, int] = {}
+        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
+                             coerced=_nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
             series = df[col]
+            n_coerced = 0
             if col in plan.vocabularies:
                 out, n_unknown = enc.encode(series)
+            elif type(enc) is DatetimeEncoder:
+                (out, n_coerced), n_unknown = enc.encode_coerced(series), 0
             else:  # a plugin may override transform alone: use it as it is
                 out, n_unknown = enc.transform(series), enc.count_unknown(series)
+                n_coerced = enc.count_coerced(series)
             plan.place(enc, pos, out, numeric, categorical)
             if n_unknown:
                 unknown[col] = n_unknown
-        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+            if n_coerced:
+                batch.coerced[col] = n_coerced
         if self.__dict__.get("text_encoders_"):
             _require_columns(df, self.text_encoders_)
             self._encode_text(batch, {c: df[c] for c in self.text_encoders_})
@@ -368,26 +412,33 @@ class Preprocessor:
         n = len(records)
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
+        coerced = np.zeros(len(plan.numbers), dtype=np.int64)
         if plan.numbers:
             if all(_number_or_none(v) for c in plan.numbers for v in columns[c]):
                 x = np.array([columns[c] for c in plan.numbers], dtype=np.float64).T
             else:
                 frame = pl.DataFrame([pl.Series(c, columns[c], strict=False) for c in plan.numbers])
+                coerced += _unreadable_numbers(frame, plan.numbers)
                 x = frame.select(pl.col(plan.numbers).cast(pl.Float64, strict=False)).to_numpy()
-            plan.scale_numbers(np.array(x, dtype=np.float64, order="C"), numeric)
+            coerced += plan.scale_numbers(np.array(x, dtype=np.float64, order="C"), numeric)
         unknown: dict[str, int] = {}
+        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
+                             coerced=_nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
             values = columns[col]
+            n_coerced = 0
             if col in plan.vocabularies and all(v is None or type(v) is str for v in values):
                 idx, n_unknown = enc.index_values(values)  # type: ignore[attr-defined]
                 out = enc.output(idx)  # type: ignore[attr-defined]
             else:
                 series = pl.Series(col, values, strict=False)
                 out, n_unknown = enc.transform(series), enc.count_unknown(series)
+                n_coerced = enc.count_coerced(series)
             plan.place(enc, pos, out, numeric, categorical)
             if n_unknown:
                 unknown[col] = n_unknown
-        batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown)
+            if n_coerced:
+                batch.coerced[col] = n_coerced
         if self.__dict__.get("text_encoders_"):
             texts: dict[str, pl.Series] = {}
             for col in self.text_encoders_:
