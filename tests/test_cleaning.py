@@ -152,3 +152,17 @@ def test_clipper_uses_fitted_quantiles_and_counts_cells() -> None:
     assert out["b"].to_list() == [1.0, 1.0, 1.0, 1.0]
     with pytest.raises(NotFittedError):
         Clipper(["a"], (0.1, 0.9)).transform(test)
+
+
+def test_unreadable_datetime_text_is_counted_not_raised() -> None:
+    from dataflywheel.data.cleaning import coerce_types
+    from dataflywheel.data.schema import infer_schema
+
+    train = pl.DataFrame({"d": ["2024-01-05", "2024-02-03", "2023-12-01", None] * 10, "y": [0, 1] * 20})
+    schema = infer_schema(train, "y")
+    out, failures = coerce_types(pl.DataFrame({"d": ["yesterday", "tomorrow"], "y": [0, 1]}), schema,
+                                 "coerce", "batch.csv")
+    assert out.get_column("d").null_count() == 2 and failures == {"d": 2}
+    alone, _ = coerce_types(pl.DataFrame({"d": ["2024-03-04"], "y": [1]}), schema, "coerce", "x")
+    mixed, _ = coerce_types(pl.DataFrame({"d": ["2024-03-04", "soon"], "y": [1, 0]}), schema, "coerce", "x")
+    assert alone.get_column("d")[0] == mixed.get_column("d")[0]

@@ -44,7 +44,13 @@ def _cast(col: str, kind: str, dtype: pl.DataType) -> pl.Expr | None:
         if isinstance(dtype, pl.Datetime):
             return None
         if dtype == pl.String:
-            return c.str.strip_chars().str.to_datetime(strict=False)
+            # Each cell is read by the first known format that fits it: never raises (polars'
+            # own inference fails on a column of unreadable text) and never depends on the batch.
+            from dataflywheel.features.encoders import DATETIME_FORMATS
+
+            text = c.str.strip_chars()
+            ms = pl.coalesce([text.str.to_datetime(f, strict=False).dt.timestamp("ms") for f in DATETIME_FORMATS])
+            return pl.from_epoch(ms, time_unit="ms")
         return c.cast(pl.Datetime, strict=False)
     raise SchemaError(f"unknown column type {kind!r}", where=f"column '{col}'")
 
