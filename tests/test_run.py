@@ -50,6 +50,7 @@ def test_bundle_and_lineage(project: Path) -> None:
     assert lineage["code_version"].startswith("0.1.0")
     html = (bundle / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
+    assert "Explanations (Integrated Gradients)" in html
 
 
 def test_running_again_trains_nothing(project: Path) -> None:

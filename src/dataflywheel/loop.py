@@ -146,6 +146,7 @@ def train_and_register(
             scores=evaluation.scores,
             class_names=predictor.class_names,
             lineage={**lineage, "verdict": verdict.decision, "verdict reasons": "; ".join(verdict.reasons)},
+            sections=[explanations_section(predictor, test)],
         )
 
     from dataflywheel.registry.register import register
@@ -174,6 +175,16 @@ def train_and_register(
     report = project.artifacts.path(f"models/v{version}") / "report.html"
     return RunResult(dataset.id, dataset.reused, version, True, metrics, verdict.to_dict(), report,
                      versions.alias_version(project, versions.CHAMPION))
+
+
+def explanations_section(predictor: Any, test: Any, n: int = 3) -> tuple[str, str]:
+    """A few test rows explained (Integrated Gradients) for the report; never fails the run."""
+    from dataflywheel.explain import report_section
+
+    try:
+        return report_section(predictor, test, n=n)
+    except Exception as exc:  # noqa: BLE001 (an explanation is a nicety; the model is already trained)
+        return ("Explanations", f"<p>not available: {type(exc).__name__}: {exc}</p>")
 
 
 def _metrics_line(task: str, m: dict[str, Any]) -> str:

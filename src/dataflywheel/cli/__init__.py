@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dataflywheel.cli import data, loop_commands, models, monitor_command, project
+from dataflywheel.cli import data, explain_command, loop_commands, models, monitor_command, project
 
 app = typer.Typer(
     name="flywheel",
@@ -27,6 +27,7 @@ app.command("validate")(project.validate)
 app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
+app.command("explain")(explain_command.explain)
 app.command("serve")(project.serve)
 app.command("demo")(project.demo)
 app.command("monitor")(monitor_command.monitor)
