@@ -256,6 +256,29 @@ class ServeConfig(Section):
     """How often the server checks whether its alias moved (hot swap)."""
 
 
+class PrivacyConfig(Section):
+    """PII redaction (emails, phones, card numbers, IPs; names with presidio) applied to text at
+    ingestion, to prediction inputs before they are predicted on and logged, and so to every
+    dataset version retraining builds from them."""
+
+    enabled: bool = True
+    columns: list[str] | Literal["text"] = "text"
+    """Columns to redact: ``text`` = every text column (declared or inferred, never the target),
+    or a list of string columns; a name not in the data is an error at ingestion."""
+    kinds: list[Literal["email", "phone", "card", "ip", "name"]] = Field(
+        default_factory=lambda: ["email", "phone", "card", "ip"], min_length=1)
+    """What to redact; ``name`` needs presidio-analyzer and a spaCy model."""
+    replacement: str = "[{kind}]"
+    """What a match becomes; ``{kind}`` is the kind's name."""
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "text":
+            raise ValueError(f"must be 'text' (every text column) or a list of column names (got {v!r})")
+        return v
+
+
 class StoreConfig(Section):
     root: str = ".flywheel"
     """Folder for the embedded store (SQLite file and artifacts), relative to flywheel.yaml."""
@@ -287,6 +310,7 @@ class FlywheelConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     base_dir: Path = Field(default=Path("."), exclude=True)
     """Folder of flywheel.yaml; relative paths resolve against it (not a YAML key)."""

@@ -4,6 +4,11 @@ A version's id is a content hash of the source bytes and the data config (target
 exclusions, processing, split) plus its parents, so ingesting unchanged inputs again finds the
 existing version and does no work. Splits are Parquet files beside ``schema.json`` and
 ``report.json``; the store row and the folder appear together or not at all.
+
+PII is redacted (``privacy`` in flywheel.yaml) right after reading, before schema inference, so
+no split, statistic or schema ever holds it; the id still hashes the *source* bytes, plus the
+privacy settings when they differ from the defaults. Counts per column and kind go to the
+version's report under ``privacy``.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ from typing import Any
 
 import polars as pl
 
-from dataflywheel.config import DataConfig, FlywheelConfig
-from dataflywheel.errors import NotFoundError
+from dataflywheel.config import DataConfig, FlywheelConfig, PrivacyConfig
+from dataflywheel.errors import ConfigError, NotFoundError
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
-PROCESSING_VERSION = 1
+PROCESSING_VERSION = 2
+"""2: text columns are redacted of PII by default (privacy section)."""
 
 
 @dataclass
@@ -64,7 +70,7 @@ class DatasetVersion:
         )
 
 
-def data_config_hash(cfg: DataConfig, task: str = "auto") -> str:
+def data_config_hash(cfg: DataConfig, task: str = "auto", privacy: PrivacyConfig | None = None) -> str:
     """Hash of what changes a version's content: the data config (not the source path) and the
     task, which decides whether the split is stratified.
 
@@ -73,6 +79,8 @@ def data_config_hash(cfg: DataConfig, task: str = "auto") -> str:
     processing itself changes what a version contains."""
     payload = {**cfg.model_dump(mode="json", exclude={"source"}, exclude_defaults=True), "task": task,
                "processing_version": PROCESSING_VERSION}
+    if privacy is not None and (changed := privacy.model_dump(mode="json", exclude_defaults=True)):
+        payload["privacy"] = changed
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -96,7 +104,7 @@ def ingest(
 
     source = source_from_config(cfg.data.source, cfg.base_dir)
     fingerprint = source.fingerprint()
-    config_hash = data_config_hash(cfg.data, cfg.model.task)
+    config_hash = data_config_hash(cfg.data, cfg.model.task, cfg.privacy)
     vid = version_id(fingerprint, config_hash, list(parents))
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -120,7 +128,7 @@ def build_version(
     from dataflywheel.data.processing import process
     from dataflywheel.data.schema import infer_schema
 
-    config_hash = data_config_hash(cfg.data, cfg.model.task)
+    config_hash = data_config_hash(cfg.data, cfg.model.task, cfg.privacy)
     vid = version_id(fingerprint, config_hash, parents)
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -129,10 +137,9 @@ def build_version(
 
     if callable(raw):
         raw = raw()
+    raw, redacted = redact_raw(raw, cfg)
     unknown = [c for c in cfg.data.exclude if c not in raw.columns]
     if unknown:
-        from dataflywheel.errors import ConfigError
-
         raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
                           fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
                           f"{', ...' if len(raw.columns) > 8 else ''})")
@@ -149,6 +156,11 @@ def build_version(
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}
     report = {"source": source_desc, **processed.report}
+    if redacted is not None:
+        report["privacy"] = redacted
+        total = sum(n for counts in redacted["columns"].values() for n in counts.values())
+        if total:
+            log(f"redacted {total} PII match(es) in {', '.join(redacted['columns'])}")
     with project.artifacts.write_dir(key) as tmp:
         for name in SPLITS:
             processed.splits[name].write_parquet(tmp / f"{name}.parquet")
@@ -189,6 +201,59 @@ def build_version(
         parents=parents,
         reused=False,
     )
+
+
+def privacy_columns(raw: pl.DataFrame, cfg: FlywheelConfig) -> list[str]:
+    """The columns of ``raw`` that ``privacy`` redacts, checked: listed names must exist (and
+    be text), ``text`` means every column that is (or will be inferred as) text, but the target."""
+    privacy = cfg.privacy
+    excluded = set(cfg.data.exclude)
+    if isinstance(privacy.columns, list):
+        for col in privacy.columns:
+            if col not in raw.columns:
+                raise ConfigError(f"no column named {col!r} to redact", where="privacy.columns",
+                                  fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
+                                  f"{', ...' if len(raw.columns) > 8 else ''})")
+            if raw[col].dtype not in (pl.String, pl.Null, pl.Categorical):
+                raise ConfigError(f"column {col!r} holds {raw[col].dtype}, not text", where="privacy.columns",
+                                  fix="list only string columns")
+        return [c for c in dict.fromkeys(privacy.columns) if c not in excluded]
+    from dataflywheel.data.schema import infer_schema
+
+    declared = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    strings = [c for c, t in raw.schema.items()
+               if c != cfg.data.target and c not in excluded and t in (pl.String, pl.Categorical)]
+    if not strings:
+        return []
+    schema = infer_schema(raw.select(strings), overrides={c: t for c, t in declared.items() if c in strings})
+    return [c.name for c in schema.features if c.type == "text"]
+
+
+def privacy_redactor(privacy: PrivacyConfig) -> Any:
+    """The :class:`~dataflywheel.privacy.Redactor` of flywheel.yaml's ``privacy`` section; a bad
+    setting is a :class:`ConfigError` naming ``privacy.<field>``."""
+    from dataflywheel.privacy import Redactor
+
+    try:
+        return Redactor(privacy.kinds, privacy.replacement)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, where=f"privacy.{exc.where or 'kinds'}", fix=exc.fix) from None
+
+
+def redact_raw(raw: pl.DataFrame, cfg: FlywheelConfig) -> tuple[pl.DataFrame, dict[str, Any] | None]:
+    """``raw`` with PII redacted as ``privacy`` says, and what was done (None when disabled)."""
+    privacy = cfg.privacy
+    if not privacy.enabled:
+        return raw, None
+    columns = privacy_columns(raw, cfg)
+    counts: dict[str, dict[str, int]] = {}
+    if columns:
+        redactor = privacy_redactor(privacy)
+        cats = [c for c in columns if raw[c].dtype == pl.Categorical]
+        if cats:
+            raw = raw.with_columns(pl.col(cats).cast(pl.String))
+        raw, counts = redactor.redact_frame(raw, columns)
+    return raw, {"kinds": list(privacy.kinds), "columns": counts}
 
 
 def get_version(project: Project, ref: str) -> DatasetVersion:

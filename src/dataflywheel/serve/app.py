@@ -12,10 +12,17 @@ Endpoints (JSON in and out, rendered with orjson):
 - ``POST /v1/feedback``: ``{prediction_id, label, idempotency_key?}`` -> 201 ``{feedback_id}``
   once committed (200 with the same id when the key was seen before); 404 unknown prediction,
   422 label outside the predicting model's classes, 409 key reused for other feedback.
+- ``POST /v1/explain``: attributions for one record or a list (``serve.explain``).
 - ``POST /v1/admin/reload``: check the alias now and swap if it moved (see ``serve.swap``).
 - ``GET /v1/health`` (the process is up), ``GET /v1/ready`` (model loaded and workers running,
   else 503), ``GET /v1/model`` (version, alias, task, classes, schema, metrics),
   ``GET /v1/monitor`` (drift and live accuracy), ``GET /metrics`` (Prometheus).
+
+Privacy: the record fields flywheel.yaml's ``privacy`` names (text columns by default) are
+redacted on the event loop right after validation, before the record is predicted on, logged
+or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
+``/metrics`` (``flywheel_redactions``), texts truncated to ``max_length`` too
+(``flywheel_truncated_texts``).
 
 Feedback and admin endpoints need a bearer token when ``FLYWHEEL_API_TOKEN`` is set
 (``serve.auth``); bodies over ``max_body_bytes`` get a 413 (``serve.limits``). Errors are
@@ -50,6 +57,7 @@ from dataflywheel.errors import ConfigError, FlywheelError
 from dataflywheel.feedback.log import LogWriter, new_id
 from dataflywheel.serve.auth import BearerAuth
 from dataflywheel.serve.batching import Done, MicroBatcher, settle_future
+from dataflywheel.serve.explain import add_explain_route
 from dataflywheel.serve.hotpath import Answer, HotPathMiddleware, error_answer
 from dataflywheel.serve.limits import BodyLimitMiddleware
 from dataflywheel.serve.metrics import MetricsMiddleware, ServeMetrics
@@ -127,7 +135,8 @@ class Server:
         self.retrain = retrain
         self.project = open_project(cfg)
         try:
-            self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads)
+            self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads,
+                                                        privacy=cfg.privacy)
         except BaseException:
             self.project.close()
             raise
@@ -147,15 +156,16 @@ class Server:
         """One forward pass per model: each request runs on the model it was validated against,
         so requests in flight during a swap finish on the old one."""
         first = items[0][0]
+        truncated = self.metrics.truncated_texts.inc
         if all(m is first for m, _ in items):
-            return first.forward([r for _, r in items])
+            return first.forward([r for _, r in items], truncated)
         out: list[dict[str, Any]] = [{}] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(items):
             groups.setdefault(id(m), []).append(i)
         for idx in groups.values():
             model = items[idx[0]][0]
-            for i, res in zip(idx, model.forward([items[i][1] for i in idx]), strict=True):
+            for i, res in zip(idx, model.forward([items[i][1] for i in idx], truncated), strict=True):
                 out[i] = res
         return out
 
@@ -165,12 +175,19 @@ class Server:
         return alias_version(self.project, self.alias)
 
     def _load(self, version: int) -> ServedModel:
-        return load_served_model(self.project, version, threads=self.settings.threads)
+        return load_served_model(self.project, version, threads=self.settings.threads, privacy=self.cfg.privacy)
 
     def _install(self, model: ServedModel, version: int) -> None:
         self.model = model  # one reference assignment: atomic for every reader
         self.metrics.model_version.set(version)
         self.metrics.swaps.inc()
+
+    def redact(self, served: ServedModel, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``features`` with PII replaced where ``served`` redacts (counted in /metrics)."""
+        features, counts = served.redact(features)
+        for kind, n in counts.items():
+            self.metrics.redactions.labels(kind).inc(n)
+        return features
 
     # -- predict: model, then log, then answer -------------------------------------------
     def predict(self, served: ServedModel, features: list[dict[str, Any]], started: float, done: Done) -> None:
@@ -310,6 +327,8 @@ def create_app(
         records = split_records(payload, server.settings.max_records)
         served = server.model  # read once: this request runs on this model to the end
         features = validate_records(served.record_model, records, single)
+        if served.redactor is not None:
+            features = server.redact(served, features)
         answers = await _on_loop(lambda done: server.predict(served, features, started, done))
         server.metrics.predictions.inc(len(answers))
         return 200, orjson.dumps(answers[0] if single else answers)
@@ -341,6 +360,8 @@ def create_app(
             raise BadRequest(409, f"serving the fixed version {server.alias!r}; serve an alias to hot swap")
         result = await asyncio.to_thread(server.watcher.check, force=True)
         return OrjsonResponse(result.to_dict(), status_code=503 if result.error else 200)
+
+    add_explain_route(app, server)
 
     @app.get("/v1/monitor")
     async def monitor() -> Response:

@@ -40,6 +40,10 @@ class ServeMetrics:
         self.swaps = Counter("flywheel_model_swaps", "Hot swaps to another model version", registry=r)
         self.swap_failures = Counter("flywheel_model_swap_failures", "Model versions that failed to load",
                                      registry=r)
+        self.truncated_texts = Counter("flywheel_truncated_texts", "Texts cut to the model's max_length",
+                                       registry=r)
+        self.redactions = Counter("flywheel_redactions", "PII matches redacted from request fields", ["kind"],
+                                  registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any | None]] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:

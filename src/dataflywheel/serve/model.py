@@ -6,19 +6,28 @@ assignment: a batch reads the server's model once and uses it throughout.
 :meth:`ServedModel.forward` is the server's hot path: validated records go through the
 preprocessor's record path (no DataFrame for small batches) and straight into the network,
 already in eval mode, under ``torch.inference_mode``; the labels, probabilities and threshold
-follow :meth:`Predictor.predict` exactly (tests compare the two).
+follow :meth:`Predictor.predict` exactly (tests compare the two). A text model's batch is
+tokenised there too and padded per chunk of texts to the longest of the chunk
+(:func:`~dataflywheel.models.predict.predict_logits`).
+
+Privacy: :meth:`ServedModel.redact` replaces PII in the record fields ``privacy`` names (text
+columns by default) and runs *before* prediction and logging, as ingestion redacts training
+data, so the model sees at serving what it saw in training and the log never holds the raw
+text. A model with nothing to redact has ``redactor`` None and pays nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from dataflywheel.models.predict import as_inputs, logits_to_output
+from dataflywheel.config import PrivacyConfig
+from dataflywheel.models.predict import as_inputs, logits_to_output, predict_logits
 from dataflywheel.registry.predictor import Predictor
 from dataflywheel.serve.schemas import record_model, served_columns
 from dataflywheel.store import Project
@@ -32,6 +41,29 @@ class ServedModel:
     columns: list[str]
     """The features a record must carry, in the preprocessor's order."""
     record_model: type[BaseModel]
+    redactor: Any | None = None
+    """A :class:`~dataflywheel.privacy.Redactor`, or None when no served column is redacted."""
+    redact_columns: tuple[str, ...] = ()
+    """The record fields :meth:`redact` rewrites."""
+
+    @property
+    def text_columns(self) -> list[str]:
+        schema = self.predictor.schema
+        return [c for c in self.columns if schema.column(c).type == "text"]
+
+    def redact(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Validated records with PII replaced in ``redact_columns``, and counts per kind."""
+        if self.redactor is None:
+            return records, {}
+        total: dict[str, int] = {}
+        out = []
+        for record in records:
+            clean, counts = self.redactor.redact_record(record, self.redact_columns)
+            out.append(clean)
+            for kind, n in counts.items():
+                if n:
+                    total[kind] = total.get(kind, 0) + n
+        return out, total
 
     @property
     def task(self) -> str:
@@ -41,13 +73,24 @@ class ServedModel:
     def class_names(self) -> list[str] | None:
         return self.predictor.class_names
 
-    def forward(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Validated records -> ``{model_version, prediction, probabilities}`` each (one forward pass)."""
+    def forward(self, records: list[dict[str, Any]],
+                on_truncated: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Validated records -> ``{model_version, prediction, probabilities}`` each (one forward
+        pass); ``on_truncated(n)`` hears how many texts were cut to ``max_length``, if any."""
         p = self.predictor
         batch = p.preprocessor.transform_records(records)
-        numeric, categorical = as_inputs(p.model, batch.numeric, batch.categorical)
-        with torch.inference_mode():
-            scores = logits_to_output(p.model(numeric, categorical), p.task)
+        if batch.tokens is not None:
+            text = p.preprocessor.text_encoder_
+            logits = predict_logits(p.model, batch.numeric, batch.categorical, tokens=batch.tokens,
+                                    pad_id=text.pad_id_ if text is not None else 0)
+            scores = logits_to_output(logits, p.task)
+            n_truncated = sum(batch.truncated.values())
+            if n_truncated and on_truncated is not None:
+                on_truncated(n_truncated)
+        else:
+            numeric, categorical = as_inputs(p.model, batch.numeric, batch.categorical)
+            with torch.inference_mode():
+                scores = logits_to_output(p.model(numeric, categorical), p.task)
         version = self.version
         if p.task == "regression":
             values = np.asarray(p.target.inverse_transform(scores.reshape(-1)), dtype=np.float64).tolist()
@@ -74,16 +117,29 @@ class ServedModel:
             "features": {c: schema.column(c).type for c in self.columns},
             "threshold": self.predictor.threshold if self.task == "binary" else None,
             "metrics": self.metrics,
+            "redacted_fields": list(self.redact_columns),
             "schema": schema.to_dict(),
         }
 
 
-def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any]) -> ServedModel:
+def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any],
+                       privacy: PrivacyConfig | None = None) -> ServedModel:
+    """``privacy`` None or disabled redacts nothing; ``columns: text`` redacts the model's text
+    inputs, a list redacts the listed columns the model reads."""
     columns = served_columns(predictor)
-    return ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns))
+    served = ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns))
+    if privacy is None or not privacy.enabled:
+        return served
+    wanted = served.text_columns if privacy.columns == "text" else [c for c in columns if c in privacy.columns]
+    if not wanted:
+        return served
+    from dataflywheel.data.dataset import privacy_redactor
+
+    return replace(served, redactor=privacy_redactor(privacy), redact_columns=tuple(wanted))
 
 
-def load_served_model(project: Project, ref: str | int, *, threads: int | None = None) -> ServedModel:
+def load_served_model(project: Project, ref: str | int, *, threads: int | None = None,
+                      privacy: PrivacyConfig | None = None) -> ServedModel:
     """Resolve ``ref`` (alias or version), load and verify its bundle, set torch's threads."""
     from dataflywheel.registry import versions
     from dataflywheel.runtime import set_threads
@@ -93,4 +149,4 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     predictor.version = info.version
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
     set_threads(threads, n_params)
-    return build_served_model(predictor, info.version, info.metrics)
+    return build_served_model(predictor, info.version, info.metrics, privacy)

@@ -5,7 +5,10 @@ the preprocessor reads is a required field (``null`` is allowed and means "missi
 the preprocessor fills as at training time). ``number`` fields take finite JSON numbers only
 (no strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields
 take strings, with integers and booleans read as their category string (``1`` -> ``"1"``,
-``true`` -> ``"true"``), as the encoders compare categories. Extra keys are ignored, so a
+``true`` -> ``"true"``), as the encoders compare categories. ``text`` fields take raw text
+only: a non-empty, non-blank JSON string of valid Unicode (no ``null``, numbers or unpaired
+surrogates); any length passes (the body limit bounds it) and the tokenizer truncates it to
+the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so a
 client may send ids alongside the features; a misspelt feature shows as a missing one.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from dataflywheel.data.schema import Schema
 
@@ -33,8 +36,23 @@ def _as_category(value: Any) -> Any:
 
 Category = Annotated[str, BeforeValidator(_as_category), Field(strict=True, max_length=10_000)]
 
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be empty or blank")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text is not valid Unicode (unpaired surrogate at character {exc.start})") from None
+    return value
+
+
+Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]
+
 _TYPES: dict[str, Any] = {"number": Number, "category": Category, "binary": Category,
-                          "text": Category, "datetime": Category}
+                          "text": Text, "datetime": Category}
 
 
 class RecordBase(BaseModel):
@@ -47,12 +65,17 @@ def record_model(schema: Schema, columns: list[str] | None = None, name: str = "
     fields: dict[str, Any] = {}
     for col in wanted:
         ftype = schema.column(col).type
-        fields[col] = (_TYPES[ftype] | None, Field(..., description=f"{ftype} feature"))
+        kind = _TYPES[ftype] if ftype == "text" else _TYPES[ftype] | None
+        fields[col] = (kind, Field(..., description=f"{ftype} feature"))
     return create_model(name, __base__=RecordBase, **fields)
 
 
 def served_columns(predictor: Any) -> list[str]:
-    """The columns the predictor's preprocessor reads (a subset of the schema's features)."""
+    """The columns the predictor's preprocessor reads (a subset of the schema's features), text
+    columns included."""
+    columns = getattr(predictor.preprocessor, "input_columns_", None)
+    if columns:
+        return list(columns)
     encoders = getattr(predictor.preprocessor, "encoders_", None)
     if encoders:
         return list(encoders)

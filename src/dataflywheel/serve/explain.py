@@ -1,0 +1,64 @@
+"""``POST /v1/explain``: attributions for the served model's predictions.
+
+The body is what ``/v1/predict`` takes (one record -> one answer, a list -> a list), validated
+and redacted the same way; ``?steps=N`` (1-256, default 32) sets the Integrated Gradients steps.
+Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
+``model_version``. Explanations are not logged (they are not predictions) and run one request
+at a time on a worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot
+starve the event loop or the prediction batcher of more than one core. Until
+:mod:`dataflywheel.explain` exists the endpoint answers 501 with a JSON detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+
+from dataflywheel.serve.requests import BadRequest, parse_json, split_records, validate_records
+
+if TYPE_CHECKING:
+    from dataflywheel.serve.app import Server
+
+MAX_EXPLAIN_RECORDS = 32
+"""Most records in one explain request (each costs ``steps`` forward and backward passes)."""
+MAX_STEPS = 256
+
+
+def parse_steps(raw: str | None) -> int:
+    if raw is None:
+        return 32
+    try:
+        steps = int(raw)
+    except ValueError:
+        raise BadRequest(422, f"steps must be an integer (got {raw!r})") from None
+    if not 1 <= steps <= MAX_STEPS:
+        raise BadRequest(422, f"steps must be between 1 and {MAX_STEPS} (got {steps})")
+    return steps
+
+
+def add_explain_route(app: FastAPI, server: Server) -> None:
+    """Declare ``POST /v1/explain`` on ``app``, explaining with ``server``'s current model."""
+    lock = asyncio.Lock()
+
+    @app.post("/v1/explain", responses={501: {"description": "explanations are not installed"}})
+    async def explain(request: Request) -> Response:
+        try:
+            from dataflywheel.explain import explain_records
+        except ImportError:
+            raise BadRequest(501, "explanations are not available: dataflywheel.explain is missing") from None
+        steps = parse_steps(request.query_params.get("steps"))
+        payload = parse_json(await request.body())
+        single = isinstance(payload, dict)
+        records = split_records(payload, min(server.settings.max_records, MAX_EXPLAIN_RECORDS))
+        served = server.model
+        features = validate_records(served.record_model, records, single)
+        if served.redactor is not None:
+            features = server.redact(served, features)
+        async with lock:
+            answers = await asyncio.to_thread(explain_records, served.predictor, features, steps)
+        answers = [{"model_version": served.version, **a} for a in answers]
+        body = orjson.dumps(answers[0] if single else answers, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, media_type="application/json")
