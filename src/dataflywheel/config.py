@@ -254,6 +254,10 @@ class ServeConfig(Section):
     once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
     swap_poll_seconds: float = Field(1.0, gt=0)
     """How often the server checks whether its alias moved (hot swap)."""
+    backend: Literal["torch", "int8", "onnx"] = "torch"
+    """What runs the network: torch (fp32, the bundle as trained), int8 (Linear layers dynamically
+    quantised at load) or onnx (ONNX Runtime on the exported graph). ``flywheel export`` shows
+    each one's accuracy against torch and its speed."""
 
 
 class PrivacyConfig(Section):

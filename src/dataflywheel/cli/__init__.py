@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from dataflywheel.cli import data, explain_command, loop_commands, models, monitor_command, project
+from dataflywheel.cli import data, explain_command, export_command, loop_commands, models, monitor_command, project
 
 app = typer.Typer(
     name="flywheel",
@@ -28,6 +28,7 @@ app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
 app.command("explain")(explain_command.explain)
+app.command("export")(export_command.export)
 app.command("serve")(project.serve)
 app.command("demo")(project.demo)
 app.command("monitor")(monitor_command.monitor)

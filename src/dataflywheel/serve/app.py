@@ -109,6 +109,8 @@ class ServeSettings:
     """Most log writes committed in one transaction."""
     threads: int | None = None
     """torch intra-op threads; None picks by model size (see dataflywheel.runtime)."""
+    backend: Literal["torch", "int8", "onnx"] = "torch"
+    """What runs the network: torch fp32, int8 dynamic quantisation, or ONNX Runtime."""
 
     @classmethod
     def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:
@@ -136,7 +138,7 @@ class Server:
         self.project = open_project(cfg)
         try:
             self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads,
-                                                        privacy=cfg.privacy)
+                                                        privacy=cfg.privacy, backend=settings.backend)
         except BaseException:
             self.project.close()
             raise
@@ -175,7 +177,8 @@ class Server:
         return alias_version(self.project, self.alias)
 
     def _load(self, version: int) -> ServedModel:
-        return load_served_model(self.project, version, threads=self.settings.threads, privacy=self.cfg.privacy)
+        return load_served_model(self.project, version, threads=self.settings.threads, privacy=self.cfg.privacy,
+                                 backend=self.settings.backend)
 
     def _install(self, model: ServedModel, version: int) -> None:
         self.model = model  # one reference assignment: atomic for every reader

@@ -14,6 +14,10 @@ Privacy: :meth:`ServedModel.redact` replaces PII in the record fields ``privacy`
 columns by default) and runs *before* prediction and logging, as ingestion redacts training
 data, so the model sees at serving what it saw in training and the log never holds the raw
 text. A model with nothing to redact has ``redactor`` None and pays nothing.
+
+Backend: ``serve.backend`` picks what runs the network (``network``): the bundle's fp32 model
+(``torch``, the default, ``network`` None), an int8 copy or an ONNX Runtime session
+(:mod:`dataflywheel.export.backends`). The predictor keeps its fp32 model for explanations.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class ServedModel:
     """A :class:`~dataflywheel.privacy.Redactor`, or None when no served column is redacted."""
     redact_columns: tuple[str, ...] = ()
     """The record fields :meth:`redact` rewrites."""
+    network: Any | None = None
+    """What runs the forward pass when not the predictor's own model (int8 or onnx backend)."""
+    backend: str = "torch"
 
     @property
     def text_columns(self) -> list[str]:
@@ -78,19 +85,20 @@ class ServedModel:
         """Validated records -> ``{model_version, prediction, probabilities}`` each (one forward
         pass); ``on_truncated(n)`` hears how many texts were cut to ``max_length``, if any."""
         p = self.predictor
+        net = p.model if self.network is None else self.network
         batch = p.preprocessor.transform_records(records)
         if batch.tokens is not None:
             text = p.preprocessor.text_encoder_
-            logits = predict_logits(p.model, batch.numeric, batch.categorical, tokens=batch.tokens,
+            logits = predict_logits(net, batch.numeric, batch.categorical, tokens=batch.tokens,
                                     pad_id=text.pad_id_ if text is not None else 0)
             scores = logits_to_output(logits, p.task)
             n_truncated = sum(batch.truncated.values())
             if n_truncated and on_truncated is not None:
                 on_truncated(n_truncated)
         else:
-            numeric, categorical = as_inputs(p.model, batch.numeric, batch.categorical)
+            numeric, categorical = as_inputs(net, batch.numeric, batch.categorical)
             with torch.inference_mode():
-                scores = logits_to_output(p.model(numeric, categorical), p.task)
+                scores = logits_to_output(net(numeric, categorical), p.task)
         version = self.version
         if p.task == "regression":
             values = np.asarray(p.target.inverse_transform(scores.reshape(-1)), dtype=np.float64).tolist()
@@ -118,16 +126,25 @@ class ServedModel:
             "threshold": self.predictor.threshold if self.task == "binary" else None,
             "metrics": self.metrics,
             "redacted_fields": list(self.redact_columns),
+            "backend": self.backend,
             "schema": schema.to_dict(),
         }
 
 
 def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any],
-                       privacy: PrivacyConfig | None = None) -> ServedModel:
+                       privacy: PrivacyConfig | None = None, *, backend: str = "torch",
+                       threads: int | None = None) -> ServedModel:
     """``privacy`` None or disabled redacts nothing; ``columns: text`` redacts the model's text
-    inputs, a list redacts the listed columns the model reads."""
+    inputs, a list redacts the listed columns the model reads. ``backend`` other than torch builds
+    the int8 or ONNX network now (``threads``: onnxruntime's intra-op threads)."""
     columns = served_columns(predictor)
-    served = ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns))
+    network = None
+    if backend != "torch":
+        from dataflywheel.export.backends import backend_model
+
+        network = backend_model(predictor, backend, threads=threads)  # type: ignore[arg-type]
+    served = ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns),
+                         network=network, backend=backend)
     if privacy is None or not privacy.enabled:
         return served
     wanted = served.text_columns if privacy.columns == "text" else [c for c in columns if c in privacy.columns]
@@ -139,8 +156,9 @@ def build_served_model(predictor: Predictor, version: int | None, metrics: dict[
 
 
 def load_served_model(project: Project, ref: str | int, *, threads: int | None = None,
-                      privacy: PrivacyConfig | None = None) -> ServedModel:
-    """Resolve ``ref`` (alias or version), load and verify its bundle, set torch's threads."""
+                      privacy: PrivacyConfig | None = None, backend: str = "torch") -> ServedModel:
+    """Resolve ``ref`` (alias or version), load and verify its bundle, set torch's threads and
+    build the ``backend``'s network (``serve.backend``)."""
     from dataflywheel.registry import versions
     from dataflywheel.runtime import set_threads
 
@@ -148,5 +166,5 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     predictor = Predictor.load(project.artifacts.path(info.artifact))
     predictor.version = info.version
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
-    set_threads(threads, n_params)
-    return build_served_model(predictor, info.version, info.metrics, privacy)
+    n_threads = set_threads(threads, n_params)
+    return build_served_model(predictor, info.version, info.metrics, privacy, backend=backend, threads=n_threads)

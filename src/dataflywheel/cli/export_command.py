@@ -1,0 +1,94 @@
+"""``flywheel export``: a model's network as ONNX (or int8), with its accuracy and speed against fp32.
+
+The ONNX file goes to ``<bundle>/exports/model.onnx`` (or ``--output``); the bundle's
+manifest-checked files are never touched, so the bundle still verifies. int8 is dynamic
+quantisation applied at load (``serve.backend: int8``): nothing is written, only the
+comparison is shown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console
+
+
+def export(
+    model: Annotated[str, typer.Option("--model", "-m", help="Alias, version (3 or v3) or a bundle folder.")]
+    = "champion",
+    format: Annotated[Literal["onnx", "int8"], typer.Option("--format", "-f", help="onnx writes model.onnx; "
+                      "int8 is applied at load (serve.backend: int8) and only compared.")] = "onnx",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File or folder for model.onnx "
+                      "(default <bundle>/exports/).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Score fp32, int8 and onnx on the "
+                       "model's test split.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> dict[str, Any]:
+    """Export a model for faster CPU inference and show what each backend costs in accuracy."""
+    from dataflywheel.export.backends import compare_backends
+    from dataflywheel.export.onnx import export_onnx
+
+    predictor, test = _load(model, config, compare)
+    result: dict[str, Any] = {"version": predictor.version, "format": format, "path": None}
+    if format == "onnx":
+        path = export_onnx(predictor, output if output is not None else predictor.folder / "exports")
+        result["path"] = str(path)
+    if test is not None:
+        result["comparison"] = compare_backends(predictor, test, onnx_file=result["path"])
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, allow_nan=False))
+    else:
+        _print(result)
+    return result
+
+
+def _load(model: str, config: Path, compare: bool) -> tuple[Any, Any]:
+    """The predictor, and the test split of its dataset version when the project store has it."""
+    from dataflywheel.registry.predictor import Predictor
+
+    if Path(model).is_dir():
+        return Predictor.load(model), None
+    from dataflywheel.data.dataset import get_version
+    from dataflywheel.loop import as_config, open_project
+    from dataflywheel.registry import versions
+
+    project = open_project(as_config(config))
+    try:
+        info = versions.resolve(project, model)
+        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor.version = info.version
+        test = get_version(project, info.dataset_id).split("test") if compare else None
+    finally:
+        project.close()
+    return predictor, test
+
+
+def _print(result: dict[str, Any]) -> None:
+    out = console()
+    if result["path"]:
+        out.print(f"wrote {result['path']}", markup=False)
+    else:
+        out.print("int8: dynamic quantisation is applied at load; set serve.backend: int8 to serve it",
+                  markup=False)
+    comparison = result.get("comparison")
+    if not comparison:
+        return
+    backends = comparison["backends"]
+    names = sorted({k for b in backends.values() for k in b["metrics"]})
+    out.print(f"test split ({comparison['rows']} rows, {comparison['threads']} thread(s), "
+              f"batches of {comparison['batch_size']}):", markup=False)
+    header = ["backend", *names, "max |Δ| vs fp32", "labels agree", "rows/s"]
+    out.print("  ".join(f"{h:>12}" for h in header), markup=False)
+    for name, b in backends.items():
+        cells = [name, *(_f(b["metrics"].get(m)) for m in names), _f(b["max_abs_diff"], ".2e"),
+                 _f(b["label_agreement"], ".3f"), _f(b["rows_per_s"], ",.0f")]
+        out.print("  ".join(f"{c:>12}" for c in cells), markup=False)
+
+
+def _f(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)

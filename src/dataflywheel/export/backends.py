@@ -1,0 +1,138 @@
+"""The serving backend (``serve.backend``): fp32 torch, int8 dynamic quantisation or ONNX Runtime,
+and a side-by-side measure of what each costs in accuracy and gains in speed.
+
+Every backend gives an ``nn.Module`` called like the bundle's network, so
+:func:`~dataflywheel.models.predict.predict_logits`, :class:`Predictor` and the server run it
+unchanged. ``int8`` and ``onnx`` are built at load time from the bundle's fp32 weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import polars as pl
+from torch import nn
+
+from dataflywheel.errors import ConfigError
+
+Backend = Literal["torch", "int8", "onnx"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+REPORTED = ("accuracy", "f1", "macro_f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
+"""Metrics :func:`compare_backends` reports, where the task has them."""
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def backend_model(predictor: Any, backend: Backend, *, threads: int | None = None,
+                  onnx_file: str | Path | None = None) -> nn.Module:
+    """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy
+    (``int8``) or an onnxruntime session (``onnx``) over ``onnx_file`` if given (an export of
+    this bundle), else over an export made now; ``threads`` is onnxruntime's intra-op thread
+    count, chosen by model size when None as for torch."""
+    if backend == "torch":
+        return predictor.model
+    if backend == "int8":
+        from dataflywheel.export.quantize import quantized_copy
+
+        return quantized_copy(predictor.model)
+    if backend == "onnx":
+        from dataflywheel.export.onnx import OnnxModel, onnx_program
+        from dataflywheel.runtime import choose_threads
+
+        n_threads = choose_threads(threads, n_params(predictor.model))
+        if onnx_file is not None:
+            return OnnxModel(onnx_file, threads=n_threads)
+        return OnnxModel(onnx_program(predictor).SerializeToString(), threads=n_threads)
+    raise ConfigError(f"must be one of {list(BACKENDS)} (got {backend!r})", where="serve.backend")
+
+
+def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None,
+                 onnx_file: str | Path | None = None) -> Any:
+    """A shallow copy of ``predictor`` whose ``predict``/``scores`` run on ``backend``."""
+    if backend == "torch":
+        return predictor
+    other = copy.copy(predictor)
+    other.model = backend_model(predictor, backend, threads=threads, onnx_file=onnx_file)
+    return other
+
+
+def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backend, ...] = BACKENDS,
+                     target: str | None = None, batch_size: int = 64, repeats: int = 3,
+                     threads: int | None = None, onnx_file: str | Path | None = None) -> dict[str, Any]:
+    """Each backend on the rows of ``df``: its metrics (when ``df`` holds the ``target`` column,
+    default the bundle schema's), the largest absolute difference of its scores from fp32 torch
+    (probabilities; values for regression), the share of labels that agree with fp32, and
+    rows/s of the network alone on pre-encoded inputs in batches of ``batch_size`` (best of
+    ``repeats``, torch and onnxruntime on the same thread count). ``onnx_file``: an existing
+    export of this bundle to use instead of exporting again. The result is JSON-safe."""
+    from dataflywheel.runtime import set_threads
+
+    target = target or predictor.schema.target
+    n_threads = set_threads(threads, n_params(predictor.model))
+    reference: np.ndarray | None = None
+    results: dict[str, Any] = {}
+    for backend in dict.fromkeys(("torch", *backends)):  # fp32 first: the reference
+        running = with_backend(predictor, backend, threads=n_threads, onnx_file=onnx_file)
+        scores, _ = running.scores(df)
+        if reference is None:
+            reference = scores
+        entry: dict[str, Any] = {
+            "metrics": _metrics(running, df, target, scores),
+            "max_abs_diff": _float(np.max(np.abs(scores - reference))) if scores.size else 0.0,
+            "label_agreement": _agreement(predictor.task, scores, reference, predictor.threshold),
+            "rows_per_s": _throughput(running, df, batch_size, repeats),
+        }
+        if backend in backends:
+            results[backend] = entry
+    return {"task": predictor.task, "version": predictor.version, "rows": df.height, "threads": n_threads,
+            "batch_size": batch_size, "backends": results}
+
+
+def _metrics(predictor: Any, df: pl.DataFrame, target: str | None, scores: np.ndarray) -> dict[str, float | None]:
+    if target is None or target not in df.columns or df.height == 0:
+        return {}
+    from dataflywheel.evaluate.metrics import evaluate_predictions
+    from dataflywheel.evaluate.stage import true_values
+
+    metrics = evaluate_predictions(predictor.task, true_values(predictor, df, target), scores,
+                                   class_names=predictor.class_names, threshold=predictor.threshold)
+    return {k: _float(metrics[k]) for k in REPORTED if k in metrics}
+
+
+def _agreement(task: str, scores: np.ndarray, reference: np.ndarray, threshold: float) -> float | None:
+    if task == "regression" or scores.size == 0:
+        return None
+    if task == "binary":
+        return float(np.mean((scores >= threshold) == (reference >= threshold)))
+    return float(np.mean(scores.argmax(axis=1) == reference.argmax(axis=1)))
+
+
+def _throughput(predictor: Any, df: pl.DataFrame, batch_size: int, repeats: int) -> float | None:
+    from dataflywheel.models.predict import predict_logits
+
+    if df.height == 0:
+        return None
+    batch = predictor.preprocessor.transform(df)
+    text = getattr(predictor.preprocessor, "text_encoder_", None)
+    pad_id = text.pad_id_ if text is not None else 0
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        predict_logits(predictor.model, batch.numeric, batch.categorical, tokens=batch.tokens, pad_id=pad_id,
+                       batch_size=batch_size)
+        best = min(best, time.perf_counter() - start)
+    return round(df.height / best, 1) if best > 0 else None
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

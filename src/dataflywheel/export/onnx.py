@@ -1,0 +1,130 @@
+"""ONNX export of a bundle's network, and :class:`OnnxModel`, which runs it with onnxruntime.
+
+The graph takes the same inputs as the torch model: ``numeric`` (B, n_numeric) float32 and
+``categorical`` (B, n_categorical) int64, plus for a text model ``tokens`` (B, T) int64 and
+``attention_mask`` (B, T) bool; it returns ``logits`` (B, n_outputs). B is dynamic, and T is
+dynamic up to the model's ``max_length``, so one file serves any batch and any padding.
+The exporter is torch's own (``torch.onnx.export(dynamo=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dataflywheel.errors import ModelError
+
+INPUTS = ("numeric", "categorical", "tokens", "attention_mask")
+OPSET = 18
+
+
+def is_text_model(predictor: Any) -> bool:
+    """Whether the bundle's network reads token ids (its preprocessor has a text encoder)."""
+    return getattr(predictor.preprocessor, "text_encoder_", None) is not None
+
+
+def _example(predictor: Any) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], dict[str, Any]]:
+    """Example inputs (batch 2) and their dynamic shapes, sized from the bundle's model spec."""
+    args = predictor.meta["spec"]["args"]
+    n_numeric, n_cat = int(args["n_numeric"]), len(args["cardinalities"])
+    batch = torch.export.Dim("batch")
+    example = (torch.zeros(2, n_numeric), torch.zeros(2, n_cat, dtype=torch.long))
+    shapes: dict[str, Any] = {"numeric": {0: batch}, "categorical": {0: batch}}
+    kwargs: dict[str, torch.Tensor] = {}
+    if is_text_model(predictor):
+        max_length = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
+        seq = torch.export.Dim("seq", min=1, max=max_length)
+        length = min(4, max_length)
+        kwargs = {"tokens": torch.ones(2, length, dtype=torch.long),
+                  "attention_mask": torch.ones(2, length, dtype=torch.bool)}
+        shapes |= {"tokens": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    return example, kwargs, shapes
+
+
+def onnx_program(predictor: Any) -> Any:
+    """The bundle's network as an ``onnx.ModelProto`` (fp32, eval mode), with the bundle's task,
+    version and class names in its metadata. Raise :class:`ModelError` when it cannot export."""
+    model: nn.Module = predictor.model
+    was_training = model.training
+    model.eval()
+    example, kwargs, shapes = _example(predictor)
+    names = list(INPUTS[: 2 + len(kwargs)])
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, example, kwargs=kwargs or None, dynamo=True, opset_version=OPSET,
+                                        input_names=names, output_names=["logits"], dynamic_shapes=shapes,
+                                        verbose=False)
+    except Exception as exc:  # the exporter raises many types; all mean "this model cannot export"
+        raise ModelError(f"cannot export the {predictor.meta['spec']['type']} model to ONNX: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                         fix="serve it with backend torch or int8") from exc
+    finally:
+        model.train(was_training)
+        quiet.setLevel(level)
+    proto = program.model_proto
+    meta = {"dataflywheel.task": predictor.task, "dataflywheel.version": str(predictor.version),
+            "dataflywheel.class_names": json.dumps(predictor.class_names)}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto
+
+
+def export_onnx(predictor: Any, path: str | Path) -> Path:
+    """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``) and
+    return the file written. Weights are embedded; the bundle itself is not touched."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        path = path / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(onnx_program(predictor).SerializeToString())
+    return path
+
+
+class OnnxModel(nn.Module):
+    """An ONNX graph behind the torch model's call: ``model(numeric, categorical, tokens=None,
+    attention_mask=None) -> logits`` as a float32 tensor. It has no parameters, so
+    :func:`~dataflywheel.models.predict.predict_logits` and the server use it unchanged.
+
+    ``threads`` sets onnxruntime's intra-op threads (one by default, as for small torch models);
+    inter-op is sequential and idle threads do not spin, which matters on a shared machine."""
+
+    def __init__(self, model: str | Path | bytes, *, threads: int = 1) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.threads = threads
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        given = {"numeric": numeric.float(), "categorical": categorical.long()}
+        if tokens is not None:
+            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask
+            given |= {"tokens": tokens.long(), "attention_mask": mask.bool()}
+        feeds: dict[str, np.ndarray] = {}
+        for name in self.input_names:  # the exporter drops inputs the graph never reads
+            value = given.get(name)
+            if value is None:
+                raise ModelError(f"the ONNX model needs input {name!r}", fix="pass the text column")
+            feeds[name] = np.ascontiguousarray(value.detach().cpu().numpy())
+        (logits,) = self.session.run(["logits"], feeds)
+        return torch.from_numpy(logits)
