@@ -21,6 +21,7 @@ from torch import nn
 from dataflywheel.errors import ModelError
 from dataflywheel.models.mlp import build_mlp
 from dataflywheel.models.predict import predict_proba
+from dataflywheel.models.pretrained import build_pretrained
 from dataflywheel.models.transformer import build_transformer
 
 __all__ = [
@@ -111,3 +112,4 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
 
 register_model("mlp", build_mlp)
 register_model("transformer", build_transformer)
+register_model("pretrained", build_pretrained)

