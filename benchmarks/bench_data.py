@@ -110,6 +110,9 @@ def worker(kind: str, path: Path) -> None:
     if kind == "arrow":
         print(json.dumps({"arrow_mb": arrow_mb(path)}))
         return
+    if kind == "ours":
+        # As in the CLI, dataflywheel is imported first: it configures polars' allocator.
+        import dataflywheel  # noqa: F401
     import numpy  # noqa: F401  (import cost is not part of the measurement)
     import polars  # noqa: F401
 

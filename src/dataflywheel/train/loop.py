@@ -264,19 +264,23 @@ def train_epoch(
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
     lr = group["lr"]
+    tabular = data.tokens is None and not bf16
+    numeric, categorical, y = data.numeric, data.categorical, data.y
     for first in range(0, len(batches), accum):
         if max_steps is not None and state.step >= max_steps:
             break
-        micro = batches[first : first + accum]
-        rows = sum(len(idx) for idx in micro)
+        micro = batches[first : first + accum] if accum > 1 else (batches[first],)
+        rows = sum(len(idx) for idx in micro) if accum > 1 else 0
         lr = group["lr"]
         optimizer.zero_grad(set_to_none=True)
         for idx in micro:  # (B,) row indices
-            if bf16:
+            if tabular:  # the common case, kept free of per-step indirection
+                loss = loss_fn(forward(numeric[idx], categorical[idx]), y[idx])
+            elif bf16:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = loss_fn(data.forward(forward, idx), data.y[idx])
+                    loss = loss_fn(data.forward(forward, idx), y[idx])
             else:
-                loss = loss_fn(data.forward(forward, idx), data.y[idx])
+                loss = loss_fn(data.forward(forward, idx), y[idx])
             (loss if len(micro) == 1 else loss * (len(idx) / rows)).backward()
             losses.append(loss.detach())
             sizes.append(len(idx))
