@@ -28,7 +28,7 @@ def flywheel(*args: str, cwd: Path) -> Result:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                main()
+                main(fast_exit=False)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
