@@ -38,10 +38,22 @@ def _inputs(shape: dict, n: int = 7, seed: int = 0) -> tuple[torch.Tensor, torch
 # -- the contract every registered model passes ----------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def needs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Arguments some builders need beyond the shapes: a (tiny, random) pretrained base."""
+    from test_pretrained import save_tiny_bert
+
+    from dataflywheel.models.pretrained import content_hash
+
+    base = save_tiny_bert(tmp_path_factory.mktemp("base"), seed=0)
+    # A pretrained encoder reads the text alone (other columns are refused at build time).
+    return {"pretrained": {"base": str(base), "base_hash": content_hash(base), "n_numeric": 0, "cardinalities": []}}
+
+
 @pytest.mark.parametrize("name", available_models())
 @pytest.mark.parametrize("task", sorted(SHAPES))
-def test_every_model_maps_inputs_to_logits(name: str, task: str) -> None:
-    shape = SHAPES[task]
+def test_every_model_maps_inputs_to_logits(name: str, task: str, needs: dict[str, dict]) -> None:
+    shape = {**SHAPES[task], **needs.get(name, {})}
     text = {"text_vocab_size": 50, "max_length": 16} if registry.takes_text(name) else {}
     spec = json.loads(json.dumps(model_spec(name, **shape, **text)))  # what model.json stores
     model = build_model(spec, seed=3)
