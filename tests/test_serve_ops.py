@@ -380,3 +380,17 @@ def test_hot_path_and_the_fastapi_routes_answer_alike(
         elif isinstance(ja, dict) and "feedback_id" in ja:
             ja, jb = {k: v for k, v in ja.items() if k not in strip}, {k: v for k, v in jb.items() if k not in strip}
         assert ja == jb
+
+
+def test_a_busy_port_is_one_clear_error() -> None:
+    import socket
+
+    from dataflywheel.errors import FlywheelError
+    from dataflywheel.serve import check_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(FlywheelError, match=f"cannot listen on 127.0.0.1:{port}"):
+            check_port("127.0.0.1", port)

@@ -44,6 +44,22 @@ def serve(
     from dataflywheel.serve.app import _config, create_app
 
     cfg = _config(config)
+    host, port = host or cfg.serve.host, port or cfg.serve.port
+    check_port(host, port)
     app = create_app(config if auto_retrain else cfg, alias, settings, auto_retrain=auto_retrain)
-    uvicorn.run(app, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="info",
-                access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one clear line before loading anything when the address is taken."""
+    import socket
+
+    from dataflywheel.errors import FlywheelError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise FlywheelError(f"cannot listen on {host}:{port} ({exc.strerror})", where="flywheel serve",
+                                fix="pick another with --port or serve.port, or stop what holds it") from None
