@@ -166,3 +166,17 @@ def test_unreadable_datetime_text_is_counted_not_raised() -> None:
     alone, _ = coerce_types(pl.DataFrame({"d": ["2024-03-04"], "y": [1]}), schema, "coerce", "x")
     mixed, _ = coerce_types(pl.DataFrame({"d": ["2024-03-04", "soon"], "y": [1, 0]}), schema, "coerce", "x")
     assert alone.get_column("d")[0] == mixed.get_column("d")[0]
+
+
+def test_transform_owned_equals_transform_and_consumes_its_input() -> None:
+    from dataflywheel.config import MissingConfig
+    from dataflywheel.data.cleaning import Imputer
+    from dataflywheel.data.schema import infer_schema
+
+    df = pl.DataFrame({"a": [1.0, None, 3.0, 4.0] * 10, "b": ["x", None, "y", "x"] * 10, "y": [0, 1] * 20})
+    imputer = Imputer(infer_schema(df, "y"), MissingConfig(), target="y").fit(df)
+    expected, _ = imputer.transform(df)
+    frames = [df.clone()]
+    got, dropped = imputer.transform_owned(frames)
+    assert frames == [] and dropped == 0
+    assert got.equals(expected)

@@ -229,6 +229,23 @@ class Imputer:
         ]
         return (out.with_columns(fills) if fills else out), dropped
 
+    def transform_owned(self, frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+        """:meth:`transform` of ``frames.pop()``, the caller's only reference to that frame:
+        columns are filled one at a time and each replaced column is freed at once, so the
+        peak is one column more than the frame rather than two copies of it."""
+        _check_fitted(self, "fill_")
+        if self.drop_columns_:
+            return self.transform(frames.pop())
+        out = frames.pop()
+        absent = [c for c in self.fill_ if c not in out.columns]
+        if absent:
+            raise SchemaError(f"column '{absent[0]}' is missing", where="imputer",
+                              fix="pass the same columns it was fitted on")
+        for name, value in self.fill_.items():
+            if out[name].null_count():
+                out = out.with_columns(pl.col(name).fill_null(pl.lit(value, dtype=out.schema[name])))
+        return out, 0
+
 
 class Clipper:
     """Clip number columns to quantiles learned on one frame (the train split)."""

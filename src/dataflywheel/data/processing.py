@@ -111,7 +111,7 @@ def process(
         for col, n in nulls.items():
             if n and col in imputer.fill_:
                 filled[col] = filled.get(col, 0) + int(n)
-        splits[name], dropped = imputer.transform(splits[name])
+        splits[name], dropped = imputer.transform_owned([splits.pop(name)])
         missing_dropped += dropped
 
     clipped = 0
