@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import polars as pl
 
@@ -38,7 +40,7 @@ RAW_LIMIT = 1e12
 """Unscaled numbers (method ``none``) are clipped to +-RAW_LIMIT, for the same reason."""
 
 
-class Encoder:
+class Encoder(ABC):
     """Base class. Subclasses set ``name``, ``feature_type`` and implement the hooks below.
 
     ``kind`` says which block of the encoded batch the output joins: ``numeric`` (float32,
@@ -51,11 +53,13 @@ class Encoder:
     _optional_state: ClassVar[dict[str, Any]] = {}
     """Learned state added after the first release: name -> value when an old JSON lacks it."""
 
+    @abstractmethod
     def fit(self, series: pl.Series) -> Encoder:
-        raise NotImplementedError
+        """Learn state (attributes ending in ``_``) from a train-split column; return self."""
 
+    @abstractmethod
     def transform(self, series: pl.Series) -> np.ndarray:
-        raise NotImplementedError
+        """Encode a column with the learned state; no side effects."""
 
     @property
     def kind(self) -> OutputKind:
@@ -262,9 +266,9 @@ class _Vocabulary(Encoder):
         s = _strings(series)
         return int((s.is_not_null() & ~s.is_in(self.categories_)).sum())
 
+    @abstractmethod
     def output(self, idx: np.ndarray) -> np.ndarray:
         """This encoder's output given the vocabulary indices."""
-        raise NotImplementedError
 
     def encode(self, series: pl.Series) -> tuple[np.ndarray, int]:
         idx, unknown = self.index_series(series)
