@@ -115,6 +115,14 @@ def _missing_column(col: str) -> SchemaError:
     )
 
 
+def _count(col: str, n_unknown: int, unknown: dict[str, int], n_coerced: int, coerced: dict[str, int]) -> None:
+    """Record a feature's unseen-category and unreadable-cell counts (only when non-zero)."""
+    if n_unknown:
+        unknown[col] = n_unknown
+    if n_coerced:
+        coerced[col] = n_coerced
+
+
 def _require_columns(df: pl.DataFrame, columns: Iterable[str]) -> None:
     present = set(df.columns)
     for col in columns:
@@ -376,10 +384,7 @@ class Preprocessor:
                 out, n_unknown = enc.transform(series), enc.count_unknown(series)
                 n_coerced = enc.count_coerced(series)
             plan.place(enc, pos, out, numeric, categorical)
-            if n_unknown:
-                unknown[col] = n_unknown
-            if n_coerced:
-                batch.coerced[col] = n_coerced
+            _count(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
             _require_columns(df, self.text_encoders_)
             self._encode_text(batch, {c: df[c] for c in self.text_encoders_})
@@ -435,10 +440,7 @@ class Preprocessor:
                 out, n_unknown = enc.transform(series), enc.count_unknown(series)
                 n_coerced = enc.count_coerced(series)
             plan.place(enc, pos, out, numeric, categorical)
-            if n_unknown:
-                unknown[col] = n_unknown
-            if n_coerced:
-                batch.coerced[col] = n_coerced
+            _count(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
             texts: dict[str, pl.Series] = {}
             for col in self.text_encoders_:
