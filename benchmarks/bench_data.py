@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "bench-out"
+USER_ENV = dict(os.environ)
+"""The environment before polars is imported here: importing polars sets its allocator's
+settings (_RJEM_MALLOC_CONF) in os.environ, which workers must not inherit."""
 
 
 def rss_mb() -> float:
@@ -129,7 +132,7 @@ def worker(kind: str, path: Path) -> None:
 
 
 def measure(kind: str, path: Path) -> dict:
-    env = {**os.environ, "POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", str(os.cpu_count() or 1))}
+    env = {**USER_ENV, "POLARS_MAX_THREADS": USER_ENV.get("POLARS_MAX_THREADS", str(os.cpu_count() or 1))}
     out = subprocess.run([sys.executable, __file__, "--worker", kind, str(path)], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:

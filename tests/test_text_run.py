@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +12,8 @@ import pytest
 
 from cli_helpers import flywheel
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "bbc-news-scratch"
+from dataflywheel.data.bbc import bbc_frame
+
 
 CONFIG = """
 project: bbc-tiny
@@ -28,14 +28,6 @@ model:
 train: {epochs: 20, batch_size: 16, optimizer: adamw, lr: 0.005, seed: 0, early_stopping: null}
 evaluate: {metric: macro_f1}
 """
-
-
-def bbc_frame(per_topic: int, topics: list[str]) -> pl.DataFrame:
-    spec = importlib.util.spec_from_file_location("bbc_prepare", EXAMPLE / "prepare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.bbc_frame(per_topic, topics)
 
 
 @pytest.fixture(scope="module")

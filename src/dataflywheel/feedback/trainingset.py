@@ -27,7 +27,7 @@ import polars as pl
 from sqlalchemy import select
 
 from dataflywheel.config import FlywheelConfig
-from dataflywheel.data.dataset import SPLITS, DatasetVersion, data_config_hash, version_id
+from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersion, data_config_hash, version_id
 from dataflywheel.errors import DataError
 from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
 from dataflywheel.store import Project
@@ -233,8 +233,8 @@ def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: s
               "test_split": f"frozen: the test split of dataset {parent.id}"}
     with project.artifacts.write_dir(key) as tmp:
         for name in SPLITS:
-            splits[name].write_parquet(tmp / f"{name}.parquet")
-        holdout.write_parquet(tmp / f"{HOLDOUT}.parquet")
+            splits[name].write_parquet(tmp / f"{name}.parquet", compression=PARQUET_COMPRESSION)
+        holdout.write_parquet(tmp / f"{HOLDOUT}.parquet", compression=PARQUET_COMPRESSION)
         (tmp / "schema.json").write_bytes(parent.schema_path.read_bytes())
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     try:

@@ -147,6 +147,7 @@ class PretrainedClassifier(nn.Module):
         self.finetune = finetune
         self.max_positions = max_positions
         self.reference = reference
+        self.merged = False
 
     def forward(
         self,
@@ -167,8 +168,22 @@ class PretrainedClassifier(nn.Module):
         """What model.json records about the base: folder, content hash, fine-tuning mode."""
         return dict(self.reference)
 
+    def for_inference(self) -> PretrainedClassifier:
+        """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place: the
+        same function as a plain Hugging Face model, without the adapters' extra matmuls, and
+        a network int8 quantisation and the ONNX exporter handle like any other. A merged
+        model can no longer give its bundle weights back. Other modes: unchanged."""
+        if self.finetune == "lora" and not self.merged:
+            with _quiet_transformers():
+                self.hf = self.hf.merge_and_unload()
+            self.merged = True
+        return self
+
     def bundle_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a bundle stores: all of them (full), else the trainable ones alone."""
+        if self.merged:
+            raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
+                             fix="save the model before calling for_inference()")
         if self.finetune == "full":
             return self.state_dict()
         return {name: p for name, p in self.named_parameters() if p.requires_grad}

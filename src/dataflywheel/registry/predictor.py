@@ -91,6 +91,8 @@ class Predictor:
             model.load_bundle_state_dict(weights)
         else:
             model.load_state_dict(weights)
+        if hasattr(model, "for_inference"):
+            model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
         model.eval()
         pre = Preprocessor.load(folder / "preprocessor.json")
         target = TargetEncoder.from_dict(meta["target_encoder"])
