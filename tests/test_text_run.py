@@ -25,7 +25,7 @@ data:
 model:
   type: transformer
   params: {n_layer: 2, n_head: 4, d_model: 32, dropout: 0.0}
-train: {epochs: 20, batch_size: 16, optimizer: adamw, lr: 0.005, seed: 0, early_stopping: null}
+train: {epochs: 20, batch_size: 16, optimizer: adamw, lr: 0.002, seed: 0, early_stopping: null}
 evaluate: {metric: macro_f1}
 """
 
