@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_text.py
 
 clean:
 	rm -rf $(VENV) examples/*/.flywheel demo-project

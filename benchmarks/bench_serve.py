@@ -85,8 +85,10 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wrk(url: str, script: Path, conns: int, seconds: int) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+def wrk(url: str, script: Path, conns: int, seconds: int, timeout: int = 2) -> dict[str, float]:
+    """One wrk run; a request unanswered after ``timeout`` seconds counts as an error."""
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", f"--timeout={timeout}s", "--latency", "-s",
+                          str(script), url],
                          capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
