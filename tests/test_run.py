@@ -103,6 +103,19 @@ def test_predict_from_the_bundle_alone(project: Path, tmp_path: Path) -> None:
     assert accuracy >= 0.95
 
 
+def test_predict_keeps_the_columns_asked_for(project: Path, tmp_path: Path) -> None:
+    test = pl.read_parquet(next((project / ".flywheel" / "artifacts" / "datasets").iterdir()) / "test.parquet")
+    rows = test.drop("target").head(7).with_row_index("row_id", offset=100)
+    rows.write_csv(tmp_path / "in.csv")
+    r = flywheel("predict", "--keep", "row_id", "--keep", "mean radius", str(tmp_path / "in.csv"), cwd=project)
+    assert r.code == 0, r.err
+    out = pl.read_csv(r.out.encode())
+    assert out.columns[:3] == ["row_id", "mean radius", "prediction"]
+    assert out.get_column("row_id").to_list() == list(range(100, 107))
+    r = flywheel("predict", "--keep", "nope", str(tmp_path / "in.csv"), cwd=project)
+    assert r.code == 2 and r.err.count("\n") == 1 and "'nope'" in r.err and "--keep" in r.err
+
+
 def test_python_api_matches_cli(project: Path) -> None:
     import dataflywheel as fw
 

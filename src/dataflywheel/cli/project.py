@@ -63,16 +63,29 @@ def predict(
     config: ConfigOpt = DEFAULT_CONFIG,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl (default: csv, or the output's extension).")] = "",
+    keep: Annotated[list[str] | None, typer.Option("--keep", "-k", help="Input column to copy to the output "
+                                                   "(e.g. an id), repeatable.")] = None,
 ) -> None:
     """Batch prediction from a model bundle alone: writes prediction and class probabilities."""
+    import polars as pl
+
     from dataflywheel.api import load_model
     from dataflywheel.data.sources import source_from_path
     from dataflywheel.errors import FlywheelError
 
     predictor = load_model(model, config) if not Path(model).is_dir() else load_model(model)
     frame = source_from_path(input).read()
+    keep = list(dict.fromkeys(keep or []))
+    absent = [c for c in keep if c not in frame.columns]
+    if absent:
+        raise FlywheelError(f"no column named {absent[0]!r} in the input", where=f"{input} (--keep)",
+                            fix=f"use one of: {', '.join(frame.columns[:8])}{', ...' if frame.width > 8 else ''}")
     result = predictor.predict(frame)
     out = result.to_frame()
+    if keep:
+        clash = [c for c in keep if c in out.columns]
+        kept = frame.select(keep).rename({c: f"input_{c}" for c in clash})
+        out = pl.concat([kept, out], how="horizontal")
     kind = fmt or (output.suffix.lstrip(".") if output else "csv")
     if kind not in ("csv", "jsonl"):
         raise FlywheelError(f"unsupported output format {kind!r}", where="--format", fix="use csv or jsonl")
