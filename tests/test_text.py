@@ -105,3 +105,28 @@ def test_preprocessor_reads_text_only_for_text_models(tmp_path: Path) -> None:
     for other in (loaded.transform(frame(25, seed=3)), loaded.transform_records(records)):
         assert np.array_equal(other.tokens.ids, batch.tokens.ids)
         assert np.array_equal(other.numeric, batch.numeric) and other.truncated == batch.truncated
+
+
+@pytest.mark.parametrize("max_length", [8, 32, 128])
+def test_long_texts_tokenised_by_prefix_match_the_whole_text(max_length: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflywheel.data.bbc import bbc_frame
+    from dataflywheel.features import text as text_module
+
+    articles = bbc_frame(per_topic=6).get_column("text")
+    rng = np.random.default_rng(0)
+    odd = ["x" * 5000, "word " * 40 + "y" * 3000, "\n".join(["zz"] * 2000), "短句。" * 900]
+    texts = pl.Series("text", articles.to_list() + odd + [a[: int(rng.integers(5, 400))] for a in articles])
+    for tokenizer in (str(MINILM), None):
+        enc = TextEncoder(max_length=max_length, vocab_size=2000, tokenizer=tokenizer).fit(articles)
+        held: list[bool] = []
+        check = text_module._prefix_holds
+        monkeypatch.setattr(text_module, "_prefix_holds", lambda e, p: held.append(check(e, p)) or held[-1])
+        fast, fast_cut = enc.encode(texts)
+        monkeypatch.undo()
+        assert sum(held) >= len(articles) // 2 and not all(held)  # the shortcut is taken, and refused when unsafe
+        monkeypatch.setattr(text_module, "PREFIX_CHARS_PER_TOKEN", 10**9)  # the whole text, always
+        enc.__dict__.pop("_tok", None)
+        whole, whole_cut = enc.encode(texts)
+        monkeypatch.undo()
+        assert fast_cut == whole_cut and fast_cut >= len(articles) // 2
+        assert all(np.array_equal(fast.row(i), whole.row(i)) for i in range(len(texts)))
