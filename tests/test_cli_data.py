@@ -76,7 +76,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
         ("missing.csv", None, ("missing.csv", "not found")),
         ("data.xlsx", "a,b\n1,2\n", ("data.xlsx", ".csv")),
         ("empty.csv", "", ("empty.csv", "empty")),
-        ("ragged.csv", "x,y\n1,0\n2,1,9\n3,0\n", ("ragged.csv", "row 3")),
+        ("ragged.csv", "x,y\n1,0\n2,1,9\n3,0\n", ("ragged.csv", "line 3")),
         ("notarget.csv", "x,z\n1,0\n2,1\n", ("y",)),
     ],
 )

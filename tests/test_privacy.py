@@ -216,7 +216,7 @@ def test_frame_binary_and_null_columns(redactor: Redactor) -> None:
     assert out["bin"].to_list() == ["[email]", None]
     assert counts["nul"] == dict.fromkeys(ALL, 0)
     bad = pl.DataFrame({"bin": [b"ok", b"\xff\xfe"]}, schema={"bin": pl.Binary})
-    with pytest.raises(DataError, match="row 1"):
+    with pytest.raises(DataError, match="row 2"):
         redactor.redact_frame(bad, ["bin"])
 
 

@@ -160,7 +160,7 @@ def test_ragged_row_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         source_from_path(path).read()
     assert str(err.value) == (
-        f"{path} row 5: expected 3 fields, found 4; "
+        f"{path} line 5: expected 3 fields, found 4; "
         "fix the row or quote the field containing the delimiter"
     )
     assert "\n" not in str(err.value)
@@ -180,7 +180,7 @@ def test_short_row_names_the_line(
     path.write_bytes(newline.join(lines).encode())
     with pytest.raises(DataError) as err:
         source_from_path(path).read()
-    assert str(err.value) == f"{path} row 6: expected 3 fields, found 2; {_SHORT_FIX}"
+    assert str(err.value) == f"{path} line 6: expected 3 fields, found 2; {_SHORT_FIX}"
 
 
 def test_short_row_deep_in_a_large_file(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_short_row_deep_in_a_large_file(tmp_path: Path) -> None:
     path.write_text("id,v,k\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError) as err:
         source_from_path(path).read()
-    assert str(err.value) == f"{path} row 25002: expected 3 fields, found 2; {_SHORT_FIX}"
+    assert str(err.value) == f"{path} line 25002: expected 3 fields, found 2; {_SHORT_FIX}"
 
 
 @pytest.mark.parametrize("chunk", [3, sources._CHUNK])
@@ -246,7 +246,7 @@ def test_ragged_rows_match_the_csv_module(tmp_path: Path, monkeypatch: pytest.Mo
             source_from_path(path).read()
         line, found = ragged[0]
         assert str(err.value).startswith(
-            f"{path} row {line}: expected {width} fields, found {found}; "
+            f"{path} line {line}: expected {width} fields, found {found}; "
         ), case
 
 

@@ -57,7 +57,7 @@ def test_bad_text_and_unfitted() -> None:
     enc = TextEncoder(max_length=8).fit(texts())
     with pytest.raises(DataError) as err:
         enc.transform(pl.Series("body", ["the market", "   ", "the team"]))
-    assert err.value.where == "row 1, column 'body'"
+    assert err.value.where == "row 2, column 'body'"  # rows count from 1
     none = enc.transform(pl.Series("body", [None, "the team"], dtype=pl.String))
     assert none.lengths.tolist() == [2, 4]  # None: [CLS] [SEP] only
 

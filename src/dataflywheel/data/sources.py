@@ -430,7 +430,7 @@ def _ragged_error(path: Path, sep: str) -> DataError | None:
             if row and len(row) != expected:
                 return DataError(
                     f"expected {expected} fields, found {len(row)}",
-                    where=f"{path} row {reader.line_num}",
+                    where=f"{path} line {reader.line_num}",
                     fix=(
                         "fix the row or quote the field containing the delimiter"
                         if len(row) > expected

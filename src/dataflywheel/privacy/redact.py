@@ -301,7 +301,7 @@ def _string_column(df: pl.DataFrame, col: str) -> pl.Series:
     if s.dtype == pl.Binary:
         for i, value in enumerate(s.to_list()):
             if value is not None:
-                _as_text(value, f"column {col!r}, row {i}")
+                _as_text(value, f"column {col!r}, row {i + 1}")
         return s.cast(pl.String)
     raise DataError(
         f"column has type {s.dtype}, not text",
