@@ -115,6 +115,19 @@ def _missing_column(col: str) -> SchemaError:
     )
 
 
+def _encode_column(enc: Any, series: pl.Series, vocabulary: bool) -> tuple[np.ndarray, int, int]:
+    """``(encoded, unknown cells, unreadable cells)`` of one column, reading it once where the
+    encoder can: a vocabulary encoder's ``encode``, a datetime encoder's ``encode_coerced``;
+    a plugin that overrides ``transform`` alone is used as it is."""
+    if vocabulary:
+        out, n_unknown = enc.encode(series)
+        return out, n_unknown, 0
+    if type(enc) is DatetimeEncoder:
+        out, n_coerced = enc.encode_coerced(series)
+        return out, 0, n_coerced
+    return enc.transform(series), enc.count_unknown(series), enc.count_coerced(series)
+
+
 def _count(col: str, n_unknown: int, unknown: dict[str, int], n_coerced: int, coerced: dict[str, int]) -> None:
     """Record a feature's unseen-category and unreadable-cell counts (only when non-zero)."""
     if n_unknown:
@@ -374,15 +387,7 @@ class Preprocessor:
         batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
                              coerced=_nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
-            series = df[col]
-            n_coerced = 0
-            if col in plan.vocabularies:
-                out, n_unknown = enc.encode(series)
-            elif type(enc) is DatetimeEncoder:
-                (out, n_coerced), n_unknown = enc.encode_coerced(series), 0
-            else:  # a plugin may override transform alone: use it as it is
-                out, n_unknown = enc.transform(series), enc.count_unknown(series)
-                n_coerced = enc.count_coerced(series)
+            out, n_unknown, n_coerced = _encode_column(enc, df[col], col in plan.vocabularies)
             plan.place(enc, pos, out, numeric, categorical)
             _count(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
@@ -431,14 +436,12 @@ class Preprocessor:
                              coerced=_nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
             values = columns[col]
-            n_coerced = 0
             if col in plan.vocabularies and all(v is None or type(v) is str for v in values):
                 idx, n_unknown = enc.index_values(values)  # type: ignore[attr-defined]
-                out = enc.output(idx)  # type: ignore[attr-defined]
+                out, n_coerced = enc.output(idx), 0  # type: ignore[attr-defined]
             else:
                 series = pl.Series(col, values, strict=False)
-                out, n_unknown = enc.transform(series), enc.count_unknown(series)
-                n_coerced = enc.count_coerced(series)
+                out, n_unknown, n_coerced = _encode_column(enc, series, col in plan.vocabularies)
             plan.place(enc, pos, out, numeric, categorical)
             _count(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
