@@ -42,7 +42,7 @@ import os
 from fastapi import FastAPI, Request
 from dataflywheel.registry.predictor import Predictor
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 predictor = Predictor.load(os.environ["BUNDLE"])
 app = FastAPI()
 

@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from bench_serve import free_port, median_run, start, stop, wait_ready, wrk  # noqa: E402
+from bench_serve import NAIVE_APP, free_port, median_run, start, stop, wait_ready, wrk  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}
@@ -53,23 +53,6 @@ train: {{epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.002, schedule: {{war
 evaluate: {{metric: macro_f1}}
 serve: {{backend: {backend}, max_batch_size: 32, max_wait_ms: 5}}
 """
-
-NAIVE_APP = '''
-import os
-import torch
-from fastapi import FastAPI, Request
-from dataflywheel.registry.predictor import Predictor
-
-torch.set_num_threads(int(os.environ["THREADS"]))
-predictor = Predictor.load(os.environ["BUNDLE"])
-app = FastAPI()
-
-@app.post("/predict")
-async def predict(request: Request):
-    record = await request.json()
-    p = predictor.predict([record])
-    return {"prediction": p.values[0], "probabilities": dict(zip(p.class_names, p.proba[0].tolist()))}
-'''
 
 
 def peak_mb() -> float:

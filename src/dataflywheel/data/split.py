@@ -25,12 +25,12 @@ def _min_rows(cfg: SplitConfig) -> int:
     return 3 if cfg.valid > 0 else 2
 
 
-def _stratifiable(labels: np.ndarray, cfg: SplitConfig) -> bool:
-    """Every class needs a row in each split it is drawn into, and each split a row per class."""
-    _, counts = np.unique(labels, return_counts=True)
+def _stratifiable(counts: np.ndarray, cfg: SplitConfig) -> bool:
+    """Every class (``counts``: rows per class) needs a row in each split it is drawn into, and
+    each split a row per class."""
     if len(counts) < 2 or counts.min() < _min_rows(cfg):
         return False
-    n = len(labels)
+    n = int(counts.sum())
     smallest = min(cfg.test, cfg.valid if cfg.valid > 0 else 1.0, cfg.train)
     return smallest * n >= len(counts) + 1
 
@@ -54,7 +54,13 @@ def split_indices(
             where="data.split",
             fix="add rows, or set data.split.valid: 0",
         )
-    stratified = labels is not None and _stratifiable(labels, cfg)
+    codes = np.zeros(n_rows, dtype=np.int64)
+    stratified = False
+    if labels is not None:
+        _, by_class, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+        stratified = _stratifiable(class_counts, cfg)
+        if stratified:
+            codes = by_class.reshape(-1)
     n_test = math.ceil(cfg.test * n_rows)
     n_valid = math.ceil(cfg.valid / (cfg.train + cfg.valid) * (n_rows - n_test)) if cfg.valid > 0 else 0
     if n_rows - n_test - n_valid < 1:
@@ -63,10 +69,6 @@ def split_indices(
             where="data.split",
             fix="add rows or give data.split.train a larger share",
         )
-    if stratified:
-        codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
-    else:
-        codes = np.zeros(n_rows, dtype=np.int64)
     rng = np.random.default_rng(cfg.seed)
     shuffled = rng.permutation(n_rows)
     order = shuffled[np.argsort(codes[shuffled], kind="stable")]  # by class, at random within a class

@@ -228,8 +228,9 @@ class TextEncoder:
         else:
             encodings = tok.encode_batch([t[:cut] for t in items])
             redo = [i for i, (t, e) in enumerate(zip(items, encodings)) if len(t) > cut and not _prefix_holds(e, t[:cut])]
-            for i, e in zip(redo, tok.encode_batch([items[i] for i in redo]) if redo else []):
-                encodings[i] = e
+            if redo:
+                for i, e in zip(redo, tok.encode_batch([items[i] for i in redo])):
+                    encodings[i] = e
         truncated = sum(1 for e in encodings if e.overflowing)
         return Ragged.from_lists([e.ids for e in encodings]), truncated
 
