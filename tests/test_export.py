@@ -142,11 +142,11 @@ def test_compare_backends_is_json_safe_and_measures_each(text: Path) -> None:
     df = test_split(text)
     result = compare_backends(predictor, df, repeats=1)
     json.dumps(result, allow_nan=False)
-    assert result["rows"] == df.height and set(result["backends"]) == {"torch", "int8", "onnx"}
-    torch_, int8, onnx = (result["backends"][b] for b in ("torch", "int8", "onnx"))
+    assert result["rows"] == df.height and set(result["backends"]) == {"torch", "int8", "onnx", "onnx-int8"}
+    torch_, int8, onnx, onnx_int8 = (result["backends"][b] for b in ("torch", "int8", "onnx", "onnx-int8"))
     assert torch_["max_abs_diff"] == 0.0 and torch_["label_agreement"] == 1.0
     assert onnx["max_abs_diff"] < 1e-5 and onnx["metrics"] == pytest.approx(torch_["metrics"])
-    assert 0 < int8["max_abs_diff"] < 0.05
+    assert 0 < int8["max_abs_diff"] < 0.05 and 0 < onnx_int8["max_abs_diff"] < 0.05
     assert {"accuracy", "macro_f1"} <= set(torch_["metrics"])
     assert all(b["rows_per_s"] > 0 for b in result["backends"].values())
     no_labels = compare_backends(predictor, df.drop("topic"), backends=("onnx",), repeats=1)

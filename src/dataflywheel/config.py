@@ -18,6 +18,8 @@ from dataflywheel.errors import ConfigError
 
 FeatureType = Literal["number", "category", "binary", "text", "datetime"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
+Backend = Literal["torch", "int8", "onnx", "onnx-int8"]
+"""What runs a served model's network (``serve.backend``); see :mod:`dataflywheel.export`."""
 AnomalyKind = Literal[
     "missing_column", "extra_column", "type_change", "out_of_range", "unseen_category", "missing_jump"
 ]
@@ -254,10 +256,11 @@ class ServeConfig(Section):
     once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
     swap_poll_seconds: float = Field(1.0, gt=0)
     """How often the server checks whether its alias moved (hot swap)."""
-    backend: Literal["torch", "int8", "onnx"] = "torch"
-    """What runs the network: torch (fp32, the bundle as trained), int8 (Linear layers dynamically
-    quantised at load) or onnx (ONNX Runtime on the exported graph). ``flywheel export`` shows
-    each one's accuracy against torch and its speed."""
+    backend: Backend = "torch"
+    """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
+    dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8
+    (ONNX Runtime on that graph quantised to int8, the fastest on CPU). ``flywheel export``
+    shows each one's accuracy against torch and its speed."""
 
 
 class PrivacyConfig(Section):

@@ -1,9 +1,10 @@
-"""``flywheel export``: a model's network as ONNX (or int8), with its accuracy and speed against fp32.
+"""``flywheel export``: a model's network as ONNX (fp32 or int8), with every backend's accuracy and
+speed against fp32.
 
-The ONNX file goes to ``<bundle>/exports/model.onnx`` (or ``--output``); the bundle's
-manifest-checked files are never touched, so the bundle still verifies. int8 is dynamic
-quantisation applied at load (``serve.backend: int8``): nothing is written, only the
-comparison is shown.
+The ONNX file goes to ``<bundle>/exports/model.onnx`` (``model.int8.onnx`` for ``--format
+onnx-int8``, or ``--output``); the bundle's manifest-checked files are never touched, so the
+bundle still verifies. torch int8 is dynamic quantisation applied at load (``serve.backend:
+int8``): nothing is written, only the comparison is shown.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console
 def export(
     model: Annotated[str, typer.Option("--model", "-m", help="Alias, version (3 or v3) or a bundle folder.")]
     = "champion",
-    format: Annotated[Literal["onnx", "int8"], typer.Option("--format", "-f", help="onnx writes model.onnx; "
-                      "int8 is applied at load (serve.backend: int8) and only compared.")] = "onnx",
+    format: Annotated[Literal["onnx", "onnx-int8", "int8"], typer.Option(
+        "--format", "-f", help="onnx writes model.onnx, onnx-int8 model.int8.onnx; int8 (torch) is applied at "
+        "load (serve.backend: int8) and only compared.")] = "onnx",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File or folder for model.onnx "
                       "(default <bundle>/exports/).")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -35,11 +37,13 @@ def export(
 
     predictor, test = _load(model, config, compare)
     result: dict[str, Any] = {"version": predictor.version, "format": format, "path": None}
-    if format == "onnx":
-        path = export_onnx(predictor, output if output is not None else predictor.folder / "exports")
+    if format != "int8":
+        path = export_onnx(predictor, output if output is not None else predictor.folder / "exports",
+                           int8=format == "onnx-int8")
         result["path"] = str(path)
-    if test is not None:
-        result["comparison"] = compare_backends(predictor, test, onnx_file=result["path"])
+    if test is not None:  # the onnx-int8 row quantises the fp32 export again: the file must be fp32
+        fp32 = result["path"] if format == "onnx" else None
+        result["comparison"] = compare_backends(predictor, test, onnx_file=fp32)
     if as_json:
         typer.echo(json.dumps(result, indent=2, allow_nan=False))
     else:

@@ -1,9 +1,12 @@
-"""The serving backend (``serve.backend``): fp32 torch, int8 dynamic quantisation or ONNX Runtime,
-and a side-by-side measure of what each costs in accuracy and gains in speed.
+"""The serving backend (``serve.backend``): fp32 torch, int8 dynamic quantisation in torch, or
+ONNX Runtime in fp32 or int8, and a side-by-side measure of what each costs in accuracy and
+gains in speed.
 
 Every backend gives an ``nn.Module`` called like the bundle's network, so
 :func:`~dataflywheel.models.predict.predict_logits`, :class:`Predictor` and the server run it
-unchanged. ``int8`` and ``onnx`` are built at load time from the bundle's fp32 weights.
+unchanged. The others are built at load time from the bundle's fp32 weights, on its inference
+network (:func:`~dataflywheel.export.first_token.inference_network`); ``torch`` is the
+network as trained, the reference the others are measured against.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import polars as pl
 from torch import nn
 
+from dataflywheel.config import Backend
 from dataflywheel.errors import ConfigError
 
-Backend = Literal["torch", "int8", "onnx"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 REPORTED = ("accuracy", "f1", "macro_f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
 """Metrics :func:`compare_backends` reports, where the task has them."""
@@ -31,30 +34,40 @@ def n_params(model: nn.Module) -> int:
 
 
 def backend_model(predictor: Any, backend: Backend, *, threads: int | None = None,
-                  onnx_file: str | Path | None = None) -> nn.Module:
-    """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy
-    (``int8``) or an onnxruntime session (``onnx``) over ``onnx_file`` if given (an export of
-    this bundle), else over an export made now; ``threads`` is onnxruntime's intra-op thread
-    count, chosen by model size when None as for torch."""
+                  onnx_file: str | Path | Any = None) -> nn.Module:
+    """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy of
+    its inference network (``int8``), or an onnxruntime session over its fp32 export (``onnx``)
+    or that export quantised (``onnx-int8``). ``onnx_file``: an fp32 export of this bundle (a file
+    or an ``onnx.ModelProto``) to use instead of exporting now. ``threads`` is onnxruntime's intra-op thread count, chosen by
+    model size when None as for torch."""
     if backend == "torch":
         return predictor.model
     if backend == "int8":
+        from dataflywheel.export.first_token import inference_network
         from dataflywheel.export.quantize import quantized_copy
 
-        return quantized_copy(predictor.model)
-    if backend == "onnx":
-        from dataflywheel.export.onnx import OnnxModel, onnx_program
+        return quantized_copy(inference_network(predictor.model))
+    if backend in ("onnx", "onnx-int8"):
+        import onnx
+
+        from dataflywheel.export.onnx import OnnxModel, onnx_program, quantize_onnx
         from dataflywheel.runtime import choose_threads
 
         n_threads = choose_threads(threads, n_params(predictor.model))
-        if onnx_file is not None:
-            return OnnxModel(onnx_file, threads=n_threads)
-        return OnnxModel(onnx_program(predictor).SerializeToString(), threads=n_threads)
+        if onnx_file is None:
+            proto = onnx_program(predictor)
+        elif isinstance(onnx_file, onnx.ModelProto):
+            proto = onnx_file
+        else:
+            proto = onnx.load(str(onnx_file))
+        if backend == "onnx-int8":
+            proto = quantize_onnx(proto)
+        return OnnxModel(proto.SerializeToString(), threads=n_threads)
     raise ConfigError(f"must be one of {list(BACKENDS)} (got {backend!r})", where="serve.backend")
 
 
 def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None,
-                 onnx_file: str | Path | None = None) -> Any:
+                 onnx_file: str | Path | Any = None) -> Any:
     """A shallow copy of ``predictor`` whose ``predict``/``scores`` run on ``backend``."""
     if backend == "torch":
         return predictor
@@ -65,7 +78,7 @@ def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None
 
 def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backend, ...] = BACKENDS,
                      target: str | None = None, batch_size: int = 64, repeats: int = 3,
-                     threads: int | None = None, onnx_file: str | Path | None = None) -> dict[str, Any]:
+                     threads: int | None = None, onnx_file: str | Path | Any = None) -> dict[str, Any]:
     """Each backend on the rows of ``df``: its metrics (when ``df`` holds the ``target`` column,
     default the bundle schema's), the largest absolute difference of its scores from fp32 torch
     (probabilities; values for regression), the share of labels that agree with fp32, and
@@ -76,6 +89,10 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
 
     target = target or predictor.schema.target
     n_threads = set_threads(threads, n_params(predictor.model))
+    if onnx_file is None and {"onnx", "onnx-int8"} & set(backends):
+        from dataflywheel.export.onnx import onnx_program
+
+        onnx_file = onnx_program(predictor)  # one export for both onnx rows
     reference: np.ndarray | None = None
     results: dict[str, Any] = {}
     for backend in dict.fromkeys(("torch", *backends)):  # fp32 first: the reference

@@ -4,7 +4,13 @@ The graph takes the same inputs as the torch model: ``numeric`` (B, n_numeric) f
 ``categorical`` (B, n_categorical) int64, plus for a text model ``tokens`` (B, T) int64 and
 ``attention_mask`` (B, T) bool; it returns ``logits`` (B, n_outputs). B is dynamic, and T is
 dynamic up to the model's ``max_length``, so one file serves any batch and any padding.
-The exporter is torch's own (``torch.onnx.export(dynamo=True)``).
+
+The exporter is torch's own (``torch.onnx.export(dynamo=True)``), on the bundle's inference
+network (:func:`~dataflywheel.export.first_token.inference_network`: a BERT classifier's last
+layer for the first token alone). onnxscript's ``optimize_for_ort`` then fuses the graph into
+onnxruntime's kernels (attention, GELU, skip-LayerNorm), and :func:`quantize_onnx` makes the
+int8 variant: onnxruntime dynamic quantisation, int8 weights and activations quantised per
+batch for every MatMul with a weight.
 """
 
 from __future__ import annotations
@@ -49,9 +55,12 @@ def _example(predictor: Any) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.
 
 
 def onnx_program(predictor: Any) -> Any:
-    """The bundle's network as an ``onnx.ModelProto`` (fp32, eval mode), with the bundle's task,
-    version and class names in its metadata. Raise :class:`ModelError` when it cannot export."""
-    model: nn.Module = predictor.model
+    """The bundle's inference network as an ``onnx.ModelProto`` (fp32, eval mode, fused for
+    onnxruntime), with the bundle's task, version and class names in its metadata. Raise
+    :class:`ModelError` when it cannot export."""
+    from dataflywheel.export.first_token import inference_network
+
+    model: nn.Module = inference_network(predictor.model)
     was_training = model.training
     model.eval()
     example, kwargs, shapes = _example(predictor)
@@ -72,7 +81,7 @@ def onnx_program(predictor: Any) -> Any:
     finally:
         model.train(was_training)
         quiet.setLevel(level)
-    proto = program.model_proto
+    proto = _fused(program.model)
     meta = {"dataflywheel.task": predictor.task, "dataflywheel.version": str(predictor.version),
             "dataflywheel.class_names": json.dumps(predictor.class_names)}
     for key, value in meta.items():
@@ -81,14 +90,52 @@ def onnx_program(predictor: Any) -> Any:
     return proto
 
 
-def export_onnx(predictor: Any, path: str | Path) -> Path:
-    """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``) and
-    return the file written. Weights are embedded; the bundle itself is not touched."""
+def _fused(model: Any) -> Any:
+    """``model`` (an ``onnx_ir.Model``) with onnxruntime's fusions applied, as a ModelProto."""
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    fused, _ = optimize_for_ort(model)
+    return ir.serde.serialize_model(fused)
+
+
+def quantize_onnx(proto: Any) -> Any:
+    """An int8 copy of the fp32 ``proto`` (onnxruntime ``quantize_dynamic``: int8 weights per
+    tensor, activations quantised per batch), metadata kept."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="dataflywheel-int8-") as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(proto.SerializeToString())
+        quiet = logging.getLogger()  # "consider pre-processing before quantization": not for dynamic
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            # the fused onnxruntime ops carry no type information; their outputs are float
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            quiet.setLevel(level)
+        return onnx.load(str(target))
+
+
+def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False) -> Path:
+    """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``,
+    ``model.int8.onnx`` with ``int8``) and return the file written, through a temporary file
+    and a rename. Weights are embedded; the bundle itself is not touched."""
     path = Path(path)
     if path.suffix != ".onnx":
-        path = path / "model.onnx"
+        path = path / ("model.int8.onnx" if int8 else "model.onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(onnx_program(predictor).SerializeToString())
+    proto = onnx_program(predictor)
+    if int8:
+        proto = quantize_onnx(proto)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(proto.SerializeToString())
+    partial.replace(path)
     return path
 
 

@@ -52,7 +52,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from dataflywheel.config import FlywheelConfig, ServeConfig
+from dataflywheel.config import Backend, FlywheelConfig, ServeConfig
 from dataflywheel.errors import ConfigError, FlywheelError
 from dataflywheel.feedback.log import LogWriter, new_id
 from dataflywheel.serve.auth import BearerAuth
@@ -109,8 +109,8 @@ class ServeSettings:
     """Most log writes committed in one transaction."""
     threads: int | None = None
     """torch intra-op threads; None picks by model size (see dataflywheel.runtime)."""
-    backend: Literal["torch", "int8", "onnx"] = "torch"
-    """What runs the network: torch fp32, int8 dynamic quantisation, or ONNX Runtime."""
+    backend: Backend = "torch"
+    """What runs the network: torch fp32, int8 dynamic quantisation, ONNX Runtime fp32 or int8."""
 
     @classmethod
     def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:
