@@ -4,6 +4,7 @@ with any batch and sequence length, the comparison, ``flywheel export`` and serv
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import random
 from pathlib import Path
@@ -173,6 +174,57 @@ def test_export_command_writes_beside_the_bundle_and_compares(tabular: Path, tmp
     assert "wrote" in capsys.readouterr().out
     int8 = export(format="int8", config=tabular / "flywheel.yaml", compare=False)
     assert int8["path"] is None and "int8" in capsys.readouterr().out
+
+
+def test_export_command_writes_an_int8_onnx_file(text: Path) -> None:
+    import onnx
+
+    from dataflywheel.cli.export_command import export
+
+    result = export(format="onnx-int8", config=text / "flywheel.yaml", as_json=True)
+    path = Path(result["path"])
+    assert path.name == "model.int8.onnx"
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "MatMulInteger" in ops and "MatMul" not in ops - {"MatMulInteger"}  # attention is fused into MHA
+    predictor = champion(text)
+    df = test_split(text)
+    served = copy.copy(predictor)
+    served.model = OnnxModel(path)  # the written file runs, and agrees with fp32 on most labels
+    agree = np.mean(served.scores(df)[0].argmax(1) == predictor.scores(df)[0].argmax(1))
+    assert agree >= 0.9
+    assert result["comparison"]["backends"]["onnx-int8"]["label_agreement"] >= 0.9
+
+
+def test_skip_layer_norms_are_split_into_add_and_layer_norm() -> None:
+    """onnxruntime's CPU SkipLayerNormalization is slow; the split graph computes the same
+    output and the same residual sum (output 3, which pre-norm blocks read)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dataflywheel.export.onnx import _split_skip_layer_norms
+
+    rng = np.random.default_rng(0)
+    dim = 8
+    weights = [numpy_helper.from_array(rng.normal(size=dim).astype(np.float32), name)
+               for name in ("gamma", "beta", "bias")]
+    node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], ["y", "", "", "sum"],
+                            domain="com.microsoft", epsilon=1e-5)
+    after = helper.make_node("Mul", ["sum", "y"], ["z"])  # reads both outputs
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, dim]) for n in ("x", "skip", "z")]
+    graph = helper.make_graph([node, after], "g", info[:2], info[2:], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": rng.normal(size=(3, dim)).astype(np.float32), "skip": rng.normal(size=(3, dim)).astype(np.float32)}
+
+    def run(proto: Any) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=["SkipLayerNormFusion"])
+        return session.run(None, feeds)[0]
+
+    fused = run(model)
+    _split_skip_layer_norms(model.graph)
+    assert [n.op_type for n in model.graph.node] == ["Add", "Add", "LayerNormalization", "Mul"]
+    np.testing.assert_allclose(run(model), fused, atol=1e-5)
 
 
 # -- serving ---------------------------------------------------------------------------------
