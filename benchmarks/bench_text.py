@@ -285,6 +285,7 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=320)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="inference passes (best) and training runs each")
+    ap.add_argument("--infer-rounds", type=int, default=2, help="inference processes per backend, alternating (best)")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=10, help="per wrk run")
     ap.add_argument("--serve-repeats", type=int, default=2)
@@ -322,9 +323,12 @@ def main() -> None:
         if {"infer", "serve"} - set(args.skip):
             bundle, test = champion(project)
             if "infer" not in args.skip:
-                for backend in BACKENDS:
-                    infer[backend] = run_worker("infer", backend, args, bundle=str(bundle), test=str(test))
-                    console.print(f"  infer {backend}: {infer[backend]['rows_per_s']:.1f} rows/s")
+                for _ in range(args.infer_rounds):  # alternating processes: a busy spell hits every backend
+                    for backend in BACKENDS:
+                        r = run_worker("infer", backend, args, bundle=str(bundle), test=str(test))
+                        console.print(f"  infer {backend}: {r['rows_per_s']:.1f} rows/s")
+                        if backend not in infer or r["rows_per_s"] > infer[backend]["rows_per_s"]:
+                            infer[backend] = r
             if "serve" not in args.skip:
                 served = serve(project, bundle, test, args)
         report(console, Table, args, train, infer, served)
@@ -347,7 +351,8 @@ def report(console: Any, Table: Any, args: argparse.Namespace, train: dict[str, 
         console.print(t)
     if infer:
         t = Table(title=f"2. inference, fine-tuned MiniLM bundle, {infer['torch']['rows']} test texts, "
-                        f"{infer['torch']['threads']} threads (raw text in: tokenisation included)")
+                        f"{infer['torch']['threads']} threads (raw text in: tokenisation included; best of "
+                        f"{args.infer_rounds} processes x {args.repeats} passes)")
         for col in ("backend", "rows/s", "vs fp32", "macro-F1", "accuracy", "load s", "peak MB", "after imports MB"):
             t.add_column(col, justify="right")
         for backend, r in infer.items():
