@@ -229,6 +229,25 @@ def test_skip_layer_norms_are_split_into_add_and_layer_norm() -> None:
 
 # -- serving ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_an_onnx_served_model_leaves_torch_one_thread(tabular: Path, backend: str) -> None:
+    from dataflywheel.loop import as_config, open_project
+    from dataflywheel.serve.model import load_served_model
+
+    before = torch.get_num_threads()
+    project = open_project(as_config(tabular / "flywheel.yaml"))
+    try:
+        served = load_served_model(project, "champion", threads=2, backend=backend)
+        if backend == "torch":
+            assert torch.get_num_threads() == 2 and served.network is None
+        else:  # onnxruntime has the two threads; torch only shapes small tensors
+            assert torch.get_num_threads() == 1 and served.network.threads == 2
+        records = test_split(tabular).drop("target").head(3).to_dicts()
+        assert len(served.forward(records)) == 3
+    finally:
+        project.close()
+        torch.set_num_threads(before)
+
 def test_server_on_the_onnx_backend_answers_predict(tabular: Path) -> None:
     from dataflywheel.serve.app import create_app
     from dataflywheel.serve.model import build_served_model
