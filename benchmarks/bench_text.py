@@ -149,6 +149,7 @@ def worker_infer(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     import polars as pl
     from sklearn.metrics import f1_score
 
+    from dataflywheel.config import ONNX_BACKENDS
     from dataflywheel.export.backends import with_backend
     from dataflywheel.registry.predictor import Predictor
     from dataflywheel.runtime import set_threads
@@ -159,7 +160,7 @@ def worker_infer(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     predictor = with_backend(Predictor.load(bundle), backend, threads=threads)  # onnx: exported here
     load_s = time.perf_counter() - started
-    if backend.startswith("onnx"):  # as flywheel serve does: onnxruntime has the threads
+    if backend in ONNX_BACKENDS:  # as flywheel serve does: onnxruntime has the threads
         import torch
 
         torch.set_num_threads(1)

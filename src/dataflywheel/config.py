@@ -20,6 +20,8 @@ FeatureType = Literal["number", "category", "binary", "text", "datetime"]
 Task = Literal["auto", "binary", "multiclass", "regression"]
 Backend = Literal["torch", "int8", "onnx", "onnx-int8"]
 """What runs a served model's network (``serve.backend``); see :mod:`dataflywheel.export`."""
+ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
+"""The backends that run an ONNX export on onnxruntime."""
 AnomalyKind = Literal[
     "missing_column", "extra_column", "type_change", "out_of_range", "unseen_category", "missing_jump"
 ]

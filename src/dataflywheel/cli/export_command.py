@@ -33,16 +33,17 @@ def export(
 ) -> dict[str, Any]:
     """Export a model for faster CPU inference and show what each backend costs in accuracy."""
     from dataflywheel.export.backends import compare_backends
-    from dataflywheel.export.onnx import export_onnx
+    from dataflywheel.export.onnx import export_onnx, onnx_program
 
     predictor, test = _load(model, config, compare)
     result: dict[str, Any] = {"version": predictor.version, "format": format, "path": None}
-    if format != "int8":
+    fp32 = None
+    if format != "int8":  # one fp32 export for the file and for both onnx rows of the comparison
+        fp32 = onnx_program(predictor)
         path = export_onnx(predictor, output if output is not None else predictor.folder / "exports",
-                           int8=format == "onnx-int8")
+                           int8=format == "onnx-int8", program=fp32)
         result["path"] = str(path)
-    if test is not None:  # the onnx-int8 row quantises the fp32 export again: the file must be fp32
-        fp32 = result["path"] if format == "onnx" else None
+    if test is not None:
         result["comparison"] = compare_backends(predictor, test, onnx_file=fp32)
     if as_json:
         typer.echo(json.dumps(result, indent=2, allow_nan=False))

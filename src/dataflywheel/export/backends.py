@@ -15,14 +15,19 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import polars as pl
 from torch import nn
 
-from dataflywheel.config import Backend
+from dataflywheel.config import ONNX_BACKENDS, Backend
 from dataflywheel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    OnnxSource = str | Path | ModelProto | None
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 REPORTED = ("accuracy", "f1", "macro_f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
@@ -34,12 +39,12 @@ def n_params(model: nn.Module) -> int:
 
 
 def backend_model(predictor: Any, backend: Backend, *, threads: int | None = None,
-                  onnx_file: str | Path | Any = None) -> nn.Module:
+                  onnx_file: OnnxSource = None) -> nn.Module:
     """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy of
     its inference network (``int8``), or an onnxruntime session over its fp32 export (``onnx``)
     or that export quantised (``onnx-int8``). ``onnx_file``: an fp32 export of this bundle (a file
-    or an ``onnx.ModelProto``) to use instead of exporting now. ``threads`` is onnxruntime's intra-op thread count, chosen by
-    model size when None as for torch."""
+    or an ``onnx.ModelProto``) to use instead of exporting now. ``threads`` is onnxruntime's
+    intra-op thread count, chosen by model size when None as for torch."""
     if backend == "torch":
         return predictor.model
     if backend == "int8":
@@ -47,7 +52,7 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
         from dataflywheel.export.quantize import quantized_copy
 
         return quantized_copy(inference_network(predictor.model))
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         import onnx
 
         from dataflywheel.export.onnx import OnnxModel, onnx_program, quantize_onnx
@@ -67,7 +72,7 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
 
 
 def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None,
-                 onnx_file: str | Path | Any = None) -> Any:
+                 onnx_file: OnnxSource = None) -> Any:
     """A shallow copy of ``predictor`` whose ``predict``/``scores`` run on ``backend``."""
     if backend == "torch":
         return predictor
@@ -78,7 +83,7 @@ def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None
 
 def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backend, ...] = BACKENDS,
                      target: str | None = None, batch_size: int = 64, repeats: int = 3,
-                     threads: int | None = None, onnx_file: str | Path | Any = None) -> dict[str, Any]:
+                     threads: int | None = None, onnx_file: OnnxSource = None) -> dict[str, Any]:
     """Each backend on the rows of ``df``: its metrics (when ``df`` holds the ``target`` column,
     default the bundle schema's), the largest absolute difference of its scores from fp32 torch
     (probabilities; values for regression), the share of labels that agree with fp32, and
@@ -89,7 +94,7 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
 
     target = target or predictor.schema.target
     n_threads = set_threads(threads, n_params(predictor.model))
-    if onnx_file is None and {"onnx", "onnx-int8"} & set(backends):
+    if onnx_file is None and set(ONNX_BACKENDS) & set(backends):
         from dataflywheel.export.onnx import onnx_program
 
         onnx_file = onnx_program(predictor)  # one export for both onnx rows

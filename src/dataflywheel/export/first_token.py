@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataflywheel.errors import ModelError
+
 
 class FirstTokenBert(nn.Module):
     """``(numeric, categorical, tokens, attention_mask) -> logits`` over a BERT classifier's own
@@ -35,7 +37,7 @@ class FirstTokenBert(nn.Module):
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if tokens is None:
-            raise ValueError("a pretrained model needs token ids")
+            raise ModelError("a pretrained model needs token ids", fix="pass the text column")
         bert = self.hf.bert
         hidden = bert.embeddings(input_ids=tokens)  # (B, T, D)
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask

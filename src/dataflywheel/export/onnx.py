@@ -158,15 +158,16 @@ def quantize_onnx(proto: Any) -> Any:
         return onnx.load(str(target))
 
 
-def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False) -> Path:
+def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False, program: Any = None) -> Path:
     """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``,
     ``model.int8.onnx`` with ``int8``) and return the file written, through a temporary file
-    and a rename. Weights are embedded; the bundle itself is not touched."""
+    and a rename. ``program``: this bundle's :func:`onnx_program`, if the caller has it already.
+    Weights are embedded; the bundle itself is not touched."""
     path = Path(path)
     if path.suffix != ".onnx":
         path = path / ("model.int8.onnx" if int8 else "model.onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    proto = onnx_program(predictor)
+    proto = program if program is not None else onnx_program(predictor)
     if int8:
         proto = quantize_onnx(proto)
     partial = path.with_name(path.name + ".partial")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from dataflywheel.config import PrivacyConfig
+from dataflywheel.config import ONNX_BACKENDS, PrivacyConfig
 from dataflywheel.models.predict import as_inputs, logits_to_output, predict_logits
 from dataflywheel.registry.predictor import Predictor
 from dataflywheel.serve.schemas import record_model, served_columns
@@ -174,6 +174,6 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
     n_threads = set_threads(threads, n_params)
     served = build_served_model(predictor, info.version, info.metrics, privacy, backend=backend, threads=n_threads)
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         torch.set_num_threads(1)
     return served
