@@ -35,6 +35,7 @@ def test_minimal_config_gets_defaults() -> None:
         ("data.splitt", {}, "data.splitt: unknown key; remove it or check its spelling"),
         ("train.optimizer", "rmsprop", "train.optimizer: must be one of"),
         ("train.epochs", 0, "train.epochs:"),
+        ("train.device", "gpu", "train.device: must be auto, cpu, cuda or cuda:N (got 'gpu')"),
         ("data.processing.clip_quantiles", [0.9, 0.1], "data.processing.clip_quantiles: must be two quantiles"),
         ("data.split.train", 0.5, "data.split: train + valid + test must sum to 1"),
         ("modle", {}, "modle: unknown key"),

@@ -32,7 +32,7 @@ TOPICS = {
 }
 
 
-def save_tiny_bert(folder: Path, seed: int) -> Path:
+def save_tiny_bert(folder: Path, seed: int, dtype: torch.dtype = torch.float32) -> Path:
     from transformers import BertConfig, BertModel
     from transformers.utils import logging
 
@@ -40,7 +40,7 @@ def save_tiny_bert(folder: Path, seed: int) -> Path:
                         intermediate_size=64, max_position_embeddings=64)
     torch.manual_seed(seed)
     logging.disable_progress_bar()
-    BertModel(config).save_pretrained(folder)
+    BertModel(config).to(dtype).save_pretrained(folder)
     for name in TOKENIZER_FILES:
         shutil.copy(MINILM / name, folder / name)
     return folder
@@ -134,6 +134,14 @@ def test_each_mode_trains_exactly_its_parameters(tiny_base: Path, tmp_path: Path
     query = next(n for n in before if n.endswith("layer.0.attention.self.query.weight")
                  or n.endswith("layer.0.attention.self.query.base_layer.weight"))
     assert (query in changed) == (finetune == "full")
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_half_precision_base_trains_in_fp32(tmp_path: Path, finetune: str) -> None:
+    # Many bases ship in bf16; Adam on bf16 weights would drop small updates (train.bf16 is autocast).
+    base = save_tiny_bert(tmp_path / "bf16-bert", seed=0, dtype=torch.bfloat16)
+    model = build(base, finetune)[-1]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("finetune", ["full", "frozen", "lora"])

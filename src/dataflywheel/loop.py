@@ -126,6 +126,7 @@ def train_and_register(
         "run_key": key,
         "seed": cfg.train.seed,
         "threads": history.threads,
+        "device": history.device,
         "n_params": trained.n_params,
         "resumed_from_epoch": history.resumed_from,
         "truncated_texts": trained.truncated or {},

@@ -1,4 +1,4 @@
-"""Process-wide runtime settings: torch's intra-op thread count.
+"""Process-wide runtime settings: torch's intra-op thread count, and the training device.
 
 On a small shared machine torch's default (one thread per core, busy-waiting) can slow a small
 model 50x when a neighbour process is busy. We choose the count deliberately: an explicit
@@ -8,6 +8,10 @@ setting wins; otherwise small models get one thread and large ones up to the ava
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # Parameter count above which extra threads pay for their synchronisation cost.
 LARGE_MODEL_PARAMS = 5_000_000
@@ -41,3 +45,38 @@ def set_threads(requested: int | None, n_params: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def resolve_device(name: str = "auto", where: str = "train.device") -> torch.device:
+    """The torch device for ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``): ``auto`` is the
+    current CUDA GPU when torch sees one, else the CPU; a CUDA device always has its index. A CUDA device torch cannot see is a
+    :class:`~dataflywheel.errors.ConfigError` naming ``where``."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is None and count:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if (device.index or 0) >= count:
+            from dataflywheel.errors import ConfigError
+
+            seen = f"{count} CUDA device(s)" if count else "no CUDA device (a CPU build of torch, or no GPU)"
+            raise ConfigError(f"{name!r} is not available: torch sees {seen}", where=where,
+                              fix="set it to auto or cpu, or run where that GPU is")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: CUDA from compute capability 8.0 (Ampere), a CPU
+    with oneDNN bf16 support; elsewhere autocast would emulate it, slower than fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

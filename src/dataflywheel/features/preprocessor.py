@@ -33,7 +33,8 @@ from dataflywheel.features.encoders import (
     Encoder,
     NumberEncoder,
 )
-from dataflywheel.features.text import Ragged, TextEncoder
+from dataflywheel.features.ragged import Ragged
+from dataflywheel.features.text import TextEncoder
 
 if TYPE_CHECKING:
     from dataflywheel.config import FeatureConfig

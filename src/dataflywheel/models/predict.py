@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from dataflywheel.features.text import Ragged
+    from dataflywheel.features.ragged import Ragged
 
 ArrayLike = torch.Tensor | np.ndarray | Any
 TEXT_BATCH = 64

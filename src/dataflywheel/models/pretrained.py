@@ -306,7 +306,10 @@ def build_pretrained(
     try:
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(str(folder), num_labels=n_outputs, local_files_only=True)
-            hf = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True)
+            # fp32 whatever the files hold: many bases ship in bf16/fp16, and Adam on half-precision
+            # weights loses small updates; train.bf16 gives half-precision compute under autocast.
+            hf = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True,
+                                                                    dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the base model ({exc})", where=f"base model {folder}",
                          fix="give a Hugging Face encoder folder (config.json and weights)") from None

@@ -180,7 +180,7 @@ def snapshot(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         "best": {"metric": state.best_metric, "value": state.best_value, "epoch": state.best_epoch},
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "shuffle": state.generator.get_state()},
+        "rng": {"torch": torch.get_rng_state(), "shuffle": state.generator.get_state(), **_cuda_rng(state)},
         "callbacks": {key: cb.state_dict() for key, cb in state.keyed_callbacks()},
         "history": state.history,
         "config": state.cfg.model_dump(mode="json"),
@@ -199,6 +199,8 @@ def restore(state: TrainState, weights: dict[str, torch.Tensor], saved: dict[str
     if state.scheduler is not None and saved.get("scheduler") is not None:
         state.scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and _model_device(state).type == "cuda":
+        torch.cuda.set_rng_state(saved["rng"]["cuda"], _model_device(state))
     state.generator.set_state(saved["rng"]["shuffle"])
     state.epoch, state.step, state.stop = saved["epoch"], saved["step"], saved["stopped"]
     best = saved.get("best") or {}
@@ -212,3 +214,15 @@ def restore(state: TrainState, weights: dict[str, torch.Tensor], saved: dict[str
     for key, cb in state.keyed_callbacks():
         if key in stored:
             cb.load_state_dict(stored[key])
+
+
+def _model_device(state: TrainState) -> torch.device:
+    param = next(state.model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _cuda_rng(state: TrainState) -> dict[str, torch.Tensor]:
+    """The GPU's generator (dropout masks) when the model trains on one, so a resumed run draws
+    the same masks as an uninterrupted one."""
+    device = _model_device(state)
+    return {"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}

@@ -4,7 +4,8 @@ Mini-batches come from a shuffled index permutation over in-memory tensors (no D
 at tabular sizes its per-batch overhead rivals the model's own cost); text batches are padded
 per batch and drawn length-bucketed (:mod:`dataflywheel.train.batching`). Gradient
 accumulation, ``max_steps``, step-wise evaluation, bf16 autocast and ``torch.compile`` are
-settings of the same loop. Everything optional (early stopping, checkpoints, progress) is a
+settings of the same loop, which runs on the CPU or a CUDA GPU (``train.device``): the data
+tensors move to the device once, text batches as they are padded. Everything optional (early stopping, checkpoints, progress) is a
 callback; the loop itself only steps.
 """
 
@@ -25,9 +26,9 @@ from torch import nn
 
 from dataflywheel.config import TrainConfig, resolve_early_stopping
 from dataflywheel.errors import DataError
-from dataflywheel.features.text import Ragged
+from dataflywheel.features.ragged import Ragged
 from dataflywheel.models.predict import logits_to_output, predict_logits
-from dataflywheel.runtime import set_threads
+from dataflywheel.runtime import bf16_supported, resolve_device, set_threads
 from dataflywheel.train.callbacks import (
     Callback,
     Checkpoint,
@@ -67,11 +68,12 @@ class Batchable:
         if self.tokens is None:
             return model(self.numeric[idx], self.categorical[idx])
         ids, mask = self.tokens.pad(idx.numpy(), self.pad_id)
+        device = self.numeric.device
         return model(
             self.numeric[idx],
             self.categorical[idx],
-            tokens=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
+            tokens=torch.from_numpy(ids).to(device, non_blocking=True),
+            attention_mask=torch.from_numpy(mask).to(device, non_blocking=True),
         )
 
 
@@ -85,6 +87,8 @@ class History:
     threads: int
     resumed_from: int | None
     seconds: float
+    device: str = "cpu"
+    """Where the model was trained (``cpu``, ``cuda:0``)."""
     evals: list[dict[str, Any]] = field(default_factory=list)
     """With ``eval_every_steps``: one log dict per evaluation (step, epoch, val_loss, ...)."""
     reached_max_steps: bool = False
@@ -105,7 +109,8 @@ def fit(
 ) -> History:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return its :class:`History`.
 
-    Deterministic on CPU for a given ``cfg.seed`` (the caller seeds the model's initialisation).
+    The model moves to ``cfg.device`` and stays there. Deterministic on CPU for a given
+    ``cfg.seed`` (the caller seeds the model's initialisation).
     ``metrics`` are computed on ``valid`` after every epoch and logged as ``val_<name>``; with
     ``cfg.eval_every_steps`` also every N optimiser steps (``History.evals``, callbacks'
     ``on_evaluate``). One optimiser step takes ``cfg.grad_accumulation`` mini-batches of
@@ -114,9 +119,11 @@ def fit(
     adds :class:`Checkpoint`; ``resume=True`` continues from its latest checkpoint, if any.
     """
     started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model.to(device)
     dtype = _float_dtype(model)
-    train = _prepare(train, task, dtype, "train")
-    valid = _prepare(valid, task, dtype, "valid") if valid is not None and len(valid) else None
+    train = _prepare(train, task, dtype, "train", device)
+    valid = _prepare(valid, task, dtype, "valid", device) if valid is not None and len(valid) else None
     n_params = sum(p.numel() for p in model.parameters())
     threads = set_threads(cfg.threads, n_params)
     torch.manual_seed(cfg.seed)
@@ -182,19 +189,12 @@ def fit(
         else _lowest_val_loss(state.history),
         stopped_early=state.stop and state.epoch < state.epochs and not runner.reached_max_steps,
         threads=threads,
+        device=str(device),
         resumed_from=resumed_from,
         seconds=time.perf_counter() - started,
         evals=state.evals,
         reached_max_steps=runner.reached_max_steps,
     )
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 natively (oneDNN); elsewhere autocast would emulate it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class _Runner:
@@ -210,9 +210,11 @@ class _Runner:
         self.forward: Callable[..., torch.Tensor] = state.model
         if cfg.compile:
             self.forward = torch.compile(state.model, dynamic=train.tokens is not None)
-        self.bf16 = cfg.bf16 and bf16_supported()
+        self.device_type = train.y.device.type
+        self.bf16 = cfg.bf16 and bf16_supported(train.y.device)
         if cfg.bf16 and not self.bf16:
-            warnings.warn("train.bf16: this CPU has no native bfloat16; training in float32", stacklevel=3)
+            warnings.warn(f"train.bf16: this {self.device_type} has no native bfloat16; training in float32",
+                          stacklevel=3)
         self.lengths = (
             torch.from_numpy(train.tokens.lengths)
             if train.tokens is not None and cfg.bucket_by_length
@@ -258,6 +260,7 @@ def train_epoch(
     group = optimizer.param_groups[0]
     forward = runner.forward if runner is not None else model
     bf16 = runner is not None and runner.bf16
+    device_type = runner.device_type if runner is not None else "cpu"
     model.train()
     if batches is None:
         batches = batch_order(len(data), cfg.batch_size, state.generator)
@@ -277,7 +280,7 @@ def train_epoch(
             if tabular:  # the common case, kept free of per-step indirection
                 loss = loss_fn(forward(numeric[idx], categorical[idx]), y[idx])
             elif bf16:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(device_type, dtype=torch.bfloat16):
                     loss = loss_fn(data.forward(forward, idx), y[idx])
             else:
                 loss = loss_fn(data.forward(forward, idx), y[idx])
@@ -353,7 +356,7 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str) -> Batchable:
+def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str, device: torch.device) -> Batchable:
     n = len(data)
     if n == 0:
         raise DataError(
@@ -367,7 +370,8 @@ def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str) -> Batch
             where=name,
         )
     y = data.y.long() if task == "multiclass" else data.y.to(dtype)
-    return Batchable(data.numeric.to(dtype), data.categorical.long(), y, data.tokens, data.pad_id)
+    return Batchable(data.numeric.to(device, dtype), data.categorical.to(device, torch.long), y.to(device),
+                     data.tokens, data.pad_id)
 
 
 def _lowest_val_loss(history: list[Logs]) -> int | None:

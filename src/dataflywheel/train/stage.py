@@ -152,5 +152,6 @@ def train_on_dataset(
         resume=resume,
         progress=progress,
     )
+    model.cpu()  # evaluation, the bundle and serving run on the CPU, whatever train.device was
     n_params = sum(p.numel() for p in model.parameters())
     return Trained(model, spec, task, pre, target_enc, schema, history, n_params, truncated)
