@@ -307,7 +307,7 @@ def train_epoch(
     if not losses:
         return {"loss": float("nan"), "lr": float(lr)}
     weights = torch.tensor(sizes, dtype=torch.float64)
-    mean = float((torch.stack(losses).to(torch.float64) * weights).sum() / weights.sum())
+    mean = float((torch.stack(losses).cpu().to(torch.float64) * weights).sum() / weights.sum())
     return {"loss": mean, "lr": float(lr)}
 
 
