@@ -194,6 +194,58 @@ def test_export_command_writes_an_int8_onnx_file(text: Path) -> None:
     assert agree >= 0.9
     assert result["comparison"]["backends"]["onnx-int8"]["label_agreement"] >= 0.9
 
+    from dataflywheel.export import onnx as onnx_export
+
+    def no_export(predictor: Any) -> None:
+        raise AssertionError("a server should load the file flywheel export wrote")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "onnx_program", no_export)
+        cached = with_backend(champion(text), "onnx-int8")
+    np.testing.assert_array_equal(cached.scores(df)[0], served.scores(df)[0])
+
+
+def test_an_onnx_export_is_cached_in_the_bundle_and_rebuilt_when_stale(
+        tabular: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from dataflywheel.export import onnx as onnx_export
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(champion(tabular).folder, bundle, ignore=shutil.ignore_patterns("exports"))
+    df = test_split(tabular)
+    first = with_backend(Predictor.load(bundle), "onnx-int8").scores(df)[0]
+    cached = bundle / "exports" / "model.int8.onnx"
+    assert cached.is_file() and not (bundle / "exports" / "model.onnx").exists()
+    verify_bundle(bundle)  # the manifest's files are untouched
+
+    exports: list[int] = []
+    real = onnx_export.onnx_program
+    monkeypatch.setattr(onnx_export, "onnx_program", lambda p: exports.append(1) or real(p))
+    again = with_backend(Predictor.load(bundle), "onnx-int8").scores(df)[0]
+    assert exports == []  # loaded, not exported
+    np.testing.assert_array_equal(again, first)
+
+    monkeypatch.setattr(onnx_export, "EXPORT_REVISION", onnx_export.EXPORT_REVISION + 1)  # a newer exporter
+    with_backend(Predictor.load(bundle), "onnx-int8")
+    assert exports == [1]
+    with_backend(Predictor.load(bundle), "onnx-int8")
+    assert exports == [1]  # the rebuilt file carries the new key
+
+    cached.write_bytes(cached.read_bytes()[:200])  # damaged: rebuilt, never trusted
+    rebuilt = with_backend(Predictor.load(bundle), "onnx-int8").scores(df)[0]
+    assert exports == [1, 1] and cached.stat().st_size > 200
+    np.testing.assert_array_equal(rebuilt, first)
+
+    def read_only(proto: Any, path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(onnx_export, "_write", read_only)
+    with pytest.warns(UserWarning, match="could not cache the ONNX export .*Permission denied"):
+        fp32 = with_backend(Predictor.load(bundle), "onnx")  # nothing cached yet for fp32
+    np.testing.assert_allclose(fp32.scores(df)[0], Predictor.load(bundle).scores(df)[0], atol=1e-5)
+    assert not (bundle / "exports" / "model.onnx").exists()
+
 
 def test_skip_layer_norms_are_split_into_add_and_layer_norm() -> None:
     """onnxruntime's CPU SkipLayerNormalization is slow; the split graph computes the same

@@ -55,17 +55,20 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
     if backend in ONNX_BACKENDS:
         import onnx
 
-        from dataflywheel.export.onnx import OnnxModel, onnx_program, quantize_onnx
+        from dataflywheel.export.onnx import OnnxModel, cached_export, export_proto, keep_export, quantize_onnx
         from dataflywheel.runtime import choose_threads
 
         n_threads = choose_threads(threads, n_params(predictor.model))
+        int8 = backend == "onnx-int8"
         if onnx_file is None:
-            proto = onnx_program(predictor)
-        elif isinstance(onnx_file, onnx.ModelProto):
-            proto = onnx_file
-        else:
-            proto = onnx.load(str(onnx_file))
-        if backend == "onnx-int8":
+            cached = cached_export(predictor, int8)
+            if cached is not None:
+                return OnnxModel(cached, threads=n_threads)
+            proto = export_proto(predictor, int8)
+            keep_export(predictor, proto, int8)
+            return OnnxModel(proto.SerializeToString(), threads=n_threads)
+        proto = onnx_file if isinstance(onnx_file, onnx.ModelProto) else onnx.load(str(onnx_file))
+        if int8:
             proto = quantize_onnx(proto)
         return OnnxModel(proto.SerializeToString(), threads=n_threads)
     raise ConfigError(f"must be one of {list(BACKENDS)} (got {backend!r})", where="serve.backend")
