@@ -176,6 +176,13 @@ def resolve_early_stopping(
     return metric, mode
 
 
+def check_device(name: str) -> str:
+    """A torch device name this project accepts: auto, cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {name!r})")
+    return name
+
+
 class TrainConfig(Section):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -210,9 +217,7 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N (got {v!r})")
-        return v
+        return check_device(v)
 
 
 class EvaluateConfig(Section):
@@ -270,6 +275,14 @@ class ServeConfig(Section):
     once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
     swap_poll_seconds: float = Field(1.0, gt=0)
     """How often the server checks whether its alias moved (hot swap)."""
+    device: str = "auto"
+    """Where the torch backend runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu,
+    cuda or cuda:N. The int8 and ONNX Runtime backends run on the CPU."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
     backend: Backend = "torch"
     """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
     dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8

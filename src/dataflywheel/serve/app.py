@@ -111,6 +111,8 @@ class ServeSettings:
     """torch intra-op threads; None picks by model size (see dataflywheel.runtime)."""
     backend: Backend = "torch"
     """What runs the network: torch fp32, int8 dynamic quantisation, ONNX Runtime fp32 or int8."""
+    device: str = "auto"
+    """Where the torch backend runs: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N."""
 
     @classmethod
     def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:
@@ -138,7 +140,8 @@ class Server:
         self.project = open_project(cfg)
         try:
             self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads,
-                                                        privacy=cfg.privacy, backend=settings.backend)
+                                                        privacy=cfg.privacy, backend=settings.backend,
+                                                        device=settings.device)
         except BaseException:
             self.project.close()
             raise
@@ -178,7 +181,7 @@ class Server:
 
     def _load(self, version: int) -> ServedModel:
         return load_served_model(self.project, version, threads=self.settings.threads, privacy=self.cfg.privacy,
-                                 backend=self.settings.backend)
+                                 backend=self.settings.backend, device=self.settings.device)
 
     def _install(self, model: ServedModel, version: int) -> None:
         self.model = model  # one reference assignment: atomic for every reader

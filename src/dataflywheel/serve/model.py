@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel
 
 from dataflywheel.config import ONNX_BACKENDS, PrivacyConfig
+from dataflywheel.errors import ConfigError
 from dataflywheel.models.predict import as_inputs, logits_to_output, predict_logits
 from dataflywheel.registry.predictor import Predictor
 from dataflywheel.serve.schemas import record_model, served_columns
@@ -52,6 +53,8 @@ class ServedModel:
     network: Any | None = None
     """What runs the forward pass when not the predictor's own model (int8 or onnx backend)."""
     backend: str = "torch"
+    device: str = "cpu"
+    """Where the network runs (``serve.device``): ``cpu`` or ``cuda:N``."""
 
     @property
     def text_columns(self) -> list[str]:
@@ -127,6 +130,7 @@ class ServedModel:
             "metrics": self.metrics,
             "redacted_fields": list(self.redact_columns),
             "backend": self.backend,
+            "device": self.device,
             "schema": schema.to_dict(),
         }
 
@@ -155,10 +159,26 @@ def build_served_model(predictor: Predictor, version: int | None, metrics: dict[
     return replace(served, redactor=privacy_redactor(privacy), redact_columns=tuple(wanted))
 
 
+def serve_device(name: str, backend: str) -> torch.device:
+    """The device for ``serve.device`` with ``backend``: the torch backend runs where
+    :func:`~dataflywheel.runtime.resolve_device` says; int8 and ONNX Runtime run on the CPU, so
+    ``auto`` means the CPU for them and a CUDA device is a :class:`ConfigError`."""
+    from dataflywheel.runtime import resolve_device
+
+    if backend == "torch":
+        return resolve_device(name, where="serve.device")
+    if name not in ("auto", "cpu"):
+        raise ConfigError(f"{name!r} runs the torch backend only; the {backend} backend runs on the CPU",
+                          where="serve.device", fix="set serve.backend: torch, or serve.device: cpu")
+    return torch.device("cpu")
+
+
 def load_served_model(project: Project, ref: str | int, *, threads: int | None = None,
-                      privacy: PrivacyConfig | None = None, backend: str = "torch") -> ServedModel:
-    """Resolve ``ref`` (alias or version), load and verify its bundle, set torch's threads and
-    build the ``backend``'s network (``serve.backend``).
+                      privacy: PrivacyConfig | None = None, backend: str = "torch",
+                      device: str = "cpu") -> ServedModel:
+    """Resolve ``ref`` (alias or version), load and verify its bundle, move it to ``device``
+    (``serve.device``, see :func:`serve_device`), set torch's threads and build the ``backend``'s
+    network (``serve.backend``).
 
     With an ONNX backend, onnxruntime gets the threads and torch is left one: torch then only
     shapes small tensors, and an op that opens torch's thread pool right after an onnxruntime
@@ -168,12 +188,15 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     from dataflywheel.registry import versions
     from dataflywheel.runtime import set_threads
 
+    where = serve_device(device, backend)
     info = versions.resolve(project, ref)
     predictor = Predictor.load(project.artifacts.path(info.artifact))
+    predictor.model.to(where)
     predictor.version = info.version
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
     n_threads = set_threads(threads, n_params)
-    served = build_served_model(predictor, info.version, info.metrics, privacy, backend=backend, threads=n_threads)
+    served = replace(build_served_model(predictor, info.version, info.metrics, privacy, backend=backend,
+                                        threads=n_threads), device=str(where))
     if backend in ONNX_BACKENDS:
         torch.set_num_threads(1)
     return served
