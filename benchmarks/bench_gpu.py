@@ -13,13 +13,17 @@
    is shown with the peak GPU memory of each.
 3. The examples/bbc-news training on the GPU: LoRA on MiniLM, the example's split and settings,
    in fp32 and bf16; wall time of `fit` and the test macro-F1.
+4. `--parts serve` (needs the whole project installed, polars and SQLAlchemy too): `flywheel run`
+   on a BBC project with a from-scratch encoder trains on the GPU (`train.device: auto`); the
+   champion is then served in process on the GPU and on the CPU (`serve.device`), checked to give
+   the same predictions and a complete explanation, and timed (records/s in batches of 16).
 
     python benchmarks/bench_gpu.py                       # needs a CUDA GPU
     python benchmarks/bench_gpu.py --device cpu --quick  # the same code path, tiny, on a CPU
     python benchmarks/bench_gpu.py --write-data bbc.jsonl.gz   # BBC as one file, for a machine without the packages
 
-Needs torch, transformers, peft, tokenizers, safetensors, scikit-learn and pydantic; not polars
-(`--data` and `--minilm` point at copies of the BBC corpus and the MiniLM folder).
+Parts 1-3 need torch, transformers, peft, tokenizers, safetensors, scikit-learn and pydantic, not
+polars (`--data` and `--minilm` point at copies of the BBC corpus and the MiniLM folder).
 """
 
 from __future__ import annotations
@@ -299,6 +303,63 @@ def bbc_example(args: argparse.Namespace, minilm: Path, tok: Any, rows: list[dic
     return out
 
 
+# ---------------------------------------------------------------- 4. flywheel run and serving on the GPU
+
+SERVE_YAML = """\
+project: gpu-serve
+data:
+  source: bbc.csv
+  target: topic
+  features: [{name: text, type: text, max_length: 256, vocab_size: 8000}]
+  split: {train: 0.7, valid: 0.15, test: 0.15, seed: 42}
+model: {type: transformer, params: {n_layer: 4, n_head: 4, d_model: 256, dropout: 0.1}}
+train: {epochs: 6, batch_size: 32, optimizer: adamw, lr: 0.001, seed: 0, early_stopping: null}
+evaluate: {metric: macro_f1}
+"""
+
+
+def serve_part(args: argparse.Namespace, rows: list[dict[str, str]], scratch: Path) -> dict[str, Any]:
+    import polars as pl
+
+    from dataflywheel.config import load_config
+    from dataflywheel.explain.attributions import explain_records
+    from dataflywheel.loop import open_project, run
+    from dataflywheel.serve.model import load_served_model
+
+    folder = scratch / "serve"
+    folder.mkdir()
+    pl.DataFrame(rows).write_csv(folder / "bbc.csv")
+    (folder / "flywheel.yaml").write_text(SERVE_YAML)
+    started = time.perf_counter()
+    result = run(folder / "flywheel.yaml", progress=False)
+    run_s = time.perf_counter() - started
+    project = open_project(load_config(folder / "flywheel.yaml"))
+    records = [{"text": r["text"]} for r in rows[: args.serve_rows]]
+    out: dict[str, Any] = {"flywheel_run_s": run_s, "test_macro_f1": result.metrics.get("macro_f1")}
+    served = {}
+    try:
+        for device in ("auto", "cpu"):
+            model = load_served_model(project, "champion", device=device)
+            model.forward(records[:16])  # warm-up
+            started = time.perf_counter()
+            answers = [a for i in range(0, len(records), 16) for a in model.forward(records[i : i + 16])]
+            seconds = time.perf_counter() - started
+            served[device] = (model, answers)
+            out["trained_on"] = json.loads((model.predictor.folder / "lineage.json").read_text()).get("device")
+            out[f"served_on_{device}"] = model.device
+            out[f"records_per_s_{device}"] = len(records) / seconds
+        (gpu, on_gpu), (_, on_cpu) = served["auto"], served["cpu"]
+        out["labels_equal"] = [a["prediction"] for a in on_gpu] == [a["prediction"] for a in on_cpu]
+        out["max_probability_diff"] = max(abs(a["probabilities"][k] - b["probabilities"][k])
+                                           for a, b in zip(on_gpu, on_cpu, strict=True) for k in a["probabilities"])
+        explained = explain_records(gpu.predictor, records[:2])
+        out["explanation_convergence_delta"] = max(abs(e["convergence_delta"]) for e in explained)
+        out["explanation_tokens"] = [len(e["attributions"]) for e in explained]
+    finally:
+        project.close()
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -317,6 +378,8 @@ def main() -> None:
     parser.add_argument("--check-rows", type=int, default=160)
     parser.add_argument("--bbc-epochs", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["checks", "throughput", "bbc"])
+    parser.add_argument("--parts", nargs="*", default=[], choices=["serve"], help="extra parts (need the whole project)")
+    parser.add_argument("--serve-rows", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to try the code path on a CPU")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
@@ -325,7 +388,7 @@ def main() -> None:
         return
     if args.quick:
         args.max_length, args.batch_size, args.steps, args.big_steps, args.rounds = 32, 8, 3, 2, 1
-        args.geometries, args.check_rows, args.bbc_epochs = [], 48, 1
+        args.geometries, args.check_rows, args.bbc_epochs, args.serve_rows = [], 48, 1, 32
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
     from transformers.utils import logging
@@ -358,6 +421,16 @@ def main() -> None:
         if "bbc" not in args.skip:
             print("BBC example (LoRA MiniLM, the example's split and settings):", flush=True)
             results["bbc"] = bbc_example(args, args.minilm, tok, rows, classes)
+        if "serve" in args.parts:
+            print("flywheel run and serving on the device:", flush=True)
+            results["serve"] = serve_part(args, rows, Path(scratch))
+            print("  " + json.dumps(results["serve"]), flush=True)
+            serve = results["serve"]
+            ok = (serve["labels_equal"] and serve["max_probability_diff"] < 1e-3
+                  and serve["explanation_convergence_delta"] < 0.05)
+            print(f"  [{'pass' if ok else 'FAIL'}] served on the device like on the CPU, explanations complete",
+                  flush=True)
+            failed |= not ok
         if "throughput" not in args.skip:
             print(f"fine-tuning throughput (batch {args.batch_size}, max_length {args.max_length}):", flush=True)
             results["throughput"] = throughput(args, args.minilm, tok, rows, classes, Path(scratch))
