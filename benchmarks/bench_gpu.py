@@ -426,8 +426,10 @@ def main() -> None:
             results["serve"] = serve_part(args, rows, Path(scratch))
             print("  " + json.dumps(results["serve"]), flush=True)
             serve = results["serve"]
+            on_device = torch.device(args.device).type
             ok = (serve["labels_equal"] and serve["max_probability_diff"] < 1e-3
-                  and serve["explanation_convergence_delta"] < 0.05)
+                  and serve["explanation_convergence_delta"] < 0.05
+                  and serve["trained_on"].startswith(on_device) and serve["served_on_auto"].startswith(on_device))
             print(f"  [{'pass' if ok else 'FAIL'}] served on the device like on the CPU, explanations complete",
                   flush=True)
             failed |= not ok

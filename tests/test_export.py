@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ def test_export_command_writes_beside_the_bundle_and_compares(tabular: Path, tmp
     assert printed == json.loads(json.dumps(result))
     bundle = champion(tabular).folder
     assert Path(result["path"]) == bundle / "exports" / "model.onnx"
+    assert (bundle / "exports" / "model.int8.onnx").is_file()  # the comparison's int8 export is kept too
     verify_bundle(bundle)  # the manifest-checked files are untouched
     comparison = result["comparison"]["backends"]
     assert comparison["onnx"]["max_abs_diff"] < 1e-5 and comparison["int8"]["max_abs_diff"] > 0
@@ -226,9 +228,12 @@ def test_an_onnx_export_is_cached_in_the_bundle_and_rebuilt_when_stale(
     assert exports == []  # loaded, not exported
     np.testing.assert_array_equal(again, first)
 
+    left = bundle / "exports" / ".model.int8.onnx.dead1234.partial"  # a killed writer's temp file
+    left.write_bytes(b"x")
+    os.utime(left, (0, 0))
     monkeypatch.setattr(onnx_export, "EXPORT_REVISION", onnx_export.EXPORT_REVISION + 1)  # a newer exporter
     with_backend(Predictor.load(bundle), "onnx-int8")
-    assert exports == [1]
+    assert exports == [1] and not left.exists()
     with_backend(Predictor.load(bundle), "onnx-int8")
     assert exports == [1]  # the rebuilt file carries the new key
 

@@ -202,7 +202,7 @@ def test_hot_swap_follows_promote_and_rollback(project: Path, rows: list[dict[st
 
     first, model, s, writer = serving(project, calls, ServeSettings(swap_poll_seconds=0.05))
     assert first == 1 and model["version"] == 1 and model["swap"] == {"follows_alias": True, "last_error": None}
-    assert model["device"] == "cpu"  # serve.device auto, and torch sees no GPU here
+    assert model["device"] == "cpu"  # serve.device auto: a small MLP serves on the CPU
     assert s[("flywheel_model_swaps_total", ())] == 2 and s[("flywheel_model_version", ())] == 1
     assert {r.model_version for r in _logged_rows(writer)} >= {1, 2}
 
@@ -411,8 +411,11 @@ def test_serve_device_follows_the_backend(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert serve_device("auto", "torch") == torch.device("cuda", 0)
+    assert serve_device("auto", "torch", n_params=10_000) == torch.device("cpu")
     assert serve_device("auto", "onnx-int8") == torch.device("cpu")  # ONNX Runtime here is the CPU build
     with pytest.raises(ConfigError, match=r"serve.device: 'cuda' runs the torch backend only; the int8 backend"):
         serve_device("cuda", "int8")
     with pytest.raises(ValueError, match="must be auto, cpu, cuda or cuda:N"):
         ServeConfig(device="gpu")
+    with pytest.raises(ValueError, match="device 'cuda' runs the torch backend only; the onnx backend"):
+        ServeConfig(backend="onnx", device="cuda")

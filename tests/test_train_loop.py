@@ -266,6 +266,9 @@ def test_training_device_is_resolved_and_recorded(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert runtime.resolve_device("auto") == torch.device("cuda", 0) == runtime.resolve_device("cuda")
+    assert runtime.resolve_device("auto", n_params=10_000) == torch.device("cpu")  # small: faster on the CPU
+    with pytest.raises(ConfigError, match=r"serve.device: must be auto, cpu, cuda or cuda:N \(got 'gpu'\)"):
+        runtime.resolve_device("gpu", where="serve.device")
     assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"'cuda:2' is not available: torch sees 2 CUDA device\(s\)"):
         runtime.resolve_device("cuda:2")

@@ -204,8 +204,9 @@ class TrainConfig(Section):
     eval_every_steps: int | None = Field(None, ge=1)
     """Also validate every N optimiser steps (logged in the history's ``evals``)."""
     device: str = "auto"
-    """Where ``fit`` runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or
-    cuda:N. The trained model comes back to the CPU for evaluation, the bundle and serving."""
+    """Where ``fit`` runs: auto (a CUDA GPU when torch sees one and the model has 5 M parameters or
+    more, else the CPU), cpu, cuda or cuda:N. The trained model comes back to the CPU for
+    evaluation and the bundle."""
     bf16: bool = False
     """Train under torch.autocast(bfloat16) where the device supports it (CUDA from compute
     capability 8.0; CPUs with native bf16), else in fp32 with a warning."""
@@ -276,13 +277,21 @@ class ServeConfig(Section):
     swap_poll_seconds: float = Field(1.0, gt=0)
     """How often the server checks whether its alias moved (hot swap)."""
     device: str = "auto"
-    """Where the torch backend runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu,
-    cuda or cuda:N. The int8 and ONNX Runtime backends run on the CPU."""
+    """Where the torch backend runs: auto (a CUDA GPU when torch sees one and the model has 5 M
+    parameters or more, else the CPU), cpu, cuda or cuda:N. The int8 and ONNX Runtime backends
+    run on the CPU."""
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @model_validator(mode="after")
+    def _device_fits_backend(self) -> ServeConfig:
+        if self.backend != "torch" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"device {self.device!r} runs the torch backend only; the {self.backend} backend "
+                             "runs on the CPU (set backend: torch, or device: cpu)")
+        return self
     backend: Backend = "torch"
     """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
     dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8

@@ -47,22 +47,30 @@ def set_threads(requested: int | None, n_params: int | None = None) -> int:
     return n
 
 
-def resolve_device(name: str = "auto", where: str = "train.device") -> torch.device:
-    """The torch device for ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``): ``auto`` is the
-    current CUDA GPU when torch sees one, else the CPU; a CUDA device always has its index. A CUDA device torch cannot see is a
-    :class:`~dataflywheel.errors.ConfigError` naming ``where``."""
+def resolve_device(name: str = "auto", where: str = "train.device", n_params: int | None = None) -> torch.device:
+    """The torch device for ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); a CUDA device
+    always has its index. ``auto`` is the current CUDA GPU when torch sees one and the model has
+    at least :data:`LARGE_MODEL_PARAMS` parameters (``n_params`` None counts as large), else the
+    CPU: a small model's steps are shorter than a GPU's kernel launches and copies. A bad name, or
+    a CUDA device torch cannot see, is a :class:`~dataflywheel.errors.ConfigError` naming ``where``."""
     import torch
 
+    from dataflywheel.config import check_device
+    from dataflywheel.errors import ConfigError
+
+    try:
+        check_device(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc), where=where) from None
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        large = n_params is None or n_params >= LARGE_MODEL_PARAMS
+        name = "cuda" if large and torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if device.index is None and count:
             device = torch.device("cuda", torch.cuda.current_device())
         if (device.index or 0) >= count:
-            from dataflywheel.errors import ConfigError
-
             seen = f"{count} CUDA device(s)" if count else "no CUDA device (a CPU build of torch, or no GPU)"
             raise ConfigError(f"{name!r} is not available: torch sees {seen}", where=where,
                               fix="set it to auto or cpu, or run where that GPU is")
@@ -74,8 +82,8 @@ def bf16_supported(device: torch.device) -> bool:
     with oneDNN bf16 support; elsewhere autocast would emulate it, slower than fp32."""
     import torch
 
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cuda":  # is_bf16_supported() would look at the current device, not this one
+        return torch.cuda.get_device_capability(device)[0] >= 8
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -42,8 +42,10 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
                   onnx_file: OnnxSource = None) -> nn.Module:
     """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy of
     its inference network (``int8``), or an onnxruntime session over its fp32 export (``onnx``)
-    or that export quantised (``onnx-int8``). ``onnx_file``: an fp32 export of this bundle (a file
-    or an ``onnx.ModelProto``) to use instead of exporting now. ``threads`` is onnxruntime's
+    or that export quantised (``onnx-int8``). An ONNX backend opens the bundle's cached export
+    when its key matches (:func:`~dataflywheel.export.onnx.cached_export`), else exports and
+    caches it. ``onnx_file``: an fp32 export of this bundle (a file or an ``onnx.ModelProto``) to
+    use instead of exporting now (the result is cached too). ``threads`` is onnxruntime's
     intra-op thread count, chosen by model size when None as for torch."""
     if backend == "torch":
         return predictor.model
@@ -55,21 +57,20 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
     if backend in ONNX_BACKENDS:
         import onnx
 
-        from dataflywheel.export.onnx import OnnxModel, cached_export, export_proto, keep_export, quantize_onnx
+        from dataflywheel.export.onnx import OnnxModel, cached_export, export_proto, keep_export
         from dataflywheel.runtime import choose_threads
 
         n_threads = choose_threads(threads, n_params(predictor.model))
         int8 = backend == "onnx-int8"
+        program = None
         if onnx_file is None:
             cached = cached_export(predictor, int8)
             if cached is not None:
                 return OnnxModel(cached, threads=n_threads)
-            proto = export_proto(predictor, int8)
-            keep_export(predictor, proto, int8)
-            return OnnxModel(proto.SerializeToString(), threads=n_threads)
-        proto = onnx_file if isinstance(onnx_file, onnx.ModelProto) else onnx.load(str(onnx_file))
-        if int8:
-            proto = quantize_onnx(proto)
+        else:
+            program = onnx_file if isinstance(onnx_file, onnx.ModelProto) else onnx.load(str(onnx_file))
+        proto = export_proto(predictor, int8, program)
+        keep_export(predictor, proto, int8)  # the next load of this bundle opens it
         return OnnxModel(proto.SerializeToString(), threads=n_threads)
     raise ConfigError(f"must be one of {list(BACKENDS)} (got {backend!r})", where="serve.backend")
 

@@ -168,19 +168,31 @@ def quantize_onnx(proto: Any) -> Any:
         return onnx.load(str(target))
 
 
+KEY_LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxscript", "onnxruntime")
+"""Libraries whose version changes what the exporter traces or writes."""
+
+
 def export_key(predictor: Any, int8: bool) -> str | None:
     """What an export of this bundle depends on, hashed: the manifest's digests of
     ``model.safetensors`` and ``model.json`` (checked when the bundle loaded), int8 or not,
-    :data:`EXPORT_REVISION` and the versions of torch, onnx, onnxscript and onnxruntime. None
-    for a model that is not a bundle on disk."""
-    from importlib.metadata import version
+    :data:`EXPORT_REVISION`, this code's version (package version and git commit) and the
+    versions of :data:`KEY_LIBRARIES`. None for a model that is not a bundle on disk."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from dataflywheel.lineage import code_version
 
     manifest = Path(getattr(predictor, "folder", "") or "") / "manifest.json"
     if not manifest.is_file():
         return None
     digests = json.loads(manifest.read_text(encoding="utf-8"))
+    libraries = {}
+    for lib in KEY_LIBRARIES:
+        try:
+            libraries[lib] = version(lib)
+        except PackageNotFoundError:
+            libraries[lib] = None
     parts = {"weights": digests.get("model.safetensors"), "model": digests.get("model.json"), "int8": int8,
-             "revision": EXPORT_REVISION, **{lib: version(lib) for lib in ("torch", "onnx", "onnxscript", "onnxruntime")}}
+             "revision": EXPORT_REVISION, "code": code_version(), **libraries}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -189,19 +201,21 @@ def cache_path(predictor: Any, int8: bool) -> Path:
     return Path(predictor.folder) / "exports" / ("model.int8.onnx" if int8 else "model.onnx")
 
 
-def cached_export(predictor: Any, int8: bool) -> Path | None:
-    """The bundle's cached export when its key matches this bundle and these libraries."""
+def cached_export(predictor: Any, int8: bool) -> bytes | None:
+    """The bundle's cached export, as the bytes whose key was checked (so a file replaced
+    meanwhile is never what runs), when that key matches this bundle, code and libraries."""
     key = export_key(predictor, int8)
     path = cache_path(predictor, int8) if key is not None else None
     if path is None or not path.is_file():
         return None
     import onnx
 
+    data = path.read_bytes()
     try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        props = {p.key: p.value for p in onnx.load_model_from_string(data).metadata_props}
     except Exception:  # a truncated or foreign file is rebuilt, never trusted
         return None
-    return path if props.get(KEY) == key else None
+    return data if props.get(KEY) == key else None
 
 
 def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False, program: Any = None) -> Path:
@@ -226,10 +240,23 @@ def keep_export(predictor: Any, proto: Any, int8: bool) -> None:
     path = cache_path(predictor, int8)
     try:
         path.parent.mkdir(exist_ok=True)
+        _sweep_partials(path.parent)
         _write(proto, path)
     except OSError as exc:
         warnings.warn(f"could not cache the ONNX export in {path.parent} ({exc.strerror}); the next load "
                       "exports again", stacklevel=2)
+
+
+def _sweep_partials(folder: Path, older_than_s: float = 3600.0) -> None:
+    """Remove temporary files a killed writer left behind (each can be the size of the model)."""
+    import time
+
+    for partial in folder.glob(".*.partial"):
+        try:
+            if time.time() - partial.stat().st_mtime > older_than_s:
+                partial.unlink()
+        except OSError:
+            pass
 
 
 def _write(proto: Any, path: Path) -> None:

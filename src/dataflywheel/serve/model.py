@@ -159,14 +159,15 @@ def build_served_model(predictor: Predictor, version: int | None, metrics: dict[
     return replace(served, redactor=privacy_redactor(privacy), redact_columns=tuple(wanted))
 
 
-def serve_device(name: str, backend: str) -> torch.device:
+def serve_device(name: str, backend: str, n_params: int | None = None) -> torch.device:
     """The device for ``serve.device`` with ``backend``: the torch backend runs where
-    :func:`~dataflywheel.runtime.resolve_device` says; int8 and ONNX Runtime run on the CPU, so
-    ``auto`` means the CPU for them and a CUDA device is a :class:`ConfigError`."""
+    :func:`~dataflywheel.runtime.resolve_device` says for a model of ``n_params``; int8 and ONNX
+    Runtime run on the CPU, so ``auto`` means the CPU for them and a CUDA device is a
+    :class:`ConfigError`."""
     from dataflywheel.runtime import resolve_device
 
     if backend == "torch":
-        return resolve_device(name, where="serve.device")
+        return resolve_device(name, where="serve.device", n_params=n_params)
     if name not in ("auto", "cpu"):
         raise ConfigError(f"{name!r} runs the torch backend only; the {backend} backend runs on the CPU",
                           where="serve.device", fix="set serve.backend: torch, or serve.device: cpu")
@@ -188,12 +189,12 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     from dataflywheel.registry import versions
     from dataflywheel.runtime import set_threads
 
-    where = serve_device(device, backend)
     info = versions.resolve(project, ref)
     predictor = Predictor.load(project.artifacts.path(info.artifact))
-    predictor.model.to(where)
     predictor.version = info.version
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
+    where = serve_device(device, backend, n_params)
+    predictor.model.to(where)
     n_threads = set_threads(threads, n_params)
     served = replace(build_served_model(predictor, info.version, info.metrics, privacy, backend=backend,
                                         threads=n_threads), device=str(where))

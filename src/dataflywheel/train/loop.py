@@ -109,8 +109,9 @@ def fit(
 ) -> History:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return its :class:`History`.
 
-    The model moves to ``cfg.device`` and stays there. Deterministic on CPU for a given
-    ``cfg.seed`` (the caller seeds the model's initialisation).
+    The model moves to ``cfg.device`` (see :func:`~dataflywheel.runtime.resolve_device`) and stays
+    there. Deterministic on CPU for a given ``cfg.seed`` (the caller seeds the model's
+    initialisation).
     ``metrics`` are computed on ``valid`` after every epoch and logged as ``val_<name>``; with
     ``cfg.eval_every_steps`` also every N optimiser steps (``History.evals``, callbacks'
     ``on_evaluate``). One optimiser step takes ``cfg.grad_accumulation`` mini-batches of
@@ -119,12 +120,12 @@ def fit(
     adds :class:`Checkpoint`; ``resume=True`` continues from its latest checkpoint, if any.
     """
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    device = resolve_device(cfg.device, n_params=n_params)
     model.to(device)
     dtype = _float_dtype(model)
     train = _prepare(train, task, dtype, "train", device)
     valid = _prepare(valid, task, dtype, "valid", device) if valid is not None and len(valid) else None
-    n_params = sum(p.numel() for p in model.parameters())
     threads = set_threads(cfg.threads, n_params)
     torch.manual_seed(cfg.seed)
 
