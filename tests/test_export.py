@@ -204,6 +204,8 @@ def test_export_command_writes_an_int8_onnx_file(text: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(onnx_export, "onnx_program", no_export)
         cached = with_backend(champion(text), "onnx-int8")
+        again = compare_backends(champion(text), df, backends=("onnx", "onnx-int8"), repeats=1)  # both kept
+    assert set(again["backends"]) == {"onnx", "onnx-int8"}
     np.testing.assert_array_equal(cached.scores(df)[0], served.scores(df)[0])
 
 

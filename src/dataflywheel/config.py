@@ -276,6 +276,11 @@ class ServeConfig(Section):
     once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
     swap_poll_seconds: float = Field(1.0, gt=0)
     """How often the server checks whether its alias moved (hot swap)."""
+    backend: Backend = "torch"
+    """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
+    dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8
+    (ONNX Runtime on that graph quantised to int8, the fastest on CPU). ``flywheel export``
+    shows each one's accuracy against torch and its speed."""
     device: str = "auto"
     """Where the torch backend runs: auto (a CUDA GPU when torch sees one and the model has 5 M
     parameters or more, else the CPU), cpu, cuda or cuda:N. The int8 and ONNX Runtime backends
@@ -292,11 +297,6 @@ class ServeConfig(Section):
             raise ValueError(f"device {self.device!r} runs the torch backend only; the {self.backend} backend "
                              "runs on the CPU (set backend: torch, or device: cpu)")
         return self
-    backend: Backend = "torch"
-    """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
-    dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8
-    (ONNX Runtime on that graph quantised to int8, the fastest on CPU). ``flywheel export``
-    shows each one's accuracy against torch and its speed."""
 
 
 class PrivacyConfig(Section):

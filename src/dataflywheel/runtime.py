@@ -1,4 +1,4 @@
-"""Process-wide runtime settings: torch's intra-op thread count, and the training device.
+"""Process-wide runtime settings: torch's intra-op thread count, and the device a model runs on.
 
 On a small shared machine torch's default (one thread per core, busy-waiting) can slow a small
 model 50x when a neighbour process is busy. We choose the count deliberately: an explicit

@@ -43,9 +43,9 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
     """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy of
     its inference network (``int8``), or an onnxruntime session over its fp32 export (``onnx``)
     or that export quantised (``onnx-int8``). An ONNX backend opens the bundle's cached export
-    when its key matches (:func:`~dataflywheel.export.onnx.cached_export`), else exports and
-    caches it. ``onnx_file``: an fp32 export of this bundle (a file or an ``onnx.ModelProto``) to
-    use instead of exporting now (the result is cached too). ``threads`` is onnxruntime's
+    when its key matches (:func:`~dataflywheel.export.onnx.cached_export`), else builds it (from
+    ``onnx_file``, an fp32 export of this bundle as a file or an ``onnx.ModelProto``, when given,
+    else by exporting now) and caches it. ``threads`` is onnxruntime's
     intra-op thread count, chosen by model size when None as for torch."""
     if backend == "torch":
         return predictor.model
@@ -62,12 +62,11 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
 
         n_threads = choose_threads(threads, n_params(predictor.model))
         int8 = backend == "onnx-int8"
+        cached = cached_export(predictor, int8)
+        if cached is not None:
+            return OnnxModel(cached, threads=n_threads)
         program = None
-        if onnx_file is None:
-            cached = cached_export(predictor, int8)
-            if cached is not None:
-                return OnnxModel(cached, threads=n_threads)
-        else:
+        if onnx_file is not None:
             program = onnx_file if isinstance(onnx_file, onnx.ModelProto) else onnx.load(str(onnx_file))
         proto = export_proto(predictor, int8, program)
         keep_export(predictor, proto, int8)  # the next load of this bundle opens it
@@ -94,14 +93,14 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
     rows/s of the network alone on pre-encoded inputs in batches of ``batch_size`` (best of
     ``repeats``, torch and onnxruntime on the same thread count). ``onnx_file``: an existing
     export of this bundle to use instead of exporting again. The result is JSON-safe."""
+    from dataflywheel.export.onnx import cached_export, onnx_program
     from dataflywheel.runtime import set_threads
 
     target = target or predictor.schema.target
     n_threads = set_threads(threads, n_params(predictor.model))
-    if onnx_file is None and set(ONNX_BACKENDS) & set(backends):
-        from dataflywheel.export.onnx import onnx_program
-
-        onnx_file = onnx_program(predictor)  # one export for both onnx rows
+    if onnx_file is None and any(b in ONNX_BACKENDS and cached_export(predictor, b == "onnx-int8") is None
+                                 for b in backends):
+        onnx_file = onnx_program(predictor)  # one export for both onnx rows, unless cached
     reference: np.ndarray | None = None
     results: dict[str, Any] = {}
     for backend in dict.fromkeys(("torch", *backends)):  # fp32 first: the reference

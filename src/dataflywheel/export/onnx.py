@@ -275,10 +275,12 @@ def export_proto(predictor: Any, int8: bool, program: Any = None) -> Any:
     quantised with ``int8``, stamped with its :func:`export_key`."""
     import onnx
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(program if program is not None else onnx_program(predictor))
+    proto = program if program is not None else onnx_program(predictor)
     if int8:
         proto = quantize_onnx(proto)
+    elif program is not None:  # stamp a copy: the caller's program stays as it was
+        proto = onnx.ModelProto()
+        proto.CopyFrom(program)
     key = export_key(predictor, int8)
     if key is not None:
         kept = [p for p in proto.metadata_props if p.key != KEY]

@@ -112,7 +112,7 @@ class ServeSettings:
     backend: Backend = "torch"
     """What runs the network: torch fp32, int8 dynamic quantisation, ONNX Runtime fp32 or int8."""
     device: str = "auto"
-    """Where the torch backend runs: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N."""
+    """Where the torch backend runs (``serve.device``; see :func:`~dataflywheel.serve.model.serve_device`)."""
 
     @classmethod
     def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:

@@ -5,8 +5,8 @@ at tabular sizes its per-batch overhead rivals the model's own cost); text batch
 per batch and drawn length-bucketed (:mod:`dataflywheel.train.batching`). Gradient
 accumulation, ``max_steps``, step-wise evaluation, bf16 autocast and ``torch.compile`` are
 settings of the same loop, which runs on the CPU or a CUDA GPU (``train.device``): the data
-tensors move to the device once, text batches as they are padded. Everything optional (early stopping, checkpoints, progress) is a
-callback; the loop itself only steps.
+tensors move to the device once, text batches as they are padded. Everything optional (early
+stopping, checkpoints, progress) is a callback; the loop itself only steps.
 """
 
 from __future__ import annotations
