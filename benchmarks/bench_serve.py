@@ -60,9 +60,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
+def wait_ready(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``url`` answers; fail at once, with the end of its log, if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            log = getattr(proc, "log_path", None)
+            tail = Path(log).read_text(errors="replace")[-2000:] if log else ""
+            raise SystemExit(f"server for {url} exited with code {proc.returncode}:\n{tail}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -73,16 +78,26 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 
 
 def start(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    """``cmd`` in its own process group; its stderr goes to a temp file (``proc.log_path``)."""
+    fd, log = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+    with os.fdopen(fd, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    proc.log_path = log  # type: ignore[attr-defined]
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    log = getattr(proc, "log_path", None)
+    if log:
+        Path(log).unlink(missing_ok=True)
 
 
 def wrk(url: str, script: Path, conns: int, seconds: int, timeout: int = 2) -> dict[str, float]:

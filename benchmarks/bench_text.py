@@ -55,7 +55,7 @@ model:
 train: {{epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.002, schedule: {{warmup_steps: 5, decay: linear}},
         seed: 0, threads: {threads}, early_stopping: null}}
 evaluate: {{metric: macro_f1}}
-serve: {{backend: {backend}, max_batch_size: 32, max_wait_ms: 5}}
+serve: {{backend: torch, max_batch_size: 32, max_wait_ms: 5}}
 """
 
 
@@ -199,10 +199,8 @@ def build_project(folder: Path, args: argparse.Namespace) -> None:
 
     bbc_frame(per_topic=args.per_topic).write_csv(folder / "bbc.csv")
     link_minilm(folder / "minilm")
-    for backend in BACKENDS:
-        name = "flywheel.yaml" if backend == "torch" else f"flywheel-{backend}.yaml"
-        (folder / name).write_text(PROJECT_YAML.format(max_length=args.max_length, lora=json.dumps(LORA),
-                                                       threads=args.threads, backend=backend))
+    (folder / "flywheel.yaml").write_text(PROJECT_YAML.format(max_length=args.max_length, lora=json.dumps(LORA),
+                                                              threads=args.threads))
     started = time.perf_counter()
     subprocess.run([str(BIN / "flywheel"), "run", "--no-progress"], cwd=folder, check=True, capture_output=True)
     print(f"built the bundle: flywheel run on {args.per_topic} articles per topic in "
@@ -240,26 +238,41 @@ def text_script(folder: Path, test: Path, headlines: bool, n: int = 64) -> Path:
     return path
 
 
+def backend_config(project: Path, backend: str) -> Path:
+    """A copy of the project's flywheel.yaml beside it (its relative paths hold) serving ``backend``."""
+    import yaml
+
+    config = yaml.safe_load((project / "flywheel.yaml").read_text())
+    config["serve"] = {**(config.get("serve") or {}), "backend": backend}
+    path = project / f".bench-serve-{backend}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def serve(project: Path, bundle: Path, test: Path, args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     """texts/s at concurrency ``args.concurrency`` for whole articles and for their headlines:
-    ours per backend and the naive endpoint, alternating, median of ``args.serve_repeats`` runs."""
-    (project / "naive_app.py").write_text(NAIVE_APP)
-    scripts = {kind: text_script(project, test, kind == "headlines") for kind in ("articles", "headlines")}
+    ours per backend and the naive endpoint, alternating, median of ``args.serve_repeats`` runs.
+    The wrk scripts and the naive app go to a temp folder; each backend's config, beside the
+    project's flywheel.yaml, is removed after."""
+    work = Path(tempfile.mkdtemp(prefix="bench-text-serve-"))
+    (work / "naive_app.py").write_text(NAIVE_APP)
+    scripts = {kind: text_script(work, test, kind == "headlines") for kind in ("articles", "headlines")}
     env = {"OMP_NUM_THREADS": str(args.threads), "BUNDLE": str(bundle), "THREADS": str(args.threads),
-           "PYTHONPATH": str(project)}
+           "PYTHONPATH": str(work)}
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    configs: list[Path] = []
     try:
         for backend in args.serve_backends:
             port = free_port()
-            config = "flywheel.yaml" if backend == "torch" else f"flywheel-{backend}.yaml"
-            proc = start([str(BIN / "flywheel"), "serve", "-c", config, "--port", str(port)], project, env)
+            configs.append(backend_config(project, backend))
+            proc = start([str(BIN / "flywheel"), "serve", "-c", configs[-1].name, "--port", str(port)], project, env)
             servers[f"ours ({backend})"] = (proc, f"http://127.0.0.1:{port}")
-            wait_ready(f"http://127.0.0.1:{port}/v1/ready", timeout=300)
+            wait_ready(f"http://127.0.0.1:{port}/v1/ready", timeout=300, proc=proc)
         port = free_port()
         proc = start([str(BIN / "uvicorn"), "naive_app:app", "--port", str(port), "--log-level", "warning"],
-                     project, env)
+                     work, env)
         servers["naive"] = (proc, f"http://127.0.0.1:{port}")
-        wait_ready(f"http://127.0.0.1:{port}/docs", timeout=300)
+        wait_ready(f"http://127.0.0.1:{port}/docs", timeout=300, proc=proc)
         results: dict[str, dict[str, dict[str, float]]] = {}
         for kind, script in scripts.items():
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
@@ -276,6 +289,9 @@ def serve(project: Path, bundle: Path, test: Path, args: argparse.Namespace) -> 
     finally:
         for proc, _ in servers.values():
             stop(proc)
+        for config in configs:
+            config.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 
