@@ -329,3 +329,58 @@ def test_lora_fine_tunes_minilm_through_flywheel_run(tmp_path: Path) -> None:
     records = pl.read_csv(tmp_path / "bbc.csv").drop("topic").head(12).to_dicts()
     first, second = Predictor.load(folder).predict(records), Predictor.load(folder).predict(records)
     assert np.array_equal(first.proba, second.proba) and first.values == second.values
+
+
+def _fit_lora(base: Path, epochs: int, folder: Path, resume: bool = False):
+    """A LoRA model on ``base`` fitted ``epochs`` epochs with early stopping on a validation
+    split and checkpoints in ``folder``; returns (model, history)."""
+    from dataflywheel.config import TrainConfig
+    from dataflywheel.train.loop import fit
+    from dataflywheel.train.stage import encode
+
+    df, pre, target, _, model = build(base, "lora")
+    train_b = encode(pre, target, df.head(40), "topic", "multiclass")[0]
+    valid_b = encode(pre, target, df.tail(8), "topic", "multiclass")[0]
+    cfg = TrainConfig(epochs=epochs, batch_size=8, optimizer="adamw", lr=5e-3, threads=1,
+                      early_stopping={"patience": 50, "metric": "val_loss"})
+    history = fit(model, train_b, valid_b, cfg, "multiclass", checkpoint_dir=folder, resume=resume, progress=False)
+    return model, history
+
+
+def test_lora_checkpoints_hold_the_trained_part_and_resume_exactly(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.models.weights import trained_weights
+    from dataflywheel.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    once, h_once = _fit_lora(tiny_base, 4, tmp_path / "once")
+    weights, state = load_checkpoint(tmp_path / "once")  # type: ignore[misc]
+    trainable = {k for k, p in once.named_parameters() if p.requires_grad}
+    assert set(weights) == trainable and any("lora_" in k for k in weights)
+    assert not any("word_embeddings" in k for k in weights)
+    assert state["base"]["sha256"] == once.base_reference()["sha256"]
+    full = sum(t.numel() for t in once.state_dict().values())
+    assert sum(t.numel() for t in weights.values()) * 50 < full
+    kept = [cb["best_weights"] for cb in state["callbacks"].values() if cb.get("best_weights")]
+    assert kept and all(set(w) == trainable for w in kept)  # early stopping's best epoch: adapters too
+    assert (latest_checkpoint(tmp_path / "once") / "model.safetensors").stat().st_size * 50 < full * 4
+
+    _fit_lora(tiny_base, 2, tmp_path / "twice")
+    resumed, h_resumed = _fit_lora(tiny_base, 4, tmp_path / "twice", resume=True)
+    assert h_resumed.resumed_from == 2
+    assert [e["loss"] for e in h_resumed.epochs] == [e["loss"] for e in h_once.epochs]
+    # early stopping put back the best epoch's adapters in both runs: the same ones
+    for key, value in trained_weights(once).items():
+        assert torch.equal(value, trained_weights(resumed)[key]), key
+
+
+def test_a_lora_checkpoint_does_not_resume_on_a_changed_base(tiny_base: Path, tmp_path: Path) -> None:
+    from dataflywheel.models.pretrained import content_hash
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    _fit_lora(base, 1, tmp_path / "ckpt")
+    trained_on = content_hash(base)
+    save_tiny_bert(base, seed=1)
+    with pytest.raises(ModelError) as err:
+        _fit_lora(base, 2, tmp_path / "ckpt", resume=True)
+    assert trained_on[:16] in str(err.value) and content_hash(base)[:16] in str(err.value)
+    assert "checkpoint" in str(err.value)

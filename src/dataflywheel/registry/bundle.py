@@ -56,11 +56,13 @@ def write_bundle(
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    weights = model.bundle_state_dict() if hasattr(model, "bundle_state_dict") else model.state_dict()
-    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    from dataflywheel.models.weights import base_of, trained_weights
+
+    state = {k: v.detach().contiguous().cpu() for k, v in trained_weights(model).items()}
     save_file(state, str(folder / "model.safetensors"))
-    if hasattr(model, "base_reference"):
-        model_json = {**model_json, "base_model": model.base_reference()}
+    base = base_of(model)
+    if base is not None:
+        model_json = {**model_json, "base_model": base}
     write_json(folder / "model.json", {"format_version": FORMAT_VERSION, **model_json})
     preprocessor.save(folder / "preprocessor.json")
     schema.save(folder / "schema.json")

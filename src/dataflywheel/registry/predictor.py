@@ -81,16 +81,14 @@ class Predictor:
         from dataflywheel.features.preprocessor import Preprocessor
         from dataflywheel.features.target import TargetEncoder
         from dataflywheel.models.registry import build_model
+        from dataflywheel.models.weights import load_trained_weights
 
         folder = Path(folder)
         verify_bundle(folder)
         meta = read_json(folder, "model.json")
         model = build_model(meta["spec"])  # a pretrained model checks its base's hash here
         weights = load_file(str(folder / "model.safetensors"))
-        if hasattr(model, "load_bundle_state_dict"):
-            model.load_bundle_state_dict(weights)
-        else:
-            model.load_state_dict(weights)
+        load_trained_weights(model, weights)
         if hasattr(model, "for_inference"):
             model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
         model.eval()

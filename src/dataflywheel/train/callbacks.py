@@ -22,6 +22,7 @@ from torch import nn
 
 from dataflywheel.config import TrainConfig
 from dataflywheel.errors import ConfigError
+from dataflywheel.models.weights import load_trained_weights, trained_weights
 
 Logs = dict[str, Any]
 
@@ -139,7 +140,7 @@ class EarlyStopping(Callback):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
                 self.best_weights = {
-                    k: v.detach().clone() for k, v in self.state.model.state_dict().items()
+                    k: v.detach().clone() for k, v in trained_weights(self.state.model).items()
                 }
         else:
             self.wait += 1
@@ -150,7 +151,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best_weights and self.best_weights is not None:
-            state.model.load_state_dict(self.best_weights)
+            load_trained_weights(state.model, self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
         return {

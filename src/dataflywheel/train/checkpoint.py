@@ -1,7 +1,10 @@
 """Training checkpoints: safetensors for tensors, JSON for everything else. Never pickle.
 
 A checkpoint is a folder ``epoch-NNNN-xxxxxx/`` holding ``model.safetensors`` (the model's
-state dict, readable by any safetensors tool), ``state.safetensors`` (optimiser state, RNG
+trained weights, readable by any safetensors tool: the whole state dict, or for a model on a
+base it loads from its folder, such as LoRA, the trained part alone, with the base's content
+hash in ``state.json`` and checked on resume; see :mod:`dataflywheel.models.weights`),
+``state.safetensors`` (optimiser state, RNG
 states, callback tensors such as early stopping's best weights) and ``state.json`` (epoch,
 step, scheduler, history, config, ...; each tensor appears there as ``{"__tensor__": key}``).
 The folder is written under a temporary name and renamed (atomic), then ``latest.json`` is
@@ -22,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dataflywheel.errors import ModelError
+from dataflywheel.models.weights import base_of, load_trained_weights, trained_weights
 
 if TYPE_CHECKING:
     from dataflywheel.train.callbacks import TrainState
@@ -171,8 +175,8 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def snapshot(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Everything needed to continue ``state``'s run exactly: weights and the rest."""
-    return state.model.state_dict(), {
+    """Everything needed to continue ``state``'s run exactly: trained weights and the rest."""
+    return trained_weights(state.model), {
         "epoch": state.epoch,
         "step": state.step,
         "stopped": state.stop,
@@ -184,15 +188,24 @@ def snapshot(state: TrainState) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         "callbacks": {key: cb.state_dict() for key, cb in state.keyed_callbacks()},
         "history": state.history,
         "config": state.cfg.model_dump(mode="json"),
+        "base": base_of(state.model),
     }
 
 
 def restore(state: TrainState, weights: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
-    """Load a :func:`snapshot` into a freshly set-up ``state`` (same model and optimiser kinds)."""
+    """Load a :func:`snapshot` into a freshly set-up ``state`` (same model and optimiser kinds,
+    and for a model on a base, the same base: its content hash is compared)."""
+    saved_base, base = saved.get("base"), base_of(state.model)
+    if saved_base is not None and base is not None and saved_base.get("sha256") != base.get("sha256"):
+        raise ModelError(
+            f"the checkpoint was trained on base {str(saved_base.get('sha256'))[:16]} ({saved_base.get('path')}), "
+            f"this model is built on {str(base.get('sha256'))[:16]} ({base.get('path')})",
+            fix="restore the original base model files, or " + _FIX,
+        )
     try:
-        state.model.load_state_dict(weights)
+        load_trained_weights(state.model, weights)
         state.optimizer.load_state_dict(saved["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, ModelError) as exc:
         raise ModelError(
             f"checkpoint does not fit this model/optimizer: {exc}".splitlines()[0], fix=_FIX
         ) from None
