@@ -4,7 +4,7 @@ Most models keep their whole ``state_dict``. A model built on a base it loads fr
 folder (a LoRA or frozen-encoder :class:`~dataflywheel.models.pretrained.PretrainedClassifier`)
 keeps its trained part alone (``bundle_state_dict``), and says which base that part belongs to
 (``base_reference()``: folder, content hash, fine-tuning mode). For MiniLM with LoRA that is
-0.6 MB instead of 90 MB; for a 7 B-parameter base, megabytes instead of 28 GB per checkpoint.
+0.9 MB instead of 89 MB; for a 7 B-parameter base, megabytes instead of 28 GB per checkpoint.
 """
 
 from __future__ import annotations
