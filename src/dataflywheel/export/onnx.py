@@ -41,7 +41,7 @@ from dataflywheel.errors import ModelError
 
 INPUTS = ("numeric", "categorical", "tokens", "attention_mask")
 OPSET = 18
-EXPORT_REVISION = 2
+EXPORT_REVISION = 3
 """Bumped whenever the exported graph changes, so cached exports made before are rebuilt."""
 KEY = "dataflywheel.export_key"
 
@@ -121,12 +121,14 @@ def _split_skip_layer_norms(graph: Any) -> None:
     """Replace each ``SkipLayerNormalization(x, skip, gamma, beta?, bias?)`` in ``graph`` by
     ``LayerNormalization(x + skip [+ bias], gamma, beta)``, in place. Its optional outputs: the
     sum (output 3, read by pre-norm blocks) keeps its name; a node whose mean or inverse
-    standard deviation (outputs 1 and 2) is used stays fused."""
+    standard deviation (outputs 1 and 2) is read stays fused (the fusion names them even when
+    nothing reads them)."""
     from onnx import helper
 
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     nodes = []
     for node in graph.node:
-        outputs = list(node.output) + [""] * 4
+        outputs = [name if name in read else "" for name in node.output] + [""] * 4
         if node.op_type != "SkipLayerNormalization" or outputs[1] or outputs[2]:
             nodes.append(node)
             continue
