@@ -384,3 +384,24 @@ def test_a_lora_checkpoint_does_not_resume_on_a_changed_base(tiny_base: Path, tm
         _fit_lora(base, 2, tmp_path / "ckpt", resume=True)
     assert trained_on[:16] in str(err.value) and content_hash(base)[:16] in str(err.value)
     assert "checkpoint" in str(err.value)
+
+
+def test_a_checkpoint_with_every_weight_still_resumes(tiny_base: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints written before they kept the trained part alone hold the whole state dict."""
+    from safetensors.torch import load_file
+
+    from dataflywheel.models.weights import trained_weights
+    from dataflywheel.train import checkpoint
+
+    straight, h_straight = _fit_lora(tiny_base, 2, tmp_path / "straight")
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "trained_weights", lambda model: model.state_dict())
+        _fit_lora(tiny_base, 1, tmp_path / "old")
+    written = load_file(str(checkpoint.latest_checkpoint(tmp_path / "old") / "model.safetensors"))
+    assert any("word_embeddings" in k for k in written)
+    resumed, h_resumed = _fit_lora(tiny_base, 2, tmp_path / "old", resume=True)
+    assert h_resumed.resumed_from == 1
+    assert [e["loss"] for e in h_resumed.epochs] == [e["loss"] for e in h_straight.epochs]
+    for key, value in trained_weights(straight).items():
+        assert torch.equal(value, trained_weights(resumed)[key]), key
