@@ -389,17 +389,18 @@ def test_a_lora_checkpoint_does_not_resume_on_a_changed_base(tiny_base: Path, tm
 def test_a_checkpoint_with_every_weight_still_resumes(tiny_base: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Checkpoints written before they kept the trained part alone hold the whole state dict."""
-    from safetensors.torch import load_file
-
     from dataflywheel.models.weights import trained_weights
-    from dataflywheel.train import checkpoint
+    from dataflywheel.train import callbacks, checkpoint
 
     straight, h_straight = _fit_lora(tiny_base, 2, tmp_path / "straight")
-    with monkeypatch.context() as m:
-        m.setattr(checkpoint, "trained_weights", lambda model: model.state_dict())
+    with monkeypatch.context() as m:  # the weights and early stopping's best ones, whole
+        for module in (checkpoint, callbacks):
+            m.setattr(module, "trained_weights", lambda model: model.state_dict())
         _fit_lora(tiny_base, 1, tmp_path / "old")
-    written = load_file(str(checkpoint.latest_checkpoint(tmp_path / "old") / "model.safetensors"))
+    written, state = checkpoint.load_checkpoint(tmp_path / "old")  # type: ignore[misc]
     assert any("word_embeddings" in k for k in written)
+    assert any(any("word_embeddings" in k for k in cb.get("best_weights") or {})
+               for cb in state["callbacks"].values())
     resumed, h_resumed = _fit_lora(tiny_base, 2, tmp_path / "old", resume=True)
     assert h_resumed.resumed_from == 1
     assert [e["loss"] for e in h_resumed.epochs] == [e["loss"] for e in h_straight.epochs]

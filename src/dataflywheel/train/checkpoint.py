@@ -203,10 +203,7 @@ def restore(state: TrainState, weights: dict[str, torch.Tensor], saved: dict[str
             fix="restore the original base model files, or " + _FIX,
         )
     try:
-        if set(weights) > set(trained_weights(state.model)):  # written when checkpoints held every weight
-            state.model.load_state_dict(weights)
-        else:
-            load_trained_weights(state.model, weights)
+        load_trained_weights(state.model, weights)
         state.optimizer.load_state_dict(saved["optimizer"])
     except (RuntimeError, ValueError, KeyError, ModelError) as exc:
         raise ModelError(
