@@ -189,7 +189,11 @@ class PretrainedClassifier(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def load_bundle_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Take back :meth:`bundle_state_dict`; a key set that differs is a :class:`ModelError`."""
+        """Take back :meth:`bundle_state_dict`, or the whole state dict (what checkpoints held before
+        they kept the trained part alone); another key set is a :class:`ModelError`."""
+        if set(state) == set(self.state_dict()):
+            self.load_state_dict(state)
+            return
         expected = set(self.bundle_state_dict())
         if set(state) != expected:
             extra, missing = sorted(set(state) - expected), sorted(expected - set(state))

@@ -23,11 +23,8 @@ def trained_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trained_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Take back :func:`trained_weights` (its key set must match: the model's own error otherwise).
-    A whole state dict, as checkpoints held before they kept the trained part alone, loads whole."""
-    if hasattr(model, "load_bundle_state_dict") and set(weights) > set(model.bundle_state_dict()):
-        model.load_state_dict(weights)
-    elif hasattr(model, "load_bundle_state_dict"):
+    """Take back :func:`trained_weights` (its key set must match: the model's own error otherwise)."""
+    if hasattr(model, "load_bundle_state_dict"):
         model.load_bundle_state_dict(weights)
     else:
         model.load_state_dict(weights)
