@@ -205,7 +205,12 @@ def test_export_command_writes_an_int8_onnx_file(text: Path) -> None:
         patch.setattr(onnx_export, "onnx_program", no_export)
         cached = with_backend(champion(text), "onnx-int8")
         again = compare_backends(champion(text), df, backends=("onnx", "onnx-int8"), repeats=1)  # both kept
+        rerun = export(format="onnx-int8", config=text / "flywheel.yaml", as_json=True)  # the cached file
+        elsewhere = export(format="onnx-int8", config=text / "flywheel.yaml", as_json=True,
+                           output=path.parent / "copy" / "m.onnx")  # a copy of it
     assert set(again["backends"]) == {"onnx", "onnx-int8"}
+    assert rerun["path"] == result["path"]
+    assert Path(elsewhere["path"]).read_bytes() == path.read_bytes()
     np.testing.assert_array_equal(cached.scores(df)[0], served.scores(df)[0])
 
 

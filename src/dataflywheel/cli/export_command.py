@@ -33,15 +33,17 @@ def export(
 ) -> dict[str, Any]:
     """Export a model for faster CPU inference and show what each backend costs in accuracy."""
     from dataflywheel.export.backends import compare_backends
-    from dataflywheel.export.onnx import export_onnx, onnx_program
+    from dataflywheel.export.onnx import cached_export, export_onnx, onnx_program
 
     predictor, test = _load(model, config, compare)
     result: dict[str, Any] = {"version": predictor.version, "format": format, "path": None}
     fp32 = None
-    if format != "int8":  # one fp32 export for the file and for both onnx rows of the comparison
-        fp32 = onnx_program(predictor)
-        path = export_onnx(predictor, output if output is not None else predictor.folder / "exports",
-                           int8=format == "onnx-int8", program=fp32)
+    if format != "int8":
+        int8 = format == "onnx-int8"
+        if cached_export(predictor, int8) is None or (test is not None and cached_export(predictor, not int8) is None):
+            fp32 = onnx_program(predictor)  # one fp32 export for the file and both onnx rows of the comparison
+        path = export_onnx(predictor, output if output is not None else predictor.folder / "exports", int8=int8,
+                           program=fp32)
         result["path"] = str(path)
     if test is not None:
         result["comparison"] = compare_backends(predictor, test, onnx_file=fp32)

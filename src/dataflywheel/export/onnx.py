@@ -223,14 +223,19 @@ def cached_export(predictor: Any, int8: bool) -> bytes | None:
 def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False, program: Any = None) -> Path:
     """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``,
     ``model.int8.onnx`` with ``int8``) and return the file written, through a temporary file
-    and a rename. ``program``: this bundle's :func:`onnx_program`, if the caller has it already.
-    Weights are embedded and the file carries its :func:`export_key`; the bundle's own files are
-    not touched."""
+    and a rename: the bundle's cached export when it is fresh (:func:`cached_export`), else one
+    built from ``program`` (this bundle's :func:`onnx_program`, if the caller has it already) or
+    exported now. Weights are embedded and the file carries its :func:`export_key`; the bundle's
+    own files are not touched."""
     path = Path(path)
     if path.suffix != ".onnx":
         path = path / ("model.int8.onnx" if int8 else "model.onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write(export_proto(predictor, int8, program), path)
+    data = cached_export(predictor, int8) if program is None else None
+    if data is None:
+        _write(export_proto(predictor, int8, program).SerializeToString(), path)
+    elif path.resolve() != cache_path(predictor, int8).resolve():
+        _write(data, path)
     return path
 
 
@@ -243,7 +248,7 @@ def keep_export(predictor: Any, proto: Any, int8: bool) -> None:
     try:
         path.parent.mkdir(exist_ok=True)
         _sweep_partials(path.parent)
-        _write(proto, path)
+        _write(proto.SerializeToString(), path)
     except OSError as exc:
         warnings.warn(f"could not cache the ONNX export in {path.parent} ({exc.strerror}); the next load "
                       "exports again", stacklevel=2)
@@ -261,12 +266,12 @@ def _sweep_partials(folder: Path, older_than_s: float = 3600.0) -> None:
             pass
 
 
-def _write(proto: Any, path: Path) -> None:
-    """``proto`` to ``path`` through a uniquely named temporary file and a rename, so two
+def _write(data: bytes, path: Path) -> None:
+    """``data`` to ``path`` through a uniquely named temporary file and a rename, so two
     processes writing the same export never interleave and a reader never sees half a file."""
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        partial.write_bytes(proto.SerializeToString())
+        partial.write_bytes(data)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
