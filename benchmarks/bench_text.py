@@ -342,7 +342,8 @@ def main() -> None:
         project = Path(args.project).resolve() if args.project else tmp
         if not args.project and ({"infer", "serve"} - set(args.skip)):
             build_project(tmp, args)
-        infer: dict[str, dict[str, Any]] = {}
+        infer: dict[str, dict[str, Any]] = {}  # each backend's best process
+        paired: dict[str, list[float]] = {}  # each backend's rows/s over its round's fp32
         served: dict[str, dict[str, dict[str, float]]] = {}
         if {"infer", "serve"} - set(args.skip):
             bundle, test = champion(project)
@@ -353,19 +354,19 @@ def main() -> None:
                         r = run_worker("infer", backend, args, bundle=str(bundle), test=str(test))
                         console.print(f"  infer {backend}: {r['rows_per_s']:.1f} rows/s")
                         this_round[backend] = r["rows_per_s"]
-                        ratios = infer.get(backend, {}).get("ratios", [])
                         if backend not in infer or r["rows_per_s"] > infer[backend]["rows_per_s"]:
-                            infer[backend] = r | {"ratios": ratios}
-                        ratios.append(this_round[backend] / this_round["torch"])
+                            infer[backend] = r
+                        paired.setdefault(backend, []).append(this_round[backend] / this_round["torch"])
             if "serve" not in args.skip:
                 served = serve(project, bundle, test, args)
-        report(console, Table, args, train, infer, served)
+        report(console, Table, args, train, infer, paired, served)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(console: Any, Table: Any, args: argparse.Namespace, train: dict[str, list[dict[str, Any]]],
-           infer: dict[str, dict[str, Any]], served: dict[str, dict[str, dict[str, float]]]) -> None:
+           infer: dict[str, dict[str, Any]], paired: dict[str, list[float]],
+           served: dict[str, dict[str, dict[str, float]]]) -> None:
     if train["ours"]:
         best = {name: max(runs, key=lambda r: r["examples_per_s"]) for name, runs in train.items()}
         t = Table(title=f"1. LoRA fine-tuning, MiniLM, {args.train_steps} steps x batch {args.batch_size}, "
@@ -386,9 +387,9 @@ def report(console: Any, Table: Any, args: argparse.Namespace, train: dict[str, 
                     "peak MB", "after imports MB"):
             t.add_column(col, justify="right")
         for backend, r in infer.items():
-            paired = sorted(r["ratios"])
+            ratios = sorted(paired[backend])
             t.add_row(backend, f"{r['rows_per_s']:.1f}", f"{r['rows_per_s'] / infer['torch']['rows_per_s']:.2f}",
-                      f"{statistics.median(paired):.2f} ({paired[0]:.2f}-{paired[-1]:.2f})",
+                      f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})",
                       f"{r['macro_f1']:.4f}", f"{r['accuracy']:.4f}", f"{r['load_s']:.1f}", f"{r['peak_mb']:.0f}",
                       f"{r['imports_mb']:.0f}")
         console.print(t)
