@@ -19,6 +19,7 @@ from dataflywheel.feedback.log import (
     PredictionRow,
     WriterClosed,
     new_id,
+    new_ids,
 )
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import Base, utcnow
@@ -53,6 +54,16 @@ def hold(writer: LogWriter) -> threading.Event:
     writer.submit(op)
     assert started.wait(5)
     return gate
+
+
+def test_a_batch_of_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000 and new_ids(0) == []
+    parsed = [uuid.UUID(hex=i) for i in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i for u, i in zip(parsed, ids, strict=True))
+    assert set(ids).isdisjoint(new_ids(1000))
 
 
 def test_tables_live_on_the_metadata_base(project: Project) -> None:

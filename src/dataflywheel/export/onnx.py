@@ -17,10 +17,11 @@ too), stamped with a key over the bundle's weights, the export format and the li
 (:func:`export_key`): a server loading an ONNX backend reuses it (MiniLM: under a second
 against 15-20 s to export), and rebuilds it when the key differs.
 
-One fusion is undone: onnxruntime's CPU ``SkipLayerNormalization`` (residual add + LayerNorm)
-took 2.3 ms where ``Add`` + ``LayerNormalization`` took 0.38 ms on a (2048, 384) input, about
-9 % of MiniLM's int8 forward, so the export writes the two plain ops and :class:`OnnxModel`
-turns off onnxruntime's own ``SkipLayerNormFusion``.
+The graph is then rewritten for onnxruntime's CPU kernels (:mod:`~dataflywheel.export.rewrites`):
+skip-LayerNorm split into its two plain ops (and :class:`OnnxModel` turns off onnxruntime's
+own ``SkipLayerNormFusion``), GELU in its tanh form for int8, and a second, unmasked copy of
+the graph that :class:`OnnxModel` runs on batches without padding (onnxruntime's fused
+attention then applies).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataflywheel.errors import ModelError
 
 INPUTS = ("numeric", "categorical", "tokens", "attention_mask")
 OPSET = 18
-EXPORT_REVISION = 3
+EXPORT_REVISION = 4
 """Bumped whenever the exported graph changes, so cached exports made before are rebuilt."""
 KEY = "dataflywheel.export_key"
 
@@ -111,40 +112,12 @@ def _fused(model: Any) -> Any:
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
+    from dataflywheel.export.rewrites import split_skip_layer_norms
+
     fused, _ = optimize_for_ort(model)
     proto = ir.serde.serialize_model(fused)
-    _split_skip_layer_norms(proto.graph)
+    split_skip_layer_norms(proto.graph)
     return proto
-
-
-def _split_skip_layer_norms(graph: Any) -> None:
-    """Replace each ``SkipLayerNormalization(x, skip, gamma, beta?, bias?)`` in ``graph`` by
-    ``LayerNormalization(x + skip [+ bias], gamma, beta)``, in place. Its optional outputs: the
-    sum (output 3, read by pre-norm blocks) keeps its name; a node whose mean or inverse
-    standard deviation (outputs 1 and 2) is read stays fused (the fusion names them even when
-    nothing reads them)."""
-    from onnx import helper
-
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    nodes = []
-    for node in graph.node:
-        outputs = [name if name in read else "" for name in node.output] + [""] * 4
-        if node.op_type != "SkipLayerNormalization" or outputs[1] or outputs[2]:
-            nodes.append(node)
-            continue
-        inputs = list(node.input) + [""] * 5
-        x, skip, gamma, beta, bias = inputs[:5]
-        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
-        total = outputs[3] or f"{outputs[0]}_sum"
-        if bias:
-            nodes.append(helper.make_node("Add", [x, skip], [f"{total}_nobias"]))
-            nodes.append(helper.make_node("Add", [f"{total}_nobias", bias], [total]))
-        else:
-            nodes.append(helper.make_node("Add", [x, skip], [total]))
-        nodes.append(helper.make_node("LayerNormalization", [total, gamma, *([beta] if beta else [])],
-                                      [outputs[0]], axis=-1, epsilon=epsilon))
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def quantize_onnx(proto: Any) -> Any:
@@ -279,12 +252,16 @@ def _write(data: bytes, path: Path) -> None:
 
 def export_proto(predictor: Any, int8: bool, program: Any = None) -> Any:
     """The export as a ModelProto (``program``: the fp32 :func:`onnx_program`, if made already),
-    quantised with ``int8``, stamped with its :func:`export_key`."""
+    quantised with ``int8`` (GELU then in its tanh form, :func:`~dataflywheel.export.rewrites.approximate_gelu`),
+    stamped with its :func:`export_key`."""
     import onnx
+
+    from dataflywheel.export.rewrites import approximate_gelu
 
     proto = program if program is not None else onnx_program(predictor)
     if int8:
         proto = quantize_onnx(proto)
+        approximate_gelu(proto.graph)
     elif program is not None:  # stamp a copy: the caller's program stays as it was
         proto = onnx.ModelProto()
         proto.CopyFrom(program)
@@ -306,33 +283,75 @@ class OnnxModel(nn.Module):
     ``threads`` sets onnxruntime's intra-op threads (one by default, as for small torch models);
     inter-op is sequential. With two or more threads, onnxruntime's workers spin briefly between
     operators (its default, as torch's OpenMP threads do) rather than sleep: a worker that must
-    be woken for every operator made MiniLM's served texts/s about 10 % lower on 2 cores."""
+    be woken for every operator made MiniLM's served texts/s about 10 % lower on 2 cores.
+
+    A text graph whose attention takes a padding mask gets a second session on its
+    :func:`~dataflywheel.export.rewrites.unmasked` copy (``unmasked_session``), which runs every
+    batch with nothing padded: onnxruntime's fused attention needs no mask. It is built only
+    when the graph's mask tensors, computed once for an unpadded probe batch, mask nothing
+    (:func:`~dataflywheel.export.rewrites.mask_inputs_are_inert`); otherwise, and for padded
+    batches, the graph as exported runs."""
 
     def __init__(self, model: str | Path | bytes, *, threads: int = 1) -> None:
         super().__init__()
+        import onnx
+
+        from dataflywheel.export.rewrites import mask_inputs, unmasked
+
+        self.threads = threads
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        proto = onnx.load_model_from_string(data)
+        masks = mask_inputs(proto.graph) if "attention_mask" in {i.name for i in proto.graph.input} else []
+        if masks:  # the mask tensors become outputs too, for the probe
+            probed = onnx.ModelProto()
+            probed.CopyFrom(proto)
+            probed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in masks)
+            data = probed.SerializeToString()
+        self.session = self._session(data)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.unmasked_session = None
+        if masks and self._masks_are_inert(masks, proto):
+            self.unmasked_session = self._session(unmasked(proto).SerializeToString())
+
+    def _session(self, data: bytes) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=["SkipLayerNormFusion"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.threads = threads
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["SkipLayerNormFusion"])
+
+    def _masks_are_inert(self, masks: list[str], proto: Any) -> bool:
+        """Run the graph on 2 unpadded texts of 3 tokens (zeros elsewhere) and check its mask tensors."""
+        from dataflywheel.export.rewrites import mask_inputs_are_inert
+
+        feeds = {}
+        for given in self.session.get_inputs():
+            shape = [d if isinstance(d, int) else (2, 3)[min(axis, 1)] for axis, d in enumerate(given.shape)]
+            dtype = {"tensor(float)": np.float32, "tensor(bool)": np.bool_}.get(given.type, np.int64)
+            feeds[given.name] = np.ones(shape, dtype) if given.name == "attention_mask" else np.zeros(shape, dtype)
+        try:
+            values = dict(zip(masks, self.session.run(masks, feeds), strict=True))
+        except Exception:  # noqa: BLE001 - a graph the probe cannot run keeps its masks
+            return False
+        return mask_inputs_are_inert(values, proto.graph)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         given = {"numeric": numeric.float(), "categorical": categorical.long()}
+        session = self.session
         if tokens is not None:
-            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask
-            given |= {"tokens": tokens.long(), "attention_mask": mask.bool()}
+            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            given |= {"tokens": tokens.long(), "attention_mask": mask}
+            if self.unmasked_session is not None and bool(mask.all()):
+                session = self.unmasked_session
         feeds: dict[str, np.ndarray] = {}
         for name in self.input_names:  # the exporter drops inputs the graph never reads
             value = given.get(name)
             if value is None:
                 raise ModelError(f"the ONNX model needs input {name!r}", fix="pass the text column")
             feeds[name] = np.ascontiguousarray(value.detach().cpu().numpy())
-        (logits,) = self.session.run(["logits"], feeds)
+        (logits,) = session.run(["logits"], feeds)
         return torch.from_numpy(logits)

@@ -27,6 +27,7 @@ item is replayed in its own transaction, so one bad row fails only its own calle
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -96,6 +97,13 @@ class WriterClosed(StoreError):
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as hex, from one read of the OS random source: the
+    server names a whole batch's predictions at once (``uuid4`` reads it once per id)."""
+    raw = os.urandom(16 * n)
+    return [uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4).hex for i in range(n)]
 
 
 def to_json(obj: Any) -> str:

@@ -54,7 +54,7 @@ from pydantic import BaseModel
 
 from dataflywheel.config import Backend, FlywheelConfig, ServeConfig
 from dataflywheel.errors import ConfigError, FlywheelError
-from dataflywheel.feedback.log import LogWriter, new_id
+from dataflywheel.feedback.log import LogWriter, new_ids
 from dataflywheel.serve.auth import BearerAuth
 from dataflywheel.serve.batching import Done, MicroBatcher, settle_future
 from dataflywheel.serve.explain import add_explain_route
@@ -209,7 +209,7 @@ class Server:
                 return
             latency_ms = (time.perf_counter() - started) * 1000.0
             now = utcnow()
-            answers = [{"prediction_id": new_id(), **out} for out in outputs]
+            answers = [{"prediction_id": pid, **out} for pid, out in zip(new_ids(len(outputs)), outputs, strict=True)]
             rows = [{"id": a["prediction_id"], "created_at": now, "model_version": out["model_version"],
                      "input": feat, "output": logged_output(out), "latency_ms": latency_ms}
                     for a, feat, out in zip(answers, features, outputs, strict=True)]

@@ -1,0 +1,220 @@
+"""The graph rewrites for onnxruntime's CPU kernels: skip-LayerNorm split, GELU's tanh form in
+int8, and the unmasked attention graph for batches without padding (used only when the graph's
+masks provably mask nothing then)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import polars as pl
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from dataflywheel.export.onnx import OnnxModel, export_onnx, export_proto, onnx_program
+from dataflywheel.export.rewrites import approximate_gelu, mask_inputs, split_skip_layer_norms, unmasked
+from dataflywheel.loop import run
+
+OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+TEXT_CONFIG = """
+project: rewrites
+data:
+  source: data.csv
+  target: topic
+  features: [{name: text, type: text, max_length: 10, vocab_size: 100}]
+model: {type: transformer, params: {n_layer: 2, n_head: 2, d_model: 16, dropout: 0.0}}
+train: {epochs: 1, batch_size: 16, lr: 0.01, seed: 0, early_stopping: null, threads: 1}
+evaluate: {metric: macro_f1}
+"""
+
+
+def ort_run(proto: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=["SkipLayerNormFusion"])
+    return session.run(["logits"] if any(o.name == "logits" for o in proto.graph.output) else None, feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import dataflywheel as fw
+
+    folder = tmp_path_factory.mktemp("rewrites")
+    rng = random.Random(0)
+    words = {t: (t * 3 + " alpha beta gamma delta").split() for t in ("ab", "cd", "ef")}
+    rows = [{"text": " ".join(rng.choice(w) for _ in range(rng.randint(2, 12))), "topic": t}
+            for _ in range(20) for t, w in words.items()]
+    pl.DataFrame(rows).write_csv(folder / "data.csv")
+    (folder / "flywheel.yaml").write_text(TEXT_CONFIG)
+    run(folder / "flywheel.yaml", progress=False)
+    return fw.load_model("champion", folder / "flywheel.yaml")
+
+
+# -- skip-LayerNorm --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stats", ["absent", "named", "read"])
+def test_skip_layer_norms_are_split_into_add_and_layer_norm(stats: str) -> None:
+    """onnxruntime's CPU SkipLayerNormalization is slow; the split graph computes the same
+    output and the same residual sum (output 3, which pre-norm blocks read). The fusion names
+    the mean and inverse-deviation outputs though nothing reads them ("named"): still split;
+    a node whose mean is read stays fused."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dataflywheel.export.rewrites import split_skip_layer_norms
+
+    rng = np.random.default_rng(0)
+    dim = 8
+    weights = [numpy_helper.from_array(rng.normal(size=dim).astype(np.float32), name)
+               for name in ("gamma", "beta", "bias")]
+    outputs = ["y", "", "", "sum"] if stats == "absent" else ["y", "mean", "inv_std", "sum"]
+    node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], outputs,
+                            domain="com.microsoft", epsilon=1e-5)
+    after = [helper.make_node("Mul", ["sum", "y"], ["z"])]  # reads both outputs
+    if stats == "read":
+        after.append(helper.make_node("Identity", ["mean"], ["m"]))
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, dim]) for n in ("x", "skip", "z")]
+    info += [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)] if stats == "read" else []
+    graph = helper.make_graph([node, *after], "g", info[:2], info[2:], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"x": rng.normal(size=(3, dim)).astype(np.float32), "skip": rng.normal(size=(3, dim)).astype(np.float32)}
+
+    def run(proto: Any) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=["SkipLayerNormFusion"])
+        return session.run(None, feeds)[0]
+
+    fused = run(model)
+    split_skip_layer_norms(model.graph)
+    if stats == "read":
+        assert [n.op_type for n in model.graph.node] == ["SkipLayerNormalization", "Mul", "Identity"]
+    else:
+        assert [n.op_type for n in model.graph.node] == ["Add", "Add", "LayerNormalization", "Mul"]
+    np.testing.assert_allclose(run(model), fused, atol=1e-5)
+
+
+# -- GELU ------------------------------------------------------------------------------------
+
+def test_the_int8_export_runs_gelu_in_tanh_form_and_fp32_stays_exact(text_model: Any) -> None:
+    program = onnx_program(text_model)
+    ops = lambda proto: [n.op_type for n in proto.graph.node]  # noqa: E731
+    assert "BiasGelu" in ops(program) and "FastGelu" not in ops(program)
+    int8 = export_proto(text_model, True, program)
+    assert "FastGelu" in ops(int8) and "BiasGelu" not in ops(int8)
+    assert "BiasGelu" in ops(export_proto(text_model, False, program))
+
+    x = np.linspace(-6, 6, 601, dtype=np.float32).reshape(1, -1)
+    bias = numpy_helper.from_array(np.zeros(x.shape[1], np.float32), "b")
+    node = helper.make_node("BiasGelu", ["x", "b"], ["y"], domain="com.microsoft")
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(x.shape)) for n in ("x", "y")]
+    model = helper.make_model(helper.make_graph([node], "g", info[:1], info[1:], [bias]), opset_imports=OPSETS)
+    exact = ort_run(model, {"x": x})
+    assert approximate_gelu(model.graph) == 1
+    tanh_form = ort_run(model, {"x": x})
+    assert 0 < np.abs(tanh_form - exact).max() < 5e-4  # a different function, barely
+
+
+# -- the unmasked graph ----------------------------------------------------------------------
+
+def test_unpadded_batches_run_the_unmasked_graph_and_match_torch(text_model: Any, tmp_path: Path) -> None:
+    path = export_onnx(text_model, tmp_path)
+    onnx_model = OnnxModel(path, threads=1)
+    assert onnx_model.unmasked_session is not None
+    model = text_model.model
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, model.tok_emb.num_embeddings, (5, model.max_length), generator=gen)
+    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
+    full = torch.ones_like(tokens, dtype=torch.bool)
+    padded = full.clone()
+    padded[1, 6:] = False
+    calls: list[str] = []
+    for name in ("session", "unmasked_session"):
+        session = getattr(onnx_model, name)
+        setattr(onnx_model, name, _Recording(session, name, calls))
+    for mask, used in ((full, "unmasked_session"), (None, "unmasked_session"), (padded, "session")):
+        with torch.inference_mode():
+            expected = model(*args, tokens=tokens, attention_mask=full if mask is None else mask)
+        got = onnx_model(*args, tokens=tokens, attention_mask=mask)
+        assert calls[-1] == used
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+class _Recording:
+    def __init__(self, session: Any, name: str, calls: list[str]) -> None:
+        self.session, self.name, self.calls = session, name, calls
+
+    def run(self, *args: Any) -> Any:
+        self.calls.append(self.name)
+        return self.session.run(*args)
+
+
+def test_the_unmasked_copy_drops_only_attention_masks(text_model: Any) -> None:
+    program = onnx_program(text_model)
+    masks = mask_inputs(program.graph)
+    assert masks
+    copy = unmasked(program)
+    assert mask_inputs(copy.graph) == [] and mask_inputs(program.graph) == masks  # the original is untouched
+    names = {i.name for i in copy.graph.initializer}
+    read = {name for node in copy.graph.node for name in node.input}
+    assert names <= read  # no initializer left that nothing reads
+    assert [i.name for i in copy.graph.input] == [i.name for i in program.graph.input]
+
+
+def attention_graph(mask: str) -> Any:
+    """Tokens (B, 4) -> embeddings -> self-attention (2 heads) -> mean -> ``logits`` (B, 8), the
+    attention masked by ``mask``: ``padding`` (key padding from attention_mask), ``bias``
+    (additive bias from attention_mask), ``causal`` (a fixed causal bias, which masks with
+    nothing padded), or ``tokens`` (key padding from the token ids, not from attention_mask)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(10, 8)).astype(np.float32), "emb"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+             numpy_helper.from_array(np.array([1, 1, 4, 1], np.int64), "rows"),
+             numpy_helper.from_array(np.array(-10000.0, np.float32), "big"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero")]
+    nodes = [helper.make_node("Gather", ["emb", "tokens"], ["x"])]
+    extra = ["", ""]
+    if mask == "padding":
+        nodes.append(helper.make_node("Cast", ["attention_mask"], ["kpm"], to=TensorProto.INT32))
+        extra = ["kpm"]
+    elif mask == "tokens":
+        nodes += [helper.make_node("Equal", ["tokens", "zero"], ["is_pad"]),
+                  helper.make_node("Not", ["is_pad"], ["keep"]),
+                  helper.make_node("Cast", ["keep"], ["kpm"], to=TensorProto.INT32)]
+        extra = ["kpm"]
+    elif mask == "bias":
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                  helper.make_node("Sub", ["one", "m"], ["off"]),
+                  helper.make_node("Mul", ["off", "big"], ["b2"]),
+                  helper.make_node("Unsqueeze", ["b2", "axes12"], ["b4"]),
+                  helper.make_node("Expand", ["b4", "rows"], ["bias"])]
+        extra = ["", "bias"]
+    elif mask == "causal":
+        causal = np.triu(np.full((4, 4), -10000.0, np.float32), k=1).reshape(1, 1, 4, 4)
+        inits.append(numpy_helper.from_array(causal, "causal_init"))
+        nodes.append(helper.make_node("Identity", ["causal_init"], ["bias"]))
+        extra = ["", "bias"]
+    nodes += [helper.make_node("MultiHeadAttention", ["x", "x", "x", "", *extra], ["y"], domain="com.microsoft",
+                               num_heads=2),
+              helper.make_node("ReduceMean", ["y", "axis1"], ["logits"], keepdims=0)]
+    inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", 4]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", 4])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])]
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits), opset_imports=OPSETS)
+
+
+@pytest.mark.parametrize(("mask", "inert"), [("padding", True), ("bias", True), ("causal", False), ("tokens", False)])
+def test_the_unmasked_graph_is_used_only_when_its_masks_mask_nothing(mask: str, inert: bool) -> None:
+    proto = attention_graph(mask)
+    onnx_model = OnnxModel(proto.SerializeToString())
+    assert (onnx_model.unmasked_session is not None) is inert
+    tokens = torch.tensor([[1, 2, 3, 4], [0, 5, 0, 6], [7, 8, 9, 0]])
+    full = torch.ones_like(tokens, dtype=torch.bool)
+    feeds = {"tokens": tokens.numpy(), "attention_mask": full.numpy()}
+    got = onnx_model(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.long), tokens=tokens, attention_mask=full)
+    np.testing.assert_allclose(got.numpy(), ort_run(proto, feeds), atol=1e-5)  # what the graph as exported says
