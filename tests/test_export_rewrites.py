@@ -5,18 +5,23 @@ masks provably mask nothing then)."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import polars as pl
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from dataflywheel.export.onnx import OnnxModel, export_onnx, export_proto, onnx_program
-from dataflywheel.export.rewrites import approximate_gelu, mask_inputs, split_skip_layer_norms, unmasked
+from dataflywheel.export.onnx import OnnxModel, export_proto, onnx_program
+from dataflywheel.export.rewrites import (
+    approximate_gelu,
+    mask_inputs,
+    split_skip_layer_norms,
+    unmask_unpadded_attention,
+)
 from dataflywheel.loop import run
 
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
@@ -120,48 +125,36 @@ def test_the_int8_export_runs_gelu_in_tanh_form_and_fp32_stays_exact(text_model:
 
 # -- the unmasked graph ----------------------------------------------------------------------
 
-def test_unpadded_batches_run_the_unmasked_graph_and_match_torch(text_model: Any, tmp_path: Path) -> None:
-    path = export_onnx(text_model, tmp_path)
-    onnx_model = OnnxModel(path, threads=1)
-    assert onnx_model.unmasked_session is not None
+def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text_model: Any) -> None:
+    program = onnx_program(text_model)
+    branches = [n for n in program.graph.node if n.op_type == "If"]
+    assert len(branches) == 2 and not any(n.op_type == "MultiHeadAttention" for n in program.graph.node)
+    for node in branches:
+        parts = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        (plain,), (masked,) = parts["then_branch"].node, parts["else_branch"].node
+        assert len(plain.input) == 3 and mask_inputs(parts["else_branch"]) == [masked.input[5]]
+
     model = text_model.model
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(1, model.tok_emb.num_embeddings, (5, model.max_length), generator=gen)
-    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
     full = torch.ones_like(tokens, dtype=torch.bool)
     padded = full.clone()
     padded[1, 6:] = False
-    calls: list[str] = []
-    for name in ("session", "unmasked_session"):
-        session = getattr(onnx_model, name)
-        setattr(onnx_model, name, _Recording(session, name, calls))
-    for mask, used in ((full, "unmasked_session"), (None, "unmasked_session"), (padded, "session")):
+    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
+    onnx_model = OnnxModel(program.SerializeToString())
+    for mask in (full, padded):
         with torch.inference_mode():
-            expected = model(*args, tokens=tokens, attention_mask=full if mask is None else mask)
+            expected = model(*args, tokens=tokens, attention_mask=mask)
         got = onnx_model(*args, tokens=tokens, attention_mask=mask)
-        assert calls[-1] == used
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
-
-class _Recording:
-    def __init__(self, session: Any, name: str, calls: list[str]) -> None:
-        self.session, self.name, self.calls = session, name, calls
-
-    def run(self, *args: Any) -> Any:
-        self.calls.append(self.name)
-        return self.session.run(*args)
-
-
-def test_the_unmasked_copy_drops_only_attention_masks(text_model: Any) -> None:
-    program = onnx_program(text_model)
-    masks = mask_inputs(program.graph)
-    assert masks
-    copy = unmasked(program)
-    assert mask_inputs(copy.graph) == [] and mask_inputs(program.graph) == masks  # the original is untouched
-    names = {i.name for i in copy.graph.initializer}
-    read = {name for node in copy.graph.node for name in node.input}
-    assert names <= read  # no initializer left that nothing reads
-    assert [i.name for i in copy.graph.input] == [i.name for i in program.graph.input]
+    for node in branches:  # the masked branch made wrong: only padded batches notice
+        masked = next(a for a in node.attribute if a.name == "else_branch").g.node[0]
+        masked.input[0], masked.input[2] = masked.input[2], masked.input[0]
+    broken = OnnxModel(program.SerializeToString())
+    for mask, same in ((full, True), (padded, False)):
+        a, b = broken(*args, tokens=tokens, attention_mask=mask), onnx_model(*args, tokens=tokens, attention_mask=mask)
+        assert torch.allclose(a, b, atol=1e-6) is same
 
 
 def attention_graph(mask: str) -> Any:
@@ -209,12 +202,13 @@ def attention_graph(mask: str) -> Any:
 
 
 @pytest.mark.parametrize(("mask", "inert"), [("padding", True), ("bias", True), ("causal", False), ("tokens", False)])
-def test_the_unmasked_graph_is_used_only_when_its_masks_mask_nothing(mask: str, inert: bool) -> None:
+def test_attention_is_unmasked_only_when_its_masks_mask_nothing_unpadded(mask: str, inert: bool) -> None:
     proto = attention_graph(mask)
-    onnx_model = OnnxModel(proto.SerializeToString())
-    assert (onnx_model.unmasked_session is not None) is inert
-    tokens = torch.tensor([[1, 2, 3, 4], [0, 5, 0, 6], [7, 8, 9, 0]])
-    full = torch.ones_like(tokens, dtype=torch.bool)
-    feeds = {"tokens": tokens.numpy(), "attention_mask": full.numpy()}
-    got = onnx_model(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.long), tokens=tokens, attention_mask=full)
-    np.testing.assert_allclose(got.numpy(), ort_run(proto, feeds), atol=1e-5)  # what the graph as exported says
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(proto)
+    assert unmask_unpadded_attention(rewritten) == (1 if inert else 0)
+    assert (rewritten == proto) is not inert
+    tokens = np.array([[1, 2, 3, 4], [0, 5, 0, 6], [7, 8, 9, 0]])
+    for keep in (np.ones_like(tokens, dtype=bool), tokens > 0):  # unpadded, then padded
+        feeds = {"tokens": tokens, "attention_mask": keep}
+        np.testing.assert_allclose(ort_run(rewritten, feeds), ort_run(proto, feeds), atol=1e-6)

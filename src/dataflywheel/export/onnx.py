@@ -19,9 +19,8 @@ against 15-20 s to export), and rebuilds it when the key differs.
 
 The graph is then rewritten for onnxruntime's CPU kernels (:mod:`~dataflywheel.export.rewrites`):
 skip-LayerNorm split into its two plain ops (and :class:`OnnxModel` turns off onnxruntime's
-own ``SkipLayerNormFusion``), GELU in its tanh form for int8, and a second, unmasked copy of
-the graph that :class:`OnnxModel` runs on batches without padding (onnxruntime's fused
-attention then applies).
+own ``SkipLayerNormFusion``), attention without its mask for batches with nothing padded
+(onnxruntime's fused attention kernel then applies), and GELU in its tanh form for int8.
 """
 
 from __future__ import annotations
@@ -108,15 +107,17 @@ def onnx_program(predictor: Any) -> Any:
 
 def _fused(model: Any) -> Any:
     """``model`` (an ``onnx_ir.Model``) with onnxruntime's fusions applied, skip-LayerNorm
-    split back into Add + LayerNormalization, as a ModelProto."""
+    split back into Add + LayerNormalization and attention unmasked for unpadded batches, as a
+    ModelProto."""
     import onnx_ir as ir
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
-    from dataflywheel.export.rewrites import split_skip_layer_norms
+    from dataflywheel.export.rewrites import split_skip_layer_norms, unmask_unpadded_attention
 
     fused, _ = optimize_for_ort(model)
     proto = ir.serde.serialize_model(fused)
     split_skip_layer_norms(proto.graph)
+    unmask_unpadded_attention(proto)
     return proto
 
 
@@ -283,75 +284,33 @@ class OnnxModel(nn.Module):
     ``threads`` sets onnxruntime's intra-op threads (one by default, as for small torch models);
     inter-op is sequential. With two or more threads, onnxruntime's workers spin briefly between
     operators (its default, as torch's OpenMP threads do) rather than sleep: a worker that must
-    be woken for every operator made MiniLM's served texts/s about 10 % lower on 2 cores.
-
-    A text graph whose attention takes a padding mask gets a second session on its
-    :func:`~dataflywheel.export.rewrites.unmasked` copy (``unmasked_session``), which runs every
-    batch with nothing padded: onnxruntime's fused attention needs no mask. It is built only
-    when the graph's mask tensors, computed once for an unpadded probe batch, mask nothing
-    (:func:`~dataflywheel.export.rewrites.mask_inputs_are_inert`); otherwise, and for padded
-    batches, the graph as exported runs."""
+    be woken for every operator made MiniLM's served texts/s about 10 % lower on 2 cores."""
 
     def __init__(self, model: str | Path | bytes, *, threads: int = 1) -> None:
         super().__init__()
-        import onnx
-
-        from dataflywheel.export.rewrites import mask_inputs, unmasked
-
-        self.threads = threads
-        data = model if isinstance(model, bytes) else Path(model).read_bytes()
-        proto = onnx.load_model_from_string(data)
-        masks = mask_inputs(proto.graph) if "attention_mask" in {i.name for i in proto.graph.input} else []
-        if masks:  # the mask tensors become outputs too, for the probe
-            probed = onnx.ModelProto()
-            probed.CopyFrom(proto)
-            probed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in masks)
-            data = probed.SerializeToString()
-        self.session = self._session(data)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.unmasked_session = None
-        if masks and self._masks_are_inert(masks, proto):
-            self.unmasked_session = self._session(unmasked(proto).SerializeToString())
-
-    def _session(self, data: bytes) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=["SkipLayerNormFusion"])
-
-    def _masks_are_inert(self, masks: list[str], proto: Any) -> bool:
-        """Run the graph on 2 unpadded texts of 3 tokens (zeros elsewhere) and check its mask tensors."""
-        from dataflywheel.export.rewrites import mask_inputs_are_inert
-
-        feeds = {}
-        for given in self.session.get_inputs():
-            shape = [d if isinstance(d, int) else (2, 3)[min(axis, 1)] for axis, d in enumerate(given.shape)]
-            dtype = {"tensor(float)": np.float32, "tensor(bool)": np.bool_}.get(given.type, np.int64)
-            feeds[given.name] = np.ones(shape, dtype) if given.name == "attention_mask" else np.zeros(shape, dtype)
-        try:
-            values = dict(zip(masks, self.session.run(masks, feeds), strict=True))
-        except Exception:  # noqa: BLE001 - a graph the probe cannot run keeps its masks
-            return False
-        return mask_inputs_are_inert(values, proto.graph)
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=["SkipLayerNormFusion"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.threads = threads
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         given = {"numeric": numeric.float(), "categorical": categorical.long()}
-        session = self.session
         if tokens is not None:
-            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-            given |= {"tokens": tokens.long(), "attention_mask": mask}
-            if self.unmasked_session is not None and bool(mask.all()):
-                session = self.unmasked_session
+            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask
+            given |= {"tokens": tokens.long(), "attention_mask": mask.bool()}
         feeds: dict[str, np.ndarray] = {}
         for name in self.input_names:  # the exporter drops inputs the graph never reads
             value = given.get(name)
             if value is None:
                 raise ModelError(f"the ONNX model needs input {name!r}", fix="pass the text column")
             feeds[name] = np.ascontiguousarray(value.detach().cpu().numpy())
-        (logits,) = session.run(["logits"], feeds)
+        (logits,) = self.session.run(["logits"], feeds)
         return torch.from_numpy(logits)
