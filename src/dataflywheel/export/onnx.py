@@ -41,7 +41,7 @@ from dataflywheel.errors import ModelError
 
 INPUTS = ("numeric", "categorical", "tokens", "attention_mask")
 OPSET = 18
-EXPORT_REVISION = 4
+EXPORT_REVISION = 5
 """Bumped whenever the exported graph changes, so cached exports made before are rebuilt."""
 KEY = "dataflywheel.export_key"
 

@@ -26,7 +26,7 @@ MHA_MASK_INPUTS = (4, 5)
 
 def split_skip_layer_norms(graph: Any) -> None:
     """Replace each ``SkipLayerNormalization(x, skip, gamma, beta?, bias?)`` in ``graph`` by
-    ``LayerNormalization(x + skip [+ bias], gamma, beta)``, in place. Its optional outputs: the
+    ``LayerNormalization((x [+ bias]) + skip, gamma, beta)``, in place. Its optional outputs: the
     sum (output 3, read by pre-norm blocks) keeps its name; a node whose mean or inverse
     standard deviation (outputs 1 and 2) is read stays fused (the fusion names them even when
     nothing reads them)."""
@@ -43,9 +43,9 @@ def split_skip_layer_norms(graph: Any) -> None:
         x, skip, gamma, beta, bias = inputs[:5]
         epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
         total = outputs[3] or f"{outputs[0]}_sum"
-        if bias:
-            nodes.append(helper.make_node("Add", [x, skip], [f"{total}_nobias"]))
-            nodes.append(helper.make_node("Add", [f"{total}_nobias", bias], [total]))
+        if bias:  # bias first: onnxruntime folds a MatMul's bias Add into the (int8) MatMul
+            nodes.append(helper.make_node("Add", [x, bias], [f"{total}_biased"]))
+            nodes.append(helper.make_node("Add", [f"{total}_biased", skip], [total]))
         else:
             nodes.append(helper.make_node("Add", [x, skip], [total]))
         nodes.append(helper.make_node("LayerNormalization", [total, gamma, *([beta] if beta else [])],
