@@ -1,5 +1,6 @@
 """Faster CPU backends: int8 and ONNX outputs close to fp32 (MLP and a tiny transformer), ONNX
-with any batch and sequence length, the comparison, ``flywheel export`` and serving on ONNX."""
+with any batch and sequence length, the export's rewrites on a real model (tanh GELU in int8,
+attention without its mask for unpadded batches), the comparison, ``flywheel export`` and serving on ONNX."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from onnx import helper
 from torch import nn
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.errors import ConfigError
 from dataflywheel.export import OnnxModel, backend_model, compare_backends, export_onnx, quantized_copy
 from dataflywheel.export.backends import with_backend
+from dataflywheel.export.onnx import export_proto, onnx_program
+from dataflywheel.export.rewrites import mask_inputs
 from dataflywheel.loop import run
 from dataflywheel.registry.bundle import verify_bundle
 from dataflywheel.registry.predictor import Predictor
@@ -257,6 +261,49 @@ def test_an_onnx_export_is_cached_in_the_bundle_and_rebuilt_when_stale(
         fp32 = with_backend(Predictor.load(bundle), "onnx")  # nothing cached yet for fp32
     np.testing.assert_allclose(fp32.scores(df)[0], Predictor.load(bundle).scores(df)[0], atol=1e-5)
     assert not (bundle / "exports" / "model.onnx").exists()
+
+
+def test_the_int8_export_runs_gelu_in_tanh_form_and_fp32_stays_exact(text: Path) -> None:
+    predictor = champion(text)
+    program = onnx_program(predictor)
+    ops = lambda proto: [n.op_type for n in proto.graph.node]  # noqa: E731
+    assert "BiasGelu" in ops(program) and "FastGelu" not in ops(program)
+    int8 = export_proto(predictor, True, program)
+    assert "FastGelu" in ops(int8) and "BiasGelu" not in ops(int8)
+    assert "BiasGelu" in ops(export_proto(predictor, False, program))
+
+
+def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text: Path) -> None:
+    predictor = champion(text)
+    program = onnx_program(predictor)
+    branches = [n for n in program.graph.node if n.op_type == "If"]
+    assert len(branches) == 1 and not any(n.op_type == "MultiHeadAttention" for n in program.graph.node)
+    for node in branches:
+        parts = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        (plain,), (masked,) = parts["then_branch"].node, parts["else_branch"].node
+        assert len(plain.input) == 3 and mask_inputs(parts["else_branch"]) == [masked.input[5]]
+
+    model = predictor.model
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, model.tok_emb.num_embeddings, (5, model.max_length), generator=gen)
+    full = torch.ones_like(tokens, dtype=torch.bool)
+    padded = full.clone()
+    padded[1, 6:] = False
+    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
+    onnx_model = OnnxModel(program.SerializeToString())
+    for mask in (full, padded):
+        with torch.inference_mode():
+            expected = model(*args, tokens=tokens, attention_mask=mask)
+        got = onnx_model(*args, tokens=tokens, attention_mask=mask)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+    for node in branches:  # the masked branch made wrong: only padded batches notice
+        masked = next(a for a in node.attribute if a.name == "else_branch").g.node[0]
+        masked.input[0], masked.input[2] = masked.input[2], masked.input[0]
+    broken = OnnxModel(program.SerializeToString())
+    for mask, same in ((full, True), (padded, False)):
+        a, b = broken(*args, tokens=tokens, attention_mask=mask), onnx_model(*args, tokens=tokens, attention_mask=mask)
+        assert torch.allclose(a, b, atol=1e-6) is same
 
 
 # -- serving ---------------------------------------------------------------------------------

@@ -1,61 +1,31 @@
-"""The graph rewrites for onnxruntime's CPU kernels: skip-LayerNorm split, GELU's tanh form in
-int8, and the unmasked attention graph for batches without padding (used only when the graph's
-masks provably mask nothing then)."""
+"""The graph rewrites for onnxruntime's CPU kernels on small hand-built graphs: skip-LayerNorm
+split, GELU's tanh form, and attention without its mask for unpadded batches (only when the
+graph's masks mask nothing then). On an exported model: tests/test_export.py."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import polars as pl
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from dataflywheel.export.onnx import OnnxModel, export_proto, onnx_program
 from dataflywheel.export.rewrites import (
     approximate_gelu,
     mask_inputs,
     split_skip_layer_norms,
     unmask_unpadded_attention,
 )
-from dataflywheel.loop import run
 
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-TEXT_CONFIG = """
-project: rewrites
-data:
-  source: data.csv
-  target: topic
-  features: [{name: text, type: text, max_length: 10, vocab_size: 100}]
-model: {type: transformer, params: {n_layer: 2, n_head: 2, d_model: 16, dropout: 0.0}}
-train: {epochs: 1, batch_size: 16, lr: 0.01, seed: 0, early_stopping: null, threads: 1}
-evaluate: {metric: macro_f1}
-"""
 
 
 def ort_run(proto: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"],
                                    disabled_optimizers=["SkipLayerNormFusion"])
     return session.run(["logits"] if any(o.name == "logits" for o in proto.graph.output) else None, feeds)[0]
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import dataflywheel as fw
-
-    folder = tmp_path_factory.mktemp("rewrites")
-    rng = random.Random(0)
-    words = {t: (t * 3 + " alpha beta gamma delta").split() for t in ("ab", "cd", "ef")}
-    rows = [{"text": " ".join(rng.choice(w) for _ in range(rng.randint(2, 12))), "topic": t}
-            for _ in range(20) for t, w in words.items()]
-    pl.DataFrame(rows).write_csv(folder / "data.csv")
-    (folder / "flywheel.yaml").write_text(TEXT_CONFIG)
-    run(folder / "flywheel.yaml", progress=False)
-    return fw.load_model("champion", folder / "flywheel.yaml")
 
 
 # -- skip-LayerNorm --------------------------------------------------------------------------
@@ -66,11 +36,6 @@ def test_skip_layer_norms_are_split_into_add_and_layer_norm(stats: str) -> None:
     output and the same residual sum (output 3, which pre-norm blocks read). The fusion names
     the mean and inverse-deviation outputs though nothing reads them ("named"): still split;
     a node whose mean is read stays fused."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from dataflywheel.export.rewrites import split_skip_layer_norms
-
     rng = np.random.default_rng(0)
     dim = 8
     weights = [numpy_helper.from_array(rng.normal(size=dim).astype(np.float32), name)
@@ -104,14 +69,7 @@ def test_skip_layer_norms_are_split_into_add_and_layer_norm(stats: str) -> None:
 
 # -- GELU ------------------------------------------------------------------------------------
 
-def test_the_int8_export_runs_gelu_in_tanh_form_and_fp32_stays_exact(text_model: Any) -> None:
-    program = onnx_program(text_model)
-    ops = lambda proto: [n.op_type for n in proto.graph.node]  # noqa: E731
-    assert "BiasGelu" in ops(program) and "FastGelu" not in ops(program)
-    int8 = export_proto(text_model, True, program)
-    assert "FastGelu" in ops(int8) and "BiasGelu" not in ops(int8)
-    assert "BiasGelu" in ops(export_proto(text_model, False, program))
-
+def test_gelu_in_tanh_form_is_within_5e_4_of_the_exact_form() -> None:
     x = np.linspace(-6, 6, 601, dtype=np.float32).reshape(1, -1)
     bias = numpy_helper.from_array(np.zeros(x.shape[1], np.float32), "b")
     node = helper.make_node("BiasGelu", ["x", "b"], ["y"], domain="com.microsoft")
@@ -124,38 +82,6 @@ def test_the_int8_export_runs_gelu_in_tanh_form_and_fp32_stays_exact(text_model:
 
 
 # -- the unmasked graph ----------------------------------------------------------------------
-
-def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text_model: Any) -> None:
-    program = onnx_program(text_model)
-    branches = [n for n in program.graph.node if n.op_type == "If"]
-    assert len(branches) == 2 and not any(n.op_type == "MultiHeadAttention" for n in program.graph.node)
-    for node in branches:
-        parts = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        (plain,), (masked,) = parts["then_branch"].node, parts["else_branch"].node
-        assert len(plain.input) == 3 and mask_inputs(parts["else_branch"]) == [masked.input[5]]
-
-    model = text_model.model
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, model.tok_emb.num_embeddings, (5, model.max_length), generator=gen)
-    full = torch.ones_like(tokens, dtype=torch.bool)
-    padded = full.clone()
-    padded[1, 6:] = False
-    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
-    onnx_model = OnnxModel(program.SerializeToString())
-    for mask in (full, padded):
-        with torch.inference_mode():
-            expected = model(*args, tokens=tokens, attention_mask=mask)
-        got = onnx_model(*args, tokens=tokens, attention_mask=mask)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-
-    for node in branches:  # the masked branch made wrong: only padded batches notice
-        masked = next(a for a in node.attribute if a.name == "else_branch").g.node[0]
-        masked.input[0], masked.input[2] = masked.input[2], masked.input[0]
-    broken = OnnxModel(program.SerializeToString())
-    for mask, same in ((full, True), (padded, False)):
-        a, b = broken(*args, tokens=tokens, attention_mask=mask), onnx_model(*args, tokens=tokens, attention_mask=mask)
-        assert torch.allclose(a, b, atol=1e-6) is same
-
 
 def attention_graph(mask: str) -> Any:
     """Tokens (B, 4) -> embeddings -> self-attention (2 heads) -> mean -> ``logits`` (B, 8), the
