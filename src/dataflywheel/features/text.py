@@ -173,8 +173,8 @@ class TextEncoder:
         ``PREFIX_CHARS_PER_TOKEN * max_length`` characters, and kept only if that prefix already
         overflows and every token kept ends before the prefix's last whitespace (the cut can
         change only the last word); otherwise the whole text is tokenised. Same ids as the whole
-        text, at a third of the cost for long documents (BBC articles at 128 tokens: 0.7-0.8 ms each for
-        the whole text, 0.25-0.28 ms by the prefix; at 8 characters per token it was 0.33-0.42 ms)."""
+        text, at a third of the cost for long documents (BBC articles at 128 tokens: 0.7-0.8 ms
+        each whole, 0.25-0.28 ms by the prefix; 0.33-0.42 ms at 8 characters per token)."""
         tok = self._tokenizer
         values = series.cast(pl.Utf8).to_list()
         _check_text(values, series.name)  # with its nulls: the row named is the input's
