@@ -121,12 +121,12 @@ class TextEncoder:
 
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-        _check_text(series.cast(pl.Utf8).to_list(), series.name)
-        texts = series.drop_nulls().cast(pl.Utf8)
+        values = series.cast(pl.Utf8).to_list()
+        _check_text(values, series.name)
         normalizer = normalizers.BertNormalizer(lowercase=True)
         pre = pre_tokenizers.BertPreTokenizer()
         words: Counter[str] = Counter()
-        for text in texts.to_list():
+        for text in filter(None, values):
             words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
         chars: Counter[str] = Counter()
         for w, c in words.items():

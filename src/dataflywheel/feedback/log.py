@@ -30,7 +30,6 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -96,7 +95,8 @@ class WriterClosed(StoreError):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as hex (:func:`new_ids` of one)."""
+    return new_ids(1)[0]
 
 
 class _RandomBytes:
@@ -123,7 +123,7 @@ _RANDOM = _RandomBytes()
 
 
 def new_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUIDs as hex, as :func:`new_id` but from pooled OS randomness."""
+    """``n`` random (version 4) UUIDs as hex, from pooled OS randomness."""
     raw = bytearray(_RANDOM.take(16 * n))
     for i in range(0, 16 * n, 16):
         raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
