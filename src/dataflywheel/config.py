@@ -418,6 +418,8 @@ def load_config(path: str | Path) -> FlywheelConfig:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        p = p / "flywheel.yaml"
     if not p.is_file():
         raise ConfigError("file not found", where=str(p), fix="run `flywheel init --data FILE --target COLUMN`")
     try:

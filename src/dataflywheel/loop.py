@@ -24,8 +24,14 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+STORE_URL_ENV = "FLYWHEEL_STORE_URL"
+"""Overrides ``store.url``: one flywheel.yaml, pointed at another metadata store per machine."""
+
+
 def open_project(cfg: FlywheelConfig) -> Project:
-    return Project.open(cfg.resolve(cfg.store.root), cfg.store.url)
+    import os
+
+    return Project.open(cfg.resolve(cfg.store.root), os.environ.get(STORE_URL_ENV) or cfg.store.url)
 
 
 def as_config(config: str | Path | FlywheelConfig) -> FlywheelConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -18,10 +19,26 @@ app = typer.Typer(
     name="flywheel",
     help="Data to a deployed model and back: one versioned, traceable loop.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"dataflywheel {version('dataflywheel')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Data to a deployed model and back: one versioned, traceable loop."""
+
 
 app.command("init")(project.init)
 app.command("validate")(project.validate)

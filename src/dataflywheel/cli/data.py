@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console, logger
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, JsonOpt, console, logger, print_json
 
 app = typer.Typer(help="Dataset versions: ingest, list, show, validate a new batch.", no_args_is_help=True)
 
@@ -25,7 +25,7 @@ def ingest(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
 
 @app.command("list")
-def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def list_(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """Every dataset version, oldest first."""
     from rich.table import Table
 
@@ -37,6 +37,10 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         rows = list_versions(project)
     finally:
         project.close()
+    if as_json:
+        print_json([{"id": r.id, "created_at": r.created_at.isoformat(), "source": r.source, "rows": r.n_rows,
+                     "splits": r.split_sizes} for r in rows])
+        return
     table = Table("version", "created", "source", "rows", "train", "valid", "test")
     for r in rows:
         s = r.split_sizes

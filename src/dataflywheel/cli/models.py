@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, JsonOpt, console, print_json
 
 app = typer.Typer(help="The model registry: versions, aliases and their history.", no_args_is_help=True)
 
@@ -21,8 +21,10 @@ def _project(config):  # noqa: ANN001, ANN202
 
 
 @app.command("list")
-def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def list_(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """Every model version with its aliases and headline metrics."""
+    from dataclasses import asdict
+
     from rich.table import Table
 
     from dataflywheel.registry.versions import list_versions
@@ -32,6 +34,9 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         rows = list_versions(project)
     finally:
         project.close()
+    if as_json:
+        print_json([asdict(r) for r in rows])
+        return
     table = Table("version", "created", "model", "task", "dataset", "aliases", "metrics", "verdict")
     for r in rows:
         m = ", ".join(f"{k} {r.metrics[k]:.4f}" for k in _KEY_METRICS if isinstance(r.metrics.get(k), (int, float)))

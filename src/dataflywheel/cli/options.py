@@ -7,8 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to flywheel.yaml.")]
+CONFIG_ENV = ("FLYWHEEL_CONFIG", "FLYWHEEL_PROJECT")
+"""Environment variables naming flywheel.yaml, or the project folder that holds it."""
+ConfigOpt = Annotated[Path, typer.Option(
+    "--config", "-c", envvar=list(CONFIG_ENV), show_envvar=True,
+    help="Path to flywheel.yaml, or the project folder holding it.")]
 DEFAULT_CONFIG = Path("flywheel.yaml")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def print_json(doc: object) -> None:
+    import json
+
+    typer.echo(json.dumps(doc, indent=2, default=str))
 
 
 def console(stderr: bool = False) -> Any:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console, logger
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, JsonOpt, console, logger, print_json
 
 
 def init(
@@ -24,11 +24,15 @@ def init(
     console().print(f"wrote {path}: review the inferred feature types, then `flywheel run`", markup=False)
 
 
-def validate(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def validate(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error."""
     from dataflywheel.config import load_config
 
     cfg = load_config(config)
+    if as_json:
+        print_json({"config": str(config), "valid": True, "source": cfg.data.source.type,
+                    "target": cfg.data.target, "model": cfg.model.type})
+        return
     console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, model {cfg.model.type})",
                     markup=False)
 
@@ -36,12 +40,14 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a live progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress and "
+                                          "messages go to stderr).")] = False,
 ) -> None:
     """Turn the loop: ingest, process, train, evaluate, register (skipping unchanged stages)."""
     from dataflywheel.loop import run as run_loop
 
-    result = run_loop(config, progress=progress, log=logger())
-    _summary(result)
+    result = run_loop(config, progress=progress and not as_json, log=logger(stderr=as_json))
+    _summary(result, as_json)
 
 
 def train(
@@ -49,12 +55,14 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train even if an identical run exists.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Train, evaluate and register a model on the current dataset version."""
     from dataflywheel.api import train as train_api
 
-    result = train_api(config, resume=resume, force=force, progress=progress, log=logger())
-    _summary(result)
+    result = train_api(config, resume=resume, force=force, progress=progress and not as_json,
+                       log=logger(stderr=as_json))
+    _summary(result, as_json)
 
 
 def predict(
@@ -106,7 +114,12 @@ def predict(
     console(stderr=True).print(note, markup=False)
 
 
-def _summary(result) -> None:  # noqa: ANN001
+def _summary(result, as_json: bool = False) -> None:  # noqa: ANN001
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(result))
+        return
     out = console()
     verdict = (result.verdict or {}).get("decision", "-")
     out.print(

@@ -248,12 +248,16 @@ def source_from_config(cfg: SourceConfig, base_dir: Path) -> Source:
 def source_from_path(path: str | Path) -> Source:
     """A source for a path (kind from its extension) or a ``sklearn:NAME`` example."""
     text = str(path)
-    cfg = (
-        SourceConfig.from_shorthand(text)
-        if text.startswith("sklearn:")
-        else SourceConfig(path=text)
-    )
-    return source_from_config(cfg, Path.cwd())
+    if text.startswith("sklearn:"):
+        return source_from_config(SourceConfig.from_shorthand(text), Path.cwd())
+    given = Path(text)
+    supported = ", ".join(sorted(EXTENSIONS))
+    if not given.exists():
+        raise DataError("file not found", where=text, fix="check the path (relative to the current folder)")
+    if given.is_file() and given.suffix.lower() not in EXTENSIONS:
+        raise DataError(f"unsupported file type '{given.suffix or given.name}'", where=text,
+                        fix=f"use a file of type {supported}")
+    return source_from_config(SourceConfig(path=text), Path.cwd())
 
 
 def detect_kind(path: Path) -> str:

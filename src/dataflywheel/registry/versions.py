@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dataflywheel.errors import NotFoundError, StoreError
+from dataflywheel.errors import BundleIntegrityError, NotFoundError, StoreError
+from dataflywheel.registry.bundle import verify_bundle
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import AliasHistoryRow, AliasRow, ModelVersionRow, RunRow
 
@@ -109,7 +110,23 @@ def set_alias(project: Project, name: str, version: int, *, action: str = "set",
     return previous
 
 
+def verify_version(project: Project, version: int, *, alias: str) -> None:
+    """Check the bundle of ``version`` against its manifest before ``alias`` may point at it:
+    a server started on an alias must be able to load what it names."""
+    with project.metadata.transaction() as s:
+        row = s.get(ModelVersionRow, version)
+        if row is None:
+            raise NotFoundError(f"no model version {version}", fix="`flywheel models list` shows the versions")
+        artifact = row.artifact
+    try:
+        verify_bundle(project.artifacts.path(artifact))
+    except BundleIntegrityError as exc:
+        raise BundleIntegrityError(f"model v{version} fails verification, {alias} not moved: {exc.message}",
+                                   where=exc.where, fix=exc.fix) from None
+
+
 def promote(project: Project, version: int, *, alias: str = CHAMPION, reason: str = "manual promotion") -> int | None:
+    verify_version(project, version, alias=alias)
     return set_alias(project, alias, version, action="promote", reason=reason)
 
 
@@ -136,6 +153,7 @@ def rollback(project: Project, *, alias: str = CHAMPION, reason: str = "manual r
             break
     if target is None:
         raise StoreError(f"{alias} has no earlier version to roll back to", where=f"alias {alias}")
+    verify_version(project, target, alias=alias)
     set_alias(project, alias, target, action="rollback", reason=reason)
     return current, target
 

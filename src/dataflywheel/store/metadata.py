@@ -8,6 +8,7 @@ failed step leaves nothing half-recorded.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +16,9 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
+
+from dataflywheel.errors import StoreError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -126,10 +130,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# SQLite's messages for a file that is not (or no longer) a usable database: damage the user
+# repairs from a backup, as opposed to a lock or a constraint, which are ordinary errors.
+_DAMAGE = ("file is not a database", "malformed", "unable to open database file", "disk i/o error")
+
+
+def damaged_store(url: str, exc: BaseException) -> StoreError | None:
+    """A one-line :class:`StoreError` naming the store file when ``exc`` says it is damaged."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if not url.startswith("sqlite") or not any(m in text for m in _DAMAGE):
+        return None
+    path = url.split("///", 1)[-1] or url
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if Path(path).is_dir():
+        reason = "a folder is where the database file should be"
+    return StoreError(f"the metadata store cannot be read ({reason})", where=path,
+                      fix="restore it from a backup, or move it aside to start a new store "
+                          "(the artifacts folder beside it is kept)")
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
         event.listen(engine, "connect", _sqlite_pragmas)
+
+        @event.listens_for(engine, "handle_error")
+        def _name_damage(context: Any) -> None:
+            error = damaged_store(url, context.original_exception)
+            if error is not None:
+                raise error from context.original_exception
     else:
         engine = create_engine(url, pool_pre_ping=True, json_serializer=_dumps)
     return engine
@@ -145,7 +174,14 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except DatabaseError as exc:  # raised while connecting, before handle_error applies
+            error = damaged_store(url, exc)
+            if error is None:
+                raise
+            self.engine.dispose()
+            raise error from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
