@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -11,6 +13,7 @@ import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from cli_helpers import flywheel
 from dataflywheel.cli.loop_commands import feedback_app
 from dataflywheel.errors import DataError, NotFoundError
 from dataflywheel.feedback.importer import import_feedback
@@ -106,3 +109,83 @@ def test_cli_command(project: Project, predictions: list[PredictionRecord], tmp_
     assert r.exit_code == 0, r.output
     assert "1 feedback rows stored" in r.output
     assert labels(project) == {predictions[4].id: "0"}
+
+
+def test_a_key_reused_for_another_label_names_the_row_and_the_key(
+    project: Project, predictions: list[PredictionRecord], tmp_path: Path
+) -> None:
+    first = tmp_path / "first.csv"
+    pl.DataFrame({"prediction_id": [predictions[0].id], "label": ["1"], "idempotency_key": ["crm-17"]}).write_csv(first)
+    assert import_feedback(project, first).created == 1
+    assert import_feedback(project, first).already == 1  # the same row again: idempotent
+    changed = tmp_path / "changed.csv"
+    pl.DataFrame({"prediction_id": [predictions[1].id, predictions[0].id], "label": ["0", "0"],
+                  "idempotency_key": ["crm-18", "crm-17"]}).write_csv(changed)
+    with pytest.raises(DataError, match=r"changed.csv row 2: idempotency key 'crm-17' was used .* for other feedback"):
+        import_feedback(project, changed)
+    within = tmp_path / "within.csv"
+    pl.DataFrame({"prediction_id": [predictions[2].id] * 2, "label": ["0", "1"],
+                  "idempotency_key": ["crm-19"] * 2}).write_csv(within)
+    with pytest.raises(DataError, match=r"within.csv row 2: idempotency key 'crm-19' was used by row 1"):
+        import_feedback(project, within)
+    assert labels(project) == {predictions[0].id: "1"}  # nothing stored from a file with a clash
+
+
+def test_two_imports_of_one_file_at_once_store_each_row_once(
+    project: Project, predictions: list[PredictionRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another import on its own connection commits the same rows after this import looked its
+    keys up and before it writes: this one (the CLI) reports them already imported, exit 0."""
+    from dataflywheel.feedback import importer
+
+    (tmp_path / "flywheel.yaml").write_text("data: {source: data.csv, target: y}\n")
+    path = tmp_path / "labels.csv"
+    pl.DataFrame({"prediction_id": [p.id for p in predictions], "label": [0, 1, 1, 0, 1]}).write_csv(path)
+    original, other = importer.new_id, {}
+
+    def competitor() -> None:
+        p = Project.open(tmp_path / ".flywheel")
+        try:
+            other["result"] = import_feedback(p, path)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            other["error"] = exc
+        finally:
+            p.close()
+
+    def new_id() -> str:  # called for the first row to store: the other import runs now, to its commit
+        if not other:
+            other["started"] = True
+            thread = threading.Thread(target=competitor)
+            thread.start()
+            thread.join(30)
+        return original()
+
+    monkeypatch.setattr(importer, "new_id", new_id)
+    r = flywheel("feedback", "import", str(path), cwd=tmp_path)
+    assert "error" not in other and other["result"].created == 5
+    assert r.code == 0, r.err
+    assert "0 feedback rows stored, 5 already imported" in r.out and "Traceback" not in r.err
+    assert len(labels(project)) == 5
+
+
+def test_concurrent_imports_in_threads(project: Project, predictions: list[PredictionRecord], tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    pl.DataFrame({"prediction_id": [p.id for p in predictions], "label": [0, 1, 1, 0, 1]}).write_csv(path)
+    start, results = threading.Barrier(3), []
+
+    def one() -> None:
+        p = Project.open(tmp_path / ".flywheel")
+        try:
+            start.wait(10)
+            results.append(import_feedback(p, path))
+        finally:
+            p.close()
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 3
+    assert sum(r.created for r in results) == 5 and sum(r.already for r in results) == 10
+    assert len(labels(project)) == 5

@@ -154,6 +154,24 @@ def test_key_reused_for_another_prediction_conflicts(writer: LogWriter) -> None:
         writer.record_feedback(b.id, "a", idempotency_key="k").result(5)
 
 
+def test_key_replayed_with_another_value_conflicts_naming_the_key(writer: LogWriter) -> None:
+    r = record()
+    writer.log_predictions([r]).result(5)
+    first = writer.record_feedback(r.id, "a", idempotency_key="k-7").result(5)
+    with pytest.raises(IdempotencyConflict, match=r"idempotency_key 'k-7': .*label 'a'"):
+        writer.record_feedback(r.id, "b", idempotency_key="k-7").result(5)
+    gate = hold(writer)  # the same within one group: the first value wins, the other conflicts
+    same_group = [writer.record_feedback(r.id, v, idempotency_key="k-8") for v in ("b", "a", "b")]
+    gate.set()
+    assert same_group[0].result(5).created and same_group[2].result(5).id == same_group[0].result(5).id
+    with pytest.raises(IdempotencyConflict, match="k-8"):
+        same_group[1].result(5)
+    # a value equal once checked (normalised) is the same request
+    again = writer.record_feedback(r.id, "A", idempotency_key="k-7", check=lambda _p, v: str(v).lower()).result(5)
+    assert not again.created and again.id == first.id
+    assert [f.value for f in writer.feedback_for(r.id)] == [{"label": "a"}, {"label": "b"}]
+
+
 def test_check_can_reject_or_normalise_the_value(writer: LogWriter) -> None:
     r = record()
     writer.log_predictions([r]).result(5)

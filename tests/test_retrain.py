@@ -126,7 +126,7 @@ def test_next_dataset_version_is_parent_plus_feedback(cycle: Cycle) -> None:
     assert 0.1 < len(by_role[HOLDOUT]) / n_feedback < 0.3  # evaluate.feedback_holdout = 0.2
     for role in ("train", "valid", HOLDOUT):  # deterministic in the feedback id
         assert all(assign_role(f, 0.2, 0.15 / 0.85) == role for f in by_role[role])
-    assert r.feedback == {k: len(v) for k, v in by_role.items()}
+    assert r.feedback == {"rejected": 0} | {k: len(v) for k, v in by_role.items()}
 
 
 def test_gate_verdict_recorded_and_shown(cycle: Cycle) -> None:

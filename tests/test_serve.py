@@ -212,6 +212,7 @@ def test_feedback_not_found_bad_label_and_idempotency(project: Path, rows: list[
                                     headers={"content-type": "application/json"}),
             "first": await post("/v1/feedback", json={"prediction_id": ids[0], "label": 1, "idempotency_key": "k"}),
             "again": await post("/v1/feedback", json={"prediction_id": ids[0], "label": 1, "idempotency_key": "k"}),
+            "changed": await post("/v1/feedback", json={"prediction_id": ids[0], "label": "0", "idempotency_key": "k"}),
             "other": await post("/v1/feedback", json={"prediction_id": ids[1], "label": "0", "idempotency_key": "k"}),
             "plain": await post("/v1/feedback", json={"prediction_id": ids[1], "label": "0"}),
         }
@@ -228,6 +229,9 @@ def test_feedback_not_found_bad_label_and_idempotency(project: Path, rows: list[
     assert out["first"].status_code == 201 and out["first"].json()["created"] is True
     assert out["again"].status_code == 200 and out["again"].json()["feedback_id"] == out["first"].json()["feedback_id"]
     assert out["other"].status_code == 409
+    changed = out["changed"]  # same key, same prediction, another label: not silently ignored
+    assert changed.status_code == 409 and changed.json()["where"] == "idempotency_key 'k'"
+    assert "label '1'" in changed.json()["detail"]
     assert out["plain"].status_code == 201
     assert out["count"] == 2 and [r.value for r in out["rows"]] == [{"label": "1"}, {"label": "0"}]
 

@@ -113,12 +113,17 @@ def _feedback_lines(doc: dict[str, Any]) -> list[str]:
     if m:
         lines.append(f"first model that learned from it: v{m['version']} ({m['verdict']}; aliases: "
                      f"{', '.join(m['aliases']) or '-'})")
-    elif roles and roles <= {"dropped", "holdout"}:
-        why = "held out for evaluation" if roles == {"holdout"} else "dropped (a duplicate or superseded)"
-        lines.append(f"first model that learned from it: none: it was {why}, never trained on")
+    elif roles and roles <= set(_NOT_LEARNED):
+        why = " and ".join(_NOT_LEARNED[r] for r in sorted(roles))
+        lines.append(f"first model that learned from it: none: it was {why}")
     else:
         lines.append("first model that learned from it: none yet")
     return lines
+
+
+_NOT_LEARNED = {"holdout": "held out for evaluation, never trained on",
+                "dropped": "dropped (a duplicate or superseded), never trained on",
+                "rejected": "rejected (the model cannot use it); the next retrain tries it again"}
 
 
 def _value(value: Any) -> str:

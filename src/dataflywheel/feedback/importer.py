@@ -13,7 +13,10 @@ on it); labelled rows that were never served are new training data: add them to 
 
 Labels are checked like ``/v1/feedback`` checks them (one of the predicting model's classes, or
 a number for regression). The whole file is one transaction, and importing it again adds
-nothing: each (prediction, label) pair has an idempotency key.
+nothing: each row has an idempotency key, its ``idempotency_key`` column where the file has
+one, else a hash of (prediction, label). As with ``/v1/feedback``, a key already stored for
+other feedback (another prediction or label) is an error naming the row and the key. Two
+imports of one file at once store each row once; the later one reports them already imported.
 """
 
 from __future__ import annotations
@@ -21,20 +24,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
-from dataflywheel.errors import DataError, FlywheelError, NotFoundError
-from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow, new_id
+from dataflywheel.errors import DataError, FlywheelError, NotFoundError, StoreError
+from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow, new_id, same_value
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import Base
 
 LABEL = "label"
 PREDICTION_ID = "prediction_id"
+KEY = "idempotency_key"
 _READERS = {".csv": pl.read_csv, ".tsv": lambda p: pl.read_csv(p, separator="\t"), ".jsonl": pl.read_ndjson,
             ".ndjson": pl.read_ndjson, ".json": pl.read_json, ".parquet": pl.read_parquet}
 
@@ -110,10 +117,12 @@ def idempotency_key(prediction_id: str, label: Any) -> str:
     return f"import:{digest}"
 
 
-def import_feedback(project: Project, path: str | Path) -> ImportResult:
-    """Attach the file's labels to their predictions (see the module docstring)."""
-    from dataflywheel.serve.requests import check_label
+def import_feedback(project: Project, path: str | Path, *, attempts: int = 5) -> ImportResult:
+    """Attach the file's labels to their predictions (see the module docstring).
 
+    Another writer may store some of the same keys between this import's reads and its
+    commit (two imports of one file at once): the transaction is then run again, up to
+    ``attempts`` times, and finds those rows already imported."""
     Base.metadata.create_all(project.metadata.engine, tables=TABLES)
     where = str(path)
     df = read_labels(path)
@@ -121,29 +130,67 @@ def import_feedback(project: Project, path: str | Path) -> ImportResult:
     if by_id:
         ids = [None if v is None else str(v) for v in df[PREDICTION_ID].to_list()]
     else:
-        ids = _match_records(project, df, where)
-    labels = df[LABEL].to_list()
+        ids = _match_records(project, df.drop(KEY, strict=False), where)
+    keys = [None if v is None else str(v) for v in df[KEY].to_list()] if KEY in df.columns else [None] * df.height
+    rows = list(zip(ids, df[LABEL].to_list(), keys, strict=True))
+    for attempt in range(1, attempts + 1):
+        try:
+            created, already = _store(project, where, rows)
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == attempts:
+                raise StoreError(f"could not store the labels: another writer kept clashing "
+                                 f"({str(exc.orig).splitlines()[0]})", where=where,
+                                 fix="run the import again") from None
+            time.sleep(0.05 * attempt)
+            continue
+        return ImportResult(len(ids), created, already, PREDICTION_ID if by_id else "record")
+    raise AssertionError("unreachable")
+
+
+def _store(project: Project, where: str, rows: list[tuple[str | None, Any, str | None]]) -> tuple[int, int]:
+    """Check every row and store the new ones in one transaction; (created, already)."""
+    from dataflywheel.serve import requests as serve_requests
+
     created = already = 0
     with project.metadata.transaction() as s:
-        keys: set[str] = set()
-        for i, (pid, label) in enumerate(zip(ids, labels, strict=True)):
+        predictions = _by_id(s, PredictionRow, PredictionRow.id, {pid for pid, _, _ in rows if pid is not None})
+        checked: list[tuple[str, Any, str]] = []
+        for i, (pid, label, key) in enumerate(rows):
             row_where = f"{where} row {i + 1}"
             if pid is None or label is None:
                 raise DataError(f"{'prediction_id' if pid is None else 'label'} is missing", where=row_where)
-            prediction = s.get(PredictionRow, pid)
+            prediction = predictions.get(pid)
             if prediction is None:
                 raise NotFoundError(f"no prediction {pid!r}", where=row_where,
                                     fix="use prediction ids returned by /v1/predict")
             try:
-                stored = check_label(prediction, label)
+                stored = serve_requests.check_label(prediction, label)
             except FlywheelError as exc:
                 raise DataError(exc.message, where=row_where, fix=exc.fix) from None
-            key = idempotency_key(pid, stored)
-            if key in keys or s.scalar(select(FeedbackRow.id).where(FeedbackRow.idempotency_key == key)):
+            checked.append((pid, stored, key or idempotency_key(pid, stored)))
+        seen = {f.idempotency_key: (f.prediction_id, f.kind, f.value, "an earlier import or request")
+                for f in _by_id(s, FeedbackRow, FeedbackRow.idempotency_key, {k for _, _, k in checked}).values()}
+        for i, (pid, stored, key) in enumerate(checked):
+            value = {"label": stored}
+            first = seen.get(key)
+            if first is not None:
+                if first[0] != pid or first[1] != "label" or not same_value(first[2], value):
+                    raise DataError(f"idempotency key {key!r} was used by {first[3]} for other feedback "
+                                    f"(prediction {first[0]!r}, {first[2]})", where=f"{where} row {i + 1}",
+                                    fix="give new feedback a new idempotency_key")
                 already += 1
                 continue
-            keys.add(key)
-            s.add(FeedbackRow(id=new_id(), prediction_id=pid, kind="label", value={"label": stored},
-                              idempotency_key=key))
+            seen[key] = (pid, "label", value, f"row {i + 1}")
+            s.add(FeedbackRow(id=new_id(), prediction_id=pid, kind="label", value=value, idempotency_key=key))
             created += 1
-    return ImportResult(len(ids), created, already, PREDICTION_ID if by_id else "record")
+    return created, already
+
+
+def _by_id(s: Session, table: type[Any], column: Any, values: set[str], chunk: int = 500) -> dict[str, Any]:
+    """Rows of ``table`` whose ``column`` is one of ``values``, by that value (looked up in chunks)."""
+    wanted = sorted(values)
+    out: dict[str, Any] = {}
+    for i in range(0, len(wanted), chunk):
+        for row in s.scalars(select(table).where(column.in_(wanted[i : i + chunk]))):
+            out[getattr(row, column.key)] = row
+    return out

@@ -286,9 +286,10 @@ class LogWriter:
         """Record feedback for a logged prediction.
 
         Raises (through the future) :class:`NotFoundError` for an unknown prediction id and
-        :class:`IdempotencyConflict` when ``idempotency_key`` was used for other feedback.
-        ``check(prediction, value)`` may normalise ``value`` or raise a FlywheelError.
-        A repeated key returns the first request's id with ``created=False``.
+        :class:`IdempotencyConflict` when ``idempotency_key`` was used for other feedback (another
+        prediction, kind or value). ``check(prediction, value)`` may normalise ``value`` or raise
+        a FlywheelError. A repeated key with the same request (the same value once checked)
+        returns the first request's id with ``created=False``.
         """
         fut: Future[FeedbackResult] = Future()
         self.submit_feedback(prediction_id, value, _settler(fut), kind=kind, idempotency_key=idempotency_key,
@@ -423,10 +424,11 @@ def _insert_predictions(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def _record_feedback(conn: Connection, run: list[_Feedback]) -> list[tuple[bool, Any]]:
     """Feedback requests in one go: one lookup of their keys, one of their predictions, one insert."""
     keys = {f.key for f in run if f.key is not None}
-    seen: dict[str, tuple[str, str, str]] = {}  # idempotency key -> (feedback id, prediction id, kind)
+    seen: dict[str, tuple[str, str, str, Any]] = {}  # idempotency key -> (feedback id, prediction id, kind, value)
     if keys:
-        q = select(_F.id, _F.prediction_id, _F.kind, _F.idempotency_key).where(_F.idempotency_key.in_(list(keys)))
-        seen = {r.idempotency_key: (r.id, r.prediction_id, r.kind) for r in conn.execute(q)}
+        q = select(_F.id, _F.prediction_id, _F.kind, _F.value, _F.idempotency_key).where(
+            _F.idempotency_key.in_(list(keys)))
+        seen = {r.idempotency_key: (r.id, r.prediction_id, r.kind, r.value) for r in conn.execute(q)}
     q = select(_P.id, _P.model_version, _P.output).where(_P.id.in_(list({f.prediction_id for f in run})))
     predictions = {r.id: r for r in conn.execute(q)}
     now = utcnow()
@@ -434,31 +436,43 @@ def _record_feedback(conn: Connection, run: list[_Feedback]) -> list[tuple[bool,
     rows: list[dict[str, Any]] = []
     for f in run:
         try:
-            if f.key is not None and f.key in seen:
-                first_id, first_prediction, first_kind = seen[f.key]
-                if first_prediction != f.prediction_id or first_kind != f.kind:
-                    raise IdempotencyConflict(
-                        "idempotency key already used for feedback on another prediction",
-                        where=f"idempotency_key {f.key!r}", fix="use a new key for new feedback")
-                outcomes.append((True, FeedbackResult(first_id, created=False)))
-                continue
             prediction = predictions.get(f.prediction_id)
+            first = seen.get(f.key) if f.key is not None else None
+            if first is not None and (first[1] != f.prediction_id or first[2] != f.kind):
+                raise _conflict(f.key, f"feedback on prediction {first[1]!r}")
             if prediction is None:
                 raise NotFoundError(f"no prediction {f.prediction_id!r}", where="prediction_id",
                                     fix="send the prediction_id returned by /v1/predict")
             stored = f.check(prediction, f.value) if f.check is not None else f.value
+            value = {f.kind: stored}
+            if first is not None:
+                if not same_value(first[3], value):
+                    raise _conflict(f.key, f"{f.kind} {(first[3] or {}).get(f.kind)!r}")
+                outcomes.append((True, FeedbackResult(first[0], created=False)))
+                continue
         except Exception as exc:  # noqa: BLE001 - a rejected request fails only itself
             outcomes.append((False, exc))
             continue
         row_id = new_id()
         rows.append({"id": row_id, "prediction_id": f.prediction_id, "created_at": now, "kind": f.kind,
-                     "value_json": to_json({f.kind: stored}), "idempotency_key": f.key})
+                     "value_json": to_json(value), "idempotency_key": f.key})
         if f.key is not None:
-            seen[f.key] = (row_id, f.prediction_id, f.kind)
+            seen[f.key] = (row_id, f.prediction_id, f.kind, value)
         outcomes.append((True, FeedbackResult(row_id, created=True)))
     if rows:
         conn.execute(_INSERT_FEEDBACK, rows)
     return outcomes
+
+
+def same_value(stored: Any, value: Any) -> bool:
+    """Whether ``value`` is what a feedback row holds as ``stored`` (compared as the store keeps it)."""
+    return bool(orjson.loads(to_json(stored)) == orjson.loads(to_json(value)))
+
+
+def _conflict(key: str | None, first: str) -> IdempotencyConflict:
+    return IdempotencyConflict(f"idempotency key already used for {first}, not for this request",
+                               where=f"idempotency_key {key!r}",
+                               fix="resend the first request unchanged, or use a new key for new feedback")
 
 
 def _settler(fut: Future[Any]) -> Settle:

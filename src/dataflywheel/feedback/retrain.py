@@ -9,7 +9,10 @@ champion on the frozen test split plus the held-out feedback, applies the promot
 
 Idempotent: with no labelled feedback beyond the champion's dataset there is nothing to do, and
 retraining on the same feedback again finds the version already trained. One retrain runs at a
-time per project (a lock file beside the store); a second one fails fast.
+time per project (a lock file beside the store); a second one fails fast. A dataset version
+left by a retrain that did not finish (killed while training) is removed first, so its
+feedback goes into this one. When every new row is rejected (the model cannot use it), the
+retrain fails with :class:`FeedbackRejected` naming why; those rows stay pending.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dataflywheel.config import FlywheelConfig
-from dataflywheel.errors import NotFoundError, StoreError
+from dataflywheel.errors import DataError, NotFoundError, StoreError
 from dataflywheel.store import Project
 
 Status = Literal["nothing_to_do", "no_usable_rows", "trained", "already_trained"]
@@ -35,7 +38,7 @@ class RetrainResult:
     parent_dataset: str | None = None
     dataset_id: str | None = None
     feedback: dict[str, int] = field(default_factory=dict)
-    """Feedback rows per role in the new dataset version: train, valid, holdout, dropped."""
+    """Feedback rows per role in the new dataset version: train, valid, holdout, dropped, rejected."""
     version: int | None = None
     decision: str | None = None
     """``promoted`` or ``rejected`` (None when nothing was trained)."""
@@ -48,6 +51,10 @@ class RetrainResult:
 
 class RetrainBusy(StoreError):
     """Another retrain of the same project is running."""
+
+
+class FeedbackRejected(DataError):
+    """Nothing to train: every new labelled feedback row was rejected."""
 
 
 @contextmanager
@@ -75,7 +82,14 @@ def retrain(
 ) -> RetrainResult:
     """Retrain from the champion's dataset plus pending labelled feedback (module docstring)."""
     from dataflywheel.data.dataset import get_version
-    from dataflywheel.feedback.trainingset import HOLDOUT, build_next_version, new_label_count
+    from dataflywheel.feedback.trainingset import (
+        REJECTED,
+        USED_ROLES,
+        build_next_version,
+        describe_rejected,
+        remove_orphans,
+        retrain_due,
+    )
     from dataflywheel.loop import train_and_register
     from dataflywheel.registry import versions
 
@@ -84,18 +98,27 @@ def retrain(
         if champion is None:
             raise NotFoundError("no champion model to retrain", fix="run `flywheel run` first")
         parent = get_version(project, versions.resolve(project, champion).dataset_id)
-        # Feedback already linked to a dataset version was considered by an earlier retrain
-        # (trained on, held out or dropped): without new labels the result would be the same.
-        built = build_next_version(cfg, project, parent, log=log) if new_label_count(project) else None
+        remove_orphans(project, log)
+        # Feedback held by a version a model was trained on (as train, valid, holdout or
+        # dropped) gives the same result again; rejected rows are tried again.
+        built = build_next_version(cfg, project, parent, log=log) if retrain_due(project, parent.id) else None
         if built is None:
             msg = f"no new labelled feedback since dataset {parent.id} (champion v{champion}): nothing to do"
             log(msg)
             return RetrainResult("nothing_to_do", msg, parent.id, champion=champion)
         counts = {role: len(ids) for role, ids in built.roles.items()}
         base = RetrainResult("no_usable_rows", "", parent.id, built.dataset.id, counts, champion=champion)
-        if not any(counts.get(r) for r in ("train", "valid", HOLDOUT)):
-            why = f" ({built.dropped})" if built.dropped else " (duplicates of rows already in the data)"
-            base.message = f"all {counts.get('dropped', 0)} new feedback rows were dropped{why}; nothing to train"
+        if not any(counts.get(r) for r in USED_ROLES):
+            dropped = ", ".join(f"{k} {v}" for k, v in built.dropped.items() if v)
+            if counts.get(REJECTED):
+                also = f"; {counts.get('dropped', 0)} dropped ({dropped})" if counts.get("dropped") else ""
+                raise FeedbackRejected(
+                    f"nothing to train: {counts[REJECTED]} new labelled feedback rows were rejected"
+                    f"{describe_rejected(built.rejected)}{also}", where="flywheel retrain",
+                    fix="send the inputs the model reads, or change data.processing.missing in flywheel.yaml, "
+                        "then retrain (the rejected rows stay pending)")
+            base.message = (f"all {counts.get('dropped', 0)} new feedback rows were dropped "
+                            f"({dropped or 'duplicates of rows already in the data'}); nothing to train")
             log(base.message)
             return base
         run = train_and_register(cfg, project, built.dataset, progress=progress, log=log, actor="flywheel retrain")

@@ -1,18 +1,28 @@
 """The next dataset version: a parent version plus the labelled feedback it does not yet hold.
 
 Each labelled feedback row becomes a data row: its prediction's logged input plus the label as
-the target. Rows are validated against the parent's schema (:mod:`dataflywheel.data.anomalies`),
-coerced and filled like the parent's (statistics from the parent's train split), and
-de-duplicated: the newest label per prediction wins, and a row identical to one already in the
-parent (any split) or to an earlier feedback row is dropped. A feedback row's role is a
-deterministic hash of its id: ``holdout`` (share ``evaluate.feedback_holdout``; evaluation
-only), else ``valid`` or ``train`` in the proportion of ``data.split``.
+the target. Rows are validated against the columns the model reads (:func:`model_inputs`: the
+schema's columns a challenger of this config takes as input, so a text column an MLP skips is
+neither required nor filled), coerced and filled like the parent's (statistics from the
+parent's train split), and de-duplicated: the newest label per prediction wins, and a row
+identical to one already in the parent (any split) or to an earlier feedback row is dropped. A
+row the model cannot use (no usable label, or a missing input whose ``missing`` rule is
+``drop``) is ``rejected``: linked for lineage but not held, so the next version tries it again.
+A feedback row's role is a deterministic hash of its id: ``holdout`` (share
+``evaluate.feedback_holdout``; evaluation only), else ``valid`` or ``train`` in the proportion
+of ``data.split``.
 
 The new version's train/valid splits are the parent's plus the feedback rows; its test split is
 the parent's, frozen, so a challenger and its champion are compared on the same rows;
 ``holdout.parquet`` collects the held-out feedback of every ancestor. The id is a content hash
-of the parent id, the data config and the feedback ids, and every feedback row seen (including
-the dropped ones) is linked to the version in ``dataset_feedback`` for lineage.
+of the parent id, the data config, the model's inputs and the feedback ids, and every feedback
+row seen is linked to the version in ``dataset_feedback`` with its role.
+
+A version is *settled* once a model trained on it is registered, or when it holds no row to
+train or evaluate on (the retrain that built it concluded there was nothing to train). A
+version with such rows but no model is an *orphan* of a retrain that did not finish (killed,
+or failed in training): its feedback counts as new (:func:`new_label_count`) and
+:func:`remove_orphans` deletes it.
 """
 
 from __future__ import annotations
@@ -24,17 +34,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from sqlalchemy import select
+from sqlalchemy import Select, delete, func, or_, select
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersion, data_config_hash, version_id
+from dataflywheel.data.schema import Schema
 from dataflywheel.errors import DataError
 from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import Base, DatasetFeedbackRow, DatasetParentRow, DatasetRow
+from dataflywheel.store.metadata import (
+    Base,
+    DatasetFeedbackRow,
+    DatasetParentRow,
+    DatasetRow,
+    ModelVersionRow,
+    RunRow,
+)
 
 HOLDOUT = "holdout"
-ROLES = ("train", "valid", HOLDOUT, "dropped")
+REJECTED = "rejected"
+ROLES = ("train", "valid", HOLDOUT, "dropped", REJECTED)
+USED_ROLES = ("train", "valid", HOLDOUT)
+"""Roles of rows a model is trained or evaluated on."""
+HELD_ROLES = (*USED_ROLES, "dropped")
+"""Roles of rows a version holds: used, or dropped because their content is there already (a
+duplicate) or a newer label of the same prediction is (superseded)."""
 _ID = "\0feedback_id"
 
 
@@ -43,9 +67,11 @@ class TrainingSet:
     dataset: DatasetVersion
     parent_id: str
     roles: dict[str, list[str]] = field(default_factory=dict)
-    """Feedback ids per role (train, valid, holdout, dropped)."""
+    """Feedback ids per role (train, valid, holdout, dropped, rejected)."""
     dropped: dict[str, int] = field(default_factory=dict)
-    """Why rows were dropped: superseded, invalid, duplicate."""
+    """Why rows were dropped: superseded, duplicate."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Why rows were rejected (a sentence per reason) and how many."""
 
 
 def unit_hash(text: str) -> float:
@@ -91,28 +117,77 @@ def ancestry(project: Project, dataset_id: str) -> list[str]:
     return seen
 
 
-def new_label_count(project: Project) -> int:
-    """Labelled feedback rows not yet seen by any dataset version (the retrain trigger)."""
-    from sqlalchemy import func
+def trained_datasets() -> Select[tuple[str]]:
+    """Ids of dataset versions a registered model was trained on."""
+    return select(RunRow.dataset_id).union(select(ModelVersionRow.dataset_id))
 
+
+def settled_datasets() -> Select[tuple[str]]:
+    """Ids of settled dataset versions (module docstring): a model was registered from it, or
+    it holds no row to train or evaluate on."""
+    with_rows = select(DatasetFeedbackRow.dataset_id).where(DatasetFeedbackRow.role.in_(USED_ROLES))
+    return select(DatasetRow.id).where(or_(DatasetRow.id.in_(trained_datasets()), DatasetRow.id.not_in(with_rows)))
+
+
+def new_label_count(project: Project) -> int:
+    """Labelled feedback rows no settled dataset version has seen (the retrain trigger): rows
+    of an orphan version count; rows a settled version rejected do not (they are retried by
+    the next retrain, but do not trigger one)."""
     ensure_log_tables(project)
-    linked = select(DatasetFeedbackRow.feedback_id)
+    seen = select(DatasetFeedbackRow.feedback_id).where(DatasetFeedbackRow.dataset_id.in_(settled_datasets()))
     with project.metadata.transaction() as s:
         q = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.kind == "label",
-                                                                FeedbackRow.id.not_in(linked))
+                                                                FeedbackRow.id.not_in(seen))
         return int(s.scalar(q) or 0)
 
 
-def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
-    """Labelled feedback not held by ``parent_id`` or its ancestors, joined to the logged
-    input: columns ``feedback_id``, ``prediction_id``, ``created_at``, ``input``, ``label``."""
-    ensure_log_tables(project)
+def _pending(project: Project, parent_id: str) -> Select[Any]:
     held = select(DatasetFeedbackRow.feedback_id).where(
-        DatasetFeedbackRow.dataset_id.in_(ancestry(project, parent_id)))
+        DatasetFeedbackRow.dataset_id.in_(ancestry(project, parent_id)), DatasetFeedbackRow.role.in_(HELD_ROLES))
+    return select(FeedbackRow.id).where(FeedbackRow.kind == "label", FeedbackRow.id.not_in(held))
+
+
+def retrain_due(project: Project, parent_id: str) -> bool:
+    """Whether a retrain from ``parent_id`` has anything to consider: a pending labelled row
+    (:func:`pending_feedback`) that no version a model was trained on holds."""
+    ensure_log_tables(project)
+    pending = _pending(project, parent_id)
+    used = select(DatasetFeedbackRow.feedback_id).where(
+        DatasetFeedbackRow.dataset_id.in_(trained_datasets()), DatasetFeedbackRow.role.in_(HELD_ROLES))
+    with project.metadata.transaction() as s:
+        q = select(func.count()).select_from(pending.where(FeedbackRow.id.not_in(used)).subquery())
+        return bool(s.scalar(q))
+
+
+def remove_orphans(project: Project, log: Callable[[str], None] = lambda _msg: None) -> list[str]:
+    """Delete the orphan dataset versions (module docstring) and their folders; their ids.
+    Call it only while holding the retrain lock: a retrain under way has an unsettled version."""
+    with project.metadata.transaction() as s:
+        built = select(DatasetFeedbackRow.dataset_id).where(DatasetFeedbackRow.role.in_(USED_ROLES))
+        orphans = list(s.scalars(select(DatasetRow).where(DatasetRow.id.in_(built),
+                                                          DatasetRow.id.not_in(settled_datasets()))))
+        ids = [d.id for d in orphans]
+        if ids:
+            s.execute(delete(DatasetFeedbackRow).where(DatasetFeedbackRow.dataset_id.in_(ids)))
+            s.execute(delete(DatasetParentRow).where(DatasetParentRow.child_id.in_(ids)))
+            s.execute(delete(DatasetRow).where(DatasetRow.id.in_(ids)))
+    for d in orphans:
+        project.artifacts.remove(d.artifact)
+        log(f"dataset {d.id} ({d.source}) was left by a retrain that did not finish: removed; "
+            "its feedback is pending again")
+    return ids
+
+
+def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
+    """Labelled feedback not held by ``parent_id`` or its ancestors (rows they rejected
+    included), joined to the logged input: columns ``feedback_id``, ``prediction_id``,
+    ``created_at``, ``input``, ``label``."""
+    ensure_log_tables(project)
+    pending = _pending(project, parent_id)
     q = (select(FeedbackRow.id, FeedbackRow.prediction_id, FeedbackRow.created_at, FeedbackRow.value,
                 PredictionRow.input)
          .join(PredictionRow, PredictionRow.id == FeedbackRow.prediction_id)
-         .where(FeedbackRow.kind == "label", FeedbackRow.id.not_in(held))
+         .where(FeedbackRow.id.in_(pending))
          .order_by(FeedbackRow.created_at, FeedbackRow.id))
     with project.metadata.transaction() as s:
         rows = s.execute(q).all()
@@ -125,6 +200,17 @@ def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
     )
 
 
+def model_inputs(cfg: FlywheelConfig, schema: Schema) -> list[str]:
+    """The schema columns a model of ``cfg`` reads (as training picks them: ``data.features``,
+    ``data.exclude``, text only for a model type that reads text)."""
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.models.registry import takes_text
+
+    pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude,
+                                   text=takes_text(cfg.model.type), base_dir=cfg.base_dir)
+    return [name for name, *_ in pre.features] + [name for name, _ in pre.text_features]
+
+
 def _as_table(pending: pl.DataFrame, target: str) -> pl.DataFrame:
     records = [{**json.loads(inp), target: json.loads(lab)}
                for inp, lab in zip(pending["input"], pending["label"], strict=True)]
@@ -132,38 +218,54 @@ def _as_table(pending: pl.DataFrame, target: str) -> pl.DataFrame:
     return table.with_columns(pending["feedback_id"].alias(_ID))
 
 
-def _conform(table: pl.DataFrame, cfg: FlywheelConfig, parent: DatasetVersion, train: pl.DataFrame
-             ) -> tuple[pl.DataFrame, int]:
-    """Validate, coerce, fill and cast ``table`` to the parent's columns; return it and the
-    number of rows dropped as invalid (no usable target, or a missing ``drop`` column)."""
+def _conform(table: pl.DataFrame, cfg: FlywheelConfig, parent: DatasetVersion, train: pl.DataFrame,
+             inputs: list[str]) -> tuple[pl.DataFrame, dict[str, list[str]], list[str]]:
+    """Validate ``table`` against the model's ``inputs`` (and the target), coerce, fill and cast
+    it to the parent's columns (a column the model does not read stays empty); return it, the
+    feedback ids rejected per reason and the warnings of the validation."""
     from dataflywheel.data.anomalies import validate_batch
     from dataflywheel.data.cleaning import Clipper, Imputer, coerce_types
 
     schema = parent.schema()
     target = cfg.data.target
-    report = validate_batch(table.drop(_ID), schema, cfg.validation)
+    wanted = {*inputs, target}
+    read = Schema([c for c in schema.columns if c.name in wanted], target=target, n_rows=schema.n_rows)
+    table = table.drop([c for c in schema.names if c not in wanted], strict=False)
+    report = validate_batch(table.drop(_ID), read, cfg.validation)
     if report.failed:
         first = next(a for a in report.anomalies if a.severity == "fail")
-        raise DataError(f"labelled feedback does not match the schema of dataset {parent.id}: {first.kind}: "
-                        f"{first.detail}", where=f"feedback column '{first.column}'",
+        raise DataError(f"labelled feedback does not match the model's inputs in dataset {parent.id}: "
+                        f"{first.kind}: {first.detail}", where=f"feedback column '{first.column}'",
                         fix="fix the logged inputs or relax the policy in flywheel.yaml validation")
-    table, _failures = coerce_types(table, schema, "coerce", "feedback")
+    warnings = [f"{a.kind} {a.column or '-'}: {a.detail}" for a in report.anomalies]
+    table, _failures = coerce_types(table, read, "coerce", "feedback")
     table = table.with_columns(
         (table[c].cast(dtype, strict=False) if c in table.columns else pl.lit(None, dtype=dtype)).alias(c)
         for c, dtype in train.schema.items()
     ).select([*train.columns, _ID])
-    before = table.height
-    table = table.drop_nulls(subset=[target])
-    imputer = Imputer(schema, cfg.data.processing.missing, target=target).fit(train)
+    rejected: dict[str, list[str]] = {}
+
+    def reject(mask: pl.Expr, why: str) -> pl.DataFrame:
+        ids = table.filter(mask)[_ID].to_list()
+        if ids:
+            rejected[why] = sorted(ids)
+        return table.filter(~mask)
+
+    table = reject(pl.col(target).is_null(), f"no label the target {target!r} ({train.schema[target]}) can hold")
+    imputer = Imputer(read, cfg.data.processing.missing, target=target).fit(train)
+    for column in imputer.drop_columns_:
+        kind = read.column(column).type
+        table = reject(pl.col(column).is_null(), f"input {column!r} missing (data.processing.missing.{kind}: drop)")
     table, _ = imputer.transform(table)
     if cfg.data.processing.clip_quantiles is not None:
-        numbers = [c.name for c in schema.features if c.type == "number" and c.name in train.columns]
+        numbers = [c.name for c in read.features if c.type == "number" and c.name in train.columns]
         table, _ = Clipper(numbers, cfg.data.processing.clip_quantiles).fit(train).transform(table)
-    return table, before - table.height
+    return table, rejected, warnings
 
 
-def _fingerprint(feedback_ids: list[str]) -> str:
-    return hashlib.sha256(("feedback\0" + "\0".join(sorted(feedback_ids))).encode()).hexdigest()
+def _fingerprint(feedback_ids: list[str], inputs: list[str]) -> str:
+    text = "feedback\0" + "\0".join(sorted(feedback_ids)) + "\0inputs\0" + "\0".join(inputs)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def build_next_version(
@@ -176,12 +278,15 @@ def build_next_version(
     if pending.height == 0:
         return None
     all_ids = pending["feedback_id"].to_list()
-    vid = version_id(_fingerprint(all_ids), data_config_hash(cfg.data, cfg.model.task), [parent.id])
+    inputs = model_inputs(cfg, parent.schema())
+    vid = version_id(_fingerprint(all_ids, inputs), data_config_hash(cfg.data, cfg.model.task), [parent.id])
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
         log(f"dataset {vid} (dataset {parent.id} + the same {len(all_ids)} feedback rows) exists: reused")
+        report = existing.report or {}
         return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
-                           _linked_roles(project, vid))
+                           _linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
+                           dict(report.get("feedback_rejected") or {}))
 
     target = cfg.data.target
     split = cfg.data.split
@@ -190,12 +295,15 @@ def build_next_version(
     parts = {name: parent.split(name) for name in SPLITS}
     held = holdout_frame(parent)
     train = parts["train"]
-    table, _ = _conform(_as_table(latest, target), cfg, parent, train)
-    invalid = sorted(set(latest["feedback_id"]) - set(table[_ID]))
+    table, rejected, warnings = _conform(_as_table(latest, target), cfg, parent, train, inputs)
+    for warning in warnings:
+        log(f"labelled feedback: warning: {warning}")
 
+    # duplicates are compared on what the model reads: the other columns of feedback rows are empty
+    compared = [c for c in train.columns if c in {*inputs, target}]
     known = pl.concat([parts[n] for n in SPLITS] + ([held.cast(train.schema)] if held is not None else []))
-    seen = known.select(train.columns).hash_rows().unique()
-    hashes = table.select(train.columns).hash_rows()
+    seen = known.select(compared).hash_rows().unique()
+    hashes = table.select(compared).hash_rows()
     fresh = ~hashes.is_in(seen.implode()) & hashes.is_first_distinct()
     duplicate = sorted(set(table.filter(~fresh)[_ID]))
     table = table.filter(fresh)
@@ -206,7 +314,8 @@ def build_next_version(
     roles: dict[str, list[str]] = {
         r: sorted(table.filter(pl.col("\0role") == r)[_ID]) for r in ("train", "valid", HOLDOUT)
     }
-    roles["dropped"] = sorted({*superseded, *invalid, *duplicate})
+    roles["dropped"] = sorted({*superseded, *duplicate})
+    roles[REJECTED] = sorted(f for ids in rejected.values() for f in ids)
 
     def rows(r: str) -> pl.DataFrame:
         return table.filter(pl.col("\0role") == r).select(train.columns)
@@ -214,22 +323,31 @@ def build_next_version(
     out = {"train": pl.concat([train, rows("train")]), "valid": pl.concat([parts["valid"], rows("valid")]),
            "test": parts["test"]}
     holdout = pl.concat(([held.cast(train.schema)] if held is not None else []) + [rows(HOLDOUT)])
-    dropped = {"superseded": len(superseded), "invalid": len(invalid), "duplicate": len(duplicate)}
-    dataset = _write(cfg, project, parent, vid, out, holdout, roles, dropped)
+    dropped = {"superseded": len(superseded), "duplicate": len(duplicate)}
+    reasons = {why: len(ids) for why, ids in rejected.items()}
+    dataset = _write(cfg, project, parent, vid, out, holdout, roles, dropped, reasons, inputs)
     log(f"dataset {vid} = dataset {parent.id} + {len(all_ids)} labelled feedback rows: "
         f"train +{len(roles['train'])}, valid +{len(roles['valid'])}, held out {len(roles[HOLDOUT])}, "
-        f"dropped {len(roles['dropped'])} ({', '.join(f'{k} {v}' for k, v in dropped.items() if v) or 'none'})")
-    return TrainingSet(dataset, parent.id, roles, dropped)
+        f"dropped {len(roles['dropped'])} ({', '.join(f'{k} {v}' for k, v in dropped.items() if v) or 'none'}), "
+        f"rejected {len(roles[REJECTED])}{describe_rejected(reasons)}")
+    return TrainingSet(dataset, parent.id, roles, dropped, reasons)
+
+
+def describe_rejected(reasons: dict[str, int]) -> str:
+    """`` (3: why; 2: why)`` for rejection counts per reason, or the empty string."""
+    return f" ({'; '.join(f'{n}: {why}' for why, n in reasons.items())})" if reasons else ""
 
 
 def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: str, splits: dict[str, pl.DataFrame],
-           holdout: pl.DataFrame, roles: dict[str, list[str]], dropped: dict[str, int]) -> DatasetVersion:
+           holdout: pl.DataFrame, roles: dict[str, list[str]], dropped: dict[str, int], rejected: dict[str, int],
+           inputs: list[str]) -> DatasetVersion:
     key = f"datasets/{vid}"
     sizes = {name: splits[name].height for name in SPLITS}
     n_rows = sum(sizes.values()) + holdout.height
     source = f"dataset {parent.id} + {sum(len(v) for v in roles.values())} feedback rows"
     report = {"source": source, "parent": parent.id, "split_sizes": sizes, "feedback_holdout_rows": holdout.height,
               "feedback": {r: len(ids) for r, ids in roles.items()}, "feedback_dropped": dropped,
+              "feedback_rejected": rejected, "model_inputs": inputs,
               "test_split": f"frozen: the test split of dataset {parent.id}"}
     with project.artifacts.write_dir(key) as tmp:
         for name in SPLITS:
@@ -244,7 +362,7 @@ def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: s
                 s.delete(stale)
                 s.flush()
             s.add(DatasetRow(id=vid, source=source, source_fingerprint=_fingerprint(
-                [f for ids in roles.values() for f in ids]), config_hash=data_config_hash(cfg.data, cfg.model.task),
+                [f for ids in roles.values() for f in ids], inputs), config_hash=data_config_hash(cfg.data, cfg.model.task),
                 target=cfg.data.target, n_rows=n_rows, split_sizes=sizes, report=report, artifact=key))
             s.flush()
             s.add(DatasetParentRow(child_id=vid, parent_id=parent.id))

@@ -4,8 +4,9 @@ Every ``retrain.poll_seconds`` it checks the trigger policy of flywheel.yaml and
 runs :func:`~dataflywheel.feedback.retrain.retrain` (never on a server's request path: the
 server only sees the alias move and hot-swaps). Triggers:
 
-* ``retrain.every_n_labels``: at least that many labelled feedback rows no dataset version
-  has seen yet;
+* ``retrain.every_n_labels``: at least that many labelled feedback rows no settled dataset
+  version has seen yet (:func:`~dataflywheel.feedback.trainingset.new_label_count`: the rows of
+  a retrain that did not finish count);
 * ``retrain.drift_threshold``: ``max_psi`` of ``dataflywheel.feedback.monitor.monitor_report``
   (the champion's training data against the last ``monitor.window`` served inputs) exceeds it, and there is at least one new
   label (retraining without new labels would reproduce the champion). Skipped when the monitor

@@ -11,7 +11,7 @@ Endpoints (JSON in and out, rendered with orjson):
   in practice the last few milliseconds of traffic.
 - ``POST /v1/feedback``: ``{prediction_id, label, idempotency_key?}`` -> 201 ``{feedback_id}``
   once committed (200 with the same id when the key was seen before); 404 unknown prediction,
-  422 label outside the predicting model's classes, 409 key reused for other feedback.
+  422 label outside the predicting model's classes, 409 key reused for another prediction or label.
 - ``POST /v1/explain``: attributions for one record or a list (``serve.explain``).
 - ``POST /v1/admin/reload``: check the alias now and swap if it moved (see ``serve.swap``).
 - ``GET /v1/health`` (the process is up), ``GET /v1/ready`` (model loaded and workers running,

@@ -54,10 +54,11 @@ class DatasetParentRow(Base):
 
 
 class DatasetFeedbackRow(Base):
-    """Lineage: a feedback row a dataset version includes, and its ``role`` there: ``train``,
-    ``valid``, ``holdout`` (evaluation only) or ``dropped`` (seen but unusable: duplicate or
-    invalid). No foreign key to ``feedback``: that table lives on the same Base but is
-    created by the log writer."""
+    """Lineage: a feedback row a dataset version considered, and its ``role`` there: ``train``,
+    ``valid``, ``holdout`` (evaluation only), ``dropped`` (its content is there already: a
+    duplicate, or superseded by a newer label) or ``rejected`` (not held: the model cannot use
+    it). No foreign key to ``feedback``: that table lives on the same Base but is created by
+    the log writer."""
 
     __tablename__ = "dataset_feedback"
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
