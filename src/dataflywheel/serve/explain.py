@@ -5,7 +5,10 @@ and redacted the same way; ``?steps=N`` (1-256, default 32) sets the Integrated 
 Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
 ``model_version``. Explanations are not logged (they are not predictions) and run one request
 at a time on a worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot
-starve the event loop or the prediction batcher of more than one core. Until
+starve the event loop or the prediction batcher of more than one core. They run on a private
+copy of the model's module tree that shares its weights
+(:func:`~dataflywheel.explain.attributions.private_copy`), so predictions served at the same
+moment are never affected. Until
 :mod:`dataflywheel.explain` exists the endpoint answers 501 with a JSON detail.
 """
 
