@@ -117,6 +117,14 @@ def test_a_failing_row_fails_only_its_own_caller(writer: LogWriter) -> None:
     assert writer.count(PredictionRow) == 3
 
 
+def test_a_string_utf8_cannot_encode_is_logged_with_a_replacement(writer: LogWriter) -> None:
+    lone = PredictionRecord(id=new_id(), model_version=1, output={"prediction": "a", "probabilities": None},
+                            input={"colour": "red\ud800", "pair": "\ud83d\ude00", "ok": "caf\u00e9"}, latency_ms=1.0)
+    [pid] = writer.log_predictions([lone]).result(5)
+    row = writer.prediction(pid)
+    assert row is not None and row.input == {"colour": "red\ufffd", "pair": "\U0001f600", "ok": "caf\u00e9"}
+
+
 def test_feedback_unknown_prediction_is_not_found(writer: LogWriter) -> None:
     with pytest.raises(NotFoundError, match="no prediction"):
         writer.record_feedback("deadbeef", "a").result(5)

@@ -132,8 +132,26 @@ def new_ids(n: int) -> list[str]:
 
 
 def to_json(obj: Any) -> str:
-    """JSON text as the store keeps it (orjson; numpy values allowed, unknown types as ``str``)."""
-    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    """JSON text as the store keeps it (orjson; numpy values allowed, unknown types as ``str``).
+    A string UTF-8 cannot encode (an unpaired surrogate) is stored with U+FFFD in its place,
+    so one odd value never fails the write."""
+    try:
+        return orjson.dumps(obj, default=str, option=_JSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_valid_unicode(obj), default=str, option=_JSON_OPTIONS).decode()
+
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _valid_unicode(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")  # pairs joined
+    if isinstance(obj, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_unicode(v) for v in obj]
+    return obj
 
 
 @dataclass
