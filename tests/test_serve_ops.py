@@ -160,6 +160,37 @@ def test_body_limit_gives_413_with_json_detail_and_the_server_stays_up(
     assert after.status_code == 200
 
 
+def test_docs_page_and_its_assets_come_from_the_package(project: Path) -> None:
+    """/docs references no other host, every asset it names is served, and the package ships them."""
+    import fnmatch
+    import re
+    import tomllib
+
+    from dataflywheel.serve.docs import ASSETS
+
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> tuple[httpx.Response, dict[str, httpx.Response], Any]:
+        page = await client.get("/docs")
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *'([^']+)'""", page.text)
+        assets = {u: await client.get(u) for pair in urls for u in pair if u}
+        extra = [await client.get(p) for p in ("/docs/oauth2-redirect", "/redoc")]
+        return page, assets, extra
+
+    page, assets, (redirect, redoc) = serving(project, calls)
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "cdn." not in page.text
+    assert all(not u.startswith(("http:", "https:", "//")) for u in assets), list(assets)
+    assert {u.rsplit("/", 1)[-1] for u in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css", "openapi.json"}
+    for url, r in assets.items():
+        assert r.status_code == 200 and len(r.content) > 100, url
+    assert assets["/openapi.json"].json()["paths"]
+    assert redirect.status_code == 200 and redoc.status_code == 404
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dataflywheel"]
+    package = root / "src" / "dataflywheel"
+    for f in ASSETS.iterdir():
+        assert any(fnmatch.fnmatch(f.relative_to(package).as_posix(), p) for p in patterns), f
+
+
 def test_settings_come_from_the_serve_section(project: Path, tmp_path: Path) -> None:
     s = ServeSettings.from_config(ServeConfig(max_batch_size=7, log_mode="async", swap_poll_seconds=3), threads=1)
     assert (s.max_batch_size, s.log_mode, s.swap_poll_seconds, s.threads, s.max_records) == (7, "async", 3, 1, 1000)

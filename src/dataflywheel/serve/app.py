@@ -57,6 +57,7 @@ from dataflywheel.errors import ConfigError, FlywheelError
 from dataflywheel.feedback.log import LogWriter, new_ids
 from dataflywheel.serve.auth import BearerAuth
 from dataflywheel.serve.batching import Done, MicroBatcher, settle_future
+from dataflywheel.serve.docs import add_docs_routes
 from dataflywheel.serve.explain import add_explain_route
 from dataflywheel.serve.hotpath import Answer, HotPathMiddleware, error_answer
 from dataflywheel.serve.limits import BodyLimitMiddleware
@@ -303,9 +304,11 @@ def create_app(
         finally:
             server.close()
 
-    app = FastAPI(title="dataflywheel", lifespan=lifespan, default_response_class=OrjsonResponse)
+    app = FastAPI(title="dataflywheel", lifespan=lifespan, default_response_class=OrjsonResponse,
+                  docs_url=None, redoc_url=None)
     app.state.server = server
     _add_error_handlers(app)
+    add_docs_routes(app)
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
