@@ -14,15 +14,20 @@ from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from dataflywheel.serve.auth import AccessMatrix
+
 ASSETS = Path(__file__).resolve().parent / "static" / "swagger-ui"
 DOCS_PATH = "/docs"
 ASSETS_PATH = f"{DOCS_PATH}/assets"
 OAUTH2_REDIRECT_PATH = f"{DOCS_PATH}/oauth2-redirect"
 
 
-def add_docs_routes(app: FastAPI) -> None:
+def add_docs_routes(app: FastAPI, access: AccessMatrix) -> None:
     """Serve Swagger UI at ``/docs`` from the packaged assets (create ``app`` with
-    ``docs_url=None, redoc_url=None`` so FastAPI's CDN-backed pages are not declared)."""
+    ``docs_url=None, redoc_url=None`` so FastAPI's CDN-backed pages are not declared); the
+    page, its assets and the schema are ``read`` routes of ``access``."""
+    for path in (DOCS_PATH, f"{ASSETS_PATH}/*", OAUTH2_REDIRECT_PATH, app.openapi_url or "/openapi.json"):
+        access.register(path, "read")
     app.mount(ASSETS_PATH, StaticFiles(directory=ASSETS), name="docs-assets")
 
     @app.get(DOCS_PATH, include_in_schema=False)
