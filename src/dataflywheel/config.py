@@ -301,6 +301,12 @@ class ServeConfig(Section):
     run on the CPU."""
     auth: AuthConfig = AuthConfig()
     """The access matrix: which routes need the bearer token when one is set."""
+    header_timeout_s: float | None = Field(10.0, gt=0)
+    """A request's headers must arrive within this many seconds of the connection opening (or
+    of the request's first byte on a kept-alive connection), else 408 and the socket is closed;
+    null: no limit. Responses, streaming ones included, are never timed."""
+    body_timeout_s: float | None = Field(30.0, gt=0)
+    """A request's body must arrive within this many seconds of its headers, else 408; null: no limit."""
 
     @field_validator("device")
     @classmethod
