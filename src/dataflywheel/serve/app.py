@@ -26,9 +26,10 @@ or explained (``ServedModel.redact``); the raw text is never stored. Counts per 
 
 Every route is in one access matrix (``serve.auth``): with ``FLYWHEEL_API_TOKEN`` set, feedback
 and admin routes need the bearer token, reads (model, monitor, metrics, docs) too unless
-``serve.auth.read: open``, predictions only with ``serve.auth.predict: token``; bodies over ``max_body_bytes`` get a 413 (``serve.limits``). Errors are
-``{"detail": ...}``: a :class:`FlywheelError` gives its one-line headline (plus
-``where``/``fix``), a validation error gives the list of ``{loc, msg, type}``.
+``serve.auth.read: open``, predictions only with ``serve.auth.predict: token``; bodies over
+``max_body_bytes`` get a 413 (``serve.limits``). Errors are ``{"detail": ...}``: a
+:class:`FlywheelError` gives its one-line headline (plus ``where``/``fix``), a validation error
+gives the list of ``{loc, msg, type}``.
 
 The hot path (``/v1/predict``, ``/v1/feedback``, answered by ``serve.hotpath``): the event loop
 parses and validates, the model thread runs the forward pass and queues the log write itself,

@@ -1,15 +1,15 @@
 """Request models generated from a bundle's :class:`~dataflywheel.data.schema.Schema`.
 
-One pydantic model per served model, built with :func:`pydantic.create_model`: every feature
-the preprocessor reads is a required field (``null`` is allowed and means "missing", which
-the preprocessor fills as at training time). ``number`` fields take finite JSON numbers only
-(no strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields
-take strings, with integers and booleans read as their category string (``1`` -> ``"1"``,
-``true`` -> ``"true"``), as the encoders compare categories; like text, they must be valid Unicode. ``text`` fields take raw text
-only: a non-empty, non-blank JSON string of valid Unicode (no ``null``, numbers or unpaired
-surrogates); any length passes (the body limit bounds it) and the tokenizer truncates it to
-the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so a
-client may send ids alongside the features; a misspelt feature shows as a missing one.
+One pydantic model per served model, built with :func:`pydantic.create_model`: every feature the
+preprocessor reads is a required field (``null`` is allowed and means "missing", which the
+preprocessor fills as at training time). ``number`` fields take finite JSON numbers only (no
+strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields take
+strings, with integers and booleans read as their category string (``1`` -> ``"1"``, ``true`` ->
+``"true"``), as the encoders compare categories; like text, they must be valid Unicode. ``text``
+fields take raw text only: a non-empty, non-blank JSON string of valid Unicode (no ``null``,
+numbers or unpaired surrogates); any length passes (the body limit bounds it) and the tokenizer
+truncates it to the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so
+a client may send ids alongside the features; a misspelt feature shows as a missing one.
 """
 
 from __future__ import annotations

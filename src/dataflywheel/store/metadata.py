@@ -3,8 +3,9 @@
 SQLAlchemy 2 ORM; an embedded SQLite file (WAL mode) by default, any SQLAlchemy URL
 (e.g. PostgreSQL) for a team. Every SQLite connection sets ``journal_size_limit`` to
 :data:`WAL_SIZE_LIMIT`, so the write-ahead log shrinks back to that size each time it restarts
-after a complete checkpoint (the server's log writer also truncates it once a load peak is over). All writes go through :meth:`MetadataStore.transaction`, so a
-failed step leaves nothing half-recorded.
+after a complete checkpoint (the server's log writer also truncates it once a load peak is
+over). All writes go through :meth:`MetadataStore.transaction`, so a failed step leaves
+nothing half-recorded.
 """
 
 from __future__ import annotations
