@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -144,6 +147,38 @@ def test_a_hugging_face_classifier_is_explained_at_its_word_embeddings() -> None
     assert len(e["attributions"]) == 8 and all("token" in a for a in e["attributions"])
     change = e["output"] - e["baseline_output"]
     assert abs(total(e) - change) <= 1e-4 + 1e-2 * abs(change)
+
+
+def test_explaining_never_touches_the_predictors_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the substitution hooks are active (inside every explained forward pass), the
+    predictor's own model still answers as before: a server predicting on it concurrently is
+    unaffected. The private copy shares the weights."""
+    from dataflywheel.explain import attributions
+
+    predictor = tabular_predictor("multiclass")
+    records = tabular_frame(4, seed=3).to_dicts()
+    batch = predictor.preprocessor.transform_records(records)
+    numeric = torch.as_tensor(batch.numeric, dtype=torch.float32)
+    categorical = torch.as_tensor(batch.categorical, dtype=torch.long)
+    with torch.no_grad():
+        before = predictor.model(numeric, categorical).clone()
+    seen: list[torch.Tensor] = []
+    substituted = attributions._substituted
+
+    @contextmanager
+    def checking(*args: Any) -> Iterator[None]:
+        with substituted(*args), torch.no_grad():
+            seen.append(predictor.model(numeric, categorical))
+        with substituted(*args):
+            yield
+
+    monkeypatch.setattr(attributions, "_substituted", checking)
+    explain_records(predictor, records, steps=8)
+    assert seen and all(torch.equal(s, before) for s in seen)
+    assert all(not m._forward_hooks for m in predictor.model.modules())
+    copy = attributions.private_copy(predictor.model)
+    assert copy is not predictor.model
+    assert all(a is b for a, b in zip(copy.parameters(), predictor.model.parameters(), strict=True))
 
 
 def test_explanations_are_json_safe() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,6 +116,41 @@ def test_a_failing_row_fails_only_its_own_caller(writer: LogWriter) -> None:
     with pytest.raises(Exception, match="UNIQUE|unique|IntegrityError"):
         duplicate.result(5)
     assert writer.count(PredictionRow) == 3
+
+
+def test_a_string_utf8_cannot_encode_is_logged_with_a_replacement(writer: LogWriter) -> None:
+    lone = PredictionRecord(id=new_id(), model_version=1, output={"prediction": "a", "probabilities": None},
+                            input={"colour": "red\ud800", "pair": "\ud83d\ude00", "ok": "caf\u00e9"}, latency_ms=1.0)
+    [pid] = writer.log_predictions([lone]).result(5)
+    row = writer.prediction(pid)
+    assert row is not None and row.input == {"colour": "red\ufffd", "pair": "\U0001f600", "ok": "caf\u00e9"}
+
+
+def test_the_wal_file_shrinks_back_after_a_load_peak(project: Project) -> None:
+    """A reader holding an old snapshot during a write peak keeps checkpoints from finishing, so
+    the WAL grows; once the peak is over it is cut back under the limit."""
+    import sqlite3
+
+    limit = 1 << 20
+    db = project.metadata.engine.url.database
+    with LogWriter(project.metadata, checkpoint_seconds=0.05, wal_limit_bytes=limit) as w:
+        reader = sqlite3.connect(db, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM predictions").fetchall()  # a snapshot from before the peak
+        big = {"text": "x" * 100_000}
+        futures = [w.log_predictions([PredictionRecord(new_id(), 1, big, {"prediction": "a"}, 1.0)])
+                   for _ in range(100)]
+        for f in futures:
+            f.result(30)
+        peak = w.wal_size()
+        reader.execute("COMMIT")
+        reader.close()
+        deadline = time.monotonic() + 10
+        while w.wal_size() > limit and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = w.wal_size()
+        assert w.count(PredictionRow) == 100
+    assert peak > 4 * limit and after <= limit, (peak, after)
 
 
 def test_feedback_unknown_prediction_is_not_found(writer: LogWriter) -> None:

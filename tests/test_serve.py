@@ -182,6 +182,62 @@ def test_bad_input_gets_a_4xx_with_detail_and_the_server_stays_up(
     assert logged == 1  # only the good request was logged
 
 
+@pytest.fixture(scope="module")
+def category_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny table with a category column (index-encoded: an embedding)."""
+    import numpy as np
+
+    from dataflywheel.loop import run
+
+    folder = tmp_path_factory.mktemp("serve_category")
+    rng = np.random.default_rng(0)
+    colour, x = rng.choice(["red", "green", "blue"], 200), rng.normal(size=200)
+    pl.DataFrame({"x": x, "colour": colour, "y": ((x + (colour == "red")) > 0.5).astype(int)}).write_csv(
+        folder / "d.csv")
+    (folder / "flywheel.yaml").write_text("data: {source: d.csv, target: y}\ntrain: {epochs: 2}\n")
+    assert run(folder / "flywheel.yaml", progress=False).version == 1
+    return folder
+
+
+def test_hostile_json_is_a_4xx_with_detail_and_nothing_is_logged(category_project: Path) -> None:
+    """Unpaired surrogates (JSON ``\\ud800`` escapes) in a category field, and JSON nested
+    deeper than the parsers go, get a 4xx with a JSON detail on every endpoint taking a body."""
+    headers = {"content-type": "application/json"}
+    deep = b"[" * 1100 + b"]" * 1100
+    bodies = {
+        "surrogate": (b'{"x": 0.5, "colour": "red\\ud800"}', 422),
+        "surrogate_in_list": (b'[{"x": 0.5, "colour": "red"}, {"x": 0.1, "colour": "\\udcff"}]', 422),
+        "deep": (deep, 400),
+        "deep_in_field": (b'{"x": 0.5, "colour": ' + deep + b"}", 400),
+    }
+
+    async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[dict[str, httpx.Response], Any, int]:
+        writer = app.state.server.writer
+        before = writer.count(PredictionRow)
+        out = {}
+        for name, (body, _status) in bodies.items():
+            for path in ("/v1/predict", "/v1/explain?steps=2"):
+                out[f"{path} {name}"] = await client.post(path, content=body, headers=headers)
+        out["feedback deep"] = await client.post("/v1/feedback", content=b'{"prediction_id": ' + deep + b"}",
+                                                 headers=headers)
+        out["feedback surrogate"] = await client.post(
+            "/v1/feedback", content=b'{"prediction_id": "a", "label": "\\ud800"}', headers=headers)
+        good = await client.post("/v1/predict", json={"x": 0.5, "colour": "red"})
+        return out, good, writer.count(PredictionRow) - before
+
+    out, good, logged = serving(category_project, calls)
+    for name, r in out.items():
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.json()["detail"], name
+    for name, (_body, status) in bodies.items():
+        for path in ("/v1/predict", "/v1/explain?steps=2"):
+            assert out[f"{path} {name}"].status_code == status, (path, name)
+    loc = out["/v1/predict surrogate_in_list"].json()["detail"][0]["loc"]
+    assert loc == ["body", 1, "colour"] and "surrogate" in out["/v1/predict surrogate"].text
+    assert "1024" in out["/v1/predict deep"].json()["detail"]
+    assert good.status_code == 200 and logged == 1
+
+
 def test_record_model_types_follow_the_schema() -> None:
     schema = Schema([ColumnSchema("x", "number", "Float64", 0.0), ColumnSchema("colour", "category", "String", 0.0),
                      ColumnSchema("flag", "binary", "Int64", 0.0), ColumnSchema("y", "category", "Int64", 0.0)],

@@ -138,6 +138,89 @@ def test_bearer_token_guards_feedback_and_admin_but_not_predict(
     assert r["right"].status_code == 201 and r["admin_right"].status_code == 200
 
 
+MATRIX_CALLS = {  # (method, path) -> access class
+    ("GET", "/v1/health"): "public", ("GET", "/v1/ready"): "public",
+    ("GET", "/v1/model"): "read", ("GET", "/v1/monitor"): "read", ("GET", "/metrics"): "read",
+    ("GET", "/docs"): "read", ("GET", "/docs/oauth2-redirect"): "read", ("GET", "/openapi.json"): "read",
+    ("GET", "/docs/assets/swagger-ui.css"): "read",
+    ("POST", "/v1/predict"): "predict", ("POST", "/v1/explain?steps=2"): "predict",
+    ("POST", "/v1/feedback"): "write", ("POST", "/v1/admin/reload"): "admin",
+    ("GET", "/v1/not-a-route"): "unregistered",
+}
+
+
+def test_every_route_follows_the_access_matrix(
+        project: Path, rows: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_API_TOKEN", "tok")
+
+    def run(settings: ServeSettings | None) -> tuple[dict[Any, int], dict[Any, int], list[str], int]:
+        async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[dict[Any, int], dict[Any, int], list[str], int]:
+            pid = (await client.post("/v1/predict", json=rows[0], headers={"Authorization": "Bearer tok"})).json()
+            bodies = {"/v1/predict": rows[0], "/v1/explain?steps=2": rows[0],
+                      "/v1/feedback": {"prediction_id": pid["prediction_id"], "label": "1"}}
+            out: dict[str, dict[Any, int]] = {"none": {}, "token": {}}
+            for who, headers in (("none", {}), ("token", {"Authorization": "Bearer tok"})):
+                for method, path in MATRIX_CALLS:
+                    r = await client.request(method, path, json=bodies.get(path), headers=headers)
+                    out[who][(method, path)] = r.status_code
+            app.add_api_route("/v1/later", lambda: {"ok": True})  # declared without an entry
+            missing = app.state.access.unregistered(app)
+            later = (await client.get("/v1/later")).status_code
+            return out["none"], out["token"], missing, later
+
+        return serving(project, calls, settings)
+
+    def answered(status: int, kind: str) -> bool:  # let through: the route's own answer
+        return status == 404 if kind == "unregistered" else 200 <= status < 300
+
+    none, token, missing, later = run(None)
+    assert missing == ["/v1/later"] and later == 401  # a route never registered is closed
+    for call, kind in MATRIX_CALLS.items():
+        assert answered(token[call], kind), (call, token[call])
+        assert (none[call] == 401) == (kind in ("read", "write", "admin", "unregistered")), (call, none[call])
+        assert none[call] == 401 or answered(none[call], kind), (call, none[call])
+    from dataflywheel.config import AuthConfig
+
+    none, _, _, _ = run(ServeSettings(auth=AuthConfig(read="open", predict="token")))
+    for call, kind in MATRIX_CALLS.items():
+        assert (none[call] == 401) == (kind in ("predict", "write", "admin", "unregistered")), (call, none[call])
+    monkeypatch.delenv("FLYWHEEL_API_TOKEN")
+    none, _, _, later = run(None)
+    assert later == 200 and all(answered(none[c], k) for c, k in MATRIX_CALLS.items()), none
+
+
+def test_openapi_lists_bodies_errors_and_the_bearer_scheme(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_API_TOKEN", "tok")
+
+    async def call(client: httpx.AsyncClient, _app: FastAPI) -> Any:
+        return (await client.get("/openapi.json", headers={"Authorization": "Bearer tok"})).json()
+
+    doc = serving(project, call)
+    paths = doc["paths"]
+    explain = paths["/v1/explain"]["post"]
+    body = explain["requestBody"]["content"]["application/json"]["schema"]
+    record, listed = body["anyOf"]
+    assert "mean radius" in record["properties"] and listed["items"] == record
+    assert [p["name"] for p in explain["parameters"]] == ["steps"]
+    assert paths["/v1/predict"]["post"]["requestBody"] == explain["requestBody"]
+    expected = {("/v1/predict", "post"): {"400", "413", "422", "503"},
+                ("/v1/explain", "post"): {"400", "413", "422", "501"},
+                ("/v1/feedback", "post"): {"404", "409", "413", "422", "503", "401", "403"},
+                ("/v1/admin/reload", "post"): {"409", "503", "401", "403"},
+                ("/v1/model", "get"): {"401", "403"}, ("/v1/monitor", "get"): {"501", "401", "403"},
+                ("/v1/ready", "get"): {"503"}}
+    for (path, method), codes in expected.items():
+        op = paths[path][method]
+        errors = {c for c in op["responses"] if c[0] in "45"}
+        assert codes <= errors, (path, sorted(errors))
+        for c in codes:
+            assert op["responses"][c]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert ("security" in op) == ("401" in codes), path
+    assert "401" not in paths["/v1/predict"]["post"]["responses"] and "401" not in paths["/v1/health"]["get"]["responses"]
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert "detail" in doc["components"]["schemas"]["Error"]["properties"]
+
+
 def test_body_limit_gives_413_with_json_detail_and_the_server_stays_up(
         project: Path, rows: list[dict[str, Any]]) -> None:
     big = b"[" + b",".join([b'{"mean radius": 1.0}'] * 200) + b"]"  # ~4 KB
@@ -158,6 +241,37 @@ def test_body_limit_gives_413_with_json_detail_and_the_server_stays_up(
         assert r.status_code == 413 and "2048 bytes" in r.json()["detail"]
     assert "content-length" not in streamed.request.headers
     assert after.status_code == 200
+
+
+def test_docs_page_and_its_assets_come_from_the_package(project: Path) -> None:
+    """/docs references no other host, every asset it names is served, and the package ships them."""
+    import fnmatch
+    import re
+    import tomllib
+
+    from dataflywheel.serve.docs import ASSETS
+
+    async def calls(client: httpx.AsyncClient, _app: FastAPI) -> tuple[httpx.Response, dict[str, httpx.Response], Any]:
+        page = await client.get("/docs")
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *'([^']+)'""", page.text)
+        assets = {u: await client.get(u) for pair in urls for u in pair if u}
+        extra = [await client.get(p) for p in ("/docs/oauth2-redirect", "/redoc")]
+        return page, assets, extra
+
+    page, assets, (redirect, redoc) = serving(project, calls)
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "cdn." not in page.text
+    assert all(not u.startswith(("http:", "https:", "//")) for u in assets), list(assets)
+    assert {u.rsplit("/", 1)[-1] for u in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css", "openapi.json"}
+    for url, r in assets.items():
+        assert r.status_code == 200 and len(r.content) > 100, url
+    assert assets["/openapi.json"].json()["paths"]
+    assert redirect.status_code == 200 and redoc.status_code == 404
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dataflywheel"]
+    package = root / "src" / "dataflywheel"
+    for f in ASSETS.iterdir():
+        assert any(fnmatch.fnmatch(f.relative_to(package).as_posix(), p) for p in patterns), f
 
 
 def test_settings_come_from_the_serve_section(project: Path, tmp_path: Path) -> None:

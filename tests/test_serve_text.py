@@ -173,3 +173,39 @@ def test_explain_returns_one_answer_per_record(project: Path) -> None:
     assert many.status_code == 200 and len(many.json()) == 2
     assert bad.status_code == 422 and "steps" in bad.json()["detail"]
     assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "text"]
+
+
+def test_explain_never_changes_concurrent_predictions(project: Path) -> None:
+    """Explanations run on the model the server predicts with; predictions made while they run
+    must equal the ones made alone (same labels, same probabilities, no 5xx)."""
+    pytest.importorskip("dataflywheel.explain")
+    rng = random.Random(2)
+    records = [{"text": sentence(rng, t, n)} for t, n in zip(list(TOPICS) * 8, range(2, 26), strict=True)]
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=1.0)
+
+    async def calls(client: httpx.AsyncClient) -> tuple[list[Any], list[httpx.Response], list[httpx.Response]]:
+        alone = [(await client.post("/v1/predict", json=r)).json() for r in records]
+
+        async def predictions() -> list[httpx.Response]:
+            out = []
+            for _ in range(4):
+                for r in records:
+                    out.append(await client.post("/v1/predict", json=r))
+                    await asyncio.sleep(0)
+            return out
+
+        async def explanations() -> list[httpx.Response]:
+            long_text = {"text": " ".join(["bank"] * 40)}
+            return [await client.post("/v1/explain?steps=64", json=[long_text, {"text": "goal"}])
+                    for _ in range(6)]
+
+        during, explained = await asyncio.gather(predictions(), explanations())
+        return alone, during, explained
+
+    alone, during, explained = serving(project, calls, settings)
+    assert all(r.status_code == 200 for r in explained), [r.text for r in explained if r.status_code != 200]
+    assert [r.status_code for r in during] == [200] * len(during), [r.text for r in during if r.status_code != 200]
+    for i, r in enumerate(during):
+        want, got = alone[i % len(alone)], r.json()
+        assert got["prediction"] == want["prediction"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)

@@ -260,6 +260,20 @@ class MonitorConfig(Section):
     """Recent predictions needed before drift can trigger a retrain (PSI on few rows is noise)."""
 
 
+Guard = Literal["open", "token"]
+
+
+class AuthConfig(Section):
+    """Which route classes need the bearer token when ``FLYWHEEL_API_TOKEN`` is set (the access
+    matrix, :mod:`dataflywheel.serve.auth`). Probes (``/v1/health``, ``/v1/ready``) are always
+    open; feedback and admin routes always need the token."""
+
+    read: Guard = "token"
+    """GET /v1/model, /v1/monitor, /metrics, /docs and /openapi.json."""
+    predict: Guard = "open"
+    """POST /v1/predict and /v1/explain."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -285,6 +299,14 @@ class ServeConfig(Section):
     """Where the torch backend runs: auto (a CUDA GPU when torch sees one and the model has 5 M
     parameters or more, else the CPU), cpu, cuda or cuda:N. The int8 and ONNX Runtime backends
     run on the CPU."""
+    auth: AuthConfig = AuthConfig()
+    """The access matrix: which routes need the bearer token when one is set."""
+    header_timeout_s: float | None = Field(10.0, gt=0)
+    """A request's headers must arrive within this many seconds of the connection opening (or
+    of the request's first byte on a kept-alive connection), else 408 and the socket is closed;
+    null: no limit. Responses, streaming ones included, are never timed."""
+    body_timeout_s: float | None = Field(30.0, gt=0)
+    """A request's body must arrive within this many seconds of its headers, else 408; null: no limit."""
 
     @field_validator("device")
     @classmethod

@@ -13,7 +13,10 @@ completeness; ``convergence_delta`` is what is left over):
 
 Attributing at an embedding's *output* is Captum's ``LayerIntegratedGradients``; we do it with
 a forward hook that substitutes the interpolated embeddings, so that numbers, categories and
-tokens share one path and completeness holds for the record as a whole.
+tokens share one path and completeness holds for the record as a whole. The hooks go on a
+private copy of the model's module tree that shares its parameters and buffers
+(:func:`private_copy`): the predictor's own model, which a server may be running predictions
+on at the same moment, is never touched, and the copy costs no weight memory.
 
 The explained output is the predicted class's log-odds (binary), its log-probability
 (multiclass) or the predicted value in target units (regression).
@@ -21,6 +24,8 @@ The explained output is the predicted class's log-odds (binary), its log-probabi
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -62,8 +67,7 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     records = list(records)
     if not records:
         raise DataError("no records to explain", fix="pass at least one record")
-    model: nn.Module = predictor.model
-    model.eval()
+    model = private_copy(predictor.model).eval()
     batch = predictor.preprocessor.transform_records(records)
     param = next(model.parameters())
     numeric = torch.as_tensor(batch.numeric, dtype=param.dtype, device=param.device)
@@ -71,7 +75,7 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     groups = _feature_groups(predictor.preprocessor)
     if batch.tokens is None:
         return [e for i in range(0, len(records), TABULAR_BATCH) for e in _explain(
-            predictor, _Inputs(numeric[i : i + TABULAR_BATCH], categorical[i : i + TABULAR_BATCH]),
+            predictor, model, _Inputs(numeric[i : i + TABULAR_BATCH], categorical[i : i + TABULAR_BATCH]),
             records[i : i + TABULAR_BATCH], groups, steps, None)]
     text = predictor.preprocessor.text_encoder_
     tokenizer = _Tokens(text.tokenizer_json_, text.pad_id_)
@@ -79,15 +83,15 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     for i in range(len(records)):  # one text at a time: no padding enters the path
         ids = torch.as_tensor(batch.tokens.row(i), dtype=torch.long, device=param.device)[None, :]  # (1, T)
         inputs = _Inputs(numeric[i : i + 1], categorical[i : i + 1], ids, torch.ones_like(ids, dtype=torch.bool))
-        out += _explain(predictor, inputs, records[i : i + 1], groups, steps, tokenizer)
+        out += _explain(predictor, model, inputs, records[i : i + 1], groups, steps, tokenizer)
     return out
 
 
-def _explain(predictor: Any, inputs: _Inputs, records: Sequence[Mapping[str, Any]],
+def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequence[Mapping[str, Any]],
              groups: list[tuple[str, str, slice]], steps: int, tokenizer: _Tokens | None) -> list[Explanation]:
     from captum.attr import IntegratedGradients
 
-    model, task = predictor.model, predictor.task
+    task = predictor.task
     cat_layer = _categorical_layer(model) if inputs.categorical.shape[1] else None
     tok_layer = _token_layer(model) if inputs.tokens is not None else None
     layers = [layer for layer in (cat_layer, tok_layer) if layer is not None]
@@ -162,6 +166,13 @@ def _explain(predictor: Any, inputs: _Inputs, records: Sequence[Mapping[str, Any
             "convergence_delta": _num(delta[i]),
         })
     return out
+
+
+def private_copy(model: nn.Module) -> nn.Module:
+    """``model``'s module tree copied with its parameters and buffers shared (not copied): hooks
+    and mode changes on the copy never reach ``model``, and the weights are not duplicated."""
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo=shared)
 
 
 def _predicted_class(logits: torch.Tensor, task: str, threshold: float) -> torch.Tensor:

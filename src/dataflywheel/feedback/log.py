@@ -14,7 +14,11 @@ Within a group, adjacent prediction writes become one executemany, and adjacent 
 requests share one lookup of their predictions and idempotency keys (``WHERE ... IN``) and
 one insert. JSON columns are written as orjson text. On SQLite the writer's connection never
 checkpoints the WAL itself (a checkpoint's fsync would stall every request in its group); a
-separate thread runs a passive checkpoint every ``checkpoint_seconds`` while writes arrive. Being the only writer also makes the
+separate thread runs a passive checkpoint every ``checkpoint_seconds`` while writes arrive, and
+keeps the WAL file small: once a round passes without writes (a load peak is over) and the file
+is larger than ``wal_limit_bytes``, it truncates it (``wal_checkpoint(TRUNCATE)``); past twice
+that size it does so even while writes arrive (stalling writers for at most
+``TRUNCATE_WAIT_MS``, when readers hold old snapshots). Being the only writer also makes the
 idempotency check race-free within a process; across processes a clash on the unique key
 fails the group, which is then replayed and finds the other process's row.
 
@@ -42,7 +46,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dataflywheel.errors import FlywheelError, NotFoundError, StoreError
-from dataflywheel.store.metadata import Base, MetadataStore, utcnow
+from dataflywheel.store.metadata import WAL_SIZE_LIMIT, Base, MetadataStore, utcnow
 
 Operation = Callable[[Session], Any]
 Settle = Callable[[bool, Any], None]
@@ -84,6 +88,10 @@ _F = FeedbackRow.__table__.c
 _INSERT_PREDICTIONS = insert(PredictionRow.__table__).values(
     input=bindparam("input_json", type_=Text()), output=bindparam("output_json", type_=Text()))
 _INSERT_FEEDBACK = insert(FeedbackRow.__table__).values(value=bindparam("value_json", type_=Text()))
+
+
+TRUNCATE_WAIT_MS = 200
+"""How long a truncating checkpoint waits for readers before it gives up until the next round."""
 
 
 class IdempotencyConflict(StoreError):
@@ -132,8 +140,26 @@ def new_ids(n: int) -> list[str]:
 
 
 def to_json(obj: Any) -> str:
-    """JSON text as the store keeps it (orjson; numpy values allowed, unknown types as ``str``)."""
-    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    """JSON text as the store keeps it (orjson; numpy values allowed, unknown types as ``str``).
+    A string UTF-8 cannot encode (an unpaired surrogate) is stored with U+FFFD in its place,
+    so one odd value never fails the write."""
+    try:
+        return orjson.dumps(obj, default=str, option=_JSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_valid_unicode(obj), default=str, option=_JSON_OPTIONS).decode()
+
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _valid_unicode(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")  # pairs joined
+    if isinstance(obj, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_unicode(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -188,11 +214,15 @@ class LogWriter:
     every committed group (for tests and metrics); ``commits`` counts transactions.
     """
 
-    def __init__(self, store: MetadataStore, *, max_group: int = 1024, checkpoint_seconds: float = 1.0) -> None:
+    def __init__(self, store: MetadataStore, *, max_group: int = 1024, checkpoint_seconds: float = 1.0,
+                 wal_limit_bytes: int = WAL_SIZE_LIMIT) -> None:
         self.store = store
         self.max_group = max_group
         self.checkpoint_seconds = checkpoint_seconds
+        self.wal_limit_bytes = wal_limit_bytes
         self._sqlite = store.engine.dialect.name == "sqlite"
+        database = store.engine.url.database if self._sqlite else None
+        self._wal = f"{database}-wal" if database and database != ":memory:" else None
         self._dirty = False
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -335,18 +365,29 @@ class LogWriter:
         return self._conn
 
     def _checkpoints(self) -> None:
-        """Checkpoint the WAL off the writer's path; once more at the end."""
+        """Checkpoint the WAL off the writer's path, and keep its file small; once more at the end."""
         with self.store.engine.connect() as conn:
-            stopping = False
-            while not stopping:
-                stopping = self._stop_checkpoints.wait(self.checkpoint_seconds)
-                if self._dirty:
-                    self._dirty = False
-                    try:
-                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-                        conn.commit()
-                    except Exception:  # noqa: BLE001 - e.g. busy: the next round catches up
-                        conn.rollback()
+            _pragma(conn, f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
+            _pragma(conn, f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                stopping = False
+                while not stopping:
+                    stopping = self._stop_checkpoints.wait(self.checkpoint_seconds)
+                    wrote, self._dirty = self._dirty, False
+                    if wrote:
+                        _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+                    size = self.wal_size()
+                    if size > self.wal_limit_bytes and (not wrote or size > 2 * self.wal_limit_bytes):
+                        _pragma(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                _pragma(conn, "PRAGMA busy_timeout=30000")  # the pooled connection's usual setting
+
+    def wal_size(self) -> int:
+        """Bytes in the SQLite write-ahead log file now (0 without one)."""
+        try:
+            return os.path.getsize(self._wal) if self._wal else 0
+        except OSError:
+            return 0
 
     def _commit_group(self, group: list[_Item]) -> None:
         try:
@@ -473,6 +514,14 @@ def _conflict(key: str | None, first: str) -> IdempotencyConflict:
     return IdempotencyConflict(f"idempotency key already used for {first}, not for this request",
                                where=f"idempotency_key {key!r}",
                                fix="resend the first request unchanged, or use a new key for new feedback")
+
+
+def _pragma(conn: Connection, sql: str) -> None:
+    try:
+        conn.exec_driver_sql(sql)
+        conn.commit()
+    except Exception:  # noqa: BLE001 - e.g. busy: the next round catches up
+        conn.rollback()
 
 
 def _settler(fut: Future[Any]) -> Settle:

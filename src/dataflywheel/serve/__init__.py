@@ -38,16 +38,20 @@ def serve(
     ``host``/``port``/``settings`` default to flywheel.yaml's ``serve`` section. With
     ``auto_retrain`` the retrain worker runs as a separate process for the server's lifetime.
     Access logs are off (they cost more than a prediction); /metrics counts every request.
+    A client gets ``serve.header_timeout_s`` to send a request's headers and
+    ``serve.body_timeout_s`` for its body (:mod:`dataflywheel.serve.timeouts`).
     """
     import uvicorn
 
-    from dataflywheel.serve.app import _config, create_app
+    from dataflywheel.serve import app as serve_app
+    from dataflywheel.serve.timeouts import timed_protocol
 
-    cfg = _config(config)
+    cfg = serve_app._config(config)
     host, port = host or cfg.serve.host, port or cfg.serve.port
     check_port(host, port)
-    app = create_app(config if auto_retrain else cfg, alias, settings, auto_retrain=auto_retrain)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    app = serve_app.create_app(config if auto_retrain else cfg, alias, settings, auto_retrain=auto_retrain)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False,
+                http=timed_protocol(cfg.serve.header_timeout_s, cfg.serve.body_timeout_s))
 
 
 def check_port(host: str, port: int) -> None:

@@ -24,10 +24,12 @@ or explained (``ServedModel.redact``); the raw text is never stored. Counts per 
 ``/metrics`` (``flywheel_redactions``), texts truncated to ``max_length`` too
 (``flywheel_truncated_texts``).
 
-Feedback and admin endpoints need a bearer token when ``FLYWHEEL_API_TOKEN`` is set
-(``serve.auth``); bodies over ``max_body_bytes`` get a 413 (``serve.limits``). Errors are
-``{"detail": ...}``: a :class:`FlywheelError` gives its one-line headline (plus
-``where``/``fix``), a validation error gives the list of ``{loc, msg, type}``.
+Every route is in one access matrix (``serve.auth``): with ``FLYWHEEL_API_TOKEN`` set, feedback
+and admin routes need the bearer token, reads (model, monitor, metrics, docs) too unless
+``serve.auth.read: open``, predictions only with ``serve.auth.predict: token``; bodies over
+``max_body_bytes`` get a 413 (``serve.limits``). Errors are ``{"detail": ...}``: a
+:class:`FlywheelError` gives its one-line headline (plus ``where``/``fix``), a validation error
+gives the list of ``{loc, msg, type}``.
 
 The hot path (``/v1/predict``, ``/v1/feedback``, answered by ``serve.hotpath``): the event loop
 parses and validates, the model thread runs the forward pass and queues the log write itself,
@@ -42,26 +44,27 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from dataflywheel.config import Backend, FlywheelConfig, ServeConfig
+from dataflywheel.config import AuthConfig, Backend, FlywheelConfig, ServeConfig
 from dataflywheel.errors import ConfigError, FlywheelError
 from dataflywheel.feedback.log import LogWriter, new_ids
-from dataflywheel.serve.auth import BearerAuth
+from dataflywheel.serve.auth import AccessMatrix, AuthMiddleware, BearerAuth
 from dataflywheel.serve.batching import Done, MicroBatcher, settle_future
+from dataflywheel.serve.docs import add_docs_routes
 from dataflywheel.serve.explain import add_explain_route
 from dataflywheel.serve.hotpath import Answer, HotPathMiddleware, error_answer
 from dataflywheel.serve.limits import BodyLimitMiddleware
 from dataflywheel.serve.metrics import MetricsMiddleware, ServeMetrics
 from dataflywheel.serve.model import ServedModel, load_served_model
+from dataflywheel.serve.openapi import document_access, errors, json_body, records_body
 from dataflywheel.serve.requests import (
     MAX_ERRORS,
     BadRequest,
@@ -113,11 +116,12 @@ class ServeSettings:
     """What runs the network: torch fp32, int8 dynamic quantisation, ONNX Runtime fp32 or int8."""
     device: str = "auto"
     """Where the torch backend runs (``serve.device``; see :func:`~dataflywheel.serve.model.serve_device`)."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """Which route classes need the bearer token when one is set (``serve.auth``, see ``serve.auth``)."""
 
     @classmethod
     def from_config(cls, serve: ServeConfig, **overrides: Any) -> ServeSettings:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in serve.model_dump().items() if k in names}
+        values = {f.name: getattr(serve, f.name) for f in fields(cls) if f.name in type(serve).model_fields}
         return cls(**(values | overrides))
 
 
@@ -287,13 +291,13 @@ def create_app(
     default to its ``serve`` section. The model is loaded here, so a missing alias or a damaged
     bundle fails now, as a :class:`FlywheelError`; the worker threads (batcher, log writer,
     alias watcher) and, with ``auto_retrain``, the retrain worker process start and stop with
-    the app's lifespan. The bearer token is read from the environment now.
+    the app's lifespan. The bearer token is read from the environment now; every route is
+    registered in the access matrix (``serve.auth``) as it is declared.
     """
     cfg = _config(project)
     retrain = RetrainProcess(config_path(project)) if auto_retrain else None
     server = Server(cfg, alias, settings or ServeSettings.from_config(cfg.serve), retrain)
-    auth = BearerAuth.from_env()
-    protected = [Depends(auth)]
+    access = AccessMatrix(BearerAuth.from_env(), server.settings.auth)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -303,15 +307,22 @@ def create_app(
         finally:
             server.close()
 
-    app = FastAPI(title="dataflywheel", lifespan=lifespan, default_response_class=OrjsonResponse)
+    app = FastAPI(title="dataflywheel", lifespan=lifespan, default_response_class=OrjsonResponse,
+                  docs_url=None, redoc_url=None)
     app.state.server = server
+    app.state.access = access
     _add_error_handlers(app)
+    add_docs_routes(app, access)
+    for path, kind in (("/v1/health", "public"), ("/v1/ready", "public"), ("/v1/model", "read"),
+                       ("/v1/monitor", "read"), ("/metrics", "read"), ("/v1/predict", "predict"),
+                       ("/v1/feedback", "write"), ("/v1/admin/*", "admin")):
+        access.register(path, kind)  # type: ignore[arg-type]
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/v1/ready")
+    @app.get("/v1/ready", responses=errors(503))
     async def ready() -> Response:
         reasons = server.not_ready()
         if reasons:
@@ -339,8 +350,7 @@ def create_app(
         server.metrics.predictions.inc(len(answers))
         return 200, orjson.dumps(answers[0] if single else answers)
 
-    async def feedback_answer(body: bytes, headers: Mapping[str, str]) -> Answer:
-        auth.check(headers.get("authorization"))
+    async def feedback_answer(body: bytes, _headers: Mapping[str, str]) -> Answer:
         fb = parse_feedback(body)
         result = await _on_loop(lambda done: server.writer.submit_feedback(
             fb.prediction_id, fb.label, lambda ok, value: done(value, None) if ok else done(None, value),
@@ -348,28 +358,31 @@ def create_app(
         answer = {"feedback_id": result.id, "prediction_id": fb.prediction_id, "created": result.created}
         return 201 if result.created else 200, orjson.dumps(answer)
 
-    @app.post("/v1/predict", openapi_extra=_predict_openapi(server.model.record_model))
+    @app.post("/v1/predict", openapi_extra=records_body(server.model.record_model),
+              responses=errors(400, 413, 422, 503))
     async def predict(request: Request) -> Response:
         status, content = await predict_answer(await request.body(), request.headers)
         return Response(content, status_code=status, media_type=JSON_TYPE)
 
-    @app.post("/v1/feedback", status_code=201, openapi_extra=_body_openapi(FeedbackIn.model_json_schema()),
-              responses={200: {"description": "already recorded"}, 401: {"description": "no bearer token"},
-                         403: {"description": "wrong bearer token"}})
+    @app.post("/v1/feedback", status_code=201, openapi_extra=json_body(FeedbackIn.model_json_schema()),
+              responses={200: {"description": "already recorded (same idempotency key, same feedback)"},
+                         **errors(404, 409, 413, 422, 503, _409="idempotency key already used for other feedback",
+                                  _422="invalid body, or a label the predicting model cannot give")})
     async def feedback(request: Request) -> Response:
         status, content = await feedback_answer(await request.body(), request.headers)
         return Response(content, status_code=status, media_type=JSON_TYPE)
 
-    @app.post("/v1/admin/reload", dependencies=protected)
+    @app.post("/v1/admin/reload", responses=errors(409, 503, _409="serving a fixed version: nothing to reload",
+                                                   _503="the new version failed to load; the old one serves on"))
     async def reload() -> Response:
         if server.watcher is None:
             raise BadRequest(409, f"serving the fixed version {server.alias!r}; serve an alias to hot swap")
         result = await asyncio.to_thread(server.watcher.check, force=True)
         return OrjsonResponse(result.to_dict(), status_code=503 if result.error else 200)
 
-    add_explain_route(app, server)
+    add_explain_route(app, server, access)
 
-    @app.get("/v1/monitor")
+    @app.get("/v1/monitor", responses=errors(501))
     async def monitor() -> Response:
         try:
             from dataflywheel.feedback.monitor import monitor_report
@@ -384,9 +397,15 @@ def create_app(
         body, content_type = server.metrics.render()
         return Response(body, media_type=content_type)
 
+    missing = access.unregistered(app)
+    if missing:
+        raise RuntimeError(f"routes missing from the access matrix: {', '.join(missing)}")
+    document_access(app, access)
     app.add_middleware(HotPathMiddleware, routes={("POST", "/v1/predict"): predict_answer,
                                                   ("POST", "/v1/feedback"): feedback_answer})
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=server.settings.max_body_bytes)
+    if access.auth.enabled:  # before the body is read; no token configured: nothing to check
+        app.add_middleware(AuthMiddleware, matrix=access)
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)  # outermost: sees 413s
     return app
@@ -416,11 +435,3 @@ def _add_error_handlers(app: FastAPI) -> None:
                   for e in exc.errors()]
         return OrjsonResponse({"detail": errors[:MAX_ERRORS]}, status_code=422)
 
-
-def _predict_openapi(record: type[BaseModel]) -> dict[str, Any]:
-    schema = record.model_json_schema()
-    return _body_openapi({"anyOf": [schema, {"type": "array", "items": schema, "minItems": 1}]})
-
-
-def _body_openapi(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

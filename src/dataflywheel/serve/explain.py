@@ -5,7 +5,10 @@ and redacted the same way; ``?steps=N`` (1-256, default 32) sets the Integrated 
 Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
 ``model_version``. Explanations are not logged (they are not predictions) and run one request
 at a time on a worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot
-starve the event loop or the prediction batcher of more than one core. Until
+starve the event loop or the prediction batcher of more than one core. They run on a private
+copy of the model's module tree that shares its weights
+(:func:`~dataflywheel.explain.attributions.private_copy`), so predictions served at the same
+moment are never affected. Until
 :mod:`dataflywheel.explain` exists the endpoint answers 501 with a JSON detail.
 """
 
@@ -17,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from dataflywheel.serve.openapi import errors, records_body
 from dataflywheel.serve.requests import BadRequest, parse_json, split_records, validate_records
 
 if TYPE_CHECKING:
     from dataflywheel.serve.app import Server
+    from dataflywheel.serve.auth import AccessMatrix
 
 MAX_EXPLAIN_RECORDS = 32
 """Most records in one explain request (each costs ``steps`` forward and backward passes)."""
@@ -39,11 +44,19 @@ def parse_steps(raw: str | None) -> int:
     return steps
 
 
-def add_explain_route(app: FastAPI, server: Server) -> None:
-    """Declare ``POST /v1/explain`` on ``app``, explaining with ``server``'s current model."""
+def add_explain_route(app: FastAPI, server: Server, access: AccessMatrix) -> None:
+    """Declare ``POST /v1/explain`` on ``app`` (a ``predict`` route of ``access``), explaining
+    with ``server``'s current model."""
     lock = asyncio.Lock()
+    access.register("/v1/explain", "predict")
+    openapi = records_body(server.model.record_model) | {"parameters": [{
+        "name": "steps", "in": "query", "required": False,
+        "description": f"Integrated Gradients steps (1-{MAX_STEPS}; more is slower and closer to exact)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": 32}}]}
 
-    @app.post("/v1/explain", responses={501: {"description": "explanations are not installed"}})
+    @app.post("/v1/explain", openapi_extra=openapi, responses=errors(
+        400, 413, 422, 501, _413=f"more than {MAX_EXPLAIN_RECORDS} records, or a body over serve.max_body_bytes",
+        _422="a record fails validation, or steps is out of range", _501="explanations are not installed"))
     async def explain(request: Request) -> Response:
         try:
             from dataflywheel.explain import explain_records

@@ -3,11 +3,11 @@
 ``POST /v1/predict`` and ``POST /v1/feedback`` carry the traffic. :class:`HotPathMiddleware`
 answers them straight from the ASGI messages, skipping FastAPI's routing, request objects,
 dependency solving and exception middleware (a few hundred microseconds a request: a visible
-share of a ~1 ms request). The FastAPI routes of the same paths stay declared, for the
-OpenAPI docs and for an app mounted without this layer, and call the same handlers, so both
-ways answer byte for byte alike. The middleware sits inside the body-limit and metrics
-layers, so 413s and Prometheus counts are unchanged; an unexpected error still propagates to
-Starlette's server-error middleware (a 500).
+share of a ~1 ms request). The FastAPI routes of the same paths stay declared, for the OpenAPI
+docs and for an app mounted without this layer, and call the same handlers, so both ways answer
+byte for byte alike. The middleware sits inside the metrics, access-matrix and body-limit
+layers, so 401/403s, 413s and Prometheus counts are unchanged; an unexpected error still
+propagates to Starlette's server-error middleware (a 500).
 """
 
 from __future__ import annotations

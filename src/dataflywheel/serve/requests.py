@@ -47,12 +47,14 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(400, "empty request body; send a JSON record or a list of records")
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        first = exc
     try:  # NaN/Infinity are not JSON, but get a 422 naming the field rather than a parse error
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # nested deeper than orjson's limit (1024) and Python's stack
+        raise BadRequest(400, f"malformed JSON: {first}; arrays and objects nest at most 1024 deep") from None
 
 
 def split_records(payload: Any, max_records: int) -> list[Any]:

@@ -1,15 +1,15 @@
 """Request models generated from a bundle's :class:`~dataflywheel.data.schema.Schema`.
 
-One pydantic model per served model, built with :func:`pydantic.create_model`: every feature
-the preprocessor reads is a required field (``null`` is allowed and means "missing", which
-the preprocessor fills as at training time). ``number`` fields take finite JSON numbers only
-(no strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields
-take strings, with integers and booleans read as their category string (``1`` -> ``"1"``,
-``true`` -> ``"true"``), as the encoders compare categories. ``text`` fields take raw text
-only: a non-empty, non-blank JSON string of valid Unicode (no ``null``, numbers or unpaired
-surrogates); any length passes (the body limit bounds it) and the tokenizer truncates it to
-the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so a
-client may send ids alongside the features; a misspelt feature shows as a missing one.
+One pydantic model per served model, built with :func:`pydantic.create_model`: every feature the
+preprocessor reads is a required field (``null`` is allowed and means "missing", which the
+preprocessor fills as at training time). ``number`` fields take finite JSON numbers only (no
+strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields take
+strings, with integers and booleans read as their category string (``1`` -> ``"1"``, ``true`` ->
+``"true"``), as the encoders compare categories; like text, they must be valid Unicode. ``text``
+fields take raw text only: a non-empty, non-blank JSON string of valid Unicode (no ``null``,
+numbers or unpaired surrogates); any length passes (the body limit bounds it) and the tokenizer
+truncates it to the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so
+a client may send ids alongside the features; a misspelt feature shows as a missing one.
 """
 
 from __future__ import annotations
@@ -34,19 +34,25 @@ def _as_category(value: Any) -> Any:
     return value  # str passes; anything else fails str validation with the field's name
 
 
-Category = Annotated[str, BeforeValidator(_as_category), Field(strict=True, max_length=10_000)]
+def _check_unicode(value: str) -> str:
+    """``value`` if it is valid Unicode (JSON's ``\\ud800`` escapes can smuggle in unpaired
+    surrogates, which UTF-8 cannot encode, so the record could not be logged)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not valid Unicode (unpaired surrogate at character {exc.start})") from None
+    return value
 
+
+Category = Annotated[str, BeforeValidator(_as_category), Field(strict=True, max_length=10_000),
+                     AfterValidator(_check_unicode)]
 
 
 def _check_text(value: str) -> str:
     if not value.strip():
         raise ValueError("text must not be empty or blank")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"text is not valid Unicode (unpaired surrogate at character {exc.start})") from None
-    return value
+    return _check_unicode(value)
 
 
 Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]

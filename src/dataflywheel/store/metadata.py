@@ -1,8 +1,11 @@
 """The metadata store: every artifact of the loop, its lineage and its audit history.
 
 SQLAlchemy 2 ORM; an embedded SQLite file (WAL mode) by default, any SQLAlchemy URL
-(e.g. PostgreSQL) for a team. All writes go through :meth:`MetadataStore.transaction`, so a
-failed step leaves nothing half-recorded.
+(e.g. PostgreSQL) for a team. Every SQLite connection sets ``journal_size_limit`` to
+:data:`WAL_SIZE_LIMIT`, so the write-ahead log shrinks back to that size each time it restarts
+after a complete checkpoint (the server's log writer also truncates it once a load peak is
+over). All writes go through :meth:`MetadataStore.transaction`, so a failed step leaves
+nothing half-recorded.
 """
 
 from __future__ import annotations
@@ -122,9 +125,14 @@ class EventRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+WAL_SIZE_LIMIT = 32 * 1024 * 1024
+"""Bytes the SQLite write-ahead log is cut back to when it restarts (``journal_size_limit``)."""
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
