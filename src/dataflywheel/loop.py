@@ -92,7 +92,8 @@ def train_and_register(
     trained = train_on_dataset(cfg, dataset, checkpoint_dir=ckpt, resume=resume, progress=progress)
     target = cfg.data.target
     meta: dict[str, Any] = {"spec": trained.spec, "task": trained.task, "target_column": target,
-                            "target_encoder": trained.target_encoder.to_dict(), "threshold": 0.5}
+                            "target_encoder": trained.target_encoder.to_dict(), "threshold": 0.5,
+                            "privacy": cfg.privacy.model_dump(mode="json")}
     predictor = Predictor(Path("."), trained.model, meta, trained.preprocessor, trained.target_encoder,
                           trained.schema)
     meta["threshold"] = predictor.threshold = choose_threshold(predictor, dataset.split("valid"), target)

@@ -103,6 +103,8 @@ def predict(
         note += "; unseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in unknown.items())
     if coerced:
         note += "; unreadable values (scored as missing): " + ", ".join(f"{k}={v}" for k, v in coerced.items())
+    if result.redacted:
+        note += "; PII redacted before scoring: " + ", ".join(f"{k}={v}" for k, v in result.redacted.items())
     console(stderr=True).print(note, markup=False)
 
 
