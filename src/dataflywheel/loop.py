@@ -116,7 +116,8 @@ def train_and_register(
     champion_version = versions.alias_version(project, versions.CHAMPION)
     champion = None
     if champion_version is not None:
-        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact))
+        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact),
+                                  base_dir=cfg.base_dir)
     verdict = compare_to_champion(cfg, trained.task, gate_metrics, champion, champion_version, gate_rows,
                                   eval_rows=eval_rows)
 

@@ -30,7 +30,7 @@ def monitor(
     project = open_project(cfg)
     try:
         info = versions.resolve(project, alias)
-        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
         predictor.version = info.version
         report = monitor_report(project, predictor, window or cfg.monitor.window, cfg.monitor.bins)
     finally:

@@ -104,8 +104,11 @@ class Predictor:
         return self.redaction.records(records)
 
     @classmethod
-    def load(cls, folder: str | Path, *, privacy: PrivacyConfig | None = None) -> Predictor:
-        """Verify and load the bundle in ``folder`` (``privacy``: see :meth:`__init__`)."""
+    def load(cls, folder: str | Path, *, privacy: PrivacyConfig | None = None,
+             base_dir: Path | None = None) -> Predictor:
+        """Verify and load the bundle in ``folder`` (``privacy``: see :meth:`__init__`). A base
+        model the bundle names by a relative path is looked up in ``base_dir`` (the project's
+        folder), then in the bundle folder's parents (a store inside the project)."""
         from safetensors.torch import load_file
 
         from dataflywheel.data.schema import Schema
@@ -117,7 +120,8 @@ class Predictor:
         folder = Path(folder)
         verify_bundle(folder)
         meta = read_json(folder, "model.json")
-        model = build_model(meta["spec"])  # a pretrained model checks its base's hash here
+        dirs = [*([Path(base_dir)] if base_dir is not None else []), *folder.absolute().parents]
+        model = build_model(meta["spec"], base_dirs=dirs)  # a pretrained model checks its base's hash here
         weights = load_file(str(folder / "model.safetensors"))
         load_trained_weights(model, weights)
         if hasattr(model, "for_inference"):

@@ -111,7 +111,7 @@ def train_on_dataset(
     from dataflywheel.train.loop import fit
 
     schema = dataset.schema()
-    cfg = prepare_config(cfg, schema)  # pretrained: absolute base folder + hash, the base's tokenizer
+    cfg = prepare_config(cfg, schema)  # pretrained: portable base reference + hash, the base's tokenizer
     task = resolve_task(cfg, schema)
     target = cfg.data.target
     train_df, valid_df = dataset.split("train"), dataset.split("valid")
@@ -138,7 +138,7 @@ def train_on_dataset(
     import torch
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(spec)
+    model = build_model(spec, base_dirs=[cfg.base_dir])
     train_b, truncated = encode(pre, target_enc, train_df, target, task)
     valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
     history = fit(
