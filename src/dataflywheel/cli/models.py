@@ -71,13 +71,27 @@ def show(
     scalar = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float))}
     out.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in scalar.items()), markup=False)
     if info.verdict:
-        out.print(f"verdict: {info.verdict.get('decision')}: {'; '.join(info.verdict.get('reasons', []))}", markup=False)
+        out.print(f"verdict: {info.verdict.get('decision')}", markup=False)
+        for reason in info.verdict.get("reasons", []):
+            out.print(f"  {reason}", markup=False)
+        tolerances = _guard_tolerances(info.verdict)
+        if tolerances:
+            out.print(f"guard tolerance: {tolerances} (relative: a share of the champion's value, for unbounded "
+                      "metrics; absolute: in the metric's units)", markup=False)
     lin = run.lineage
     out.print(f"lineage: config {str(lin.get('config_hash'))[:12]}, code {lin.get('code_version')}, seed {lin.get('seed')}, "
               f"threads {lin.get('threads')}", markup=False)
     for h in hist:
         out.print(f"  {h['at']} {h['alias']}: {h['action']} v{h['previous']} -> v{h['version']} ({h['reason']})",
                   markup=False)
+
+
+def _guard_tolerances(verdict: dict) -> str:  # type: ignore[type-arg]
+    """Which tolerance each guard of ``verdict`` had, e.g. ``mae relative, r2 absolute``."""
+    from dataflywheel.evaluate.gate import tolerance_kind
+
+    guards = [c for c in verdict.get("checks") or [] if c.get("role") == "guard"]
+    return ", ".join(f"{c['metric']} {c.get('tolerance') or tolerance_kind(c['metric'])}" for c in guards)
 
 
 @app.command("promote")

@@ -31,6 +31,10 @@ METRICS: dict[str, dict[str, bool]] = {
     "multiclass": {"macro_f1": True, "accuracy": True, "log_loss": False},
     "regression": {"rmse": False, "mae": False, "r2": True},
 }
+UNBOUNDED: frozenset[str] = frozenset({"rmse", "mae", "log_loss"})
+"""Metrics without a fixed scale (in the target's units, or growing without limit): the gate's
+guard tolerance is relative to the champion's value for these, absolute for the others (whose
+values lie in a fixed range such as [0, 1])."""
 
 
 def to_json_safe(value: Any) -> Any:
