@@ -25,6 +25,7 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Every model version with its aliases and headline metrics."""
     from rich.table import Table
 
+    from dataflywheel.evaluate.metrics import format_metric
     from dataflywheel.registry.versions import list_versions
 
     project = _project(config)
@@ -34,7 +35,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         project.close()
     table = Table("version", "created", "model", "task", "dataset", "aliases", "metrics", "verdict")
     for r in rows:
-        m = ", ".join(f"{k} {r.metrics[k]:.4f}" for k in _KEY_METRICS if isinstance(r.metrics.get(k), (int, float)))
+        m = ", ".join(f"{k} {format_metric(k, r.metrics[k])}" for k in _KEY_METRICS
+                      if isinstance(r.metrics.get(k), (int, float)))
         table.add_row(f"v{r.version}", r.created_at, r.model_type, r.task, r.dataset_id, ", ".join(r.aliases), m,
                       (r.verdict or {}).get("decision", ""))
     console().print(table)
@@ -47,6 +49,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Metrics, lineage, the promotion verdict and the alias history of a version."""
+    from dataflywheel.evaluate.metrics import format_metric
     from dataflywheel.registry import versions
 
     project = _project(config)
@@ -69,7 +72,7 @@ def show(
               markup=False)
     out.print(f"dataset {info.dataset_id}; bundle {bundle}", markup=False)
     scalar = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float))}
-    out.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in scalar.items()), markup=False)
+    out.print("metrics: " + ", ".join(f"{k} {format_metric(k, v)}" for k, v in scalar.items()), markup=False)
     if info.verdict:
         out.print(f"verdict: {info.verdict.get('decision')}", markup=False)
         for reason in info.verdict.get("reasons", []):
