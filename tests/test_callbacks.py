@@ -235,10 +235,12 @@ def test_early_stopping_says_why_and_which_epoch_was_kept() -> None:
                                  f"kept the weights of epoch {best['epoch']} (the best)")
 
     full = fit(_model(), _data(), None, CFG, "binary", progress=False)
-    assert full.stop_reason is None and full.summary() == "trained 3 of 3 epochs; kept the weights of epoch 3 (the last)"
+    assert full.stop_reason is None
+    assert full.summary() == "trained 3 of 3 epochs; kept the weights of epoch 3 (the last)"
     steps = fit(_model(), _data(), None, TrainConfig(epochs=3, batch_size=16, max_steps=5, early_stopping=None),
                 "binary", progress=False)
-    assert steps.summary().startswith("training stopped after epoch 2 of 3: reached train.max_steps (5 optimiser steps)")
+    assert steps.summary().startswith(
+        "training stopped after epoch 2 of 3: reached train.max_steps (5 optimiser steps)")
 
 
 def test_off_a_terminal_each_epoch_is_a_line(capsys: pytest.CaptureFixture[str]) -> None:

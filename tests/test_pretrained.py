@@ -514,3 +514,25 @@ def test_bases_load_with_use_safetensors(tiny_base: Path, monkeypatch: pytest.Mo
     build_pretrained(n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass", text_vocab_size=30522,
                      max_length=MAX_LENGTH, base=str(tiny_base), finetune="frozen")
     assert seen == [True]
+
+
+def test_a_hub_base_is_referenced_by_its_name(tiny_base: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from dataflywheel.registry.predictor import Predictor
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--tiny-org--tiny-bert" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_base, snapshot)
+    (cache / "models--tiny-org--tiny-bert" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-bert" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    project = tmp_path / "project"
+    project.mkdir()
+    folder, df = _train_in_project(project, "tiny-org/tiny-bert", finetune="frozen")
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["base_model"]["name"] == "tiny-org/tiny-bert" and "path" not in meta["base_model"]
+    assert meta["spec"]["args"]["base"] == "tiny-org/tiny-bert"
+    assert str(cache) not in (folder / "model.json").read_text()
+    assert Predictor.load(folder).predict(df.drop("topic").head(3).to_dicts()).values[0] in TOPICS

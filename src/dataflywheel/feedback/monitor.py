@@ -4,8 +4,9 @@
 with the inputs of the last ``window`` logged predictions (``predictions`` table), feature by
 feature (see :mod:`dataflywheel.feedback.drift`; a text input through the model's tokenizer:
 length, unknown-token share and truncation rate, :mod:`dataflywheel.feedback.text_drift`), and
-scores the predictions that received a label through ``feedback``. The report is plain JSON (no NaN): ``flywheel monitor`` prints it,
-``GET /v1/monitor`` returns it, and the retrain trigger reads ``max_psi``.
+scores the predictions that received a label through ``feedback``. The report is plain JSON
+(no NaN): ``flywheel monitor`` prints it, ``GET /v1/monitor`` returns it, and the retrain
+trigger reads ``max_psi``.
 
 Recent inputs are taken from predictions of *any* model version: drift is a property of the
 traffic, not of the model that answered it. Reference statistics depend only on the dataset

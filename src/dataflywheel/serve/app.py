@@ -19,8 +19,8 @@ Endpoints (JSON in and out, rendered with orjson):
   ``GET /v1/monitor`` (drift and live accuracy), ``GET /metrics`` (Prometheus).
 
 Privacy: the record fields the model's bundle redacts (the ``privacy`` settings its training
-data was redacted with; text columns by default) are redacted on the event loop right after validation, before the record is predicted on, logged
-or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
+data was redacted with; text columns by default) are redacted on the event loop right after
+validation, before the record is predicted on, logged or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
 ``/metrics`` (``flywheel_redactions``), texts truncated to ``max_length`` too
 (``flywheel_truncated_texts``).
 

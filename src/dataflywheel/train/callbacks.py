@@ -203,7 +203,8 @@ def epoch_values(logs: Logs) -> list[tuple[str, float]]:
     validation metric and the validation loss; for regression the RMSE in the target's units
     (``rmse``, ``val_rmse``) instead of the standardised losses."""
     if "rmse" in logs:
-        shown = ["rmse", "val_rmse", *[k for k in logs if k.startswith("val_") and k not in ("val_loss", "val_rmse")][:1]]
+        extra = [k for k in logs if k.startswith("val_") and k not in ("val_loss", "val_rmse")][:1]
+        shown = ["rmse", "val_rmse", *extra]
     else:
         shown = ["loss", *[k for k in logs if k.startswith("val_") and k != "val_loss"][:1], "val_loss"]
     return [(k, float(logs[k])) for k in shown if k in logs]

@@ -381,7 +381,8 @@ def _arrange(
         cbs.append(EarlyStopping(metric, mode, es.patience, es.min_delta))
     if progress and sys.stderr.isatty() and not any(isinstance(c, Progress) for c in cbs):
         cbs.append(Progress())
-    if progress and log is not None and not _is_terminal(sys.stdout) and not any(isinstance(c, EpochLines) for c in cbs):
+    lines = progress and log is not None and not _is_terminal(sys.stdout)
+    if lines and log is not None and not any(isinstance(c, EpochLines) for c in cbs):
         cbs.append(EpochLines(log))
     if checkpoint_dir is not None and not any(isinstance(c, Checkpoint) for c in cbs):
         cbs.append(Checkpoint(checkpoint_dir))
