@@ -209,3 +209,113 @@ def test_progress_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -
     )
     fit(_model(), _data(), None, CFG, "binary", progress=True)  # stderr is not a TTY under pytest
     assert out.getvalue() == "" and capsys.readouterr().err == ""
+
+
+# -- what training says about itself: early stopping, per-epoch lines, target units ---------------
+
+
+def _noise(n: int, seed: int) -> Batchable:
+    """Labels independent of the inputs: the validation loss stops improving within a few epochs."""
+    rng = np.random.default_rng(seed)
+    return Batchable(torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)), torch.zeros(n, 0, dtype=torch.long),
+                     torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)))
+
+
+def test_early_stopping_says_why_and_which_epoch_was_kept() -> None:
+    cfg = TrainConfig(epochs=60, batch_size=16, lr=0.05, early_stopping={"patience": 3})
+    model = _model()
+    history = fit(model, _noise(64, 0), _noise(64, 1), cfg, "binary", progress=False)
+    assert history.stopped_early and len(history.epochs) < 60
+    best = min(history.epochs, key=lambda e: e["val_loss"])
+    assert history.kept_epoch == best["epoch"] == history.best_epoch
+    assert history.stop_reason == (f"early stopping: val_loss did not improve for 3 epochs "
+                                   f"(best {best['val_loss']:.6g} at epoch {best['epoch']})")
+    last = history.epochs[-1]["epoch"]
+    assert history.summary() == (f"training stopped after epoch {last} of 60: {history.stop_reason}; "
+                                 f"kept the weights of epoch {best['epoch']} (the best)")
+
+    full = fit(_model(), _data(), None, CFG, "binary", progress=False)
+    assert full.stop_reason is None
+    assert full.summary() == "trained 3 of 3 epochs; kept the weights of epoch 3 (the last)"
+    steps = fit(_model(), _data(), None, TrainConfig(epochs=3, batch_size=16, max_steps=5, early_stopping=None),
+                "binary", progress=False)
+    assert steps.summary().startswith(
+        "training stopped after epoch 2 of 3: reached train.max_steps (5 optimiser steps)")
+
+
+def test_off_a_terminal_each_epoch_is_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    lines: list[str] = []
+    accuracy = {"accuracy": lambda y, p: float(np.mean((p >= 0.5) == y))}
+    fit(_model(), _data(), _data(seed=1), CFG, "binary", metrics=accuracy, progress=True,
+        log=lines.append)  # stdout is not a TTY under pytest
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(" loss " in line and "val_accuracy " in line and "val_loss " in line and line.endswith(" s)")
+               for line in lines)
+    fit(_model(), _data(), None, CFG, "binary", progress=False, log=lines.append)
+    assert len(lines) == 3  # --no-progress: no epoch lines
+
+
+def test_the_bar_says_training_stopped() -> None:
+    out = io.StringIO()
+    cfg = TrainConfig(epochs=60, batch_size=16, lr=0.05, early_stopping={"patience": 3})
+    fit(_model(), _noise(64, 0), _noise(64, 1), cfg, "binary",
+        callbacks=[Progress(console=Console(file=out, force_terminal=True, width=120), refresh=0)], progress=False)
+    assert "(stopped)" in out.getvalue()
+
+
+def test_regression_progress_is_in_the_target_units() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (X[:, 0] + 0.1 * rng.normal(size=64)).astype(np.float32)  # standardised targets
+    data = Batchable(torch.from_numpy(X), torch.zeros(64, 0, dtype=torch.long), torch.from_numpy(y))
+    model = build_model(model_spec("mlp", n_numeric=3, cardinalities=[], n_outputs=1, task="regression",
+                                   hidden=[8]), seed=0)
+    lines: list[str] = []
+    r2 = {"r2": lambda y, p: float(1 - np.mean((y - p) ** 2) / np.var(y))}
+    history = fit(model, data, data, CFG, "regression", metrics=r2, progress=True, log=lines.append,
+                  target_scale=250_000.0)
+    for epoch in history.epochs:
+        assert epoch["rmse"] == pytest.approx(np.sqrt(epoch["loss"]) * 250_000.0)
+        assert epoch["val_rmse"] == pytest.approx(np.sqrt(epoch["val_loss"]) * 250_000.0)
+    first = history.epochs[0]
+    assert lines[0].startswith(f"epoch 1/3: rmse {first['rmse']:.6g}, val_rmse {first['val_rmse']:.6g}, val_r2")
+    assert "loss" not in lines[0]
+
+
+def test_cli_numbers_are_rounded_to_six_significant_digits() -> None:
+    from dataflywheel.evaluate.metrics import format_metric, round_significant
+
+    got = round_significant(np.array([751967.3398991233, 0.94387712, -1.23456789e-7, 0.0, np.nan, 12.5]))
+    np.testing.assert_array_equal(got[[0, 1, 2, 3, 5]], [751967.0, 0.943877, -1.23457e-7, 0.0, 12.5])
+    assert np.isnan(got[4])
+    assert format_metric("rmse", 52123.456789) == "52123.5" and format_metric("val_loss", 0.693147181) == "0.693147"
+    assert format_metric("accuracy", 0.9) == "0.9000" and format_metric("r2", None) == "-"
+
+
+def test_flywheel_run_piped_prints_epochs_in_target_units_and_why_it_stopped(tmp_path: Path) -> None:
+    import polars as pl
+    from cli_helpers import flywheel
+
+    rng = np.random.default_rng(0)
+    area = rng.uniform(40, 200, 400)
+    price = 2500.0 * area + rng.normal(0, 20_000, 400)  # prices around 250,000
+    pl.DataFrame({"area": area, "rooms": rng.integers(1, 6, 400), "price": price}).write_csv(tmp_path / "houses.csv")
+    (tmp_path / "flywheel.yaml").write_text(
+        "data: {source: houses.csv, target: price}\n"
+        "model: {type: mlp, params: {hidden: [8]}}\n"
+        "train: {epochs: 40, batch_size: 32, lr: 0.05, seed: 0, threads: 1, early_stopping: {patience: 2}}\n")
+    r = flywheel("run", cwd=tmp_path)  # stdout is a pipe here
+    assert r.code == 0, r.err
+    epochs = [line for line in r.out.splitlines() if line.startswith("epoch ")]
+    assert epochs and epochs[0].startswith("epoch 1/40: rmse ")
+    assert all(float(line.split("rmse ")[1].split(",")[0]) > 1000 for line in epochs)  # target units, not z-scores
+    summary = next(line for line in r.out.splitlines() if line.startswith(("training stopped", "trained ")))
+    assert "kept the weights of epoch" in summary
+    if len(epochs) < 40:
+        assert summary.startswith(f"training stopped after epoch {len(epochs)} of 40: early stopping: val_loss")
+
+    pl.DataFrame({"area": [123.456789], "rooms": [3]}).write_csv(tmp_path / "new.csv")
+    predicted = flywheel("predict", "new.csv", cwd=tmp_path)
+    assert predicted.code == 0, predicted.err
+    value = predicted.out.splitlines()[1]
+    assert len(value.replace("-", "").replace(".", "").rstrip("0").lstrip("0")) <= 6, value

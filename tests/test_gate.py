@@ -44,7 +44,7 @@ def test_tie_at_the_ceiling_is_broken_by_the_first_guard() -> None:
 def test_guard_reasons_say_better_or_worse() -> None:
     challenger = {**CHAMPION, "roc_auc": 0.95, "log_loss": 0.10}
     reasons = gate("binary", cfg(), challenger, CHAMPION).reasons
-    assert any("guard log_loss" in r and "better by 0.3000" in r for r in reasons)
+    assert any("guard log_loss 0.1 vs champion 0.4" in r and "better by 0.3" in r for r in reasons)
 
 
 def test_min_improvement_is_required() -> None:
@@ -61,6 +61,29 @@ def test_guard_regression_beyond_tolerance_rejects() -> None:
     assert [c.metric for c in failed] == ["accuracy"]
     assert "worse by 0.0200, beyond tolerance 0.01" in failed[0].reason
     assert gate("binary", cfg(tolerance=0.03), challenger, CHAMPION).passed
+
+
+def test_unbounded_guards_use_a_tolerance_relative_to_the_champion() -> None:
+    # Prices around 250,000: an MAE 31 worse is 0.1 % worse, well within a 1 % tolerance.
+    champion = {"rmse": 52_000.0, "mae": 31_000.0, "r2": 0.80}
+    challenger = {"rmse": 51_500.0, "mae": 31_031.09, "r2": 0.795}
+    result = gate("regression", cfg(tolerance=0.01), challenger, champion)
+    assert result.passed, result.reasons
+    mae, r2 = result.checks[1], result.checks[2]
+    assert (mae.metric, mae.tolerance, mae.allowed) == ("mae", "relative", pytest.approx(310.0))
+    assert "worse by 31.09 (0.10%), within tolerance 1 % of the champion's value (relative" in mae.reason
+    assert (r2.metric, r2.tolerance, r2.allowed) == ("r2", "absolute", 0.01)
+    assert "worse by 0.0050, within tolerance 0.01 (absolute)" in r2.reason
+    # 2 % worse is beyond 1 % of the champion's value, in any units
+    for scale in (1.0, 1e-3, 1e6):
+        champ = {k: v * scale if k != "r2" else v for k, v in champion.items()}
+        worse = {**champ, "rmse": champ["rmse"] * 0.9, "mae": champ["mae"] * 1.02}
+        verdict = gate("regression", cfg(tolerance=0.01), worse, champ)
+        assert not verdict.passed and "beyond tolerance 1 %" in verdict.checks[1].reason
+    loss = gate("binary", cfg(tolerance=0.1), {**CHAMPION, "roc_auc": 0.95, "log_loss": 0.43}, CHAMPION)
+    assert loss.passed and loss.checks[3].tolerance == "relative"  # 0.03 worse: 7.5 % of 0.40
+    accuracy = loss.checks[1]
+    assert accuracy.tolerance == "absolute" and accuracy.allowed == 0.1
 
 
 def test_lower_is_better_guard_direction() -> None:

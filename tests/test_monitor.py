@@ -266,3 +266,110 @@ def test_end_to_end_report_and_command(trained: Path) -> None:
 
 def test_module_constants_are_the_documented_levels() -> None:
     assert (drift.MODERATE, drift.SIGNIFICANT) == (0.1, 0.2)
+
+
+# -- a text model: its own statistics, in the report, the command, /v1/monitor and the trigger ---
+
+TEXT_WORDS = {
+    "sport": "match team goal coach league striker season cup".split(),
+    "money": "bank shares profit market tax budget loan price".split(),
+}
+TEXT_CONFIG = """
+project: monitor-text
+data:
+  source: data.csv
+  target: topic
+  features: [{name: text, type: text, max_length: 12, vocab_size: 120}]
+model:
+  type: transformer
+  params: {n_layer: 1, n_head: 2, d_model: 16, dropout: 0.0}
+train: {epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.01, seed: 0, early_stopping: null, threads: 1}
+retrain: {every_n_labels: null, drift_threshold: 0.5}
+monitor: {window: 100, min_recent: 10}
+"""
+
+
+def _sentences(n: int, seed: int, extra: str = "", words: tuple[int, int] = (3, 7)) -> list[dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        topic = list(TEXT_WORDS)[i % 2]
+        text = " ".join(rng.choice(TEXT_WORDS[topic], size=int(rng.integers(*words))))
+        rows.append({"text": f"{text} {extra}".strip(), "topic": topic})
+    return rows
+
+
+@pytest.mark.slow
+def test_monitor_on_a_text_model_reports_text_drift(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from dataflywheel.api import load_model
+    from dataflywheel.cli.monitor_command import monitor
+    from dataflywheel.feedback.worker import trigger
+    from dataflywheel.loop import as_config, open_project, run
+    from dataflywheel.serve.app import create_app
+
+    pl.DataFrame(_sentences(120, seed=0)).write_csv(tmp_path / "data.csv")
+    (tmp_path / "flywheel.yaml").write_text(TEXT_CONFIG)
+    assert run(tmp_path / "flywheel.yaml", progress=False).version == 1
+    cfg = as_config(tmp_path / "flywheel.yaml")
+    project = open_project(cfg)
+    predictor = load_model("champion", cfg)
+
+    def log(rows: list[dict[str, str]]) -> list[str]:
+        records = [PredictionRecord(new_id(), 1, {"text": r["text"]}, {"prediction": r["topic"]}, 1.0) for r in rows]
+        with LogWriter(project.metadata) as writer:
+            return writer.log_predictions(records).result()
+
+    clear_cache()
+    log(_sentences(100, seed=1))
+    same = monitor_report(project, predictor, window=100, bins=10)
+    json.dumps(same, allow_nan=False)
+    (text,) = same["features"]
+    assert text["feature"] == "text" and "skipped" not in text and text["n_recent"] == 100
+    assert not text["drifted"] and text["psi"] < 0.2
+    stats = text["text"]
+    assert stats["max_length"] == 12 and stats["truncated_share"]["reference"] == 0.0
+    assert stats["unknown_share"]["recent"] == pytest.approx(stats["unknown_share"]["reference"], abs=0.01)
+
+    # longer texts full of words the tokenizer never saw: all three statistics move
+    ids = log(_sentences(100, seed=2, extra="zqxj vwkp yyqr fjxz qqwv", words=(8, 12)))
+    drifted = monitor_report(project, predictor, window=100, bins=10)
+    (text,) = drifted["features"]
+    stats = text["text"]
+    assert text["drifted"] and drifted["drifted"] == ["text"] and drifted["max_psi"] == text["psi"]
+    assert stats["length_mean"]["recent"] > 2 * stats["length_mean"]["reference"]
+    assert stats["unknown_share"]["recent"] > stats["unknown_share"]["reference"] + 0.1
+    assert stats["truncated_share"]["recent"] == 1.0
+    assert all(stats[k]["psi"] > 0.2 for k in ("length_mean", "unknown_share", "truncated_share"))
+
+    with LogWriter(project.metadata) as writer:  # one new label: the drift trigger may fire
+        writer.record_feedback(ids[0], "sport").result()
+    reason = trigger(cfg, project)
+    assert reason is not None and reason.startswith("drift: max PSI")
+    project.close()
+
+    import typer
+
+    app = typer.Typer()
+    app.command()(monitor)
+    app.command("other")(lambda: None)
+    r = CliRunner().invoke(app, ["monitor", "--config", str(tmp_path / "flywheel.yaml"), "--window", "100"],
+                           env={"COLUMNS": "160"})
+    assert r.exit_code == 0, r.output
+    assert "text text: tokens per text" in r.output and "truncated to 12 tokens 0.0% -> 100.0%" in r.output
+
+    server = create_app(tmp_path / "flywheel.yaml")
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=server), base_url="http://t") as client:
+            async with server.router.lifespan_context(server):
+                return await client.get("/v1/monitor")
+
+    answer = asyncio.run(get())
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["features"][0]["text"]["truncated_share"]["recent"] == 1.0
+

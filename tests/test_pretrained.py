@@ -268,10 +268,10 @@ def test_prepare_config_points_the_text_column_at_the_base(tiny_base: Path, tmp_
     cfg = config_from_dict(raw, base_dir=tmp_path)
     prepared = prepare_config(cfg, schema)
     base = tmp_path / "models" / "tiny"
-    assert prepared.model.params["base"] == str(base)
+    assert prepared.model.params["base"] == "models/tiny"  # relative to the project: portable
     assert prepared.model.params["base_hash"] == content_hash(base)
     (text,) = prepared.data.features
-    assert text.tokenizer == str(base) and text.max_length == 48
+    assert text.tokenizer == "models/tiny" and text.max_length == 48
     assert cfg.model.params == {"base": "models/tiny", "finetune": "frozen"}  # the input is not changed
 
     other = config_from_dict({**raw, "model": {"type": "mlp"}}, base_dir=tmp_path)
@@ -324,7 +324,7 @@ def test_lora_fine_tunes_minilm_through_flywheel_run(tmp_path: Path) -> None:
         project.close()
     assert losses[-1] < losses[0]
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["base_model"]["finetune"] == "lora" and meta["base_model"]["path"] == str(tmp_path / "minilm")
+    assert meta["base_model"]["finetune"] == "lora" and meta["base_model"]["path"] == "minilm"
     assert (folder / "model.safetensors").stat().st_size < 2_000_000  # the base's weights are 90 MB
     records = pl.read_csv(tmp_path / "bbc.csv").drop("topic").head(12).to_dicts()
     first, second = Predictor.load(folder).predict(records), Predictor.load(folder).predict(records)
@@ -406,3 +406,133 @@ def test_a_checkpoint_with_every_weight_still_resumes(tiny_base: Path, tmp_path:
     assert [e["loss"] for e in h_resumed.epochs] == [e["loss"] for e in h_straight.epochs]
     for key, value in trained_weights(straight).items():
         assert torch.equal(value, trained_weights(resumed)[key]), key
+
+
+def _train_in_project(project: Path, base: str, finetune: str = "lora"):
+    """Train through prepare_config and the training stage's builder on a project whose
+    flywheel.yaml names ``base``; the bundle goes inside the project's store."""
+    from dataflywheel.config import TrainConfig, config_from_dict
+    from dataflywheel.data.schema import infer_schema
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.models.pretrained import prepare_config
+    from dataflywheel.models.registry import build_model, model_spec
+    from dataflywheel.registry.bundle import write_bundle
+    from dataflywheel.train.loop import fit
+    from dataflywheel.train.stage import encode
+
+    df = frame()
+    schema = infer_schema(df, "topic", overrides={"text": "text"})
+    raw = {"data": {"source": "x.csv", "target": "topic", "features": [{"name": "text", "max_length": MAX_LENGTH}]},
+           "model": {"type": "pretrained", "params": {"base": base, "finetune": finetune}}}
+    cfg = prepare_config(config_from_dict(raw, base_dir=project), schema)
+    pre = Preprocessor.from_schema(schema, cfg.data.features, text=True, base_dir=project).fit(df)
+    target = TargetEncoder("multiclass").fit(df.get_column("topic"))
+    spec = model_spec("pretrained", n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass",
+                      text_vocab_size=pre.text_encoder_.vocab_size_, max_length=MAX_LENGTH, **cfg.model.params)
+    model = build_model(spec, seed=0, base_dirs=[project])
+    train_cfg = TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=5e-3, early_stopping=None, threads=1)
+    fit(model, encode(pre, target, df, "topic", "multiclass")[0], None, train_cfg, "multiclass", progress=False)
+    folder = project / ".flywheel" / "artifacts" / "models" / "v1"
+    meta = {"spec": spec, "task": "multiclass", "target_column": "topic", "target_encoder": target.to_dict()}
+    write_bundle(folder, model=model, model_json=meta, preprocessor=pre, schema=schema, metrics={}, lineage={})
+    return folder, df
+
+
+def test_a_lora_bundle_is_portable_and_in_peft_format(tiny_base: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from dataflywheel.models.pretrained import content_hash
+    from dataflywheel.registry.predictor import Predictor
+
+    old = tmp_path / "trained-here"
+    shutil.copytree(tiny_base, old / "models" / "tiny")
+    folder, df = _train_in_project(old, "models/tiny")
+    records = df.drop("topic").head(12).to_dicts()
+    expected = Predictor.load(folder).predict(records)
+
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["base_model"] == {"path": "models/tiny", "sha256": content_hash(old / "models" / "tiny"),
+                                  "finetune": "lora"}
+    assert meta["spec"]["args"]["base"] == "models/tiny"
+    for path in folder.iterdir():  # no file of the bundle names the machine's folders
+        assert str(tmp_path) not in path.read_bytes().decode("utf-8", errors="replace"), path.name
+
+    moved = tmp_path / "elsewhere" / "project"  # the whole project, another place (or machine)
+    shutil.move(old, moved)
+    bundle = moved / ".flywheel" / "artifacts" / "models" / "v1"
+    again = Predictor.load(bundle).predict(records)
+    assert again.values == expected.values and np.array_equal(again.proba, expected.proba)
+
+    # peft's own format: adapter_config.json + adapter_model.safetensors load with PeftModel
+    adapter = json.loads((bundle / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "models/tiny" and adapter["peft_type"] == "LORA"
+    assert (bundle / "adapter_model.safetensors").is_file()
+    hf = AutoModelForSequenceClassification.from_pretrained(str(moved / "models" / "tiny"), num_labels=3,
+                                                            use_safetensors=True)
+    peft_model = PeftModel.from_pretrained(hf, str(bundle)).eval()
+    predictor = Predictor.load(bundle)
+    batch = predictor.preprocessor.transform(df.head(12))
+    ids, mask = batch.tokens.pad(np.arange(12), predictor.preprocessor.text_encoder_.pad_id_)
+    with torch.no_grad():
+        logits = peft_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask).long()).logits
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy(), expected.proba, atol=1e-5)
+
+
+def test_a_pickle_only_base_is_refused_unless_allowed(tiny_base: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from dataflywheel.models.pretrained import build_pretrained
+
+    base = tmp_path / "bin-bert"
+    shutil.copytree(tiny_base, base)
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    args = dict(n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass", text_vocab_size=30522,
+                max_length=MAX_LENGTH, base=str(base), finetune="frozen")
+    with pytest.raises(ModelError, match="pickle-based") as err:
+        build_pretrained(**args)
+    assert err.value.where == "model.params.allow_pickle_weights"
+    model = build_pretrained(**args, allow_pickle_weights=True)
+    assert model.hf.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+
+
+def test_bases_load_with_use_safetensors(tiny_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from dataflywheel.models.pretrained import build_pretrained
+
+    seen: list[object] = []
+    original = AutoModelForSequenceClassification.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(kwargs.get("use_safetensors"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
+    build_pretrained(n_numeric=0, cardinalities=[], n_outputs=3, task="multiclass", text_vocab_size=30522,
+                     max_length=MAX_LENGTH, base=str(tiny_base), finetune="frozen")
+    assert seen == [True]
+
+
+def test_a_hub_base_is_referenced_by_its_name(tiny_base: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from dataflywheel.registry.predictor import Predictor
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--tiny-org--tiny-bert" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_base, snapshot)
+    (cache / "models--tiny-org--tiny-bert" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-bert" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    project = tmp_path / "project"
+    project.mkdir()
+    folder, df = _train_in_project(project, "tiny-org/tiny-bert", finetune="frozen")
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["base_model"]["name"] == "tiny-org/tiny-bert" and "path" not in meta["base_model"]
+    assert meta["spec"]["args"]["base"] == "tiny-org/tiny-bert"
+    assert str(cache) not in (folder / "model.json").read_text()
+    assert Predictor.load(folder).predict(df.drop("topic").head(3).to_dicts()).values[0] in TOPICS

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import polars as pl
 import pytest
 
@@ -173,3 +174,57 @@ def test_pii_sent_to_predict_never_reaches_the_store_nor_a_training_set(tmp_path
     for path in files:  # nothing anywhere in the store: SQLite file, WAL, Parquet, bundles
         blob = path.read_bytes()
         assert EMAIL.encode() not in blob and PHONE.encode() not in blob, path
+
+
+# -- one redaction step on every prediction path ----------------------------------------------
+
+@pytest.mark.slow
+def test_server_cli_and_api_give_identical_outputs_for_text_with_pii(tmp_path: Path) -> None:
+    import json
+
+    from cli_helpers import flywheel
+
+    import dataflywheel as fw
+    from dataflywheel.explain import explain_records
+    from dataflywheel.serve.app import create_app
+
+    config = write_project(tmp_path, texts(90, seed=6))
+    assert run(config, progress=False).version == 1
+    raw = texts(6, seed=7)["text"].to_list()
+    records = [{"text": f"{t} mail {EMAIL} or call {PHONE}"} for t in raw]
+    pl.DataFrame(records).write_csv(tmp_path / "batch.csv")
+    app = create_app(config)
+
+    async def online() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            async with app.router.lifespan_context(app):
+                predicted = (await client.post("/v1/predict", json=records)).json()
+                explained = (await client.post("/v1/explain?steps=8", json=records)).json()
+        return predicted, explained
+
+    served, served_explained = asyncio.run(online())
+    predictor = fw.load_model("champion", config)
+    api = predictor.predict(records)
+    assert api.redacted == {"email": 6, "phone": 6}
+    cli = flywheel("predict", "batch.csv", "--format", "jsonl", cwd=tmp_path)
+    assert cli.code == 0, cli.err
+    assert "PII redacted before scoring: email=6, phone=6" in cli.err
+    batch = [json.loads(line) for line in cli.out.splitlines()]
+    classes = api.class_names
+    assert classes is not None
+    for i, answer in enumerate(served):
+        assert answer["prediction"] == api.values[i] == batch[i]["prediction"]
+        online_p = [answer["probabilities"][c] for c in classes]
+        np.testing.assert_allclose(online_p, api.proba[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([batch[i][f"proba_{c}"] for c in classes], api.proba[i], rtol=1e-5, atol=1e-6)
+
+    cli_explained = flywheel("explain", "batch.csv", "--steps", "8", "--json", cwd=tmp_path)
+    assert cli_explained.code == 0, cli_explained.err
+    offline = json.loads(cli_explained.out)
+    direct = explain_records(predictor, records, steps=8)
+    for online_e, cli_e, api_e in zip(served_explained, offline, direct, strict=True):
+        assert [a["token"] for a in online_e["attributions"]] == [a["token"] for a in cli_e["attributions"]] \
+            == [a["token"] for a in api_e["attributions"]]
+        assert not any("example" in a["token"] for a in api_e["attributions"])  # the model never saw it
+        np.testing.assert_allclose(online_e["output"], api_e["output"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cli_e["output"], api_e["output"], rtol=1e-5, atol=1e-6)

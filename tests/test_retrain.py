@@ -145,6 +145,8 @@ def test_gate_verdict_recorded_and_shown(cycle: Cycle) -> None:
     shown = flywheel("models", "show", str(r.version), cwd=cycle.folder)
     assert shown.code == 0, shown.err
     assert f"verdict: {verdict['decision']}" in shown.out and "guard log_loss" in shown.out
+    assert [c["tolerance"] for c in verdict["checks"]] == [None, "absolute", "absolute", "relative"]
+    assert "guard tolerance: accuracy absolute, f1 absolute, log_loss relative" in " ".join(shown.out.split())
 
 
 def test_lineage_both_directions(cycle: Cycle) -> None:

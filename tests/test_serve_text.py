@@ -138,7 +138,9 @@ def test_nothing_to_redact_costs_nothing(project: Path) -> None:
     try:
         on = load_served_model(proj, "champion", privacy=PrivacyConfig())
         assert on.redact_columns == ("text",) and on.redactor is not None
-        for off in (PrivacyConfig(enabled=False), PrivacyConfig(columns=["elsewhere"]), None):
+        bundle = load_served_model(proj, "champion")  # the settings its training data was redacted with
+        assert bundle.redact_columns == ("text",) and bundle.redactor is not None
+        for off in (PrivacyConfig(enabled=False), PrivacyConfig(columns=["elsewhere"])):
             served = load_served_model(proj, "champion", privacy=off)
             assert served.redactor is None
             records = [{"text": "x@y.com 555-123-4567"}]

@@ -57,7 +57,7 @@ def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig 
     project = open_project(cfg)
     try:
         info = versions.resolve(project, ref)
-        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
         predictor.version = info.version
         return predictor
     finally:

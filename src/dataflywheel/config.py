@@ -235,7 +235,9 @@ class EvaluateConfig(Section):
     """Metrics that must not regress: auto = accuracy, f1, log_loss (binary); accuracy,
     log_loss (multiclass); mae, r2 (regression)."""
     tolerance: float = Field(0.01, ge=0)
-    """Largest regression allowed on a guard metric (absolute)."""
+    """Largest regression allowed on a guard metric: a share of the champion's value for
+    unbounded metrics (mae, rmse, log_loss: 0.01 = 1 % worse), an absolute amount for bounded
+    ones (accuracy, f1, roc_auc, r2, ...)."""
     feedback_holdout: float = Field(0.2, ge=0, lt=1)
     """Share of new labelled feedback held out of retraining and added to the evaluation."""
 

@@ -95,10 +95,12 @@ def train_and_register(
     from dataflywheel.train.stage import train_on_dataset
 
     ckpt = project.root / "checkpoints" / key[:16]
-    trained = train_on_dataset(cfg, dataset, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    trained = train_on_dataset(cfg, dataset, checkpoint_dir=ckpt, resume=resume, progress=progress, log=log)
+    log(trained.history.summary())
     target = cfg.data.target
     meta: dict[str, Any] = {"spec": trained.spec, "task": trained.task, "target_column": target,
-                            "target_encoder": trained.target_encoder.to_dict(), "threshold": 0.5}
+                            "target_encoder": trained.target_encoder.to_dict(), "threshold": 0.5,
+                            "privacy": cfg.privacy.model_dump(mode="json")}
     predictor = Predictor(Path("."), trained.model, meta, trained.preprocessor, trained.target_encoder,
                           trained.schema)
     meta["threshold"] = predictor.threshold = choose_threshold(predictor, dataset.split("valid"), target)
@@ -121,7 +123,8 @@ def train_and_register(
     champion_version = versions.alias_version(project, versions.CHAMPION)
     champion = None
     if champion_version is not None:
-        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact))
+        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact),
+                                  base_dir=cfg.base_dir)
     verdict = compare_to_champion(cfg, trained.task, gate_metrics, champion, champion_version, gate_rows,
                                   eval_rows=eval_rows)
 
@@ -197,7 +200,9 @@ def explanations_section(predictor: Any, test: Any, n: int = 3) -> tuple[str, st
 def _metrics_line(task: str, m: dict[str, Any]) -> str:
     keys = {"binary": ("roc_auc", "accuracy", "f1"), "multiclass": ("accuracy", "macro_f1"),
             "regression": ("rmse", "mae", "r2")}[task]
-    parts = [f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float))]
+    from dataflywheel.evaluate.metrics import format_metric
+
+    parts = [f"{k} {format_metric(k, m[k])}" for k in keys if isinstance(m.get(k), (int, float))]
     return "test: " + ", ".join(parts)
 
 

@@ -64,10 +64,11 @@ def _load(model: str, config: Path, compare: bool) -> tuple[Any, Any]:
     from dataflywheel.loop import as_config, open_project
     from dataflywheel.registry import versions
 
-    project = open_project(as_config(config))
+    cfg = as_config(config)
+    project = open_project(cfg)
     try:
         info = versions.resolve(project, model)
-        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
         predictor.version = info.version
         test = get_version(project, info.dataset_id).split("test") if compare else None
     finally:

@@ -27,6 +27,7 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
 
     from rich.table import Table
 
+    from dataflywheel.evaluate.metrics import format_metric
     from dataflywheel.registry.versions import list_versions
 
     project = _project(config)
@@ -39,7 +40,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
         return
     table = Table("version", "created", "model", "task", "dataset", "aliases", "metrics", "verdict")
     for r in rows:
-        m = ", ".join(f"{k} {r.metrics[k]:.4f}" for k in _KEY_METRICS if isinstance(r.metrics.get(k), (int, float)))
+        m = ", ".join(f"{k} {format_metric(k, r.metrics[k])}" for k in _KEY_METRICS
+                      if isinstance(r.metrics.get(k), (int, float)))
         table.add_row(f"v{r.version}", r.created_at, r.model_type, r.task, r.dataset_id, ", ".join(r.aliases), m,
                       (r.verdict or {}).get("decision", ""))
     console().print(table)
@@ -52,6 +54,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Metrics, lineage, the promotion verdict and the alias history of a version."""
+    from dataflywheel.evaluate.metrics import format_metric
     from dataflywheel.registry import versions
 
     project = _project(config)
@@ -74,15 +77,29 @@ def show(
               markup=False)
     out.print(f"dataset {info.dataset_id}; bundle {bundle}", markup=False)
     scalar = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float))}
-    out.print("metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in scalar.items()), markup=False)
+    out.print("metrics: " + ", ".join(f"{k} {format_metric(k, v)}" for k, v in scalar.items()), markup=False)
     if info.verdict:
-        out.print(f"verdict: {info.verdict.get('decision')}: {'; '.join(info.verdict.get('reasons', []))}", markup=False)
+        out.print(f"verdict: {info.verdict.get('decision')}", markup=False)
+        for reason in info.verdict.get("reasons", []):
+            out.print(f"  {reason}", markup=False)
+        tolerances = _guard_tolerances(info.verdict)
+        if tolerances:
+            out.print(f"guard tolerance: {tolerances} (relative: a share of the champion's value, for unbounded "
+                      "metrics; absolute: in the metric's units)", markup=False)
     lin = run.lineage
     out.print(f"lineage: config {str(lin.get('config_hash'))[:12]}, code {lin.get('code_version')}, seed {lin.get('seed')}, "
               f"threads {lin.get('threads')}", markup=False)
     for h in hist:
         out.print(f"  {h['at']} {h['alias']}: {h['action']} v{h['previous']} -> v{h['version']} ({h['reason']})",
                   markup=False)
+
+
+def _guard_tolerances(verdict: dict) -> str:  # type: ignore[type-arg]
+    """Which tolerance each guard of ``verdict`` had, e.g. ``mae relative, r2 absolute``."""
+    from dataflywheel.evaluate.gate import tolerance_kind
+
+    guards = [c for c in verdict.get("checks") or [] if c.get("role") == "guard"]
+    return ", ".join(f"{c['metric']} {c.get('tolerance') or tolerance_kind(c['metric'])}" for c in guards)
 
 
 @app.command("promote")

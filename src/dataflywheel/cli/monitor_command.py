@@ -30,7 +30,7 @@ def monitor(
     project = open_project(cfg)
     try:
         info = versions.resolve(project, alias)
-        predictor = Predictor.load(project.artifacts.path(info.artifact))
+        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
         predictor.version = info.version
         report = monitor_report(project, predictor, window or cfg.monitor.window, cfg.monitor.bins)
     finally:
@@ -63,10 +63,15 @@ def print_report(report: dict[str, Any], alias: str = "champion") -> None:
             continue
         level = f["level"] or "no data"
         unseen = f" ({f['unseen_share']:.0%} unseen)" if f.get("unseen_share") else ""
+        if f.get("psi_of") and f.get("text"):
+            unseen = f" (by {f['psi_of'].replace('_', ' ')})"
         table.add_row(escape(f["feature"]), _num(f["psi"]), f"[{_LEVEL_STYLE.get(level, '')}]{level}[/]{unseen}",
                       _num(f["psi_noise"]), _num(f["ks_statistic"]), _num(f["ks_pvalue"]), str(f["n_recent"]),
                       str(f["missing_recent"]))
     out.print(table)
+    for f in ranked:
+        if f.get("text"):
+            out.print(_text_line(f["feature"], f["text"]), markup=False)
 
     live = report["live"]
     metric = live["metric"]
@@ -76,6 +81,22 @@ def print_report(report: dict[str, Any], alias: str = "champion") -> None:
         acc.add_row(version, str(row["n"]), _num(row[metric]))
     acc.add_row("all", str(live["overall"]["n"]), _num(live["overall"][metric]), style="bold")
     out.print(acc)
+
+
+def _text_line(name: str, t: dict[str, Any]) -> str:
+    """One line of a text feature's statistics, training -> recent."""
+    def pair(stat: dict[str, Any], fmt: Any) -> str:
+        return f"{fmt(stat['reference'])} -> {fmt(stat['recent'])}"
+
+    def tokens(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    return (f"text {name}: tokens per text {pair(t['length_mean'], tokens)}, unknown tokens "
+            f"{pair(t['unknown_share'], share)}, truncated to {t['max_length']} tokens "
+            f"{pair(t['truncated_share'], share)} (training -> recent)")
 
 
 def _num(x: float | None) -> str:

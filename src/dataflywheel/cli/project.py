@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,7 +89,7 @@ def predict(
         raise FlywheelError(f"no column named {absent[0]!r} in the input", where=f"{input} (--keep)",
                             fix=f"use one of: {', '.join(frame.columns[:8])}{', ...' if frame.width > 8 else ''}")
     result = predictor.predict(frame)
-    out = result.to_frame()
+    out = _rounded(result.to_frame())
     if keep:
         clash = [c for c in keep if c in out.columns]
         kept = frame.select(keep).rename({c: f"input_{c}" for c in clash})
@@ -111,7 +111,19 @@ def predict(
         note += "; unseen categories (scored as unknown): " + ", ".join(f"{k}={v}" for k, v in unknown.items())
     if coerced:
         note += "; unreadable values (scored as missing): " + ", ".join(f"{k}={v}" for k, v in coerced.items())
+    if result.redacted:
+        note += "; PII redacted before scoring: " + ", ".join(f"{k}={v}" for k, v in result.redacted.items())
     console(stderr=True).print(note, markup=False)
+
+
+def _rounded(frame: Any) -> Any:
+    """Float columns to six significant digits (a price 751967.3398991233 prints as 751967)."""
+    import polars as pl
+
+    from dataflywheel.evaluate.metrics import round_significant
+
+    floats = [c for c, t in frame.schema.items() if t.is_float()]
+    return frame.with_columns(pl.Series(c, round_significant(frame[c].to_numpy()), dtype=pl.Float64) for c in floats)
 
 
 def _summary(result, as_json: bool = False) -> None:  # noqa: ANN001

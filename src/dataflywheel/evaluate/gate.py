@@ -4,7 +4,10 @@ Both models are scored on the same rows (the frozen test split, plus held-out fe
 retraining). The challenger passes when its primary metric (``evaluate.metric``) beats the
 champion's by at least ``evaluate.min_improvement`` (strictly, when that is 0: a tie keeps the
 champion) and no guard metric (``evaluate.guard_metrics``) is worse than the champion's by more
-than ``evaluate.tolerance``. Every metric gets a :class:`Check` with both values and a reason.
+than ``evaluate.tolerance``: a share of the champion's value for an unbounded metric (mae, rmse,
+log_loss: :data:`~dataflywheel.evaluate.metrics.UNBOUNDED`; 0.01 allows 1 % worse, whatever the
+target's units), an absolute amount for a bounded one (accuracy, f1, roc_auc, r2, ...). Every
+metric gets a :class:`Check` with both values and a reason that says which tolerance applied.
 
 A tie on the primary metric (with ``min_improvement`` 0) is broken by the first guard metric
 defined for both models: otherwise a champion at a metric's ceiling (ROC AUC 1.0 on a small
@@ -20,7 +23,7 @@ from typing import Any, Literal
 
 from dataflywheel.config import EvaluateConfig
 from dataflywheel.errors import ConfigError
-from dataflywheel.evaluate.metrics import METRICS, primary_metric
+from dataflywheel.evaluate.metrics import METRICS, UNBOUNDED, primary_metric
 
 AUTO_GUARDS: dict[str, tuple[str, ...]] = {
     "binary": ("accuracy", "f1", "log_loss"),
@@ -41,6 +44,15 @@ class Check:
     """Challenger minus champion, signed so that positive is better; None when undefined."""
     passed: bool
     reason: str
+    tolerance: Literal["relative", "absolute"] | None = None
+    """Guards: how ``evaluate.tolerance`` applied (relative to the champion's value, or absolute)."""
+    allowed: float | None = None
+    """Guards: the largest regression allowed, in the metric's units."""
+
+
+def tolerance_kind(metric: str) -> Literal["relative", "absolute"]:
+    """``relative`` for an unbounded metric (:data:`UNBOUNDED`), ``absolute`` otherwise."""
+    return "relative" if metric in UNBOUNDED else "absolute"
 
 
 @dataclass
@@ -78,8 +90,15 @@ def _value(metrics: dict[str, Any], name: str) -> float | None:
     return float(v)
 
 
-def _fmt(v: float | None) -> str:
-    return "undefined" if v is None else f"{v:.4f}"
+def _fmt(v: float | None, metric: str = "") -> str:
+    """Four decimals for a bounded metric, six significant digits for an unbounded one."""
+    if v is None:
+        return "undefined"
+    return f"{v:.6g}" if metric in UNBOUNDED else f"{v:.4f}"
+
+
+def _signed(v: float, metric: str) -> str:
+    return f"{v:+.6g}" if metric in UNBOUNDED else f"{v:+.4f}"
 
 
 def check_primary(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], champion: dict[str, Any]) -> Check:
@@ -90,15 +109,15 @@ def check_primary(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], ch
         return Check(metric, "primary", higher, ours, theirs, None, False, f"challenger {metric} is undefined")
     if theirs is None:
         return Check(metric, "primary", higher, ours, theirs, None, True,
-                     f"{metric} {ours:.4f}; champion's is undefined")
+                     f"{metric} {_fmt(ours, metric)}; champion's is undefined")
     gain = ours - theirs if higher else theirs - ours
     passed = gain > _EPS and gain >= cfg.min_improvement - _EPS
     if passed:
-        reason = (f"{metric} {ours:.4f} vs champion {theirs:.4f} ({word} is better; "
-                  f"gain {gain:+.4f}, min improvement {cfg.min_improvement:g})")
+        reason = (f"{metric} {_fmt(ours, metric)} vs champion {_fmt(theirs, metric)} ({word} is better; "
+                  f"gain {_signed(gain, metric)}, min improvement {cfg.min_improvement:g})")
     else:
-        reason = (f"{metric} {ours:.4f} does not beat champion {theirs:.4f} by {cfg.min_improvement:g} "
-                  f"(gain {gain:+.4f}; {word} is better)")
+        reason = (f"{metric} {_fmt(ours, metric)} does not beat champion {_fmt(theirs, metric)} by "
+                  f"{cfg.min_improvement:g} (gain {_signed(gain, metric)}; {word} is better)")
     return Check(metric, "primary", higher, ours, theirs, gain, passed, reason)
 
 
@@ -108,17 +127,23 @@ def check_guard(task: str, name: str, tolerance: float, challenger: dict[str, An
     ours, theirs = _value(challenger, name), _value(champion, name)
     if ours is None or theirs is None:
         return Check(name, "guard", higher, ours, theirs, None, True,
-                     f"guard {name}: {_fmt(ours)} vs {_fmt(theirs)}: undefined, not checked")
+                     f"guard {name}: {_fmt(ours, name)} vs {_fmt(theirs, name)}: undefined, not checked")
+    kind = tolerance_kind(name)
+    allowed = tolerance * abs(theirs) if kind == "relative" else tolerance
     gain = ours - theirs if higher else theirs - ours
-    passed = -gain <= tolerance + _EPS
+    passed = -gain <= allowed + _EPS
     if gain > _EPS:
-        change = f"better by {gain:.4f}"
+        change = f"better by {_fmt(gain, name)}"
     elif gain >= -_EPS:
         change = "unchanged"
+    elif kind == "relative":
+        share = f"{-gain / abs(theirs):.2%}" if theirs else "inf %"
+        change = (f"worse by {_fmt(-gain, name)} ({share}), {'within' if passed else 'beyond'} tolerance "
+                  f"{tolerance * 100:.4g} % of the champion's value (relative: {name} is unbounded)")
     else:
-        change = f"worse by {-gain:.4f}, {'within' if passed else 'beyond'} tolerance {tolerance:g}"
-    reason = f"guard {name} {ours:.4f} vs champion {theirs:.4f} ({change})"
-    return Check(name, "guard", higher, ours, theirs, gain, passed, reason)
+        change = f"worse by {-gain:.4f}, {'within' if passed else 'beyond'} tolerance {tolerance:g} (absolute)"
+    reason = f"guard {name} {_fmt(ours, name)} vs champion {_fmt(theirs, name)} ({change})"
+    return Check(name, "guard", higher, ours, theirs, gain, passed, reason, kind, allowed)
 
 
 def gate(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], champion: dict[str, Any]) -> GateResult:
@@ -138,8 +163,8 @@ def _break_tie(primary: Check, guards: list[Check]) -> Check:
             continue
         won = g.gain > _EPS
         outcome = "better" if won else "not better"
-        reason = (f"{primary.metric} tied at {primary.champion:.4f}; tie broken by {g.metric}: "
-                  f"{g.challenger:.4f} vs {g.champion:.4f} ({outcome})")
+        reason = (f"{primary.metric} tied at {_fmt(primary.champion, primary.metric)}; tie broken by {g.metric}: "
+                  f"{_fmt(g.challenger, g.metric)} vs {_fmt(g.champion, g.metric)} ({outcome})")
         return Check(primary.metric, "primary", primary.higher_is_better, primary.challenger, primary.champion,
                      primary.gain, won, reason)
     return primary

@@ -31,6 +31,36 @@ METRICS: dict[str, dict[str, bool]] = {
     "multiclass": {"macro_f1": True, "accuracy": True, "log_loss": False},
     "regression": {"rmse": False, "mae": False, "r2": True},
 }
+UNBOUNDED: frozenset[str] = frozenset({"rmse", "mae", "log_loss"})
+"""Metrics without a fixed scale (in the target's units, or growing without limit): the gate's
+guard tolerance is relative to the champion's value for these, absolute for the others (whose
+values lie in a fixed range such as [0, 1])."""
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """``value`` as printed: four decimals for a bounded metric (accuracy, roc_auc, r2, ...), six
+    significant digits for anything else (losses, unbounded metrics in the target's units such
+    as a price's rmse, counts); ``-`` when undefined. A ``val_`` prefix is ignored."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        return "-"
+    if not math.isfinite(float(value)):
+        return str(float(value))
+    base = name.removeprefix("val_")
+    bounded = any(base in names for names in METRICS.values()) and base not in UNBOUNDED
+    return f"{value:.4f}" if bounded else f"{value:.6g}"
+
+
+def round_significant(values: np.ndarray, digits: int = 6) -> np.ndarray:
+    """``values`` (float) rounded to ``digits`` significant digits each; NaN and inf unchanged."""
+    x = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(x) & (x != 0)
+    magnitude = np.zeros_like(x)
+    magnitude[finite] = np.floor(np.log10(np.abs(x[finite])))
+    decimals = np.clip(digits - 1 - magnitude, -300, 300)
+    scale = np.power(10.0, decimals)
+    out = x.copy()
+    out[finite] = np.round(x[finite] * scale[finite]) / scale[finite]
+    return out
 
 
 def to_json_safe(value: Any) -> Any:

@@ -59,14 +59,17 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     """One explanation per record, for the class the predictor predicts (see the module doc).
 
     ``predictor`` is a loaded :class:`~dataflywheel.registry.predictor.Predictor`; records are
-    dicts of raw feature values (text columns hold raw text). ``steps`` is the number of points
-    on the integration path: more is slower and closer to exact.
+    dicts of raw feature values (text columns hold raw text), redacted of PII by the predictor
+    as for a prediction, so what is explained is what the model is given. ``steps`` is the
+    number of points on the integration path: more is slower and closer to exact.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"must be a positive integer (got {steps!r})", where="--steps")
     records = list(records)
     if not records:
         raise DataError("no records to explain", fix="pass at least one record")
+    if hasattr(predictor, "redact_records"):
+        records = predictor.redact_records(records)[0]
     model = private_copy(predictor.model).eval()
     batch = predictor.preprocessor.transform_records(records)
     param = next(model.parameters())

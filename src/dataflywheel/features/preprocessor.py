@@ -98,14 +98,12 @@ def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
     )
 
 
-def _text_params(override: FeatureConfig | None, base_dir: Path | None) -> dict[str, Any]:
-    """:class:`TextEncoder` parameters from a feature's config (defaults when none)."""
+def _text_params(override: FeatureConfig | None) -> dict[str, Any]:
+    """:class:`TextEncoder` parameters from a feature's config (defaults when none); a relative
+    ``tokenizer`` path stays relative (the preprocessor resolves it at fit, and saves it as given)."""
     if override is None:
         return {}
-    tokenizer = override.tokenizer
-    if tokenizer is not None and base_dir is not None and not Path(tokenizer).is_absolute():
-        tokenizer = str(base_dir / tokenizer)
-    return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": tokenizer}
+    return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": override.tokenizer}
 
 
 def _missing_column(col: str) -> SchemaError:
@@ -248,10 +246,14 @@ class Preprocessor:
         features: Sequence[tuple[str, str, str]],
         skipped: Sequence[str] = (),
         text_features: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        *,
+        base_dir: Path | None = None,
     ) -> None:
         self.features = [tuple(f) for f in features]
         self.skipped = list(skipped)
         self.text_features = [(col, dict(params)) for col, params in text_features]
+        self.base_dir = base_dir
+        """Where a relative tokenizer path is read from at fit (not saved)."""
 
     @classmethod
     def from_schema(
@@ -290,7 +292,7 @@ class Preprocessor:
             encoder = override.encoder if override is not None else "auto"
             if ftype == "text":
                 if text:
-                    texts.append((col.name, _text_params(override, base_dir)))
+                    texts.append((col.name, _text_params(override)))
                 else:
                     skipped.append(col.name)
                 continue
@@ -302,7 +304,7 @@ class Preprocessor:
                 where="data.features",
                 fix="add all but one of them to data.exclude",
             )
-        return cls(features, skipped, texts)
+        return cls(features, skipped, texts, base_dir=base_dir)
 
     def fit(self, df: pl.DataFrame) -> Preprocessor:
         """Fit every encoder on ``df`` (the train split)."""
@@ -311,7 +313,7 @@ class Preprocessor:
             col: build_encoder(col, ftype, enc).fit(df[col]) for col, ftype, enc in self.features
         }
         self.text_encoders_: dict[str, TextEncoder] = {
-            col: TextEncoder(**params).fit(df[col]) for col, params in self.text_features
+            col: TextEncoder(**params).fit(df[col], base_dir=self.base_dir) for col, params in self.text_features
         }
         return self
 

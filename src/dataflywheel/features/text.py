@@ -92,12 +92,15 @@ class TextEncoder:
     def get_params(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "vocab_size": self.vocab_size, "tokenizer": self.tokenizer}
 
-    def fit(self, series: pl.Series) -> TextEncoder:
-        """Train a WordPiece tokenizer on ``series`` (the train split), or load ``tokenizer``."""
+    def fit(self, series: pl.Series, base_dir: str | Path | None = None) -> TextEncoder:
+        """Train a WordPiece tokenizer on ``series`` (the train split), or load ``tokenizer``
+        (a relative path is read from ``base_dir``)."""
         if self.max_length < 4:
             raise ConfigError(f"must be >= 4 (got {self.max_length})", where=f"data.features ({series.name}).max_length")
         if self.tokenizer is not None:
-            tok = _load_tokenizer(self.tokenizer)
+            path = Path(self.tokenizer).expanduser()
+            tok = _load_tokenizer(str(Path(base_dir) / path if base_dir is not None and not path.is_absolute()
+                                      else path))
         else:
             tok = self._train(series)
         tok.no_padding()

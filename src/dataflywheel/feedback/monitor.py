@@ -2,20 +2,24 @@
 
 :func:`monitor_report` compares the train split of the dataset version a model was trained on
 with the inputs of the last ``window`` logged predictions (``predictions`` table), feature by
-feature (see :mod:`dataflywheel.feedback.drift`), and scores the predictions that received a
-label through ``feedback``. The report is plain JSON (no NaN): ``flywheel monitor`` prints it,
-``GET /v1/monitor`` returns it, and the retrain trigger reads ``max_psi``.
+feature (see :mod:`dataflywheel.feedback.drift`; a text input through the model's tokenizer:
+length, unknown-token share and truncation rate, :mod:`dataflywheel.feedback.text_drift`), and
+scores the predictions that received a label through ``feedback``. The report is plain JSON
+(no NaN): ``flywheel monitor`` prints it, ``GET /v1/monitor`` returns it, and the retrain
+trigger reads ``max_psi``.
 
 Recent inputs are taken from predictions of *any* model version: drift is a property of the
 traffic, not of the model that answered it. Reference statistics depend only on the dataset
-version (a content hash), the features and the bin count, so they are computed once per
-process and cached.
+version (a content hash), the features, the bin count and, for text, the tokenizer and
+``max_length``, so they are computed once per process and cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +37,14 @@ from dataflywheel.feedback.drift import (
     numeric_reference,
 )
 from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
+from dataflywheel.feedback.text_drift import TextReference, text_drift, text_reference
 from dataflywheel.store import Project
 
 NUMERIC_TYPES = ("number",)
 CATEGORY_TYPES = ("category", "binary")
-"""Feature types monitored; text and datetime features are listed as skipped."""
+TEXT_TYPES = ("text",)
+"""Feature types monitored (text: when the model tokenises it); datetime features are listed
+as skipped."""
 CACHE_SIZE = 16
 
 
@@ -45,17 +52,21 @@ CACHE_SIZE = 16
 class Reference:
     dataset_id: str
     n_rows: int
-    features: dict[str, tuple[str, NumericReference | CategoryReference]]
+    features: dict[str, tuple[str, NumericReference | CategoryReference | TextReference]]
     """feature -> (schema type, summary)."""
 
 
-_cache: OrderedDict[tuple[str, int, tuple[tuple[str, str], ...]], Reference] = OrderedDict()
+_cache: OrderedDict[tuple[Any, ...], Reference] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def reference_for(project: Project, dataset_id: str, features: dict[str, str], bins: int) -> Reference:
-    """Summaries of the train split of ``dataset_id`` for ``features`` (name -> type), cached."""
-    key = (dataset_id, bins, tuple(sorted(features.items())))
+def reference_for(project: Project, dataset_id: str, features: dict[str, str], bins: int,
+                  text_encoders: Mapping[str, Any] | None = None) -> Reference:
+    """Summaries of the train split of ``dataset_id`` for ``features`` (name -> type), cached;
+    a text feature needs its fitted encoder in ``text_encoders``."""
+    encoders = dict(text_encoders or {})
+    tokenizers = tuple(sorted((name, _fingerprint(enc)) for name, enc in encoders.items()))
+    key = (dataset_id, bins, tuple(sorted(features.items())), tokenizers)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -72,12 +83,19 @@ def reference_for(project: Project, dataset_id: str, features: dict[str, str], b
             summaries[name] = (ftype, numeric_reference(col, bins))
         elif ftype in CATEGORY_TYPES:
             summaries[name] = (ftype, category_reference(col))
+        elif ftype in TEXT_TYPES and name in encoders:
+            summaries[name] = (ftype, text_reference(encoders[name], col, bins))
     ref = Reference(dataset_id, train.height, summaries)
     with _cache_lock:
         _cache[key] = ref
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return ref
+
+
+def _fingerprint(encoder: Any) -> str:
+    digest = hashlib.sha256(str(encoder.tokenizer_json_).encode("utf-8")).hexdigest()
+    return f"{digest}:{encoder.max_length}"
 
 
 def clear_cache() -> None:
@@ -111,7 +129,7 @@ def recent_inputs(project: Project, window: int, features: dict[str, str]) -> tu
     columns: dict[str, list[Any]] = {name: [i.get(name) for i in inputs] for name in features}
     frame = pl.DataFrame(
         {name: pl.Series(name, _typed(vals, features[name]), dtype=_dtype(features[name]), strict=False)
-         for name, vals in columns.items()},
+         for name, vals in columns.items()} or None,  # no columns: still the window's height
         height=len(rows),
     )
     return frame, span
@@ -180,14 +198,18 @@ def monitor_report(project: Project, predictor: Any, window: int, bins: int) -> 
     """Drift of the last ``window`` served inputs against the model's training data, per feature,
     and live accuracy on labelled feedback. JSON-safe; ``features`` is in schema order, each with
     psi, level (none/moderate/significant), drifted (psi > 0.2), ks_statistic and ks_pvalue
-    (numbers), n_reference, n_recent, missing_recent, unseen_share (categories)."""
+    (numbers and text lengths), n_reference, n_recent, missing_recent, unseen_share (categories),
+    psi_of and text (text: length, unknown-token share, truncation rate; see
+    :func:`~dataflywheel.feedback.text_drift.text_drift`)."""
     from dataflywheel.serve.schemas import served_columns
 
     schema = predictor.schema
     types = {name: schema.column(name).type for name in served_columns(predictor)}
-    monitored = {n: t for n, t in types.items() if t in NUMERIC_TYPES + CATEGORY_TYPES}
+    encoders = getattr(getattr(predictor, "preprocessor", None), "__dict__", {}).get("text_encoders_", {})
+    monitored = {n: t for n, t in types.items()
+                 if t in NUMERIC_TYPES + CATEGORY_TYPES or (t in TEXT_TYPES and n in encoders)}
     dataset_id = model_dataset_id(project, predictor)
-    ref = reference_for(project, dataset_id, monitored, bins)
+    ref = reference_for(project, dataset_id, monitored, bins, {n: encoders[n] for n in monitored if n in encoders})
     recent, span = recent_inputs(project, window, monitored)
 
     features = []
@@ -198,6 +220,9 @@ def monitor_report(project: Project, predictor: Any, window: int, bins: int) -> 
             continue
         _t, summary = ref.features[name]
         column = recent.get_column(name)
+        if isinstance(summary, TextReference):
+            features.append(entry | text_drift(summary, encoders[name], column))
+            continue
         drift = numeric_drift(summary, column) if isinstance(summary, NumericReference) else category_drift(
             summary, column)
         features.append(entry | drift.to_dict())

@@ -67,7 +67,7 @@ def drift_score(cfg: FlywheelConfig, project: Project, log: Log) -> float | None
         from dataflywheel.registry.predictor import Predictor
 
         champion = versions.resolve(project, versions.CHAMPION)
-        predictor = Predictor.load(project.artifacts.path(champion.artifact))
+        predictor = Predictor.load(project.artifacts.path(champion.artifact), base_dir=cfg.base_dir)
         return _max_psi(monitor_report(project, predictor, cfg.monitor.window, cfg.monitor.bins))
     except Exception as exc:  # noqa: BLE001 - the drift trigger is best effort
         log(f"drift check failed ({type(exc).__name__}: {exc}); skipping the drift trigger")

@@ -8,12 +8,22 @@ fine-tuned on the text column, in one of three modes (``model.params.finetune``)
   dropout, target_modules}``; peft's default targets, ``query``/``value`` for BERT) plus the
   head train; the bundle stores the adapters and the head alone.
 
-A bundle always references its base model by folder (``model.params.base``, made absolute) and
-by :func:`content_hash`, the SHA-256 over its ``config.json`` and weight files. The ``frozen`` and
-``lora`` bundles rebuild from the base's weights, so loading them on a base whose hash differs
-is refused (a :class:`ModelError` naming both hashes); a ``full`` bundle reads only the base's
-``config.json``. The text encoder must use the base's own tokenizer: :func:`prepare_config`
-(called by the training stage) points the text column's ``tokenizer`` at the base folder.
+A bundle references its base model portably (:func:`portable_base`): by its hub name, or by its
+folder's path relative to the project (flywheel.yaml's folder), never by an absolute path of the
+machine it was trained on; and by :func:`content_hash`, the SHA-256 over its ``config.json`` and
+weight files. Loading looks the relative path up in the folders :func:`resolve_base` is given (the
+project's, and the bundle folder's parents: a store inside the project finds it after the project
+moved). The ``frozen`` and ``lora`` bundles rebuild from the base's weights, so loading them on a
+base whose hash differs is refused (a :class:`ModelError` naming both hashes); a ``full`` bundle
+reads only the base's ``config.json``. A ``lora`` bundle also holds its adapters in peft's format
+(``adapter_config.json``, ``adapter_model.safetensors``; :meth:`PretrainedClassifier.write_bundle_files`),
+so ``peft.PeftModel.from_pretrained(base_model, bundle_folder)`` loads them too. The text encoder
+must use the base's own tokenizer: :func:`prepare_config` (called by the training stage) points
+the text column's ``tokenizer`` at the base folder.
+
+Base weights load from safetensors (``use_safetensors=True``): a base that ships only
+pickle-based ``pytorch_model*.bin`` weights is refused unless ``model.params.allow_pickle_weights``
+is true (transformers then reads them with ``torch.load(weights_only=True)``).
 
 The module follows the ``forward(numeric, categorical, tokens, attention_mask)`` contract and
 reads the text alone: a dataset with tabular feature columns is refused at build time (list them
@@ -26,7 +36,7 @@ import contextlib
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +53,11 @@ if TYPE_CHECKING:
 Finetune = Literal["full", "frozen", "lora"]
 FINETUNE: tuple[str, ...] = ("full", "frozen", "lora")
 CONFIG_FILE = "config.json"
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+SAFE_WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+WEIGHT_PATTERNS = SAFE_WEIGHT_PATTERNS + PICKLE_WEIGHT_PATTERNS
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+"""peft's adapter files, written into a LoRA bundle."""
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
 HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
@@ -77,15 +91,29 @@ def content_hash(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_base(base: str, base_dir: Path | None = None) -> Path:
-    """A local folder for ``model.params.base``: a path (relative to ``base_dir``, normally
-    flywheel.yaml's folder), else a hub name found in (or, when online, fetched into) the local
-    Hugging Face cache."""
+def _local_folder(base: str, base_dir: Path | Sequence[Path] | None) -> Path | None:
+    """The first folder named by ``base`` (absolute, or relative to one of ``base_dir``), or None."""
     path = Path(base).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if path.is_dir():
-        return path.absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
+    if path.is_absolute():
+        return path if path.is_dir() else None
+    dirs = [base_dir] if isinstance(base_dir, str | Path) else list(base_dir or [])
+    for folder in [*map(Path, dirs), Path.cwd()]:
+        if (folder / path).is_dir():
+            return (folder / path).absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
+    return None
+
+
+def resolve_base(base: str, base_dir: Path | Sequence[Path] | None = None) -> Path:
+    """A local folder for ``model.params.base``: a path (relative to ``base_dir``, normally
+    flywheel.yaml's folder, or to the first of several folders that holds it, then the working
+    folder), else a hub name found in (or, when online, fetched into) the local Hugging Face cache."""
+    folder = _local_folder(base, base_dir)
+    if folder is not None:
+        return folder
+    path = Path(base).expanduser()
+    if not path.is_absolute():
+        first = base_dir if isinstance(base_dir, str | Path) else next(iter(base_dir or []), None)
+        path = Path(first) / path if first is not None else path
     if Path(base).is_absolute() or base.startswith(".") or base.count("/") > 1:
         base_files(path)  # raises: folder not found
     try:
@@ -101,11 +129,20 @@ def resolve_base(base: str, base_dir: Path | None = None) -> Path:
         ) from None
 
 
+def portable_base(base: str, folder: Path, base_dir: Path | None) -> str:
+    """How a bundle names the base ``base`` (resolved to ``folder``): a hub name as it is, a
+    local folder by its POSIX path relative to ``base_dir`` (the project's folder)."""
+    if _local_folder(base, base_dir) is None:
+        return base  # a hub name, found in the Hugging Face cache
+    return Path(os.path.relpath(folder, (base_dir or Path.cwd()).absolute())).as_posix()
+
+
 def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
-    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is an
-    absolute local folder, ``model.params.base_hash`` its :func:`content_hash`, and whose text
-    column reads the base's tokenizer (``max_length`` stays the feature's). Other model types:
-    ``cfg`` itself. A text column given another tokenizer is a :class:`ConfigError`."""
+    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is the
+    portable reference of :func:`portable_base`, ``model.params.base_hash`` the base's
+    :func:`content_hash`, and whose text column reads the base's tokenizer (``max_length`` stays
+    the feature's). Other model types: ``cfg`` itself. A text column given another tokenizer is
+    a :class:`ConfigError`."""
     from dataflywheel.config import FeatureConfig
 
     if cfg.model.type != "pretrained":
@@ -114,9 +151,12 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
     if not params.get("base"):
         raise ConfigError("a pretrained model needs a base model", where="model.params.base",
                           fix="set it to a local model folder or a hub name, e.g. sentence-transformers/all-MiniLM-L6-v2")
-    folder = resolve_base(str(params["base"]), cfg.base_dir)
-    params["base"] = str(folder)
+    given_base = str(params["base"])
+    folder = resolve_base(given_base, cfg.base_dir)
+    params["base"] = portable_base(given_base, folder, cfg.base_dir)
     params["base_hash"] = content_hash(folder)
+    # A local base's tokenizer by the same project-relative path; a hub model's from the cache.
+    tokenizer = params["base"] if _local_folder(given_base, cfg.base_dir) is not None else str(folder)
     overrides = {f.name: f for f in cfg.data.features}
     features = list(cfg.data.features)
     texts = [c.name for c in schema.features if c.name not in cfg.data.exclude
@@ -130,7 +170,7 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
         if given is not None and cfg.resolve(given).resolve() != folder.resolve():
             raise ConfigError("a pretrained model reads its base model's own tokenizer",
                               where=f"data.features ({col}).tokenizer", fix="remove the tokenizer setting")
-        updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": str(folder)})
+        updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": tokenizer})
         features = [updated if f.name == col else f for f in features] if current else [*features, updated]
     return cfg.model_copy(update={
         "model": cfg.model.model_copy(update={"params": params}),
@@ -165,8 +205,31 @@ class PretrainedClassifier(nn.Module):
         return self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
 
     def base_reference(self) -> dict[str, Any]:
-        """What model.json records about the base: folder, content hash, fine-tuning mode."""
+        """What model.json records about the base: its hub ``name`` or its ``path`` relative to
+        the project (:func:`portable_base`), content hash, fine-tuning mode."""
         return dict(self.reference)
+
+    def write_bundle_files(self, folder: Path) -> None:
+        """LoRA: write the adapters in peft's format (``adapter_config.json`` naming the base as
+        :meth:`base_reference` does, ``adapter_model.safetensors`` with the adapters and the
+        trained head), which ``PeftModel.from_pretrained`` loads on the base. Other modes: nothing."""
+        if self.finetune != "lora":
+            return
+        if self.merged:
+            raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
+                             fix="save the model before calling for_inference()")
+        import copy
+
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = get_peft_model_state_dict(self.hf)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(folder) / ADAPTER_WEIGHTS),
+                  metadata={"format": "pt"})
+        config = copy.deepcopy(self.hf.peft_config["default"])
+        config.base_model_name_or_path = self.reference.get("name") or self.reference.get("path")
+        config.inference_mode = True
+        config.save_pretrained(str(folder))
 
     def for_inference(self) -> PretrainedClassifier:
         """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place: the
@@ -195,6 +258,7 @@ class PretrainedClassifier(nn.Module):
             self.load_state_dict(state)
             return
         expected = set(self.bundle_state_dict())
+        state = _head_keys_as_saved(state, expected)
         if set(state) != expected:
             extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
             raise ModelError(f"bundle weights do not fit this {self.finetune} model "
@@ -219,6 +283,21 @@ def _quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
+
+
+def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """LoRA bundles written before the head modules were peft ``modules_to_save`` named their
+    weights ``...pooler.dense.weight``; peft now keeps the trained copy at
+    ``...pooler.modules_to_save.default.dense.weight``."""
+    out = {}
+    for key, value in state.items():
+        for name in HEAD_MODULES:
+            renamed = key.replace(f".{name}.", f".{name}.modules_to_save.default.", 1)
+            if key not in expected and renamed in expected:
+                key = renamed
+                break
+        out[key] = value
+    return out
 
 
 def _head_trainable(model: nn.Module) -> None:
@@ -251,17 +330,17 @@ def _with_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
     targets = opts["target_modules"]
     if targets is not None and (isinstance(targets, str) or not all(isinstance(t, str) for t in targets)):
         raise _bad("lora.target_modules", "must be a list of module names, e.g. [query, value]", targets)
+    # The head modules train with the adapters as peft modules_to_save (the classifier is one by
+    # task type), so peft's adapter files hold them and PeftModel.from_pretrained restores them.
+    heads = [name for name in HEAD_MODULES if isinstance(getattr(model.base_model, name, None), nn.Module)]
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=opts["r"], lora_alpha=opts["alpha"],
-                        lora_dropout=float(opts["dropout"]), target_modules=list(targets) if targets else None)
+                        lora_dropout=float(opts["dropout"]), target_modules=list(targets) if targets else None,
+                        modules_to_save=heads or None)
     try:
         with _quiet_transformers():
             peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise _bad("lora.target_modules", f"peft cannot place adapters ({exc})", targets) from None
-    for name in HEAD_MODULES:  # peft freezes everything but adapters and the classifier
-        sub = getattr(peft_model.base_model.model.base_model, name, None)
-        if isinstance(sub, nn.Module):
-            sub.requires_grad_(True)
     return peft_model
 
 
@@ -277,10 +356,15 @@ def build_pretrained(
     base_hash: str | None = None,
     finetune: str = "lora",
     lora: dict[str, Any] | None = None,
+    allow_pickle_weights: bool = False,
+    base_dirs: Sequence[Path] = (),
 ) -> PretrainedClassifier:
     """Load ``base`` for sequence classification with ``n_outputs`` logits and set up
     ``finetune``. ``base_hash`` (set by :func:`prepare_config`) must match the folder's for
-    the frozen and lora modes. Bad values raise :class:`ModelError` naming ``model.params.X``."""
+    the frozen and lora modes. A relative ``base`` is looked up in ``base_dirs`` (given by
+    :func:`~dataflywheel.models.registry.build_model`, not stored in the spec). Weights load
+    from safetensors; ``allow_pickle_weights`` lets a base with only ``pytorch_model*.bin``
+    load. Bad values raise :class:`ModelError` naming ``model.params.X``."""
     if task not in TASKS:
         raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
     if not base:
@@ -296,8 +380,19 @@ def build_pretrained(
     if n_numeric or cardinalities:
         raise ModelError("a pretrained model reads the text column alone, and the data has other feature columns",
                          where="data", fix="list the non-text feature columns in data.exclude")
-    folder = resolve_base(base)
+    if not isinstance(allow_pickle_weights, bool):
+        raise _bad("allow_pickle_weights", "must be true or false", allow_pickle_weights)
+    folder = resolve_base(base, base_dirs)
     actual = content_hash(folder)
+    safe = _has_safetensors(folder)
+    if not safe and not allow_pickle_weights:
+        raise ModelError(
+            "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
+            "safetensors weights are required",
+            where="model.params.allow_pickle_weights",
+            fix="convert the base to safetensors (save_pretrained(folder, safe_serialization=True)), or set "
+                "model.params.allow_pickle_weights: true if you trust the files",
+        )
     if base_hash is not None and finetune != "full" and actual != base_hash:
         raise ModelError(
             f"base model content hash {actual[:16]} differs from {base_hash[:16]}, the base this "
@@ -313,7 +408,7 @@ def build_pretrained(
             # fp32 whatever the files hold: many bases ship in bf16/fp16, and Adam on half-precision
             # weights loses small updates; train.bf16 gives half-precision compute under autocast.
             hf = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config, local_files_only=True,
-                                                                    dtype=torch.float32)
+                                                                    dtype=torch.float32, use_safetensors=safe)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the base model ({exc})", where=f"base model {folder}",
                          fix="give a Hugging Face encoder folder (config.json and weights)") from None
@@ -329,8 +424,13 @@ def build_pretrained(
         _head_trainable(hf)
     elif finetune == "lora":
         hf = _with_lora(hf, lora or {})
-    reference = {"path": str(folder), "sha256": actual, "finetune": finetune}
+    named = _local_folder(base, base_dirs) is None  # a hub name, found in the Hugging Face cache
+    reference = {"name" if named else "path": base, "sha256": actual, "finetune": finetune}
     return PretrainedClassifier(hf, finetune, positions, reference)  # type: ignore[arg-type]
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(p.is_file() for pattern in SAFE_WEIGHT_PATTERNS for p in folder.glob(pattern))
 
 
 def _bad(param: str, message: str, got: object) -> ModelError:

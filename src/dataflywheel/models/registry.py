@@ -6,13 +6,17 @@ whose module maps ``(numeric (B, n_numeric) float, categorical (B, n_cat) long)`
 gets ``text_vocab_size`` and ``max_length`` from the text column's tokenizer, and its module
 also takes ``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool (True on real tokens). Builders are added by an explicit :func:`register_model` call (duplicates are
 rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
-stores; :func:`build_model` rebuilds the module from it.
+stores; :func:`build_model` rebuilds the module from it. A builder that reads files named by a
+relative path in its spec (a pretrained base model) declares a ``base_dirs`` parameter: it gets
+the folders to look such paths up in from :func:`build_model`, never from the spec, so a spec
+holds no path of the machine it was written on.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,14 +80,17 @@ def model_spec(name: str, **kwargs: Any) -> dict[str, Any]:
     return {"type": name, "args": dict(kwargs)}
 
 
-def build_model(spec: dict[str, Any], *, seed: int | None = None) -> nn.Module:
+def build_model(spec: dict[str, Any], *, seed: int | None = None, base_dirs: Sequence[Path] = ()) -> nn.Module:
     """Build the module a spec describes; with ``seed``, initialise deterministically
-    without touching the global torch RNG."""
+    without touching the global torch RNG. ``base_dirs``: where a builder that declares the
+    parameter looks relative paths of its spec up (first match wins)."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise ModelError('a model spec must be {"type": NAME, "args": {...}}', where="model.json")
     name, args = spec["type"], dict(spec.get("args") or {})
     builder = get_builder(name)
     _check_params(name, builder, args)
+    if "base_dirs" in inspect.signature(builder).parameters:
+        args["base_dirs"] = [Path(d) for d in base_dirs]
     if seed is None:
         return builder(**args)
     with torch.random.fork_rng(devices=[]):
@@ -98,11 +105,14 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
             f"model spec lacks {missing}", where="model.json", fix="rebuild it with model_spec()"
         )
     params = inspect.signature(builder).parameters
+    if "base_dirs" in args:
+        raise ModelError("base_dirs is given where the model is built, not in its spec", where="model.params.base_dirs",
+                         fix="remove it; a relative base path is read relative to flywheel.yaml's folder")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in args:
         if key not in params:
-            known = sorted(k for k in params if k not in SHAPE_ARGS)
+            known = sorted(k for k in params if k not in (*SHAPE_ARGS, "base_dirs"))
             raise ModelError(
                 f"unknown parameter for model type {name!r}",
                 where=f"model.params.{key}",

@@ -7,8 +7,10 @@ never unpickles anything.
 
 A model may store less than its whole ``state_dict``: one with ``bundle_state_dict()`` (e.g. a
 LoRA or frozen-encoder ``pretrained`` model: adapters and head only) has that saved instead, and
-one with ``base_reference()`` gets it recorded in model.json as ``base_model`` (the folder and
-content hash of the base weights it is rebuilt on).
+one with ``base_reference()`` gets it recorded in model.json as ``base_model`` (the hub name or
+project-relative path, and the content hash, of the base weights it is rebuilt on). One with
+``write_bundle_files(folder)`` adds its own files (a LoRA model: peft's ``adapter_config.json``
+and ``adapter_model.safetensors``); the manifest covers them too.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def write_bundle(
     base = base_of(model)
     if base is not None:
         model_json = {**model_json, "base_model": base}
+    if hasattr(model, "write_bundle_files"):
+        model.write_bundle_files(folder)
     write_json(folder / "model.json", {"format_version": FORMAT_VERSION, **model_json})
     preprocessor.save(folder / "preprocessor.json")
     schema.save(folder / "schema.json")

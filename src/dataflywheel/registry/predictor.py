@@ -3,6 +3,11 @@
 :class:`Predictor` is what ``flywheel predict``, the Python API and (later) the server run:
 the same ``Preprocessor`` that was fitted at training time turns records into tensors, so
 training and serving cannot disagree about features.
+
+Before the preprocessor, every path redacts PII the way the model's training data was redacted
+(:attr:`Predictor.redaction`, from the ``privacy`` settings ``model.json`` records; see
+:mod:`dataflywheel.privacy.inputs`): :meth:`Predictor.predict` and :meth:`Predictor.scores` on a
+frame, :meth:`Predictor.redact_records` on records (the server and explanations).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dataflywheel.config import PrivacyConfig
 from dataflywheel.errors import DataError
+from dataflywheel.privacy.inputs import InputRedaction
 from dataflywheel.registry.bundle import read_json, verify_bundle
 
 
@@ -29,9 +36,11 @@ class Predictions:
     unknown: dict[str, int] = field(default_factory=dict)
     """Cells per feature that held a category unseen at training time (encoded as unknown)."""
     truncated: dict[str, int] = field(default_factory=dict)
+    """Texts per text column longer than the model's max_length (cut to it)."""
     coerced: dict[str, int] = field(default_factory=dict)
     """Cells per feature that could not be read (or were infinite) and were scored as missing."""
-    """Texts per text column longer than the model's max_length (cut to it)."""
+    redacted: dict[str, int] = field(default_factory=dict)
+    """PII matches per kind replaced in the inputs before the model saw them."""
 
     def to_frame(self) -> pl.DataFrame:
         cols: dict[str, Any] = {"prediction": self.values}
@@ -62,7 +71,10 @@ def to_frame(rows: Any) -> pl.DataFrame:
 class Predictor:
     """A loaded, verified model bundle."""
 
-    def __init__(self, folder: Path, model: Any, meta: dict[str, Any], preprocessor: Any, target: Any, schema: Any):
+    def __init__(self, folder: Path, model: Any, meta: dict[str, Any], preprocessor: Any, target: Any, schema: Any,
+                 *, privacy: PrivacyConfig | None = None):
+        """``privacy``: the redaction settings of a bundle whose ``model.json`` records none
+        (default: :class:`PrivacyConfig`'s defaults); a recorded one always wins."""
         self.folder = Path(folder)
         self.model = model
         self.meta = meta
@@ -72,9 +84,31 @@ class Predictor:
         self.task: str = meta["task"]
         self.threshold: float = float(meta.get("threshold", 0.5))
         self.version: int | None = meta.get("version")
+        self.redaction = self.redaction_for(meta.get("privacy", privacy))
+
+    def redaction_for(self, privacy: PrivacyConfig | dict[str, Any] | None) -> InputRedaction:
+        """The input redaction ``privacy`` asks for on this model's inputs."""
+        texts = getattr(self.preprocessor, "__dict__", {}).get("text_encoders_", {})
+        return InputRedaction.for_inputs(privacy, self.input_columns, list(texts))
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The columns the preprocessor reads, text columns included."""
+        columns = getattr(self.preprocessor, "input_columns_", None) or getattr(self.preprocessor, "encoders_", None)
+        if columns:
+            return list(columns)
+        return [c.name for c in self.schema.features] if self.schema is not None else []
+
+    def redact_records(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Records with PII redacted as the model's training data was, and counts per kind."""
+        return self.redaction.records(records)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Predictor:
+    def load(cls, folder: str | Path, *, privacy: PrivacyConfig | None = None,
+             base_dir: Path | None = None) -> Predictor:
+        """Verify and load the bundle in ``folder`` (``privacy``: see :meth:`__init__`). A base
+        model the bundle names by a relative path is looked up in ``base_dir`` (the project's
+        folder), then in the bundle folder's parents (a store inside the project)."""
         from safetensors.torch import load_file
 
         from dataflywheel.data.schema import Schema
@@ -86,7 +120,8 @@ class Predictor:
         folder = Path(folder)
         verify_bundle(folder)
         meta = read_json(folder, "model.json")
-        model = build_model(meta["spec"])  # a pretrained model checks its base's hash here
+        dirs = [*([Path(base_dir)] if base_dir is not None else []), *folder.absolute().parents]
+        model = build_model(meta["spec"], base_dirs=dirs)  # a pretrained model checks its base's hash here
         weights = load_file(str(folder / "model.safetensors"))
         load_trained_weights(model, weights)
         if hasattr(model, "for_inference"):
@@ -95,7 +130,7 @@ class Predictor:
         pre = Preprocessor.load(folder / "preprocessor.json")
         target = TargetEncoder.from_dict(meta["target_encoder"])
         schema = Schema.load(folder / "schema.json")
-        return cls(folder, model, meta, pre, target, schema)
+        return cls(folder, model, meta, pre, target, schema, privacy=privacy)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -104,12 +139,13 @@ class Predictor:
     def scores(self, df: pl.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
         """Raw model scores: p(positive) (n,) for binary, (n, k) probabilities for multiclass,
         de-standardised values (n,) for regression; plus unknown-category counts."""
-        out, batch = self._scores(df)
+        out, batch, _ = self._scores(df)
         return out, dict(batch.unknown)
 
-    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, Any]:
+    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, Any, dict[str, int]]:
         from dataflywheel.models.registry import predict_proba
 
+        df, redacted = self.redaction.frame(df)
         batch = self.preprocessor.transform(df)
         text = getattr(self.preprocessor, "text_encoder_", None)
         out = predict_proba(self.model, batch.numeric, batch.categorical, self.task, tokens=batch.tokens,
@@ -118,15 +154,15 @@ class Predictor:
             out = np.asarray(self.target.inverse_transform(out.reshape(-1)), dtype=np.float64)
         elif self.task == "binary":
             out = out.reshape(-1)
-        return out, batch
+        return out, batch, redacted
 
     def predict(self, rows: Any) -> Predictions:
         """Predictions for records (dicts), a polars or pandas frame; text columns hold raw text."""
         df = to_frame(rows)
-        scores, batch = self._scores(df)
+        scores, batch, redacted = self._scores(df)
         unknown, truncated, coerced = dict(batch.unknown), dict(batch.truncated), dict(batch.coerced)
         if self.task == "regression":
-            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated, coerced)
+            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated, coerced, redacted)
         classes = self.class_names or []
         if self.task == "binary":
             p = scores.astype(np.float64)
@@ -136,4 +172,4 @@ class Predictor:
             proba = scores.astype(np.float64)
             idx = proba.argmax(axis=1)
         labels = self.target.inverse_transform(idx)
-        return Predictions(self.task, list(labels), proba, classes, unknown, truncated, coerced)
+        return Predictions(self.task, list(labels), proba, classes, unknown, truncated, coerced, redacted)

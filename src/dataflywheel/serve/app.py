@@ -18,9 +18,9 @@ Endpoints (JSON in and out, rendered with orjson):
   else 503), ``GET /v1/model`` (version, alias, task, classes, schema, metrics),
   ``GET /v1/monitor`` (drift and live accuracy), ``GET /metrics`` (Prometheus).
 
-Privacy: the record fields flywheel.yaml's ``privacy`` names (text columns by default) are
-redacted on the event loop right after validation, before the record is predicted on, logged
-or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
+Privacy: the record fields the model's bundle redacts (the ``privacy`` settings its training
+data was redacted with; text columns by default) are redacted on the event loop right after
+validation, before the record is predicted on, logged or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
 ``/metrics`` (``flywheel_redactions``), texts truncated to ``max_length`` too
 (``flywheel_truncated_texts``).
 
@@ -144,7 +144,7 @@ class Server:
         self.project = open_project(cfg)
         try:
             self.model: ServedModel = load_served_model(self.project, alias, threads=settings.threads,
-                                                        privacy=cfg.privacy, backend=settings.backend,
+                                                        backend=settings.backend,
                                                         device=settings.device)
         except BaseException:
             self.project.close()
@@ -184,7 +184,7 @@ class Server:
         return alias_version(self.project, self.alias)
 
     def _load(self, version: int) -> ServedModel:
-        return load_served_model(self.project, version, threads=self.settings.threads, privacy=self.cfg.privacy,
+        return load_served_model(self.project, version, threads=self.settings.threads,
                                  backend=self.settings.backend, device=self.settings.device)
 
     def _install(self, model: ServedModel, version: int) -> None:

@@ -10,10 +10,11 @@ follow :meth:`Predictor.predict` exactly (tests compare the two). A text model's
 tokenised there too and padded per chunk of texts to the longest of the chunk
 (:func:`~dataflywheel.models.predict.predict_logits`).
 
-Privacy: :meth:`ServedModel.redact` replaces PII in the record fields ``privacy`` names (text
-columns by default) and runs *before* prediction and logging, as ingestion redacts training
-data, so the model sees at serving what it saw in training and the log never holds the raw
-text. A model with nothing to redact has ``redactor`` None and pays nothing.
+Privacy: :meth:`ServedModel.redact` is the predictor's own redaction
+(:meth:`Predictor.redact_records`, the settings the bundle's training data was redacted with) and
+runs *before* prediction and logging, so the model sees at serving what it saw in training and
+what ``flywheel predict``, ``flywheel explain`` and the Python API give it, and the log never
+holds the raw text. A model with nothing to redact has ``redactor`` None and pays nothing.
 
 Backend: ``serve.backend`` picks what runs the network (``network``): the bundle's fp32 model
 (``torch``, the default, ``network`` None), an int8 copy or an ONNX Runtime session
@@ -46,10 +47,6 @@ class ServedModel:
     columns: list[str]
     """The features a record must carry, in the preprocessor's order."""
     record_model: type[BaseModel]
-    redactor: Any | None = None
-    """A :class:`~dataflywheel.privacy.Redactor`, or None when no served column is redacted."""
-    redact_columns: tuple[str, ...] = ()
-    """The record fields :meth:`redact` rewrites."""
     network: Any | None = None
     """What runs the forward pass when not the predictor's own model (int8 or onnx backend)."""
     backend: str = "torch"
@@ -61,19 +58,21 @@ class ServedModel:
         schema = self.predictor.schema
         return [c for c in self.columns if schema.column(c).type == "text"]
 
+    @property
+    def redactor(self) -> Any | None:
+        """A :class:`~dataflywheel.privacy.Redactor`, or None when no served column is redacted."""
+        return self.predictor.redaction.redactor
+
+    @property
+    def redact_columns(self) -> tuple[str, ...]:
+        """The record fields :meth:`redact` rewrites."""
+        return self.predictor.redaction.columns
+
     def redact(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Validated records with PII replaced in ``redact_columns``, and counts per kind."""
         if self.redactor is None:
             return records, {}
-        total: dict[str, int] = {}
-        out = []
-        for record in records:
-            clean, counts = self.redactor.redact_record(record, self.redact_columns)
-            out.append(clean)
-            for kind, n in counts.items():
-                if n:
-                    total[kind] = total.get(kind, 0) + n
-        return out, total
+        return self.predictor.redact_records(records)
 
     @property
     def task(self) -> str:
@@ -138,25 +137,20 @@ class ServedModel:
 def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any],
                        privacy: PrivacyConfig | None = None, *, backend: str = "torch",
                        threads: int | None = None) -> ServedModel:
-    """``privacy`` None or disabled redacts nothing; ``columns: text`` redacts the model's text
-    inputs, a list redacts the listed columns the model reads. ``backend`` other than torch builds
-    the int8 or ONNX network now (``threads``: onnxruntime's intra-op threads)."""
+    """``privacy`` None keeps the predictor's redaction (the bundle's); given, it replaces it
+    (disabled redacts nothing; ``columns: text`` redacts the model's text inputs, a list the listed
+    columns the model reads). ``backend`` other than torch builds the int8 or ONNX network now
+    (``threads``: onnxruntime's intra-op threads)."""
     columns = served_columns(predictor)
     network = None
     if backend != "torch":
         from dataflywheel.export.backends import backend_model
 
         network = backend_model(predictor, backend, threads=threads)  # type: ignore[arg-type]
-    served = ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns),
-                         network=network, backend=backend)
-    if privacy is None or not privacy.enabled:
-        return served
-    wanted = served.text_columns if privacy.columns == "text" else [c for c in columns if c in privacy.columns]
-    if not wanted:
-        return served
-    from dataflywheel.data.dataset import privacy_redactor
-
-    return replace(served, redactor=privacy_redactor(privacy), redact_columns=tuple(wanted))
+    if privacy is not None:
+        predictor.redaction = predictor.redaction_for(privacy)
+    return ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns),
+                       network=network, backend=backend)
 
 
 def serve_device(name: str, backend: str, n_params: int | None = None) -> torch.device:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from torch import nn
 
 from dataflywheel.config import TrainConfig
 from dataflywheel.errors import ConfigError
+from dataflywheel.evaluate.metrics import format_metric
 from dataflywheel.models.weights import load_trained_weights, trained_weights
 
 Logs = dict[str, Any]
@@ -50,6 +51,12 @@ class TrainState:
     best_metric: str | None = None
     best_value: float | None = None
     best_epoch: int | None = None
+    target_scale: float | None = None
+    """Regression: the target's standard deviation, so losses show as RMSE in its units."""
+    stop_reason: str | None = None
+    """Why training stopped before ``epochs`` (early stopping, max_steps), set by whoever stopped it."""
+    kept_epoch: int | None = None
+    """The epoch whose weights the model holds after training (None: the last one)."""
 
     def keyed_callbacks(self) -> Iterator[tuple[str, Callback]]:
         """Each callback with a stable key (its class name, numbered when repeated)."""
@@ -148,10 +155,19 @@ class EarlyStopping(Callback):
         self.state.best_epoch = self.best_epoch
         if self.wait >= self.patience:
             self.state.stop = True
+            scale = self.state.target_scale
+            units = (f", rmse {format_metric('rmse', math.sqrt(max(self.best, 0.0)) * scale)} in the target's units"
+                     if scale is not None and self.monitor == "val_loss" else "")
+            best = "" if self.best_epoch is None else (
+                f" (best {format_metric(self.monitor, self.best)}{units} at epoch {self.best_epoch})")
+            delta = f"by more than {self.min_delta:g} " if self.min_delta else ""
+            self.state.stop_reason = (f"early stopping: {self.monitor} did not improve {delta}for {self.patience} "
+                                      f"epoch{'s' if self.patience != 1 else ''}{best}")
 
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             load_trained_weights(state.model, self.best_weights)
+            state.kept_epoch = self.best_epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +196,34 @@ class Checkpoint(Callback):
 
         weights, saved = snapshot(self.state)
         self.last = save_checkpoint(self.directory, weights, saved, keep=self.keep)
+
+
+def epoch_values(logs: Logs) -> list[tuple[str, float]]:
+    """What a progress display shows of an epoch's ``logs``: the training loss, the first
+    validation metric and the validation loss; for regression the RMSE in the target's units
+    (``rmse``, ``val_rmse``) instead of the standardised losses."""
+    if "rmse" in logs:
+        extra = [k for k in logs if k.startswith("val_") and k not in ("val_loss", "val_rmse")][:1]
+        shown = ["rmse", "val_rmse", *extra]
+    else:
+        shown = ["loss", *[k for k in logs if k.startswith("val_") and k != "val_loss"][:1], "val_loss"]
+    return [(k, float(logs[k])) for k in shown if k in logs]
+
+
+class EpochLines(Callback):
+    """One line per epoch through ``log`` (for output that is not a terminal, where a live bar
+    renders nothing): ``epoch 3/50: loss 0.41234, val_accuracy 0.8765, val_loss 0.39120 (2.1 s)``."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def on_train_begin(self, state: TrainState) -> None:
+        if state.epoch:
+            self.log(f"resuming after epoch {state.epoch}/{state.epochs}")
+
+    def on_epoch_end(self, epoch: int, logs: Logs) -> None:
+        values = ", ".join(f"{k} {format_metric(k, v)}" for k, v in epoch_values(logs))
+        self.log(f"epoch {epoch}/{self.state.epochs}: {values} ({float(logs.get('seconds', 0.0)):.1f} s)")
 
 
 class Progress(Callback):
@@ -224,22 +268,26 @@ class Progress(Callback):
         now = time.perf_counter()
         if now - self._last >= self.refresh:
             self._last = now
-            self._bar.update(self._task, completed=step, loss=f"{float(logs['loss']):.4f}")
+            loss = float(logs["loss"])
+            if self.state.target_scale is not None:  # regression: RMSE in the target's units
+                loss = math.sqrt(max(loss, 0.0)) * self.state.target_scale
+            self._bar.update(self._task, completed=step, loss=format_metric("loss", loss))
 
     def on_epoch_end(self, epoch: int, logs: Logs) -> None:
         if self._bar is None:
             return
-        shown = [k for k in logs if k.startswith("val_") and k != "val_loss"][:1] + ["val_loss"]
-        val = "  ".join(f"{k} {logs[k]:.4f}" for k in shown if k in logs)
+        values = epoch_values(logs)
         self._bar.update(
             self._task,
             completed=self.state.step,
-            loss=f"{logs['loss']:.4f}",
-            val=val,
+            loss=format_metric(*values[0]),
+            val="  ".join(f"{k} {format_metric(k, v)}" for k, v in values[1:]),
             epoch=f"{min(epoch + 1, self.state.epochs)}/{self.state.epochs}",
         )
 
     def on_train_end(self, state: TrainState) -> None:
         if self._bar is not None:
+            if state.stop_reason is not None:  # the bar stops short of the last epoch: say why
+                self._bar.update(self._task, epoch=f"{state.epoch}/{state.epochs} (stopped)")
             self._bar.stop()
             self._bar = None

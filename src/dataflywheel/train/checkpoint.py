@@ -198,8 +198,9 @@ def restore(state: TrainState, weights: dict[str, torch.Tensor], saved: dict[str
     saved_base, base = saved.get("base"), base_of(state.model)
     if saved_base is not None and base is not None and saved_base.get("sha256") != base.get("sha256"):
         raise ModelError(
-            f"the checkpoint was trained on base {str(saved_base.get('sha256'))[:16]} ({saved_base.get('path')}), "
-            f"this model is built on {str(base.get('sha256'))[:16]} ({base.get('path')})",
+            f"the checkpoint was trained on base {str(saved_base.get('sha256'))[:16]} "
+            f"({saved_base.get('path') or saved_base.get('name')}), "
+            f"this model is built on {str(base.get('sha256'))[:16]} ({base.get('path') or base.get('name')})",
             fix="restore the original base model files, or " + _FIX,
         )
     try:

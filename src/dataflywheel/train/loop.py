@@ -33,6 +33,7 @@ from dataflywheel.train.callbacks import (
     Callback,
     Checkpoint,
     EarlyStopping,
+    EpochLines,
     Logs,
     Progress,
     TrainState,
@@ -92,6 +93,21 @@ class History:
     evals: list[dict[str, Any]] = field(default_factory=list)
     """With ``eval_every_steps``: one log dict per evaluation (step, epoch, val_loss, ...)."""
     reached_max_steps: bool = False
+    epochs_planned: int | None = None
+    stop_reason: str | None = None
+    """Why training ended before ``epochs_planned`` (early stopping, max_steps), else None."""
+    kept_epoch: int | None = None
+    """The epoch whose weights the model holds (early stopping puts back its best epoch's)."""
+
+    def summary(self) -> str:
+        """One sentence: how many epochs ran, why training stopped early, which weights were kept."""
+        last = self.epochs[-1]["epoch"] if self.epochs else (self.resumed_from or 0)
+        planned = self.epochs_planned or last
+        kept = self.kept_epoch or last
+        weights = f"; kept the weights of epoch {kept}" + (" (the best)" if kept != last else " (the last)")
+        if self.stop_reason is not None:
+            return f"training stopped after epoch {last} of {planned}: {self.stop_reason}{weights}"
+        return f"trained {last} of {planned} epochs{weights}"
 
 
 def fit(
@@ -106,6 +122,8 @@ def fit(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    target_scale: float | None = None,
 ) -> History:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return its :class:`History`.
 
@@ -118,6 +136,10 @@ def fit(
     ``cfg.batch_size`` rows; ``cfg.max_steps`` ends training after that many steps.
     ``cfg.early_stopping`` adds :class:`EarlyStopping` when ``valid`` is given; ``checkpoint_dir``
     adds :class:`Checkpoint`; ``resume=True`` continues from its latest checkpoint, if any.
+    ``progress`` shows a live bar when stderr is a terminal and, when stdout is not one (a pipe,
+    a file, CI), one line per epoch through ``log`` (:class:`EpochLines`). ``target_scale``
+    (regression: the target's standard deviation) adds ``rmse`` and ``val_rmse`` in the
+    target's units to each epoch's logs; progress shows those.
     """
     started = time.perf_counter()
     n_params = sum(p.numel() for p in model.parameters())
@@ -144,7 +166,9 @@ def fit(
         task=task,
         epochs=cfg.epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=_arrange(callbacks, cfg, task, tuple(metrics or ()), valid is not None, checkpoint_dir, progress),
+        callbacks=_arrange(callbacks, cfg, task, tuple(metrics or ()), valid is not None, checkpoint_dir, progress,
+                           log),
+        target_scale=target_scale if task == "regression" else None,
     )
     for cb in state.callbacks:
         cb.set_state(state)
@@ -170,11 +194,22 @@ def fit(
             logs: Logs = {"epoch": epoch, **runner.epoch()}
             if valid is not None:
                 logs.update(validate(model, valid, loss_fn, task, metrics or {}))
+            if state.target_scale is not None:
+                for key in ("loss", "val_loss"):
+                    if key in logs and math.isfinite(logs[key]):
+                        logs[key.replace("loss", "rmse")] = math.sqrt(max(logs[key], 0.0)) * state.target_scale
             logs["seconds"] = time.perf_counter() - t0
             state.epoch = epoch
             state.history.append(logs)
             for cb in state.callbacks:
                 cb.on_epoch_end(epoch, logs)
+        stopped_early = state.stop and state.epoch < state.epochs
+        if runner.reached_max_steps and state.epoch < state.epochs:
+            state.stop_reason = f"reached train.max_steps ({cfg.max_steps} optimiser steps)"
+        elif not stopped_early:
+            state.stop_reason = None
+        elif state.stop_reason is None:
+            state.stop_reason = "a callback asked to stop"
         for cb in state.callbacks:
             cb.on_train_end(state)
     except BaseException:
@@ -195,6 +230,9 @@ def fit(
         seconds=time.perf_counter() - started,
         evals=state.evals,
         reached_max_steps=runner.reached_max_steps,
+        epochs_planned=state.epochs,
+        stop_reason=state.stop_reason,
+        kept_epoch=state.kept_epoch if state.kept_epoch is not None else state.epoch or None,
     )
 
 
@@ -334,6 +372,7 @@ def _arrange(
     has_valid: bool,
     checkpoint_dir: Path | None,
     progress: bool,
+    log: Callable[[str], None] | None = None,
 ) -> list[Callback]:
     cbs = list(callbacks)
     es = cfg.early_stopping
@@ -342,12 +381,20 @@ def _arrange(
         cbs.append(EarlyStopping(metric, mode, es.patience, es.min_delta))
     if progress and sys.stderr.isatty() and not any(isinstance(c, Progress) for c in cbs):
         cbs.append(Progress())
+    lines = progress and log is not None and not _is_terminal(sys.stdout)
+    if lines and log is not None and not any(isinstance(c, EpochLines) for c in cbs):
+        cbs.append(EpochLines(log))
     if checkpoint_dir is not None and not any(isinstance(c, Checkpoint) for c in cbs):
         cbs.append(Checkpoint(checkpoint_dir))
     # Checkpoints last, so they record the other callbacks' end-of-epoch state.
     return [c for c in cbs if not isinstance(c, Checkpoint)] + [
         c for c in cbs if isinstance(c, Checkpoint)
     ]
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -6,6 +6,7 @@ model from the registry, and runs the one training loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,9 @@ def train_on_dataset(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> Trained:
+    """Fit and train (``progress``/``log``: see :func:`~dataflywheel.train.loop.fit`)."""
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.models.pretrained import prepare_config
@@ -111,7 +114,7 @@ def train_on_dataset(
     from dataflywheel.train.loop import fit
 
     schema = dataset.schema()
-    cfg = prepare_config(cfg, schema)  # pretrained: absolute base folder + hash, the base's tokenizer
+    cfg = prepare_config(cfg, schema)  # pretrained: portable base reference + hash, the base's tokenizer
     task = resolve_task(cfg, schema)
     target = cfg.data.target
     train_df, valid_df = dataset.split("train"), dataset.split("valid")
@@ -138,7 +141,7 @@ def train_on_dataset(
     import torch
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(spec)
+    model = build_model(spec, base_dirs=[cfg.base_dir])
     train_b, truncated = encode(pre, target_enc, train_df, target, task)
     valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
     history = fit(
@@ -151,6 +154,8 @@ def train_on_dataset(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         progress=progress,
+        log=log,
+        target_scale=float(target_enc.std_) if task == "regression" else None,
     )
     model.cpu()  # evaluation, the bundle and serving run on the CPU, whatever train.device was
     n_params = sum(p.numel() for p in model.parameters())
