@@ -157,3 +157,20 @@ def test_init_excludes_identifier_columns_and_refuses_a_constant_target(tmp_path
     (tmp_path / "one.csv").write_text("x,y\n" + "\n".join(f"{i},1" for i in range(30)) + "\n")
     r = flywheel("init", "--data", "one.csv", "--target", "y", "--output", "o.yaml", cwd=tmp_path)
     assert_one_line_error(r, "one.csv column y", "at least 2")
+
+
+def test_data_show_prints_dates_as_dates_and_names_the_excluded_columns(tmp_path: Path) -> None:
+    from datetime import date, timedelta
+
+    days = [(date(2019, 1, 1) + timedelta(days=i)).isoformat() for i in range(40)]
+    pl.DataFrame({"id": list(range(40)), "signup": days, "x": [float(i % 9) for i in range(40)],
+                  "y": [0, 1] * 20}).write_csv(tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  exclude: [id]\n")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    r = flywheel("data", "show", cwd=tmp_path)
+    assert r.code == 0, r.err
+    row = next(line for line in r.out.splitlines() if "signup" in line)
+    assert "2019-01-01" in row and "2019-02-09" in row and "e+09" not in row
+    assert "excluded (not in the schema): id" in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
+    assert doc["report"]["excluded"] == ["id"]

@@ -71,11 +71,16 @@ def show(
     out = console()
     out.print(f"dataset {v.id}  source: {v.source}  parents: {', '.join(v.parents) or '-'}", markup=False)
     out.print(f"splits: {v.split_sizes}", markup=False)
+    excluded = v.report.get("excluded") or []
+    if excluded:
+        out.print(f"excluded (not in the schema): {', '.join(excluded)}", markup=False)
     table = Table("column", "type", "missing", "unique", "min", "max", "mean", "categories")
     for c in schema.columns:
         cats = ", ".join(c.categories[:6]) + (" ..." if c.categories and len(c.categories) > 6 else "") if c.categories else ""
         name = c.name + (" (target)" if c.name == schema.target else "")
-        table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), _num(c.min), _num(c.max), _num(c.mean), cats)
+        shown = _date if c.type == "datetime" else _num
+        table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), shown(c.min), shown(c.max),
+                      shown(c.mean), cats)
     out.print(table)
     report = {k: val for k, val in v.report.items() if k not in ("split_sizes",)}
     out.print("processing: " + json.dumps(report, default=str, ensure_ascii=False), markup=False, soft_wrap=True)
@@ -83,6 +88,18 @@ def show(
 
 def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.4g}"
+
+
+def _date(seconds: float | None) -> str:
+    """A datetime statistic (epoch seconds, UTC) as an ISO date, with the time unless it is midnight."""
+    from datetime import UTC, datetime
+
+    if seconds is None:
+        return ""
+    when = datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
+    if when == when.replace(hour=0, minute=0, second=0, microsecond=0):
+        return when.date().isoformat()
+    return when.isoformat(sep=" ", timespec="seconds")
 
 
 @app.command("validate")

@@ -159,6 +159,7 @@ def build_version(
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}
     report = {"source": source_desc, **processed.report}
+    report["excluded"] = list(dict.fromkeys([*excluded, *processed.report["excluded"]]))
     if redacted is not None:
         report["privacy"] = redacted
         total = sum(n for counts in redacted["columns"].values() for n in counts.values())
