@@ -135,14 +135,49 @@ def test_data_validate_reports_anomalies(tmp_path: Path) -> None:
     assert r.code == 1 and "missing_column" in r.out
 
 
-def test_data_validate_inputs_only_needs_no_target(tmp_path: Path) -> None:
-    pl.DataFrame({"x": [float(i) for i in range(50)], "y": [0, 1] * 25}).write_csv(tmp_path / "data.csv")
-    write_config(tmp_path, "data.csv")
+def test_data_validate_takes_a_batch_to_score_without_its_target_and_with_its_excluded_id(tmp_path: Path) -> None:
+    pl.DataFrame({"id": list(range(50)), "x": [float(i) for i in range(50)], "y": [0, 1] * 25}).write_csv(
+        tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  exclude: [id]\n")
     assert flywheel("data", "ingest", cwd=tmp_path).code == 0
-    pl.DataFrame({"x": [3.0]}).write_csv(tmp_path / "inputs.csv")
-    assert flywheel("data", "validate", "inputs.csv", cwd=tmp_path).code == 1
-    r = flywheel("data", "validate", "inputs.csv", "--inputs-only", cwd=tmp_path)
+    pl.DataFrame({"id": [7], "x": [3.0]}).write_csv(tmp_path / "inputs.csv")
+    r = flywheel("data", "validate", "inputs.csv", "--json", cwd=tmp_path)
     assert r.code == 0, r.out
+    assert json.loads(r.out)["anomalies"] == []
+    r = flywheel("data", "validate", "inputs.csv", "--require-target", cwd=tmp_path)
+    assert r.code == 1 and "missing_column  y" in r.out
+    pl.DataFrame({"id": [7], "x": [3.0], "extra": [1]}).write_csv(tmp_path / "more.csv")
+    r = flywheel("data", "validate", "more.csv", "--json", cwd=tmp_path)
+    assert [(a["kind"], a["column"]) for a in json.loads(r.out)["anomalies"]] == [("extra_column", "extra")]
+
+
+def test_data_validate_and_drift_agree_on_unseen_categories(tmp_path: Path) -> None:
+    """A category is unseen when the train split the model learned from lacks it, in
+    ``data validate`` as in the drift monitor (values only in the valid or test split included)."""
+    from dataflywheel.data.dataset import get_version
+    from dataflywheel.feedback.drift import category_drift, category_reference
+    from dataflywheel.loop import as_config, open_project
+
+    cities = ["paris", "lyon"] * 40 + [f"town{i}" for i in range(20)]  # 20 cities seen once
+    pl.DataFrame({"x": [float(i) for i in range(100)], "city": cities, "y": [0, 1] * 50}).write_csv(
+        tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  features: [{name: city, type: category}]\n")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    project = open_project(as_config(tmp_path / "flywheel.yaml"))
+    try:
+        train = get_version(project, "latest").split("train")
+    finally:
+        project.close()
+    outside = sorted(set(cities) - set(train["city"]))
+    assert outside  # some single cities fell in the valid or test split
+    batch = pl.DataFrame({"x": [1.0] * 8, "city": ["paris", "lyon", "berlin", *outside[:5]]})
+    batch.write_csv(tmp_path / "batch.csv")
+    r = flywheel("data", "validate", "batch.csv", "--json", cwd=tmp_path)
+    unseen = [a for a in json.loads(r.out)["anomalies"] if a["kind"] == "unseen_category"]
+    n_unseen = int(unseen[0]["detail"].split()[0])
+    drift = category_drift(category_reference(train["city"]), batch["city"])
+    assert n_unseen == 1 + len(outside[:5])
+    assert drift.unseen_share == pytest.approx(n_unseen / batch.height)
 
 
 def test_init_excludes_identifier_columns_and_refuses_a_constant_target(tmp_path: Path) -> None:

@@ -108,12 +108,17 @@ def validate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset version to check against.")] = "latest",
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    inputs_only: Annotated[bool, typer.Option("--inputs-only", help="The batch has no target column.")] = False,
+    require_target: Annotated[bool, typer.Option("--require-target", help="The batch must hold the target "
+                                                 "column (labelled data for training).")] = False,
+    inputs_only: Annotated[bool, typer.Option("--inputs-only", hidden=True,
+                                              help="Accepted for compatibility: the target is optional.")] = False,
 ) -> None:
-    """Check a new batch against a dataset version's schema; exit 1 if an anomaly set to 'fail' is found."""
+    """Check a new batch against a dataset version's schema; exit 1 if an anomaly set to 'fail' is found.
+
+    The target column is optional (a batch to be scored) and the excluded columns are expected."""
     from dataflywheel.api import validate_batch
 
-    report = validate_batch(file, config, dataset, require_target=not inputs_only)
+    report = validate_batch(file, config, dataset, require_target=require_target and not inputs_only)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

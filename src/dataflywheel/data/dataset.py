@@ -59,6 +59,12 @@ class DatasetVersion:
     def split(self, name: str) -> pl.DataFrame:
         return pl.read_parquet(self.path / f"{name}.parquet")
 
+    def train_columns(self, columns: list[str]) -> pl.DataFrame:
+        """The train split's ``columns`` that it holds (Parquet reads only those)."""
+        path = self.path / "train.parquet"
+        present = set(pl.read_parquet_schema(path))
+        return pl.read_parquet(path, columns=[c for c in columns if c in present])
+
     @classmethod
     def from_row(cls, row: DatasetRow, project: Project, parents: list[str], reused: bool = True) -> DatasetVersion:
         return cls(
