@@ -209,3 +209,27 @@ def test_data_show_prints_dates_as_dates_and_names_the_excluded_columns(tmp_path
     assert "excluded (not in the schema): id" in r.out
     doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
     assert doc["report"]["excluded"] == ["id"]
+
+
+def test_a_column_the_model_does_not_read_drops_no_rows_and_each_rule_is_counted(tmp_path: Path) -> None:
+    n = 60
+    notes = [None if i % 6 == 0 else f"customer {i} called about the invoice number {i * 7}" for i in range(n)]
+    frame = pl.DataFrame({"x": [float(i % 11) for i in range(n)], "notes": notes, "y": [0, 1] * (n // 2)})
+    pl.concat([frame, frame.head(2)]).write_csv(tmp_path / "data.csv")  # two exact duplicates
+    write_config(tmp_path, "data.csv")  # model.type mlp reads no text: notes is not an input
+    r = flywheel("data", "ingest", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert f"{n + 2} rows in" in r.out and "removed 2: 2 duplicates" in r.out and "missing notes" not in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
+    assert doc["report"]["rows_out"] == n and doc["report"]["missing_dropped"] == 0
+
+    reads = tmp_path / "text"
+    reads.mkdir()
+    pl.concat([frame, frame.head(2)]).write_csv(reads / "data.csv")
+    write_config(reads, "data.csv", extra="model: {type: transformer}\n")
+    r = flywheel("data", "ingest", cwd=reads)
+    assert r.code == 0, r.err
+    assert "removed 12: 2 duplicates (data.processing.drop_duplicates), 10 missing notes " \
+           "(data.processing.missing.text: drop)" in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=reads).out)
+    assert doc["report"]["missing_dropped_by"] == {"notes": 10}
