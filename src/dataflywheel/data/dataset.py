@@ -160,11 +160,7 @@ def build_version(
     if callable(raw):
         raw = raw()
     raw, redacted = redact_raw(raw, cfg)
-    unknown = [c for c in cfg.data.exclude if c not in raw.columns]
-    if unknown:
-        raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
-                          fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
-                          f"{', ...' if len(raw.columns) > 8 else ''})")
+    check_excluded(raw, cfg, source_desc)
     excluded = list(cfg.data.exclude)
     raw = raw.drop(excluded) if excluded else raw
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
@@ -226,6 +222,16 @@ def build_version(
         parents=parents,
         reused=False,
     )
+
+
+def check_excluded(raw: pl.DataFrame, cfg: FlywheelConfig, source_desc: str) -> None:
+    """Raise :class:`ConfigError` when ``data.exclude`` names a column ``raw`` lacks."""
+    columns = set(raw.columns)
+    unknown = [c for c in cfg.data.exclude if c not in columns]
+    if unknown:
+        raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
+                          fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
+                          f"{', ...' if len(raw.columns) > 8 else ''})")
 
 
 def removed_summary(report: dict[str, Any], schema: Any) -> str:

@@ -41,3 +41,18 @@ def model_inputs(cfg: FlywheelConfig, schema: Schema) -> list[str]:
     else:
         fix = "remove a column from data.exclude, or give the data a column other than the target"
     raise ConfigError(f"the {cfg.model.type} model would read no input column", where="data", fix=fix)
+
+
+def config_inputs(cfg: FlywheelConfig) -> list[str]:
+    """:func:`model_inputs` on the data ``cfg`` points at: reads the source and infers its schema
+    as ingestion does (``data.exclude`` must name columns of the data)."""
+    from dataflywheel.data.dataset import check_excluded
+    from dataflywheel.data.schema import infer_schema
+    from dataflywheel.data.sources import source_from_config
+
+    source = source_from_config(cfg.data.source, cfg.base_dir)
+    raw = source.read()
+    check_excluded(raw, cfg, source.describe())
+    raw = raw.drop(cfg.data.exclude)
+    overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    return model_inputs(cfg, infer_schema(raw, target=cfg.data.target, overrides=overrides))
