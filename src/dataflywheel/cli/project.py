@@ -18,23 +18,30 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a starter flywheel.yaml with the feature types inferred from the data."""
-    from dataflywheel.scaffold import write_starter_config
+    from dataflywheel.scaffold import write_starter
 
-    path = write_starter_config(str(data), target, output, force=force)
-    console().print(f"wrote {path}: review the inferred feature types, then `flywheel run`", markup=False)
+    path, notes = write_starter(str(data), target, output, force=force)
+    out = console()
+    for note in notes:
+        out.print(note, markup=False)
+    out.print(f"wrote {path}: review the inferred feature types, then `flywheel run`", markup=False)
 
 
 def validate(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error."""
+    """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error;
+    then read its data and check that the model has at least one input column."""
     from dataflywheel.config import load_config
+    from dataflywheel.features.inputs import config_inputs
 
     cfg = load_config(config)
+    inputs = config_inputs(cfg)
     if as_json:
         print_json({"config": str(config), "valid": True, "source": cfg.data.source.type,
-                    "target": cfg.data.target, "model": cfg.model.type})
+                    "target": cfg.data.target, "model": cfg.model.type, "inputs": inputs})
         return
-    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, model {cfg.model.type})",
-                    markup=False)
+    shown = ", ".join(inputs[:8]) + (f", ... ({len(inputs)} columns)" if len(inputs) > 8 else "")
+    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, model {cfg.model.type}; "
+                    f"inputs: {shown})", markup=False)
 
 
 def run(

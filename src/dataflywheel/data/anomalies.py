@@ -12,6 +12,7 @@ and ``missing_jump`` (missing rate rose by more than ``missing_jump_threshold``)
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -23,9 +24,11 @@ from dataflywheel.data.schema import (
     ColumnSchema,
     Schema,
     category_strings,
+    known_categories,
     missing_mask,
     parse_datetimes,
     parse_numbers,
+    unseen_mask,
 )
 
 Severity = Literal["warn", "fail"]
@@ -80,26 +83,34 @@ def validate_batch(
     policy: AnomalyPolicy | None = None,
     *,
     require_target: bool = True,
+    expected: Collection[str] = (),
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> ValidationReport:
     """Compare ``df`` with ``schema``; never raises for bad data, it reports it.
 
-    ``require_target=False`` accepts a batch without the target column (prediction inputs).
+    ``require_target=False`` accepts a batch without the target column (a batch to be scored).
+    ``expected`` names columns that are not in the schema but belong in a batch (the excluded
+    ones, e.g. an id): they are not extra columns. ``categories`` gives, per column, the values
+    a model knows (those of the train split, see :func:`train_categories`); a value outside
+    them is an unseen category. Columns it does not name use the schema's categories.
     """
     policy = policy or AnomalyPolicy()
     found: list[Anomaly] = []
+    categories = categories or {}
+    columns = set(df.columns)
 
     def add(kind: AnomalyKind, column: str | None, detail: str) -> None:
         found.append(Anomaly(kind, column, detail, getattr(policy, kind)))
 
     for col in schema.columns:
-        if col.name not in df.columns:
+        if col.name not in columns:
             if require_target or col.name != schema.target:
                 add("missing_column", col.name, f"column is missing (expected {col.type})")
             continue
         s = df[col.name]
         missing = missing_mask(s)
         present = s.filter(~missing)
-        for kind, detail in _check_values(col, present, schema.n_rows):
+        for kind, detail in _check_values(col, present, schema.n_rows, categories.get(col.name)):
             add(kind, col.name, detail)
         if df.height:
             rate = int(missing.sum()) / df.height
@@ -109,23 +120,30 @@ def validate_batch(
                     col.name,
                     f"missing rate rose from {col.missing_rate:.1%} to {rate:.1%}",
                 )
-    known = set(schema.names)
+    known = set(schema.names) | set(expected)
     for name in df.columns:
         if name not in known:
             add("extra_column", name, f"column is not in the schema ({df[name].dtype})")
     return ValidationReport(anomalies=found, n_rows=df.height)
 
 
+def train_categories(train: pl.DataFrame, schema: Schema) -> dict[str, list[str]]:
+    """Per category or binary feature of ``schema`` in ``train`` (a train split), the values its
+    encoder learns: what "seen in training" means for a model trained on that split."""
+    names = [c.name for c in schema.features if c.type in ("category", "binary") and c.name in train.columns]
+    return {name: known_categories(train.get_column(name)) for name in names}
+
+
 def _check_values(
-    col: ColumnSchema, present: pl.Series, n_rows: int
+    col: ColumnSchema, present: pl.Series, n_rows: int, known: Sequence[str] | None = None
 ) -> list[tuple[AnomalyKind, str]]:
     if present.len() == 0:
         return []
     if col.type == "number":
         return _check_number(col, present, n_rows)
-    if col.type in ("category", "binary") and col.categories is not None:
-        values = category_strings(present)
-        unseen = values.filter(~values.is_in(col.categories))
+    known = col.categories if known is None else known
+    if col.type in ("category", "binary") and known is not None:
+        unseen = category_strings(present.filter(unseen_mask(present, known)))
         if unseen.len():
             return [
                 (

@@ -9,6 +9,7 @@ train split and apply the same statistics to every split.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -169,15 +170,23 @@ class Imputer:
     """Fill missing cells per feature type, with statistics learned on one frame (the train split).
 
     The strategy for each column comes from ``missing`` by the column's schema type; ``drop``
-    removes rows missing that column instead. The target column is never touched. A statistic
-    that cannot be computed (a column entirely missing in the fitted frame) falls back to
-    ``missing.constant``.
+    removes rows missing that column instead, but only for ``inputs``, the columns the model
+    reads (None: every column); a ``drop`` column outside them keeps its missing cells. The
+    target column is never touched. A statistic that cannot be computed (a column entirely
+    missing in the fitted frame) falls back to ``missing.constant``.
     """
 
-    def __init__(self, schema: Schema, missing: MissingConfig, target: str | None = None) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        missing: MissingConfig,
+        target: str | None = None,
+        inputs: Collection[str] | None = None,
+    ) -> None:
         self.schema = schema
         self.missing = missing
         self.target = target
+        self.inputs = None if inputs is None else set(inputs)
 
     def fit(self, df: pl.DataFrame) -> Imputer:
         strategies = {
@@ -193,8 +202,9 @@ class Imputer:
         drop: list[str] = []
         for name, (kind, how) in strategies.items():
             if how == "drop":
-                drop.append(name)
-                continue
+                if self.inputs is None or name in self.inputs:
+                    drop.append(name)
+                continue  # a column the model does not read is left as it is
             value = stats.get(name)
             if how == "most_frequent":
                 value = _most_frequent(df[name])
@@ -206,6 +216,15 @@ class Imputer:
         self.fill_: dict[str, Any] = fill
         self.drop_columns_: list[str] = drop
         return self
+
+    def drop_counts(self, df: pl.DataFrame) -> dict[str, int]:
+        """Per ``drop`` column, the rows of ``df`` that :meth:`transform` removes for missing it
+        (a row missing two such columns counts in both)."""
+        _check_fitted(self, "fill_")
+        if not self.drop_columns_:
+            return {}
+        counts = df.select(pl.col(self.drop_columns_).null_count()).row(0, named=True)
+        return {name: int(n) for name, n in counts.items() if n}
 
     def transform(self, df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         """Return (filled frame, rows dropped because a ``drop`` column was missing)."""

@@ -29,9 +29,10 @@ from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
-PROCESSING_VERSION = 3
+PROCESSING_VERSION = 4
 """2: text columns are redacted of PII by default (privacy section). 3: the split is drawn by
-NumPy in one pass (same sizes, other rows than scikit-learn's)."""
+NumPy in one pass (same sizes, other rows than scikit-learn's). 4: a ``drop`` missing-value rule
+removes rows only for the columns the model reads (whether it reads text is hashed)."""
 PARQUET_COMPRESSION = "lz4"
 """Splits are written with lz4: twice as fast to write and read as zstd, 1.5x the size."""
 
@@ -59,6 +60,12 @@ class DatasetVersion:
     def split(self, name: str) -> pl.DataFrame:
         return pl.read_parquet(self.path / f"{name}.parquet")
 
+    def train_columns(self, columns: list[str]) -> pl.DataFrame:
+        """The train split's ``columns`` that it holds (Parquet reads only those)."""
+        path = self.path / "train.parquet"
+        present = set(pl.read_parquet_schema(path))
+        return pl.read_parquet(path, columns=[c for c in columns if c in present])
+
     @classmethod
     def from_row(cls, row: DatasetRow, project: Project, parents: list[str], reused: bool = True) -> DatasetVersion:
         return cls(
@@ -73,9 +80,11 @@ class DatasetVersion:
         )
 
 
-def data_config_hash(cfg: DataConfig, task: str = "auto", privacy: PrivacyConfig | None = None) -> str:
-    """Hash of what changes a version's content: the data config (not the source path) and the
-    task, which decides whether the split is stratified.
+def data_config_hash(cfg: DataConfig, task: str = "auto", privacy: PrivacyConfig | None = None,
+                     text_inputs: bool | None = None) -> str:
+    """Hash of what changes a version's content: the data config (not the source path), the
+    task, which decides whether the split is stratified, and ``text_inputs``, whether the model
+    reads text (a text column it does not read never drops rows).
 
     Only settings that differ from their defaults are hashed, so a release that adds a config
     field keeps every existing id; ``PROCESSING_VERSION`` is bumped instead when a default or the
@@ -84,7 +93,16 @@ def data_config_hash(cfg: DataConfig, task: str = "auto", privacy: PrivacyConfig
                "processing_version": PROCESSING_VERSION}
     if privacy is not None and (changed := privacy.model_dump(mode="json", exclude_defaults=True)):
         payload["privacy"] = changed
+    if text_inputs is not None:
+        payload["text_inputs"] = text_inputs
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def version_config_hash(cfg: FlywheelConfig) -> str:
+    """:func:`data_config_hash` of a whole config: what ingesting its source produces."""
+    from dataflywheel.features.inputs import reads_text
+
+    return data_config_hash(cfg.data, cfg.model.task, cfg.privacy, reads_text(cfg.model.type))
 
 
 def version_id(source_fingerprint: str, config_hash: str, parents: list[str] = ()) -> str:
@@ -107,7 +125,7 @@ def ingest(
 
     source = source_from_config(cfg.data.source, cfg.base_dir)
     fingerprint = source.fingerprint()
-    config_hash = data_config_hash(cfg.data, cfg.model.task, cfg.privacy)
+    config_hash = version_config_hash(cfg)
     vid = version_id(fingerprint, config_hash, list(parents))
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -130,8 +148,9 @@ def build_version(
     """Process ``raw`` into a new version (or return the existing one with the same id)."""
     from dataflywheel.data.processing import process
     from dataflywheel.data.schema import infer_schema
+    from dataflywheel.features.inputs import model_inputs
 
-    config_hash = data_config_hash(cfg.data, cfg.model.task, cfg.privacy)
+    config_hash = version_config_hash(cfg)
     vid = version_id(fingerprint, config_hash, parents)
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
@@ -141,24 +160,22 @@ def build_version(
     if callable(raw):
         raw = raw()
     raw, redacted = redact_raw(raw, cfg)
-    unknown = [c for c in cfg.data.exclude if c not in raw.columns]
-    if unknown:
-        raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
-                          fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
-                          f"{', ...' if len(raw.columns) > 8 else ''})")
+    check_excluded(raw, cfg, source_desc)
     excluded = list(cfg.data.exclude)
     raw = raw.drop(excluded) if excluded else raw
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
     schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
+    inputs = model_inputs(cfg, schema)  # no input column: an error now, before any split
     task = None if cfg.model.task == "auto" else cfg.model.task
     n_rows = raw.height
     handover = [raw]
     del raw  # process holds the only reference, so it can free the raw columns as it splits
-    processed = process(handover.pop(), schema, cfg.data, where=source_desc, task=task)
+    processed = process(handover.pop(), schema, cfg.data, where=source_desc, task=task, inputs=inputs)
 
     key = f"datasets/{vid}"
     sizes = {name: processed.splits[name].height for name in SPLITS}
     report = {"source": source_desc, **processed.report}
+    report["excluded"] = list(dict.fromkeys([*excluded, *processed.report["excluded"]]))
     if redacted is not None:
         report["privacy"] = redacted
         total = sum(n for counts in redacted["columns"].values() for n in counts.values())
@@ -193,7 +210,8 @@ def build_version(
     except Exception:
         project.artifacts.remove(key)
         raise
-    log(f"dataset {vid}: {n_rows} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}")
+    log(f"dataset {vid}: {n_rows} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
+        + removed_summary(report, schema))
     return DatasetVersion(
         id=vid,
         path=project.artifacts.path(key),
@@ -204,6 +222,32 @@ def build_version(
         parents=parents,
         reused=False,
     )
+
+
+def check_excluded(raw: pl.DataFrame, cfg: FlywheelConfig, source_desc: str) -> None:
+    """Raise :class:`ConfigError` when ``data.exclude`` names a column ``raw`` lacks."""
+    columns = set(raw.columns)
+    unknown = [c for c in cfg.data.exclude if c not in columns]
+    if unknown:
+        raise ConfigError(f"no column named {unknown[0]!r} in {source_desc}", where="data.exclude",
+                          fix=f"remove it or check its spelling (columns: {', '.join(raw.columns[:8])}"
+                          f"{', ...' if len(raw.columns) > 8 else ''})")
+
+
+def removed_summary(report: dict[str, Any], schema: Any) -> str:
+    """``"; removed N: ..."`` naming how many rows each processing rule removed ("" for none)."""
+    parts = []
+    if n := report.get("missing_target_dropped"):
+        parts.append(f"{n} without a target")
+    if n := report.get("duplicates_removed"):
+        parts.append(f"{n} duplicates (data.processing.drop_duplicates)")
+    for col, n in (report.get("missing_dropped_by") or {}).items():
+        kind = schema.column(col).type
+        parts.append(f"{n} missing {col} (data.processing.missing.{kind}: drop)")
+    if not parts:
+        return ""
+    total = report["rows_in"] - report["rows_out"]
+    return f"; removed {total}: " + ", ".join(parts)
 
 
 def privacy_columns(raw: pl.DataFrame, cfg: FlywheelConfig) -> list[str]:

@@ -11,6 +11,7 @@ only reference to the input (see ``build_version``), about one copy of the table
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +39,8 @@ class Processed:
 
     ``report`` keys: rows_in, rows_out, excluded, coercion_failures (per column),
     missing_target_dropped, duplicates_removed, missing_filled (per column, all splits),
-    missing_dropped, cells_clipped, stratified, split_sizes, leakage (see
+    missing_dropped, missing_dropped_by (rows missing each ``drop`` column), cells_clipped,
+    stratified, split_sizes, leakage (see
     :func:`~dataflywheel.data.split.leakage_report`).
     """
 
@@ -61,11 +63,13 @@ def process(
     where: str = "data",
     *,
     task: Literal["binary", "multiclass", "regression"] | None = None,
+    inputs: Collection[str] | None = None,
 ) -> Processed:
     """Run the processing stage on ``df`` (its ``schema`` inferred or loaded beforehand).
 
     ``task`` decides whether the split is stratified (classification only); None infers it
-    from the target column's schema. Raises :class:`SchemaError` when the target is absent,
+    from the target column's schema. ``inputs`` are the columns the model reads: a ``drop``
+    missing-value rule removes rows only for them (None: every column). Raises :class:`SchemaError` when the target is absent,
     :class:`DataError` when ``cfg.processing.coerce`` is ``reject`` and a cell is unreadable.
     """
     target = cfg.target
@@ -103,14 +107,17 @@ def process(
     del df, keep  # gather_splits frees each input column once it is gathered
     splits = gather_splits(columns, indices)
     known = {c.name: c.type for c in schema.columns}
-    imputer = Imputer(schema, proc.missing, target=target).fit(splits["train"])
+    imputer = Imputer(schema, proc.missing, target=target, inputs=inputs).fit(splits["train"])
     filled: dict[str, int] = {}
+    dropped_by: dict[str, int] = {}
     missing_dropped = 0
     for name in SPLITS:
         nulls = splits[name].select(features).null_count().row(0, named=True)
         for col, n in nulls.items():
             if n and col in imputer.fill_:
                 filled[col] = filled.get(col, 0) + int(n)
+        for col, n in imputer.drop_counts(splits[name]).items():
+            dropped_by[col] = dropped_by.get(col, 0) + n
         splits[name], dropped = imputer.transform_owned([splits.pop(name)])
         missing_dropped += dropped
 
@@ -131,6 +138,7 @@ def process(
         "duplicates_removed": duplicates,
         "missing_filled": filled,
         "missing_dropped": missing_dropped,
+        "missing_dropped_by": dropped_by,
         "cells_clipped": clipped,
         "stratified": stratified,
         "split_sizes": {name: s.height for name, s in splits.items()},

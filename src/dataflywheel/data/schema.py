@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -197,6 +198,19 @@ def category_strings(s: pl.Series) -> pl.Series:
     if s.dtype.is_temporal():
         return s.dt.to_string()
     return s.cast(pl.String)
+
+
+def known_categories(s: pl.Series) -> list[str]:
+    """The sorted distinct present values of ``s`` as category strings: what a category encoder
+    fitted on ``s`` knows."""
+    present = s.filter(~missing_mask(s))
+    return category_strings(present).unique().sort().to_list()
+
+
+def unseen_mask(s: pl.Series, known: Sequence[str]) -> pl.Series:
+    """True where a present value of ``s`` (as a category string) is not among ``known``: the
+    one definition of an unseen category, shared by batch validation and drift monitoring."""
+    return ~missing_mask(s) & ~category_strings(s).is_in(list(known)).fill_null(True)
 
 
 def parse_numbers(s: pl.Series) -> pl.Series:

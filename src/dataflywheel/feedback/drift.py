@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from dataflywheel.data.schema import category_strings, missing_mask
+from dataflywheel.data.schema import category_strings, missing_mask, unseen_mask
 
 EPSILON = 1e-4
 """Stand-in share for an empty bin."""
@@ -165,9 +165,11 @@ def category_drift(reference: CategoryReference, recent: pl.Series | np.ndarray 
         return FeatureDrift(None, None, None, None, reference.n, n, missing)
     index = {c: i for i, c in enumerate(reference.categories)}
     unseen = len(index)
-    codes = category_strings(s).replace_strict(index, default=unseen, return_dtype=pl.Int64).to_numpy()
+    strings = category_strings(s)
+    n_unseen = int(unseen_mask(strings, reference.categories).sum())
+    codes = strings.replace_strict(index, default=unseen, return_dtype=pl.Int64).to_numpy()
     counts = np.bincount(codes, minlength=unseen + 1)
     ref_shares = np.append(reference.shares, 0.0)
     psi = psi_from_shares(ref_shares, counts / n)
     return FeatureDrift(psi, drift_level(psi), None, None, reference.n, n, missing,
-                        unseen_share=float(counts[unseen] / n), psi_noise=_noise(ref_shares, counts, reference.n, n))
+                        unseen_share=n_unseen / n, psi_noise=_noise(ref_shares, counts, reference.n, n))

@@ -1,0 +1,58 @@
+"""Which columns a configured model reads: the feature columns the preprocessor encodes, and the
+text column when the model type reads text."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dataflywheel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dataflywheel.config import FlywheelConfig
+    from dataflywheel.data.schema import Schema
+
+
+def reads_text(model_type: str) -> bool:
+    """Whether ``model.type`` reads a text column (see :func:`~dataflywheel.models.registry.takes_text`)."""
+    from dataflywheel.models.registry import takes_text
+
+    return takes_text(model_type)
+
+
+def model_inputs(cfg: FlywheelConfig, schema: Schema) -> list[str]:
+    """The columns of ``schema`` the model of ``cfg`` reads, in schema order.
+
+    Raises :class:`ConfigError` when there is none (every column excluded, or only text for a
+    model that reads no text), naming the setting to change.
+    """
+    from dataflywheel.features.preprocessor import Preprocessor
+
+    text = reads_text(cfg.model.type)
+    pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude, text=text,
+                                   base_dir=cfg.base_dir)
+    used = {name for name, _type, _enc in pre.features} | {name for name, _params in pre.text_features}
+    columns = [c.name for c in schema.features if c.name in used]
+    if columns:
+        return columns
+    skipped = [c for c in pre.skipped if c in schema.names]
+    if skipped:
+        fix = (f"set model.type: transformer (or pretrained) to read the text column {skipped[0]!r}, "
+               "or give the data a number or category column")
+    else:
+        fix = "remove a column from data.exclude, or give the data a column other than the target"
+    raise ConfigError(f"the {cfg.model.type} model would read no input column", where="data", fix=fix)
+
+
+def config_inputs(cfg: FlywheelConfig) -> list[str]:
+    """:func:`model_inputs` on the data ``cfg`` points at: reads the source and infers its schema
+    as ingestion does (``data.exclude`` must name columns of the data)."""
+    from dataflywheel.data.dataset import check_excluded
+    from dataflywheel.data.schema import infer_schema
+    from dataflywheel.data.sources import source_from_config
+
+    source = source_from_config(cfg.data.source, cfg.base_dir)
+    raw = source.read()
+    check_excluded(raw, cfg, source.describe())
+    raw = raw.drop(cfg.data.exclude)
+    overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    return model_inputs(cfg, infer_schema(raw, target=cfg.data.target, overrides=overrides))
