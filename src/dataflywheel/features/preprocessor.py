@@ -399,7 +399,14 @@ class Preprocessor:
         return batch
 
     def _encode_text(self, batch: EncodedBatch, columns: Mapping[str, pl.Series]) -> None:
+        # A missing text is read as empty beside other inputs; alone, there is nothing to score
+        # (the server's request model applies the same rule).
+        alone = len(self.input_columns_) == 1
         for col, enc in self.text_encoders_.items():
+            if alone and columns[col].null_count():
+                first = int(columns[col].is_null().arg_max() or 0)
+                raise DataError(f"missing text ({columns[col].null_count()} row(s))", where=f"row {first + 1}, column '{col}'",
+                                fix="give every record a text: it is the model's only input")
             batch.tokens, n_truncated = enc.encode(columns[col])
             if n_truncated:
                 batch.truncated[col] = n_truncated

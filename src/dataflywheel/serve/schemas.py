@@ -71,7 +71,10 @@ def record_model(schema: Schema, columns: list[str] | None = None, name: str = "
     fields: dict[str, Any] = {}
     for col in wanted:
         ftype = schema.column(col).type
-        kind = _TYPES[ftype] if ftype == "text" else _TYPES[ftype] | None
+        # A missing value is scored as missing (a text as empty text), except a text that is
+        # the only input: then there is nothing to score (as in Preprocessor.transform).
+        only_input = ftype == "text" and len(wanted) == 1
+        kind = _TYPES[ftype] if only_input else _TYPES[ftype] | None
         fields[col] = (kind, Field(..., description=f"{ftype} feature"))
     return create_model(name, __base__=RecordBase, **fields)
 
