@@ -228,14 +228,16 @@ def test_many_number_columns_at_once_match_the_one_column_rules() -> None:
         "bin_inf": RNG.choice([1.0, np.inf], n), "big": pl.Series([2**60, 2**60 + 1] * (n // 2), dtype=pl.Int64),
         "u8": pl.Series(RNG.integers(0, 200, n)).cast(pl.UInt8),
     }
-    df = pl.DataFrame(cols)
+    df = pl.DataFrame(cols).with_columns(declared=pl.col("bin_i"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(schema_module, "NUMERIC_BLOCK_CELLS", 3 * n)  # several blocks
-        got = {c.name: c for c in infer_schema(df).columns}
+        got = {c.name: c for c in infer_schema(df, overrides={"declared": "number"}).columns}
+    assert got["declared"].type == "number" and got["bin_i"].type == "binary"
     for name in df.columns:
         present = df[name].drop_nulls()
         present = present.drop_nans() if present.dtype.is_float() else present
-        want = schema_module._infer_column(df[name], n, False, None, present.n_unique())
+        forced = "number" if name == "declared" else None
+        want = schema_module._infer_column(df[name], n, False, forced, present.n_unique())
         have = got[name]
         for key in ("mean", "std"):
             if getattr(want, key) is not None:

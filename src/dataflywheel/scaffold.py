@@ -45,12 +45,15 @@ def pretrained_encoder() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml") -> Starter:
+def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml",
+            max_columns: int | None = None) -> Starter:
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
     from dataflywheel.data.sources import source_from_config
 
     source_cfg = SourceConfig.from_shorthand(data)
+    if max_columns is not None:
+        source_cfg.max_columns = max_columns
     source = source_from_config(source_cfg, Path.cwd())
     df = source.read()
     schema = infer_schema(df, target=target)
@@ -69,6 +72,9 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
         source_value = os.path.relpath(Path(data).resolve(), base_dir.resolve())
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
     metric = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[task]
+    if max_columns is not None:
+        source_value = ({"type": "sklearn", "name": name} if data.startswith("sklearn:") else {"path": source_value}) | {
+            "max_columns": max_columns}
     config: dict[str, Any] = {
         "project": name,
         "data": {"source": source_value, "target": target},
@@ -214,14 +220,16 @@ def write_starter_config(data: str, target: str, output: Path, *, force: bool = 
     return write_starter(data, target, output, force=force)[0]
 
 
-def write_starter(data: str, target: str, output: Path, *, force: bool = False) -> tuple[Path, list[str]]:
-    """Write the starter config to ``output``; return its path and the notes on its choices."""
+def write_starter(data: str, target: str, output: Path, *, force: bool = False,
+                  max_columns: int | None = None) -> tuple[Path, list[str]]:
+    """Write the starter config to ``output``; return its path and the notes on its choices.
+    ``max_columns`` raises (or lowers) ``data.source.max_columns`` and is written with the source."""
     from dataflywheel.store.artifacts import atomic_write_text
 
     output = Path(output)
     if output.exists() and not force:
         raise ConfigError("already exists", where=str(output), fix="pass --force to overwrite or --output another path")
-    start = starter(data, target, output.parent, where=str(output))
+    start = starter(data, target, output.parent, where=str(output), max_columns=max_columns)
     body = to_yaml(start.config)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, HEADER + body)

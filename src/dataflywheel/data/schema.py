@@ -63,6 +63,12 @@ class Schema:
     n_rows: int = 0
 
     def column(self, name: str) -> ColumnSchema:
+        index = self.__dict__.get("_index")  # name -> position, checked on use (columns may change)
+        if index is None or len(index) != len(self.columns):
+            index = self.__dict__["_index"] = {c.name: i for i, c in enumerate(self.columns)}
+        pos = index.get(name)
+        if pos is not None and pos < len(self.columns) and self.columns[pos].name == name:
+            return self.columns[pos]
         for c in self.columns:
             if c.name == name:
                 return c
@@ -162,8 +168,9 @@ def infer_schema(
             where=target,
             fix=f"set data.target to one of {_few(df.columns)}",
         )
+    present = set(df.columns)
     for name in overrides:
-        if name not in df.columns:
+        if name not in present:
             raise SchemaError(
                 "a feature override names a column not in the data",
                 where=name,
@@ -172,7 +179,7 @@ def infer_schema(
     dtypes = df.schema  # built once: each ``df.schema`` call costs a pass over every column
     nulls = df.null_count().row(0, named=True)
     vectorised = [name for name, dtype in dtypes.items()
-                  if _plain_numeric(dtype) and name != target and name not in overrides]
+                  if _plain_numeric(dtype) and name != target and overrides.get(name, "number") == "number"]
     stats = _number_stats(df, vectorised)
     distinct = {name: st.n_unique for name, st in stats.items() if st.n_unique is not None}
     nans = {name: stats[name].n_missing - nulls[name] for name in vectorised if dtypes[name].is_float()}
@@ -180,7 +187,7 @@ def infer_schema(
     if rest:
         nans |= df.select(pl.col(rest).is_nan().sum()).row(0, named=True)
     distinct |= _distinct_counts(df, [name for name in dtypes if name not in distinct], dtypes, nulls, nans)
-    numeric = _numeric_columns(df, stats, dtypes, distinct)
+    numeric = _numeric_columns(df, stats, dtypes, distinct, forced=set(overrides))
     columns = [numeric[name] if name in numeric
                else _infer_column(df.get_column(name), df.height, name == target, overrides.get(name), distinct.get(name))
                for name in dtypes]
@@ -345,11 +352,13 @@ def _sorted_distinct(x: np.ndarray) -> np.ndarray:
 
 
 def _numeric_columns(
-    df: pl.DataFrame, stats: dict[str, _NumberStats], dtypes: pl.Schema, distinct: dict[str, int]
+    df: pl.DataFrame, stats: dict[str, _NumberStats], dtypes: pl.Schema, distinct: dict[str, int],
+    forced: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> dict[str, ColumnSchema]:
-    """The schema of the integer and float feature columns summarised in ``stats``: same rules
-    and statistics as :func:`_infer_column` (a table with 100,000 such columns takes seconds);
-    a two-valued column with an infinite value goes through that function instead."""
+    """The schema of the integer and float feature columns summarised in ``stats`` (those in
+    ``forced`` are declared numbers): same rules and statistics as :func:`_infer_column` (a table
+    with 100,000 such columns takes seconds); a two-valued column with an infinite value goes
+    through that function instead."""
     out: dict[str, ColumnSchema] = {}
     binary: list[tuple[str, float, float]] = []
     n_rows = df.height
@@ -361,7 +370,7 @@ def _numeric_columns(
             names[dtype] = str(dtype)
         col = ColumnSchema(name=name, type="number", dtype=names[dtype], missing_rate=st.n_missing / n_rows,
                            n_unique=n_unique)
-        if n_unique == 2:
+        if n_unique == 2 and name not in forced:
             if st.n_finite != n_rows - st.n_missing or max(abs(st.min), abs(st.max)) >= 2**53:
                 # an infinity, or an integer a float64 cannot hold exactly
                 out[name] = _infer_column(df.get_column(name), n_rows, False, None, n_unique)
