@@ -288,3 +288,39 @@ def test_validate_and_ingest_refuse_a_config_whose_model_reads_no_input(tmp_path
     assert no_versions(tmp_path)
     write_config(tmp_path, "tickets.csv", target="label", extra="  exclude: [ticket_id, text]\nmodel: {type: mlp}\n")
     assert_one_line_error(flywheel("validate", cwd=tmp_path), "would read no input column", "data.exclude")
+
+
+@pytest.mark.slow
+def test_init_on_a_wide_table_takes_seconds(tmp_path: Path) -> None:
+    """20,000 columns: schema inference, the identifier check and the YAML grow linearly with
+    the column count (quadratic before: about 10 minutes at this width)."""
+    import time
+
+    import numpy as np
+    import yaml
+
+    cols = 20_000
+    x = np.random.default_rng(0).normal(size=(30, cols)).round(2)
+    frame = pl.DataFrame(x, schema=[f"c{i}" for i in range(cols)]).with_columns(y=pl.Series([0, 1] * 15))
+    frame.write_csv(tmp_path / "wide.csv")
+    start = time.perf_counter()
+    r = flywheel("init", "--data", "wide.csv", "--target", "y", cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert r.code == 0, r.err
+    assert elapsed < 20, elapsed  # about 2 s on 2 cores
+    doc = yaml.safe_load((tmp_path / "flywheel.yaml").read_text())
+    assert len(doc["data"]["features"]) == cols and doc["data"]["features"][7] == {"name": "c7", "type": "number"}
+
+
+def test_a_file_wider_than_max_columns_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    header = ",".join(f'"c,{i}"' for i in range(30))  # quoted names holding the delimiter
+    rows = [",".join(str((i * j) % 7) for j in range(30)) + f",{i % 2}" for i in range(40)]
+    (tmp_path / "d.csv").write_text(header + ",y\n" + "\n".join(rows) + "\n")
+    r = flywheel("init", "--data", "d.csv", "--target", "y", "--max-columns", "30", cwd=tmp_path)
+    assert_one_line_error(r, "d.csv", "more columns than data.source.max_columns (30)", "--max-columns")
+    write_config(tmp_path, "{path: d.csv, max_columns: 31}")
+    assert flywheel("data", "ingest", cwd=tmp_path).code == 0  # 31 columns: within the limit
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    write_config(narrow, "{path: ../d.csv, max_columns: 12}")
+    assert_one_line_error(flywheel("data", "ingest", cwd=narrow), "data.source.max_columns (12)")

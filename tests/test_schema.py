@@ -211,3 +211,37 @@ def test_category_strings_print_whole_floats_as_integers() -> None:
     assert category_strings(pl.Series([1.0, 2.0, None])).to_list() == ["1", "2", None]
     assert category_strings(pl.Series([1.5, 2.0])).to_list() == ["1.5", "2.0"]
     assert category_strings(pl.Series([3, 4])).to_list() == ["3", "4"]
+
+
+def test_many_number_columns_at_once_match_the_one_column_rules() -> None:
+    """Integer and float columns are summarised in numpy blocks; each column's schema equals the
+    one the per-column rules give (statistics to float rounding)."""
+    from dataflywheel.data import schema as schema_module
+
+    n = 50
+    x = RNG.normal(size=n)
+    x[3], x[4] = np.nan, np.inf
+    cols = {
+        "f": x, "i": RNG.integers(-5, 5, n), "bin_i": RNG.choice([0, 1], n), "bin_f": RNG.choice([0.5, 1.5], n),
+        "bin_f32": pl.Series(RNG.choice([0.1, 0.2], n)).cast(pl.Float32), "bin_whole": RNG.choice([2.0, 7.0], n),
+        "with_null": pl.Series([None, *RNG.integers(0, 9, n - 1)]), "all_null": pl.Series([None] * n, dtype=pl.Float64),
+        "bin_inf": RNG.choice([1.0, np.inf], n), "big": pl.Series([2**60, 2**60 + 1] * (n // 2), dtype=pl.Int64),
+        "u8": pl.Series(RNG.integers(0, 200, n)).cast(pl.UInt8),
+    }
+    df = pl.DataFrame(cols).with_columns(declared=pl.col("bin_i"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(schema_module, "NUMERIC_BLOCK_CELLS", 3 * n)  # several blocks
+        got = {c.name: c for c in infer_schema(df, overrides={"declared": "number"}).columns}
+    assert got["declared"].type == "number" and got["bin_i"].type == "binary"
+    for name in df.columns:
+        present = df[name].drop_nulls()
+        present = present.drop_nans() if present.dtype.is_float() else present
+        forced = "number" if name == "declared" else None
+        want = schema_module._infer_column(df[name], n, False, forced, present.n_unique())
+        have = got[name]
+        for key in ("mean", "std"):
+            if getattr(want, key) is not None:
+                assert getattr(have, key) == pytest.approx(getattr(want, key), rel=1e-12), (name, key)
+                setattr(have, key, getattr(want, key))
+        assert have == want, name
+

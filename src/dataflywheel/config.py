@@ -46,6 +46,9 @@ class SourceConfig(Section):
     name: str | None = None
     """Built-in example for ``type: sklearn``: breast_cancer, iris, wine, diabetes."""
     delimiter: str | None = None
+    max_columns: int = Field(200_000, ge=1)
+    """Most columns a file may have (csv/tsv header, Parquet schema): a wider file is refused
+    before it is parsed, since each column costs several KB of memory however few its rows."""
 
     @model_validator(mode="after")
     def _needs(self) -> SourceConfig:
@@ -447,7 +450,8 @@ def load_config(path: str | Path) -> FlywheelConfig:
     if not p.is_file():
         raise ConfigError("file not found", where=str(p), fix="run `flywheel init --data FILE --target COLUMN`")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a 100,000-feature file in a second
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

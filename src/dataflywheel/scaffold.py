@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -44,12 +45,15 @@ def pretrained_encoder() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def starter(data: str, target: str, base_dir: Path) -> Starter:
+def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml",
+            max_columns: int | None = None) -> Starter:
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
     from dataflywheel.data.sources import source_from_config
 
     source_cfg = SourceConfig.from_shorthand(data)
+    if max_columns is not None:
+        source_cfg.max_columns = max_columns
     source = source_from_config(source_cfg, Path.cwd())
     df = source.read()
     schema = infer_schema(df, target=target)
@@ -68,6 +72,9 @@ def starter(data: str, target: str, base_dir: Path) -> Starter:
         source_value = os.path.relpath(Path(data).resolve(), base_dir.resolve())
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
     metric = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[task]
+    if max_columns is not None:
+        source_value = ({"type": "sklearn", "name": name} if data.startswith("sklearn:") else {"path": source_value}) | {
+            "max_columns": max_columns}
     config: dict[str, Any] = {
         "project": name,
         "data": {"source": source_value, "target": target},
@@ -106,7 +113,9 @@ def starter(data: str, target: str, base_dir: Path) -> Starter:
     from dataflywheel.config import config_from_dict
     from dataflywheel.features.inputs import model_inputs
 
-    model_inputs(config_from_dict(config, base_dir=base_dir), schema)  # no input column: say so now
+    cfg = config_from_dict(config, base_dir=base_dir, where=where)  # what we write must validate
+    # no input column: say so now (the model reads text exactly when a text column was chosen)
+    model_inputs(cfg, schema, text=text is not None)
     return Starter(config, notes)
 
 
@@ -162,35 +171,66 @@ def identifier_columns(df: Any, schema: Any, target: str, keep: Any = ()) -> lis
     value is distinct too) is never an identifier."""
     import polars as pl
 
+    n_rows = df.height
+    if n_rows <= 20:
+        return []
     ids = []
     for col in schema.features:
-        if col.name in keep:
+        # the schema's distinct count (NaN aside, a float estimate past 10,000) rules most out cheaply
+        if col.n_unique < 0.9 * n_rows or col.missing_rate > 0 or col.name in keep:
             continue
         series = df.get_column(col.name)
-        if df.height <= 20 or series.drop_nulls().n_unique() != df.height:
+        if not (series.dtype.is_integer() or series.dtype == pl.Utf8 or ID_NAME.search(col.name)):
             continue
-        if series.dtype.is_integer() or series.dtype == pl.Utf8 or ID_NAME.search(col.name):
+        if series.n_unique() == n_rows:
             ids.append(col.name)
     return ids
+
+
+_PLAIN = re.compile(r"[^\W\d][\w.-]*")
+_RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _scalar(value: Any) -> str:
+    """A feature entry's value as a YAML flow scalar: a plain word as it is, any other string
+    double-quoted (JSON's escapes are YAML's), numbers and booleans as YAML writes them."""
+    if isinstance(value, str):
+        if _PLAIN.fullmatch(value) and value.lower() not in _RESERVED:
+            return value
+        return json.dumps(value, ensure_ascii=not value.isprintable())
+    return json.dumps(value)
+
+
+def to_yaml(config: dict[str, Any]) -> str:
+    """``config`` as YAML, with ``data.features`` one flow mapping per line. PyYAML's representer
+    costs about 0.1 ms per feature entry, so a 100,000-column table's list is written here."""
+    import yaml
+
+    features = config["data"]["features"]
+    skeleton = {**config, "data": {**config["data"], "features": []}}
+    body = yaml.safe_dump(skeleton, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    marker = "\n  features: []\n"
+    if not features or body.count(marker) != 1:
+        return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    lines = ("  - {" + ", ".join(f"{k}: {_scalar(v)}" for k, v in entry.items()) + "}" for entry in features)
+    return body.replace(marker, "\n  features:\n" + "\n".join(lines) + "\n")
 
 
 def write_starter_config(data: str, target: str, output: Path, *, force: bool = False) -> Path:
     return write_starter(data, target, output, force=force)[0]
 
 
-def write_starter(data: str, target: str, output: Path, *, force: bool = False) -> tuple[Path, list[str]]:
-    """Write the starter config to ``output``; return its path and the notes on its choices."""
-    import yaml
-
-    from dataflywheel.config import config_from_dict
+def write_starter(data: str, target: str, output: Path, *, force: bool = False,
+                  max_columns: int | None = None) -> tuple[Path, list[str]]:
+    """Write the starter config to ``output``; return its path and the notes on its choices.
+    ``max_columns`` raises (or lowers) ``data.source.max_columns`` and is written with the source."""
     from dataflywheel.store.artifacts import atomic_write_text
 
     output = Path(output)
     if output.exists() and not force:
         raise ConfigError("already exists", where=str(output), fix="pass --force to overwrite or --output another path")
-    start = starter(data, target, output.parent)
-    config_from_dict(start.config, where=str(output))  # what we write must validate
-    body = yaml.safe_dump(start.config, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    start = starter(data, target, output.parent, where=str(output), max_columns=max_columns)
+    body = to_yaml(start.config)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, HEADER + body)
     return output, start.notes

@@ -16,11 +16,13 @@ def init(
     target: Annotated[str, typer.Option("--target", help="The column to predict.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    max_columns: Annotated[int | None, typer.Option("--max-columns", min=1, help="Most columns the data may have "
+                                                    "(data.source.max_columns, default 200000).")] = None,
 ) -> None:
     """Write a starter flywheel.yaml with the feature types inferred from the data."""
     from dataflywheel.scaffold import write_starter
 
-    path, notes = write_starter(str(data), target, output, force=force)
+    path, notes = write_starter(str(data), target, output, force=force, max_columns=max_columns)
     out = console()
     for note in notes:
         out.print(note, markup=False)

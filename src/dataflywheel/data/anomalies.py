@@ -130,7 +130,8 @@ def validate_batch(
 def train_categories(train: pl.DataFrame, schema: Schema) -> dict[str, list[str]]:
     """Per category or binary feature of ``schema`` in ``train`` (a train split), the values its
     encoder learns: what "seen in training" means for a model trained on that split."""
-    names = [c.name for c in schema.features if c.type in ("category", "binary") and c.name in train.columns]
+    present = set(train.columns)
+    names = [c.name for c in schema.features if c.type in ("category", "binary") and c.name in present]
     return {name: known_categories(train.get_column(name)) for name in names}
 
 

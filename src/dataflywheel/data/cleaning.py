@@ -70,10 +70,11 @@ def coerce_types(
     """
     casts: dict[str, pl.Expr] = {}
     final: dict[str, pl.Expr] = {}
+    dtypes = df.schema  # once: ``df.schema`` and ``df.columns`` each cost a pass over the columns
     for col in schema.columns:
-        if col.name not in df.columns:
+        dtype = dtypes.get(col.name)
+        if dtype is None:
             continue
-        dtype = df.schema[col.name]
         cast = _cast(col.name, col.type, dtype)
         if cast is not None and col.type in ("number", "datetime") and not dtype.is_numeric():
             casts[col.name] = cast
@@ -166,6 +167,11 @@ def _most_frequent(s: pl.Series) -> Any:
     return counts.sort(["n", s.name], descending=[True, False])[s.name][0]
 
 
+FILL_GROUP_BYTES = 64 << 20
+"""Most bytes of columns :meth:`Imputer.transform_owned` replaces in one step (by the frame's
+average column size)."""
+
+
 class Imputer:
     """Fill missing cells per feature type, with statistics learned on one frame (the train split).
 
@@ -189,14 +195,19 @@ class Imputer:
         self.inputs = None if inputs is None else set(inputs)
 
     def fit(self, df: pl.DataFrame) -> Imputer:
+        present = set(df.columns)
         strategies = {
             col.name: (col.type, getattr(self.missing, col.type))
             for col in self.schema.columns
-            if col.name != self.target and col.name in df.columns
+            if col.name != self.target and col.name in present
         }
-        # means and medians of all columns in one parallel pass
+        # means and medians of all columns in one parallel pass (one expression per statistic)
         moments = {"mean": pl.Expr.mean, "median": pl.Expr.median}
-        exprs = [moments[how](pl.col(n)) for n, (_, how) in strategies.items() if how in moments]
+        exprs = []
+        for how, stat in moments.items():
+            names = [n for n, (_, h) in strategies.items() if h == how]
+            if names:
+                exprs.append(stat(pl.col(names)))
         stats = df.select(exprs).row(0, named=True) if exprs else {}
         fill: dict[str, Any] = {}
         drop: list[str] = []
@@ -229,40 +240,51 @@ class Imputer:
     def transform(self, df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         """Return (filled frame, rows dropped because a ``drop`` column was missing)."""
         _check_fitted(self, "fill_")
-        absent = [c for c in [*self.fill_, *self.drop_columns_] if c not in df.columns]
+        self._check_columns(df, [*self.fill_, *self.drop_columns_])
+        out = df
+        dropped = 0
+        if self.drop_columns_:
+            out = df.drop_nulls(subset=self.drop_columns_)
+            dropped = df.height - out.height
+        fills = self._fills(out)
+        return (out.with_columns(fills) if fills else out), dropped
+
+    @staticmethod
+    def _check_columns(df: pl.DataFrame, names: list[str]) -> None:
+        present = set(df.columns)
+        absent = [c for c in names if c not in present]
         if absent:
             raise SchemaError(
                 f"column '{absent[0]}' is missing",
                 where="imputer",
                 fix="pass the same columns it was fitted on",
             )
-        out = df
-        dropped = 0
-        if self.drop_columns_:
-            out = df.drop_nulls(subset=self.drop_columns_)
-            dropped = df.height - out.height
-        fills = [
-            pl.col(name).fill_null(pl.lit(value, dtype=out.schema[name]))
-            for name, value in self.fill_.items()
-            if out[name].null_count()
-        ]
-        return (out.with_columns(fills) if fills else out), dropped
+
+    def _fills(self, df: pl.DataFrame) -> list[pl.Expr]:
+        """The fill expressions of the columns of ``df`` that have missing cells."""
+        if not self.fill_:
+            return []
+        dtypes = df.schema
+        nulls = df.select(pl.col(list(self.fill_)).null_count()).row(0, named=True)
+        return [pl.col(name).fill_null(pl.lit(value, dtype=dtypes[name]))
+                for name, value in self.fill_.items() if nulls[name]]
 
     def transform_owned(self, frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
         """:meth:`transform` of ``frames.pop()``, the caller's only reference to that frame:
-        columns are filled one at a time and each replaced column is freed at once, so the
-        peak is one column more than the frame rather than two copies of it."""
+        columns are filled a group at a time (at most ``FILL_GROUP_BYTES`` of them, or one
+        column) and each replaced group is freed at once, so the peak is about one group more
+        than the frame rather than two copies of it, and a wide frame is not rebuilt once per
+        column."""
         _check_fitted(self, "fill_")
         if self.drop_columns_:
             return self.transform(frames.pop())
         out = frames.pop()
-        absent = [c for c in self.fill_ if c not in out.columns]
-        if absent:
-            raise SchemaError(f"column '{absent[0]}' is missing", where="imputer",
-                              fix="pass the same columns it was fitted on")
-        for name, value in self.fill_.items():
-            if out[name].null_count():
-                out = out.with_columns(pl.col(name).fill_null(pl.lit(value, dtype=out.schema[name])))
+        self._check_columns(out, list(self.fill_))
+        fills = self._fills(out)
+        per_column = max(1, out.estimated_size() // max(1, out.width))
+        group = max(1, FILL_GROUP_BYTES // per_column)
+        for start in range(0, len(fills), group):
+            out = out.with_columns(fills[start:start + group])
         return out, 0
 
 

@@ -28,6 +28,7 @@ from dataflywheel.config import SourceConfig
 from dataflywheel.errors import DataError
 
 SourceFactory = Callable[[SourceConfig, Path], "Source"]
+MAX_COLUMNS: int = SourceConfig.model_fields["max_columns"].default
 
 
 class Source(ABC):
@@ -56,8 +57,19 @@ class FileSource(Source):
 
     extensions: ClassVar[tuple[str, ...]]
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_columns: int = MAX_COLUMNS) -> None:
         self.path = Path(path)
+        self.max_columns = max_columns
+
+    def check_width(self, path: Path, n_columns: int) -> None:
+        """Raise :class:`DataError` when ``path`` has more than ``max_columns`` columns."""
+        if n_columns > self.max_columns:
+            raise DataError(
+                f"has more columns than data.source.max_columns ({self.max_columns:,})",
+                where=str(path),
+                fix="raise data.source.max_columns (flywheel init --max-columns) if memory allows "
+                "(a few KB per column), or keep fewer columns",
+            )
 
     def describe(self) -> str:
         return str(self.path)
@@ -116,8 +128,8 @@ class CsvSource(FileSource):
     extensions: ClassVar[tuple[str, ...]] = (".csv", ".txt")
     default_delimiter = ","
 
-    def __init__(self, path: str | Path, delimiter: str | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, delimiter: str | None = None, max_columns: int = MAX_COLUMNS) -> None:
+        super().__init__(path, max_columns)
         if delimiter is not None and len(delimiter.encode()) != 1:
             raise DataError(
                 f"delimiter must be one character (got {delimiter!r})",
@@ -141,6 +153,7 @@ class CsvSource(FileSource):
         """Parse with polars. Polars rejects long rows itself but pads short ones with nulls,
         so only a file whose last column holds a null pays for a vectorised field count."""
         sep = self.separator(path)
+        self.check_width(path, _header_fields(path, sep, self.max_columns))
         df = self._parse(path, sep)
         padded = df.width > 1 and df[df.columns[-1]].null_count() > 0
         if padded and not _fields_agree(path, sep, df.width):
@@ -207,6 +220,7 @@ class ParquetSource(FileSource):
 
     def read_file(self, path: Path) -> pl.DataFrame:
         try:
+            self.check_width(path, len(pl.read_parquet_schema(path)))
             return pl.read_parquet(path)
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise _read_error(path, "Parquet", str(exc)) from None
@@ -305,8 +319,8 @@ def _file_factory(cls: type[FileSource]) -> SourceFactory:
             raise DataError("needs path (a file or folder of data)", where="data.source.path")
         path = _resolve(cfg.path, base_dir)
         if issubclass(cls, CsvSource):
-            return cls(path, delimiter=cfg.delimiter)
-        return cls(path)
+            return cls(path, delimiter=cfg.delimiter, max_columns=cfg.max_columns)
+        return cls(path, max_columns=cfg.max_columns)
 
     return build
 
@@ -374,6 +388,25 @@ def _stack(frames: list[tuple[Path, pl.DataFrame]]) -> pl.DataFrame:
         raise DataError(
             f"files cannot be stacked: {_first_line(str(exc))}", where=str(first_path.parent)
         ) from None
+
+
+def _header_fields(path: Path, sep: str, limit: int) -> int:
+    """Fields in the first record (delimiters outside quotes, plus one), read 1 MiB at a time;
+    counting stops once it passes ``limit``, so a huge one-line file costs no memory."""
+    delim = ord(sep)
+    fields, quoted = 1, 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            inside = (np.cumsum(data == _QUOTE) + quoted) % 2 == 1  # a quote toggles; RFC 4180
+            ends = np.flatnonzero((data == _LF) & ~inside)
+            if ends.size:
+                data, inside = data[: ends[0]], inside[: ends[0]]
+            fields += int(np.count_nonzero((data == delim) & ~inside))
+            if ends.size or fields > limit:
+                break
+            quoted = int(inside[-1])
+    return fields
 
 
 def _fields_agree(path: Path, sep: str, width: int) -> bool:

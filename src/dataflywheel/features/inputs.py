@@ -19,15 +19,16 @@ def reads_text(model_type: str) -> bool:
     return takes_text(model_type)
 
 
-def model_inputs(cfg: FlywheelConfig, schema: Schema) -> list[str]:
-    """The columns of ``schema`` the model of ``cfg`` reads, in schema order.
+def model_inputs(cfg: FlywheelConfig, schema: Schema, *, text: bool | None = None) -> list[str]:
+    """The columns of ``schema`` the model of ``cfg`` reads, in schema order; ``text`` says
+    whether the model reads text (None: ask the model registry, which imports torch).
 
     Raises :class:`ConfigError` when there is none (every column excluded, or only text for a
     model that reads no text), naming the setting to change.
     """
     from dataflywheel.features.preprocessor import Preprocessor
 
-    text = reads_text(cfg.model.type)
+    text = reads_text(cfg.model.type) if text is None else text
     pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude, text=text,
                                    base_dir=cfg.base_dir)
     used = {name for name, _type, _enc in pre.features} | {name for name, _params in pre.text_features}
