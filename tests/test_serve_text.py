@@ -211,3 +211,31 @@ def test_explain_never_changes_concurrent_predictions(project: Path) -> None:
         want, got = alone[i % len(alone)], r.json()
         assert got["prediction"] == want["prediction"]
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+
+
+def test_a_missing_text_is_the_same_answer_online_and_in_batch(project: Path, tmp_path: Path) -> None:
+    """Beside other inputs a missing text is read as empty on every path; as the only input it
+    is refused on every path (the server used to refuse what the batch path scored)."""
+    import dataflywheel as fw
+    from dataflywheel.errors import DataError
+
+    with pytest.raises(DataError, match="missing text"):
+        fw.load_model("champion", project / "flywheel.yaml").predict([{"text": None}])
+
+    rng = random.Random(2)
+    rows = [{"words": sentence(rng, t, rng.randint(3, 8)), "n": float(i % 7), "topic": t}
+            for i in range(30) for t in TOPICS]
+    pl.DataFrame(rows).write_csv(tmp_path / "data.csv")
+    (tmp_path / "flywheel.yaml").write_text(
+        CONFIG.replace("features: [{name: text", "features: [{name: n, type: number}, {name: words"))
+    assert run(tmp_path / "flywheel.yaml", progress=False).version == 1
+    records = [{"words": None, "n": 3.0}, {"words": "bank loan", "n": 1.0}]
+    expected = fw.load_model("champion", tmp_path / "flywheel.yaml").predict(records)
+
+    async def calls(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return [await client.post("/v1/predict", json=r) for r in records]
+
+    answers = serving(tmp_path, calls)
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    got = np.array([[a.json()["probabilities"][c] for c in expected.class_names] for a in answers])
+    np.testing.assert_allclose(got, expected.proba, atol=1e-6)

@@ -41,6 +41,7 @@ from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersio
 from dataflywheel.data.schema import Schema
 from dataflywheel.errors import DataError
 from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
+from dataflywheel.features.inputs import model_inputs
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import (
     Base,
@@ -198,17 +199,6 @@ def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
         schema={"feedback_id": pl.String, "prediction_id": pl.String, "created_at": pl.Datetime("us", "UTC"),
                 "input": pl.String, "label": pl.String},
     )
-
-
-def model_inputs(cfg: FlywheelConfig, schema: Schema) -> list[str]:
-    """The schema columns a model of ``cfg`` reads (as training picks them: ``data.features``,
-    ``data.exclude``, text only for a model type that reads text)."""
-    from dataflywheel.features.preprocessor import Preprocessor
-    from dataflywheel.models.registry import takes_text
-
-    pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude,
-                                   text=takes_text(cfg.model.type), base_dir=cfg.base_dir)
-    return [name for name, *_ in pre.features] + [name for name, _ in pre.text_features]
 
 
 def _as_table(pending: pl.DataFrame, target: str) -> pl.DataFrame:
