@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal
 from sqlalchemy import func, select
 
 from cli_helpers import flywheel
+from store_helpers import roles
 from dataflywheel.config import FlywheelConfig, RetrainConfig
 from dataflywheel.data.dataset import get_version
 from dataflywheel.data.examples import load_example
@@ -31,7 +32,7 @@ from dataflywheel.registry import versions
 from dataflywheel.serve.requests import check_label
 from dataflywheel.serve.model import load_served_model
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import DatasetFeedbackRow, ModelVersionRow
+from dataflywheel.store.metadata import ModelVersionRow
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
 N_INITIAL = 150
@@ -90,16 +91,6 @@ def cycle(tmp_path_factory: pytest.TempPathFactory) -> Cycle:
     c = Cycle(folder, cfg, project, before, result, ids, feedback[0], duplicate, parent_id)
     yield c
     project.close()
-
-
-def roles(project: Project, dataset_id: str) -> dict[str, set[str]]:
-    with project.metadata.transaction() as s:
-        rows = s.execute(select(DatasetFeedbackRow.feedback_id, DatasetFeedbackRow.role)
-                         .where(DatasetFeedbackRow.dataset_id == dataset_id)).all()
-    out: dict[str, set[str]] = {}
-    for fid, role in rows:
-        out.setdefault(role, set()).add(fid)
-    return out
 
 
 def test_nothing_to_do_without_new_feedback(cycle: Cycle) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from sqlalchemy import select
 
 from cli_helpers import flywheel
+from store_helpers import roles
 from dataflywheel.config import RetrainConfig
 from dataflywheel.data.dataset import get_version
 from dataflywheel.feedback import worker
@@ -33,7 +33,6 @@ from dataflywheel.registry import versions
 from dataflywheel.serve.model import load_served_model
 from dataflywheel.serve.requests import check_label
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import DatasetFeedbackRow
 
 CONFIG = """\
 project: churn
@@ -99,16 +98,6 @@ def label(project: Project, records: list[dict[str, Any]], outputs: list[dict[st
         w.log_predictions(logged).result(30)
         futures = [w.record_feedback(p.id, str(y), check=check_label) for p, y in zip(logged, labels, strict=True)]
         return [f.result(30).id for f in futures]
-
-
-def roles(project: Project, dataset_id: str) -> dict[str, set[str]]:
-    with project.metadata.transaction() as s:
-        rows = s.execute(select(DatasetFeedbackRow.feedback_id, DatasetFeedbackRow.role)
-                         .where(DatasetFeedbackRow.dataset_id == dataset_id)).all()
-    out: dict[str, set[str]] = {}
-    for fid, role in rows:
-        out.setdefault(role, set()).add(fid)
-    return out
 
 
 def test_feedback_without_a_column_the_model_does_not_read_is_trained_on(folder: Path, project: Project) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError

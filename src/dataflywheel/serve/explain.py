@@ -15,7 +15,7 @@ moment are never affected. Until
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import FastAPI, Request, Response
