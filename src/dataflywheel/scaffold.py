@@ -48,6 +48,7 @@ def starter(data: str, target: str, base_dir: Path) -> Starter:
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
     from dataflywheel.data.sources import source_from_config
+    from dataflywheel.tasks import get_task
 
     source_cfg = SourceConfig.from_shorthand(data)
     source = source_from_config(source_cfg, Path.cwd())
@@ -67,7 +68,7 @@ def starter(data: str, target: str, base_dir: Path) -> Starter:
     else:
         source_value = os.path.relpath(Path(data).resolve(), base_dir.resolve())
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
-    metric = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[task]
+    metric = get_task(task).primary
     config: dict[str, Any] = {
         "project": name,
         "data": {"source": source_value, "target": target},
