@@ -15,8 +15,7 @@ import pytest
 
 from dataflywheel.config import config_from_dict
 from dataflywheel.errors import ConfigError
-from dataflywheel.tasks import Decoded, Task, available_tasks, get_task, register_task, unregister_task
-from dataflywheel.tasks.classes import ClassTask
+from dataflywheel.tasks import ClassTask, Decoded, Task, available_tasks, get_task, register_task, unregister_task
 
 
 class OrdinalTask(ClassTask):
@@ -139,7 +138,14 @@ def test_register_task_rejects_a_duplicate_name(ordinal: Task) -> None:
     assert get_task("ordinal") is ordinal and "ordinal" in available_tasks()
 
 
-def test_an_unknown_task_is_a_one_line_config_error() -> None:
+def test_an_unknown_task_is_a_one_line_config_error(tmp_path: Path) -> None:
+    from cli_helpers import flywheel
+
+    (tmp_path / "flywheel.yaml").write_text("data:\n  source: x.csv\n  target: y\nmodel:\n  task: ranking\n")
+    r = flywheel("validate", cwd=tmp_path)
+    assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+    assert "model.task: must be auto or one of binary, multiclass, regression (got 'ranking')" in r.err
+
     with pytest.raises(ConfigError) as err:
         config_from_dict({"data": {"source": "x.csv", "target": "y"}, "model": {"task": "ranking"}})
     message = str(err.value)

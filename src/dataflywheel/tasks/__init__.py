@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataflywheel.tasks.base import Decoded, Metric, Plot, Task
 from dataflywheel.tasks.binary import BinaryTask
+from dataflywheel.tasks.classes import ClassTask
 from dataflywheel.tasks.multiclass import MulticlassTask
 from dataflywheel.tasks.registry import (
     all_tasks,
@@ -20,6 +21,7 @@ from dataflywheel.tasks.registry import (
 from dataflywheel.tasks.regression import RegressionTask
 
 __all__ = [
+    "ClassTask",
     "Decoded",
     "Metric",
     "Plot",

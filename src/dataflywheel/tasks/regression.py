@@ -13,8 +13,6 @@ from dataflywheel.tasks.base import Decoded, Metric, Plot, Task
 from dataflywheel.tasks.classes import target_where
 
 if TYPE_CHECKING:
-    import torch
-
     from dataflywheel.features.target import TargetEncoder
 
 
