@@ -68,10 +68,6 @@ class TargetEncoder:
         self._check_fitted()
         return self.task_object.decode_target(self, np.asarray(values))
 
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.task_object.class_names(self)
-
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {"task": self.task, "state": {a: getattr(self, a) for a in self.task_object.target_state}}
