@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dataflywheel.errors import ConfigError
 
 FeatureType = Literal["number", "category", "binary", "text", "datetime"]
-Task = Literal["auto", "binary", "multiclass", "regression"]
 Backend = Literal["torch", "int8", "onnx", "onnx-int8"]
 """What runs a served model's network (``serve.backend``); see :mod:`dataflywheel.export`."""
 ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
@@ -145,9 +144,19 @@ class DataConfig(Section):
 class ModelConfig(Section):
     type: str = "mlp"
     """A registered model builder (``flywheel models builders`` lists them)."""
-    task: Task = "auto"
+    task: str = "auto"
+    """``auto`` (inferred from the target column) or a registered task (:mod:`dataflywheel.tasks`)."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Builder arguments, e.g. for mlp: hidden [64, 64], activation relu, dropout 0.0."""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        from dataflywheel.tasks import available_tasks
+
+        if v != "auto" and v not in available_tasks():
+            raise ValueError(f"must be auto or one of {', '.join(available_tasks())} (got {v!r})")
+        return v
 
 
 class ScheduleConfig(Section):
@@ -157,8 +166,9 @@ class ScheduleConfig(Section):
 
 class EarlyStoppingConfig(Section):
     metric: str = "auto"
-    """A logged validation value: val_loss, val_roc_auc, val_accuracy, val_r2. auto = val_roc_auc
-    for binary tasks (the quantity the model is judged on), val_loss otherwise."""
+    """A logged validation value: val_loss, val_roc_auc, val_accuracy, val_r2. auto = the task's
+    choice when logged (val_roc_auc for binary, the quantity the model is judged on), val_loss
+    otherwise."""
     mode: Literal["auto", "min", "max"] = "auto"
     """auto = max for metrics where higher is better, min for losses."""
     patience: int = Field(10, ge=1)
@@ -172,7 +182,10 @@ def resolve_early_stopping(
     metrics the loop computes (without the ``val_`` prefix)."""
     metric = es.metric
     if metric == "auto":
-        metric = "val_roc_auc" if task == "binary" and "roc_auc" in logged else "val_loss"
+        from dataflywheel.tasks import get_task
+
+        preferred = get_task(task).early_stopping
+        metric = f"val_{preferred}" if preferred in logged else "val_loss"
     mode = es.mode
     if mode == "auto":
         mode = "min" if metric.endswith(("loss", "rmse", "mae", "mse")) else "max"

@@ -198,10 +198,10 @@ def explanations_section(predictor: Any, test: Any, n: int = 3) -> tuple[str, st
 
 
 def _metrics_line(task: str, m: dict[str, Any]) -> str:
-    keys = {"binary": ("roc_auc", "accuracy", "f1"), "multiclass": ("accuracy", "macro_f1"),
-            "regression": ("rmse", "mae", "r2")}[task]
     from dataflywheel.evaluate.metrics import format_metric
+    from dataflywheel.tasks import get_task
 
+    keys = get_task(task).headline
     parts = [f"{k} {format_metric(k, m[k])}" for k in keys if isinstance(m.get(k), (int, float))]
     return "test: " + ", ".join(parts)
 

@@ -50,6 +50,7 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
     from dataflywheel.data.sources import source_from_config
+    from dataflywheel.tasks import get_task
 
     source_cfg = SourceConfig.from_shorthand(data)
     if max_columns is not None:
@@ -71,7 +72,7 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     else:
         source_value = os.path.relpath(Path(data).resolve(), base_dir.resolve())
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
-    metric = {"binary": "roc_auc", "multiclass": "macro_f1", "regression": "rmse"}[task]
+    metric = get_task(task).primary
     if max_columns is not None:
         source_value = ({"type": "sklearn", "name": name} if data.startswith("sklearn:") else {"path": source_value}) | {
             "max_columns": max_columns}

@@ -63,7 +63,9 @@ def load_example(name: str) -> pl.DataFrame:
     bunch = _loader(check_example(name))()
     features = pl.DataFrame(bunch.data, schema=[str(c) for c in bunch.feature_names], orient="row")
     target = pl.Series(TARGET, bunch.target)
-    if EXAMPLES[name] != "regression":
+    from dataflywheel.tasks import get_task
+
+    if get_task(EXAMPLES[name]).has_classes:
         target = target.cast(pl.Int64)
     return features.with_columns(target)
 

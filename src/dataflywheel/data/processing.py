@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -53,7 +53,9 @@ def _stratify(schema: Schema, target: str, task: str | None) -> bool:
         from dataflywheel.data.schema import infer_task
 
         task = infer_task(schema.column(target))
-    return task in ("binary", "multiclass")
+    from dataflywheel.tasks import get_task
+
+    return get_task(task).has_classes
 
 
 def process(
@@ -62,7 +64,7 @@ def process(
     cfg: DataConfig,
     where: str = "data",
     *,
-    task: Literal["binary", "multiclass", "regression"] | None = None,
+    task: str | None = None,
     inputs: Collection[str] | None = None,
 ) -> Processed:
     """Run the processing stage on ``df`` (its ``schema`` inferred or loaded beforehand).

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -194,14 +194,14 @@ def infer_schema(
     return Schema(columns=columns, target=target, n_rows=df.height)
 
 
-def infer_task(col: ColumnSchema) -> Literal["binary", "multiclass", "regression"]:
-    """The learning task a target column poses: binary, multiclass (category) or regression."""
-    if col.type == "binary":
-        return "binary"
-    if col.type == "category":
-        return "multiclass"
-    if col.type == "number":
-        return "regression"
+def infer_task(col: ColumnSchema) -> str:
+    """The learning task a target column poses: the registered task that claims its type
+    (:attr:`Task.target_types`: binary, multiclass for a category, regression for a number)."""
+    from dataflywheel.tasks import infer_task_name
+
+    task = infer_task_name(col.type)
+    if task is not None:
+        return task
     raise SchemaError(
         f"a {col.type} column cannot be a target",
         where=col.name,

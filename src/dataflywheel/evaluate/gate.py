@@ -5,7 +5,7 @@ retraining). The challenger passes when its primary metric (``evaluate.metric``)
 champion's by at least ``evaluate.min_improvement`` (strictly, when that is 0: a tie keeps the
 champion) and no guard metric (``evaluate.guard_metrics``) is worse than the champion's by more
 than ``evaluate.tolerance``: a share of the champion's value for an unbounded metric (mae, rmse,
-log_loss: :data:`~dataflywheel.evaluate.metrics.UNBOUNDED`; 0.01 allows 1 % worse, whatever the
+log_loss: each task's :attr:`~dataflywheel.tasks.Task.unbounded`; 0.01 allows 1 % worse, whatever the
 target's units), an absolute amount for a bounded one (accuracy, f1, roc_auc, r2, ...). Every
 metric gets a :class:`Check` with both values and a reason that says which tolerance applied.
 
@@ -23,13 +23,9 @@ from typing import Any, Literal
 
 from dataflywheel.config import EvaluateConfig
 from dataflywheel.errors import ConfigError
-from dataflywheel.evaluate.metrics import METRICS, UNBOUNDED, primary_metric
+from dataflywheel.evaluate.metrics import is_unbounded, primary_metric, task_metrics
+from dataflywheel.tasks import get_task
 
-AUTO_GUARDS: dict[str, tuple[str, ...]] = {
-    "binary": ("accuracy", "f1", "log_loss"),
-    "multiclass": ("accuracy", "log_loss"),
-    "regression": ("mae", "r2"),
-}
 _EPS = 1e-12
 
 
@@ -51,8 +47,8 @@ class Check:
 
 
 def tolerance_kind(metric: str) -> Literal["relative", "absolute"]:
-    """``relative`` for an unbounded metric (:data:`UNBOUNDED`), ``absolute`` otherwise."""
-    return "relative" if metric in UNBOUNDED else "absolute"
+    """``relative`` for an unbounded metric (:func:`is_unbounded`), ``absolute`` otherwise."""
+    return "relative" if is_unbounded(metric) else "absolute"
 
 
 @dataclass
@@ -71,11 +67,12 @@ class GateResult:
 
 
 def guard_metrics(task: str, cfg: EvaluateConfig) -> list[str]:
-    """The guard metrics for ``task``: ``auto`` picks :data:`AUTO_GUARDS`; the primary metric is
-    never its own guard. An unknown name raises :class:`ConfigError` at ``evaluate.guard_metrics``."""
+    """The guard metrics for ``task``: ``auto`` picks the task's :attr:`~dataflywheel.tasks.Task.guards`;
+    the primary metric is never its own guard. An unknown name raises :class:`ConfigError` at
+    ``evaluate.guard_metrics``."""
     primary, _ = primary_metric(task, cfg.metric)
-    names = list(AUTO_GUARDS[task]) if cfg.guard_metrics == "auto" else list(cfg.guard_metrics)
-    valid = METRICS[task]
+    names = list(get_task(task).guards) if cfg.guard_metrics == "auto" else list(cfg.guard_metrics)
+    valid = task_metrics(task)
     for name in names:
         if name not in valid:
             raise ConfigError(f"unknown metric {name!r} for a {task} task", where="evaluate.guard_metrics",
@@ -94,11 +91,11 @@ def _fmt(v: float | None, metric: str = "") -> str:
     """Four decimals for a bounded metric, six significant digits for an unbounded one."""
     if v is None:
         return "undefined"
-    return f"{v:.6g}" if metric in UNBOUNDED else f"{v:.4f}"
+    return f"{v:.6g}" if is_unbounded(metric) else f"{v:.4f}"
 
 
 def _signed(v: float, metric: str) -> str:
-    return f"{v:+.6g}" if metric in UNBOUNDED else f"{v:+.4f}"
+    return f"{v:+.6g}" if is_unbounded(metric) else f"{v:+.4f}"
 
 
 def check_primary(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], champion: dict[str, Any]) -> Check:
@@ -123,7 +120,7 @@ def check_primary(task: str, cfg: EvaluateConfig, challenger: dict[str, Any], ch
 
 def check_guard(task: str, name: str, tolerance: float, challenger: dict[str, Any],
                 champion: dict[str, Any]) -> Check:
-    higher = METRICS[task][name]
+    higher = task_metrics(task)[name]
     ours, theirs = _value(challenger, name), _value(champion, name)
     if ours is None or theirs is None:
         return Check(name, "guard", higher, ours, theirs, None, True,

@@ -14,27 +14,26 @@ import numpy as np
 
 from dataflywheel.errors import ConfigError, DataError
 
-Task = Literal["binary", "multiclass", "regression"]
+def task_metrics(task: str) -> dict[str, bool]:
+    """Metric name -> higher is better for ``task``; the first is the ``auto`` choice."""
+    from dataflywheel.tasks import get_task
 
-# metric name -> higher is better, per task; the first entry is the "auto" choice.
-METRICS: dict[str, dict[str, bool]] = {
-    "binary": {
-        "roc_auc": True,
-        "pr_auc": True,
-        "accuracy": True,
-        "precision": True,
-        "recall": True,
-        "f1": True,
-        "log_loss": False,
-        "brier": False,
-    },
-    "multiclass": {"macro_f1": True, "accuracy": True, "log_loss": False},
-    "regression": {"rmse": False, "mae": False, "r2": True},
-}
-UNBOUNDED: frozenset[str] = frozenset({"rmse", "mae", "log_loss"})
-"""Metrics without a fixed scale (in the target's units, or growing without limit): the gate's
-guard tolerance is relative to the champion's value for these, absolute for the others (whose
-values lie in a fixed range such as [0, 1])."""
+    return dict(get_task(task).metrics)
+
+
+def is_unbounded(metric: str) -> bool:
+    """Whether ``metric`` has no fixed scale (in the target's units, or growing without limit)
+    for the task that defines it: the gate's guard tolerance is relative to the champion's
+    value for these, absolute for the others (whose values lie in a fixed range such as [0, 1])."""
+    from dataflywheel.tasks import all_tasks
+
+    return any(metric in t.unbounded for t in all_tasks())
+
+
+def _known(metric: str) -> bool:
+    from dataflywheel.tasks import all_tasks
+
+    return any(metric in t.metrics for t in all_tasks())
 
 
 def format_metric(name: str, value: float | None) -> str:
@@ -46,7 +45,7 @@ def format_metric(name: str, value: float | None) -> str:
     if not math.isfinite(float(value)):
         return str(float(value))
     base = name.removeprefix("val_")
-    bounded = any(base in names for names in METRICS.values()) and base not in UNBOUNDED
+    bounded = _known(base) and not is_unbounded(base)
     return f"{value:.4f}" if bounded else f"{value:.6g}"
 
 
@@ -251,32 +250,22 @@ def evaluate_predictions(
     class_names: list[str] | None = None,
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Dispatch on ``task``: ``scores`` are p_pos (or (n, 2) proba) for binary, (n, k) proba for
-    multiclass (``class_names`` default to "0".."k-1"), predictions for regression."""
-    if task == "binary":
-        return binary_metrics(y_true, scores, threshold)
-    if task == "multiclass":
-        if class_names is None:
-            class_names = [str(i) for i in range(np.asarray(scores).shape[1])]
-        return multiclass_metrics(y_true, scores, class_names)
-    if task == "regression":
-        return regression_metrics(y_true, scores)
-    raise ConfigError(
-        f"unknown task {task!r}", where="model.task", fix=f"use one of {', '.join(METRICS)}"
-    )
+    """The task's metrics (:meth:`Task.evaluate`): ``scores`` are p_pos (or (n, 2) proba) for
+    binary, (n, k) proba for multiclass (``class_names`` default to "0".."k-1"), predictions for
+    regression. An unknown task raises :class:`ConfigError` at ``model.task``."""
+    from dataflywheel.tasks import get_task
+
+    return get_task(task).evaluate(y_true, scores, class_names, threshold)
 
 
 def primary_metric(task: str, name: str = "auto") -> tuple[str, bool]:
     """``(metric name, higher_is_better)`` used to compare models for ``task``.
 
-    ``auto`` means roc_auc (binary), macro_f1 (multiclass) or rmse (regression). An unknown
-    name raises :class:`ConfigError` at ``evaluate.metric`` listing the valid names.
+    ``auto`` means the task's first metric: roc_auc (binary), macro_f1 (multiclass) or rmse
+    (regression). An unknown name raises :class:`ConfigError` at ``evaluate.metric`` listing the
+    valid names.
     """
-    if task not in METRICS:
-        raise ConfigError(
-            f"unknown task {task!r}", where="model.task", fix=f"use one of {', '.join(METRICS)}"
-        )
-    valid = METRICS[task]
+    valid = task_metrics(task)
     if name == "auto":
         name = next(iter(valid))
     if name not in valid:

@@ -1,9 +1,9 @@
 """The evaluation report: one self-contained HTML file (inline CSS, PNGs as data URIs).
 
-The page holds a metrics table, learning curves, task-specific plots (binary: ROC, PR,
-calibration, confusion matrix with the decision threshold marked; multiclass: confusion matrix
-and a per-class table; regression: predicted vs actual and residuals), a lineage table and any
-extra sections a caller adds. matplotlib is only imported when a plot is drawn.
+The page holds a metrics table, learning curves, the task's plots and per-class table
+(:meth:`Task.plots`, :meth:`Task.per_class`; binary: ROC, PR, calibration, confusion matrix with
+the decision threshold marked; multiclass: confusion matrix and a per-class table; regression:
+predicted vs actual and residuals), a lineage table and any extra sections a caller adds. matplotlib is only imported when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from dataflywheel.evaluate.metrics import evaluate_predictions, primary_metric
 
 if TYPE_CHECKING:
     import jinja2
+
+    from dataflywheel.tasks import Task
 
 TEMPLATE = "report.html.j2"
 _PER_CLASS_COLUMNS = ("precision", "recall", "f1-score", "support")
@@ -92,42 +94,11 @@ def _flatten(lineage: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]
     return out
 
 
-def _plots(
-    task: str,
-    reference: dict[str, Any],
-    y_true: np.ndarray | None,
-    scores: np.ndarray | None,
-    class_names: list[str] | None,
-    threshold: float,
-) -> tuple[list[dict[str, str]], list[str]]:
-    """(plots, notes) for the evaluated predictions; ``reference`` supplies the confusion
-    matrix when no predictions are given."""
-    out: list[dict[str, str]] = []
-    notes: list[str] = []
-    have = y_true is not None and scores is not None
-    if task == "binary" and have:
-        y = np.asarray(y_true).astype(np.int64).reshape(-1)
-        s = np.asarray(scores, dtype=np.float64)
-        p = s[:, 1] if s.ndim == 2 else s
-        if len(np.unique(y)) == 2:
-            out.append({"src": plots.roc_curve(y, p, threshold), "caption": "ROC curve"})
-            out.append(
-                {"src": plots.pr_curve(y, p, threshold), "caption": "Precision-recall curve"}
-            )
-        else:
-            notes.append("ROC and precision-recall curves need both classes among the labels.")
-        out.append({"src": plots.calibration(y, p, threshold), "caption": "Calibration"})
-    elif task == "regression" and have:
-        src = plots.regression_plots(np.asarray(y_true, dtype=np.float64), np.asarray(scores))
-        out.append({"src": src, "caption": "Predicted vs actual, and residuals"})
-    cm = reference.get("confusion_matrix")
-    if task in ("binary", "multiclass") and cm:
-        labels = class_names or [str(i) for i in range(len(cm))]
-        caption = "Confusion matrix (rows: true, columns: predicted)"
-        if task == "binary":
-            caption += f" at threshold {threshold:.3g}"
-        out.append({"src": plots.confusion_matrix(cm, labels), "caption": caption})
-    return out, notes
+def _task(task: str) -> Task | None:
+    """The registered task, or None for an unresolved one such as "auto" (no task sections)."""
+    from dataflywheel.tasks import available_tasks, get_task
+
+    return get_task(task) if task in available_tasks() else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -170,7 +141,8 @@ def render_report(
     path = Path(path)
     splits = _splits(metrics)
     last = next(reversed(splits.values()), {})
-    threshold = float(last.get("threshold", 0.5)) if task == "binary" else None
+    kind = _task(task)
+    threshold = float(last.get("threshold", 0.5)) if kind is not None and kind.uses_threshold else None
     reference = last
     if y_true is not None and scores is not None:
         reference = evaluate_predictions(
@@ -187,7 +159,7 @@ def render_report(
         groups.append(
             {"heading": "Learning curves", "plots": [{"src": curves, "caption": "Per epoch"}]}
         )
-    found, notes = _plots(task, reference, y_true, scores, class_names, threshold or 0.5)
+    found, notes = kind.plots(reference, y_true, scores, class_names, threshold or 0.5) if kind else ([], [])
     if found:
         split = next(reversed(splits), "value")
         heading = "Evaluation plots" + ("" if split == "value" else f" ({split})")
@@ -204,9 +176,7 @@ def render_report(
             metric_columns=list(splits),
             metric_rows=_metric_table(splits),
             primary=primary,
-            per_class=_per_class_table(reference.get("per_class"))
-            if task == "multiclass"
-            else None,
+            per_class=_per_class_table(kind.per_class(reference)) if kind else None,
             plot_groups=groups,
             notes=notes,
             lineage=_flatten(lineage) if lineage else [],

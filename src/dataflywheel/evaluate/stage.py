@@ -19,11 +19,11 @@ class Evaluation:
 
 
 def true_values(predictor: Any, df: pl.DataFrame, target: str) -> np.ndarray:
-    """Targets as the metrics expect them: class indices, or raw values for regression."""
-    col = df.get_column(target)
-    if predictor.task == "regression":
-        return col.cast(pl.Float64).to_numpy()
-    return np.asarray(predictor.target.transform(col)).astype(np.int64)
+    """Targets as the metrics expect them (:meth:`Task.true_values`): class indices, or raw
+    values for regression."""
+    from dataflywheel.tasks import get_task
+
+    return get_task(predictor.task).true_values(predictor.target, df.get_column(target))
 
 
 def evaluate_split(predictor: Any, df: pl.DataFrame, target: str) -> Evaluation:
@@ -38,13 +38,15 @@ def evaluate_split(predictor: Any, df: pl.DataFrame, target: str) -> Evaluation:
 
 
 def choose_threshold(predictor: Any, valid: pl.DataFrame, target: str) -> float:
-    """Decision threshold for binary models, chosen on the validation split (0.5 otherwise)."""
-    from dataflywheel.evaluate.metrics import choose_threshold as choose
+    """Decision threshold for a task that uses one (binary), chosen on the validation split
+    (0.5 otherwise)."""
+    from dataflywheel.tasks import get_task
 
-    if predictor.task != "binary" or valid.height == 0:
+    task = get_task(predictor.task)
+    if not task.uses_threshold or valid.height == 0:
         return 0.5
     scores, _ = predictor.scores(valid)
-    return float(choose(true_values(predictor, valid, target), scores))
+    return float(task.choose_threshold(true_values(predictor, valid, target), scores))
 
 
 @dataclass

@@ -18,8 +18,9 @@ private copy of the model's module tree that shares its parameters and buffers
 (:func:`private_copy`): the predictor's own model, which a server may be running predictions
 on at the same moment, is never touched, and the copy costs no weight memory.
 
-The explained output is the predicted class's log-odds (binary), its log-probability
-(multiclass) or the predicted value in target units (regression).
+The explained output is the task's (:meth:`~dataflywheel.tasks.Task.explain_score`): the
+predicted class's log-odds (binary), its log-probability (multiclass) or the predicted value in
+target units (regression).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ConfigError, DataError, ModelError
+from dataflywheel.tasks import get_task
 
 TABULAR_BATCH = 256
 """Tabular records per attribution pass (each pass runs the model on records x steps rows)."""
@@ -94,17 +96,15 @@ def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequenc
              groups: list[tuple[str, str, slice]], steps: int, tokenizer: _Tokens | None) -> list[Explanation]:
     from captum.attr import IntegratedGradients
 
-    task = predictor.task
+    task = get_task(predictor.task)
     cat_layer = _categorical_layer(model) if inputs.categorical.shape[1] else None
     tok_layer = _token_layer(model) if inputs.tokens is not None else None
     layers = [layer for layer in (cat_layer, tok_layer) if layer is not None]
     with torch.no_grad():
         logits = model(inputs.numeric, inputs.categorical, tokens=inputs.tokens, attention_mask=inputs.mask) \
             if inputs.tokens is not None else model(inputs.numeric, inputs.categorical)
-    target = _predicted_class(logits, task, predictor.threshold)  # (B,)
-    scale, offset = 1.0, 0.0
-    if task == "regression":  # the model predicts the standardised target
-        scale, offset = float(predictor.target.std_), float(predictor.target.mean_)
+    target = task.explain_class(logits, predictor.threshold)  # (B,)
+    scale, offset = task.explain_scale(predictor.target)  # e.g. a standardised target back to its units
 
     has_numeric = inputs.numeric.shape[1] > 0  # a pretrained text model ignores (B, 0) numeric
     starts: list[torch.Tensor] = [inputs.numeric] if has_numeric else []
@@ -129,7 +129,7 @@ def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequenc
                 out = model(numeric, categorical, tokens=tokens, attention_mask=mask)
             else:
                 out = model(numeric, categorical)
-        return _score(out, task, cls) * scale + offset  # (N,)
+        return task.explain_score(out, cls) * scale + offset  # (N,)
 
     fixed = (inputs.numeric, inputs.categorical, inputs.tokens, inputs.mask, target)
     ig = IntegratedGradients(explained)
@@ -145,7 +145,8 @@ def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequenc
         if cat_layer is not None else None  # (B, n_cat)
     per_token = attributions[-1].detach().sum(dim=-1) if tok_layer is not None else None  # (B, T)
 
-    labels = _labels(predictor, target, logits)
+    labels = [_json_value(v) for v in task.explain_answers(predictor.target, target.cpu().numpy(),
+                                                             logits.detach().cpu().numpy())]
     out: list[Explanation] = []
     for i, record in enumerate(records):
         items: list[dict[str, Any]] = []
@@ -161,8 +162,8 @@ def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequenc
                           "attribution": _num(source[i, where].sum())})
         out.append({
             "prediction": labels[i],
-            "target_class": _target_name(predictor, int(target[i]), task),
-            "explained": {"binary": "log-odds", "multiclass": "log-probability"}.get(task, "value"),
+            "target_class": task.class_name(predictor.target, int(target[i])),
+            "explained": task.explained,
             "output": _num(output[i]),
             "baseline_output": _num(base_out[i]),
             "attributions": items,
@@ -176,23 +177,6 @@ def private_copy(model: nn.Module) -> nn.Module:
     and mode changes on the copy never reach ``model``, and the weights are not duplicated."""
     shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     return copy.deepcopy(model, memo=shared)
-
-
-def _predicted_class(logits: torch.Tensor, task: str, threshold: float) -> torch.Tensor:
-    if task == "binary":
-        return (torch.sigmoid(logits[:, 0]) >= threshold).long()
-    if task == "multiclass":
-        return logits.argmax(dim=1)
-    return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-
-
-def _score(logits: torch.Tensor, task: str, cls: torch.Tensor) -> torch.Tensor:
-    """The explained quantity per row: the class's log-odds, log-probability, or the value."""
-    if task == "binary":
-        return torch.where(cls.bool(), logits[:, 0], -logits[:, 0])
-    if task == "multiclass":
-        return torch.log_softmax(logits, dim=1).gather(1, cls[:, None])[:, 0]
-    return logits[:, 0]
 
 
 @contextmanager
@@ -274,19 +258,6 @@ class _Tokens:
         for i in self.special:
             keep |= tokens == i
         return torch.where(keep, tokens, torch.full_like(tokens, self.pad_id))
-
-
-def _labels(predictor: Any, target: torch.Tensor, logits: torch.Tensor) -> list[Any]:
-    if predictor.task == "regression":
-        values = predictor.target.inverse_transform(logits[:, 0].detach().cpu().numpy())
-        return [_json_value(v) for v in values]
-    return [_json_value(v) for v in predictor.target.inverse_transform(target.cpu().numpy())]
-
-
-def _target_name(predictor: Any, cls: int, task: str) -> str | None:
-    if task == "regression":
-        return None
-    return str(predictor.target.classes_[cls])
 
 
 def _num(value: Any) -> float | None:

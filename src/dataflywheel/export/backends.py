@@ -23,6 +23,7 @@ from torch import nn
 
 from dataflywheel.config import ONNX_BACKENDS, Backend
 from dataflywheel.errors import ConfigError
+from dataflywheel.tasks import get_task
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -111,7 +112,7 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
         entry: dict[str, Any] = {
             "metrics": _metrics(running, df, target, scores),
             "max_abs_diff": _float(np.max(np.abs(scores - reference))) if scores.size else 0.0,
-            "label_agreement": _agreement(predictor.task, scores, reference, predictor.threshold),
+            "label_agreement": get_task(predictor.task).agreement(scores, reference, predictor.threshold),
             "rows_per_s": _throughput(running, df, batch_size, repeats),
         }
         if backend in backends:
@@ -129,14 +130,6 @@ def _metrics(predictor: Any, df: pl.DataFrame, target: str | None, scores: np.nd
     metrics = evaluate_predictions(predictor.task, true_values(predictor, df, target), scores,
                                    class_names=predictor.class_names, threshold=predictor.threshold)
     return {k: _float(metrics[k]) for k in REPORTED if k in metrics}
-
-
-def _agreement(task: str, scores: np.ndarray, reference: np.ndarray, threshold: float) -> float | None:
-    if task == "regression" or scores.size == 0:
-        return None
-    if task == "binary":
-        return float(np.mean((scores >= threshold) == (reference >= threshold)))
-    return float(np.mean(scores.argmax(axis=1) == reference.argmax(axis=1)))
 
 
 def _throughput(predictor: Any, df: pl.DataFrame, batch_size: int, repeats: int) -> float | None:

@@ -154,10 +154,13 @@ def _category(v: Any) -> str:
 
 
 def live_accuracy(project: Project, task: str) -> dict[str, Any]:
-    """Accuracy (classification) or MAE (regression) of logged predictions against their
-    labelled feedback, overall and per model version. A prediction labelled more than once
-    counts once, with its latest label."""
-    metric = "mae" if task == "regression" else "accuracy"
+    """The task's live metric (:attr:`Task.live_metric`: accuracy for classification, MAE for
+    regression) of logged predictions against their labelled feedback, overall and per model
+    version. A prediction labelled more than once counts once, with its latest label."""
+    from dataflywheel.tasks import get_task
+
+    kind = get_task(task)
+    metric = kind.live_metric
     _ensure_tables(project)
     with project.metadata.transaction() as s:
         rows = s.execute(
@@ -174,10 +177,7 @@ def live_accuracy(project: Project, task: str) -> dict[str, Any]:
         if label is not None and predicted is not None:
             latest[pid] = (version, predicted, label)
     versions = np.array([-1 if v is None else v for v, _p, _l in latest.values()], dtype=np.int64)
-    if metric == "accuracy":
-        scores = np.array([str(p) == str(lab) for _v, p, lab in latest.values()], dtype=np.float64)
-    else:
-        scores = np.array([abs(float(p) - float(lab)) for _v, p, lab in latest.values()], dtype=np.float64)
+    scores = np.array([kind.live_score(p, lab) for _v, p, lab in latest.values()], dtype=np.float64)
     by_version = []
     for v in np.unique(versions):
         sel = scores[versions == v]

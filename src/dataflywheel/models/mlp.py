@@ -9,11 +9,15 @@ apply the sigmoid/softmax.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+
+if TYPE_CHECKING:
+    from dataflywheel.tasks import Task
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -21,7 +25,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
 }
-TASKS = ("binary", "multiclass", "regression")
 
 
 class CategoricalEmbedding(nn.Module):
@@ -104,19 +107,26 @@ def build_mlp(
     )
 
 
+def model_task(task: str) -> Task:
+    """The registered task a builder is asked for; an unknown one is a :class:`ModelError`."""
+    from dataflywheel.tasks import available_tasks, get_task
+
+    if task not in available_tasks():
+        raise ModelError(f"must be one of {available_tasks()} (got {task!r})", where="model.task")
+    return get_task(task)
+
+
 def _check_shape(n_numeric: int, cardinalities: list[int], n_outputs: int, task: str) -> None:
-    if task not in TASKS:
-        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    kind = model_task(task)
     if n_numeric < 0 or any(c < 1 for c in cardinalities) or n_numeric + len(cardinalities) == 0:
         raise ModelError(
             f"needs at least one input column (got {n_numeric} numeric, cardinalities {cardinalities})",
             where="model",
             fix="check data.features and data.exclude",
         )
-    expected = "k >= 2 (one per class)" if task == "multiclass" else "1"
-    if (task == "multiclass" and n_outputs < 2) or (task != "multiclass" and n_outputs != 1):
+    if not kind.outputs_ok(n_outputs):
         raise ModelError(
-            f"a {task} model needs n_outputs = {expected} (got {n_outputs})", where="model"
+            f"a {task} model needs n_outputs = {kind.outputs_expected} (got {n_outputs})", where="model"
         )
 
 

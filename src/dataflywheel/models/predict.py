@@ -1,4 +1,4 @@
-"""Turn a model's logits into predictions: probabilities for classifiers, values for regression.
+"""Turn a model's logits into predictions: the task's output activation on the model's logits.
 
 Every model is called the same way: ``model(numeric, categorical)``, and for a text model also
 ``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool, padded per batch.
@@ -86,18 +86,15 @@ def _text_forward(model: nn.Module, numeric: torch.Tensor, categorical: torch.Te
 
 
 def logits_to_output(logits: torch.Tensor, task: str) -> np.ndarray:
-    """binary: ``(N,)`` probability of class 1; multiclass: ``(N, k)`` softmax; regression: ``(N,)``.
+    """The task's output activation (:meth:`~dataflywheel.tasks.Task.activate`): binary ``(N,)``
+    probability of class 1; multiclass ``(N, k)`` softmax; regression ``(N,)``.
 
     Computed in NumPy (SciPy's ``expit``/``softmax``): a torch op here may open torch's thread
     pool, which right after an onnxruntime run waits for a core its workers still hold (about
     5 ms for a (16, 5) softmax on 2 cores, measured, against 0.07 ms)."""
-    from scipy.special import expit, softmax
+    from dataflywheel.tasks import get_task
 
-    values = logits.detach().cpu().float().numpy()
-    if task == "multiclass":
-        return softmax(values, axis=-1)
-    column = values[:, 0] if values.ndim == 2 else values  # (N, 1) -> (N,)
-    return expit(column) if task == "binary" else column
+    return get_task(task).activate(logits.detach().cpu().float().numpy())
 
 
 def predict_proba(

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ConfigError, ModelError
-from dataflywheel.models.mlp import TASKS
+from dataflywheel.models.mlp import model_task
 
 if TYPE_CHECKING:
     from dataflywheel.config import FlywheelConfig
@@ -365,8 +365,7 @@ def build_pretrained(
     :func:`~dataflywheel.models.registry.build_model`, not stored in the spec). Weights load
     from safetensors; ``allow_pickle_weights`` lets a base with only ``pytorch_model*.bin``
     load. Bad values raise :class:`ModelError` naming ``model.params.X``."""
-    if task not in TASKS:
-        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    model_task(task)
     if not base:
         raise ModelError("a pretrained model needs a base model", where="model.params.base",
                          fix="set it to a local model folder or a hub name")

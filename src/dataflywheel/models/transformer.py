@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataflywheel.errors import ModelError
-from dataflywheel.models.mlp import TASKS, CategoricalEmbedding
+from dataflywheel.models.mlp import CategoricalEmbedding, model_task
 
 
 class SelfAttention(nn.Module):
@@ -154,13 +154,11 @@ def build_transformer(
 ) -> TextTransformer:
     """Build a :class:`TextTransformer`; ``text_vocab_size`` and ``max_length`` come from the
     text column's tokenizer. Raise :class:`ModelError` naming ``model.params.X`` for a bad value."""
-    if task not in TASKS:
-        raise ModelError(f"must be one of {list(TASKS)} (got {task!r})", where="model.task")
+    kind = model_task(task)
     if text_vocab_size is None:
         raise ModelError("a transformer reads text, and the data has no text column", where="model.type",
                          fix="give a column type: text in data.features, or use model.type: mlp")
-    expected_outputs = n_outputs >= 2 if task == "multiclass" else n_outputs == 1
-    if not expected_outputs:
+    if not kind.outputs_ok(n_outputs):
         raise ModelError(f"a {task} model cannot have n_outputs = {n_outputs}", where="model")
     for name, value in (("n_layer", n_layer), ("n_head", n_head), ("d_model", d_model),
                         ("mlp_ratio", mlp_ratio), ("embedding_dim", embedding_dim), ("max_length", max_length)):

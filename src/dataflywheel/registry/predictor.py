@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -23,6 +23,9 @@ from dataflywheel.config import PrivacyConfig
 from dataflywheel.errors import DataError
 from dataflywheel.privacy.inputs import InputRedaction
 from dataflywheel.registry.bundle import read_json, verify_bundle
+
+if TYPE_CHECKING:
+    from dataflywheel.tasks import Decoded, Task
 
 
 @dataclass
@@ -133,12 +136,19 @@ class Predictor:
         return cls(folder, model, meta, pre, target, schema, privacy=privacy)
 
     @property
+    def task_object(self) -> Task:
+        from dataflywheel.tasks import get_task
+
+        return get_task(self.task)
+
+    @property
     def class_names(self) -> list[str] | None:
-        return list(self.target.classes_) if self.task != "regression" else None
+        return self.task_object.class_names(self.target)
 
     def scores(self, df: pl.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
-        """Raw model scores: p(positive) (n,) for binary, (n, k) probabilities for multiclass,
-        de-standardised values (n,) for regression; plus unknown-category counts."""
+        """Raw model scores (:meth:`Task.scores`): p(positive) (n,) for binary, (n, k)
+        probabilities for multiclass, de-standardised values (n,) for regression; plus
+        unknown-category counts."""
         out, batch, _ = self._scores(df)
         return out, dict(batch.unknown)
 
@@ -150,26 +160,18 @@ class Predictor:
         text = getattr(self.preprocessor, "text_encoder_", None)
         out = predict_proba(self.model, batch.numeric, batch.categorical, self.task, tokens=batch.tokens,
                             pad_id=text.pad_id_ if text is not None else 0)
-        if self.task == "regression":
-            out = np.asarray(self.target.inverse_transform(out.reshape(-1)), dtype=np.float64)
-        elif self.task == "binary":
-            out = out.reshape(-1)
-        return out, batch, redacted
+        return self.task_object.scores(self.target, out), batch, redacted
+
+    def decode(self, scores: np.ndarray) -> Decoded:
+        """Scores -> answers (labels and class probabilities, or values): the one decoding that
+        :meth:`predict` and the server's forward pass share."""
+        return self.task_object.decode(self.target, scores, self.threshold)
 
     def predict(self, rows: Any) -> Predictions:
         """Predictions for records (dicts), a polars or pandas frame; text columns hold raw text."""
         df = to_frame(rows)
         scores, batch, redacted = self._scores(df)
-        unknown, truncated, coerced = dict(batch.unknown), dict(batch.truncated), dict(batch.coerced)
-        if self.task == "regression":
-            return Predictions(self.task, scores.tolist(), None, None, unknown, truncated, coerced, redacted)
-        classes = self.class_names or []
-        if self.task == "binary":
-            p = scores.astype(np.float64)
-            proba = np.stack([1.0 - p, p], axis=1)
-            idx = (p >= self.threshold).astype(np.int64)
-        else:
-            proba = scores.astype(np.float64)
-            idx = proba.argmax(axis=1)
-        labels = self.target.inverse_transform(idx)
-        return Predictions(self.task, list(labels), proba, classes, unknown, truncated, coerced, redacted)
+        decoded = self.decode(scores)
+        classes = self.class_names if decoded.proba is not None else None
+        return Predictions(self.task, decoded.values, decoded.proba, classes, dict(batch.unknown),
+                           dict(batch.truncated), dict(batch.coerced), redacted)

@@ -5,8 +5,8 @@ assignment: a batch reads the server's model once and uses it throughout.
 
 :meth:`ServedModel.forward` is the server's hot path: validated records go through the
 preprocessor's record path (no DataFrame for small batches) and straight into the network,
-already in eval mode, under ``torch.inference_mode``; the labels, probabilities and threshold
-follow :meth:`Predictor.predict` exactly (tests compare the two). A text model's batch is
+already in eval mode, under ``torch.inference_mode``; the answers come from the same decoding
+as :meth:`Predictor.predict` (:meth:`Predictor.decode`, the task's). A text model's batch is
 tokenised there too and padded per chunk of texts to the longest of the chunk
 (:func:`~dataflywheel.models.predict.predict_logits`).
 
@@ -101,21 +101,13 @@ class ServedModel:
             numeric, categorical = as_inputs(net, batch.numeric, batch.categorical)
             with torch.inference_mode():
                 scores = logits_to_output(net(numeric, categorical), p.task)
+        decoded = p.decode(p.task_object.scores(p.target, scores))
         version = self.version
-        if p.task == "regression":
-            values = np.asarray(p.target.inverse_transform(scores.reshape(-1)), dtype=np.float64).tolist()
-            return [{"model_version": version, "prediction": v, "probabilities": None} for v in values]
-        if p.task == "binary":
-            pos = scores.reshape(-1).astype(np.float64)
-            proba = np.stack([1.0 - pos, pos], axis=1)
-            idx = (pos >= p.threshold).astype(np.int64)
-        else:
-            proba = scores.astype(np.float64)
-            idx = proba.argmax(axis=1)
-        labels = p.target.inverse_transform(idx)
+        if decoded.proba is None:
+            return [{"model_version": version, "prediction": v, "probabilities": None} for v in decoded.values]
         names = [str(c) for c in self.class_names or []]
         return [{"model_version": version, "prediction": str(label), "probabilities": dict(zip(names, row, strict=True))}
-                for label, row in zip(labels, proba.tolist(), strict=True)]
+                for label, row in zip(decoded.values, decoded.proba.tolist(), strict=True)]
 
     def describe(self, alias: str | None = None) -> dict[str, Any]:
         schema = self.predictor.schema
@@ -125,7 +117,7 @@ class ServedModel:
             "task": self.task,
             "class_names": self.class_names,
             "features": {c: schema.column(c).type for c in self.columns},
-            "threshold": self.predictor.threshold if self.task == "binary" else None,
+            "threshold": self.predictor.threshold if self.predictor.task_object.uses_threshold else None,
             "metrics": self.metrics,
             "redacted_fields": list(self.redact_columns),
             "backend": self.backend,

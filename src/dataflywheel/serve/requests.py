@@ -30,7 +30,7 @@ class LabelError(DataError):
 def check_label(prediction: PredictionRow, label: Any) -> Any:
     """``label`` as stored: a class name of the model that made ``prediction``, or a number."""
     probabilities = (prediction.output or {}).get("probabilities")
-    if probabilities is None:  # regression
+    if probabilities is None:  # an answer without classes (regression): a number
         if isinstance(label, str):
             raise LabelError(f"label must be a number for a regression model (got {label!r})", where="label")
         return float(label)

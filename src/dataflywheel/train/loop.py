@@ -42,6 +42,7 @@ from dataflywheel.train.callbacks import (
 from dataflywheel.train.batching import batch_order
 from dataflywheel.train.checkpoint import load_checkpoint, restore
 from dataflywheel.train.optim import LossFn, make_loss, make_optimizer, make_scheduler
+from dataflywheel.tasks import get_task
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """``metric(y_true, y_pred)``: y_pred as :func:`~dataflywheel.models.predict.predict_proba`
@@ -168,7 +169,7 @@ def fit(
         steps_per_epoch=steps_per_epoch,
         callbacks=_arrange(callbacks, cfg, task, tuple(metrics or ()), valid is not None, checkpoint_dir, progress,
                            log),
-        target_scale=target_scale if task == "regression" else None,
+        target_scale=target_scale if get_task(task).loss_in_target_units else None,
     )
     for cb in state.callbacks:
         cb.set_state(state)
@@ -417,7 +418,7 @@ def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str, device: 
             f"tokens ({n_tokens} rows) and y {tuple(data.y.shape)} differ in rows",
             where=name,
         )
-    y = data.y.long() if task == "multiclass" else data.y.to(dtype)
+    y = get_task(task).prepare_y(data.y, dtype)
     return Batchable(data.numeric.to(device, dtype), data.categorical.to(device, torch.long), y.to(device),
                      data.tokens, data.pad_id)
 

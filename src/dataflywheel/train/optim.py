@@ -15,14 +15,13 @@ from dataflywheel.errors import ConfigError
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(logits (B, n_outputs), y (B,)) -> scalar`` (mean over the batch)."""
 
-TASK_LOSS = {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}
 
 
 def resolve_loss(loss: str, task: str) -> str:
-    """The loss name for ``train.loss`` (``auto`` picks by task); a mismatch is a ConfigError."""
-    if task not in TASK_LOSS:
-        raise ConfigError(f"must be one of {list(TASK_LOSS)} (got {task!r})", where="model.task")
-    expected = TASK_LOSS[task]
+    """The loss name for ``train.loss`` (``auto`` picks the task's); a mismatch is a ConfigError."""
+    from dataflywheel.tasks import get_task
+
+    expected = get_task(task).loss
     if loss not in ("auto", expected):
         raise ConfigError(
             f"{loss} does not fit a {task} task", where="train.loss", fix=f"use auto or {expected}"
@@ -31,7 +30,7 @@ def resolve_loss(loss: str, task: str) -> str:
 
 
 def make_loss(cfg: TrainConfig, task: str, *, reduction: str = "mean") -> LossFn:
-    """BCE-with-logits (binary), cross-entropy (multiclass) or MSE (regression) on logits."""
+    """The task's loss on logits: BCE-with-logits, cross-entropy or MSE (see :attr:`Task.loss`)."""
     name = resolve_loss(cfg.loss, task)
     if name == "cross_entropy":
         ce = nn.CrossEntropyLoss(reduction=reduction)

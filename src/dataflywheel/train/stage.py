@@ -36,26 +36,14 @@ class Trained:
 def resolve_task(cfg: FlywheelConfig, schema: Any) -> str:
     """The configured task, or the one inferred from the target column; a mismatch is an error."""
     from dataflywheel.data.schema import infer_task
+    from dataflywheel.tasks import get_task
 
     col = schema.column(cfg.data.target)
     inferred = infer_task(col)
-    task = cfg.model.task
-    if task == "auto":
+    if cfg.model.task == "auto":
         return inferred
-    n = col.n_unique
-    if task == "binary" and n > 2:
-        raise DataError(
-            f"target {cfg.data.target!r} has {n} distinct values ({col.type}); a binary task needs exactly 2",
-            where="model.task",
-            fix="set model.task: regression (or multiclass), or choose another target",
-        )
-    if task == "multiclass" and col.type == "number" and n > 100:
-        raise DataError(
-            f"target {cfg.data.target!r} looks continuous ({n} distinct values)",
-            where="model.task",
-            fix="set model.task: regression",
-        )
-    return task
+    get_task(cfg.model.task).check_target(col, cfg.data.target)
+    return cfg.model.task
 
 
 def all_labels(dataset: DatasetVersion, target: str) -> pl.Series:
@@ -68,11 +56,12 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
     """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
     import torch
 
+    from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import Batchable
 
     batch = pre.transform(df)
     y = target_enc.transform(df.get_column(target))
-    y_t = torch.as_tensor(np.array(y), dtype=torch.long if task == "multiclass" else torch.float32)
+    y_t = get_task(task).prepare_y(torch.as_tensor(np.array(y)), torch.float32)
     text = pre.text_encoder_
     return Batchable(
         numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
@@ -85,16 +74,9 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
 
 def valid_metrics(task: str) -> dict[str, Any]:
     """Per-epoch validation metrics (logged as ``val_<name>``), usable for early stopping."""
-    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+    from dataflywheel.tasks import get_task
 
-    def auc(y: np.ndarray, s: np.ndarray) -> float:
-        return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
-
-    if task == "binary":
-        return {"roc_auc": auc, "accuracy": lambda y, s: float(accuracy_score(y, s >= 0.5))}
-    if task == "multiclass":
-        return {"accuracy": lambda y, s: float(accuracy_score(y, s.argmax(axis=1)))}
-    return {"r2": lambda y, s: float(r2_score(y, s))}
+    return dict(get_task(task).valid_metrics())
 
 
 def train_on_dataset(
@@ -111,11 +93,13 @@ def train_on_dataset(
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.models.pretrained import prepare_config
     from dataflywheel.models.registry import build_model, model_spec, takes_text
+    from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import fit
 
     schema = dataset.schema()
     cfg = prepare_config(cfg, schema)  # pretrained: portable base reference + hash, the base's tokenizer
     task = resolve_task(cfg, schema)
+    kind = get_task(task)
     target = cfg.data.target
     train_df, valid_df = dataset.split("train"), dataset.split("valid")
     if train_df.height == 0:
@@ -128,8 +112,8 @@ def train_on_dataset(
     text = pre.text_encoder_
     text_args = {} if text is None else {"text_vocab_size": text.vocab_size_, "max_length": text.max_length}
     target_enc = TargetEncoder(task)
-    target_enc.fit(all_labels(dataset, target) if task != "regression" else train_df.get_column(target))
-    n_outputs = 1 if task in ("binary", "regression") else len(target_enc.classes_)
+    target_enc.fit(all_labels(dataset, target) if kind.has_classes else train_df.get_column(target))
+    n_outputs = kind.n_outputs(target_enc)
     spec = model_spec(
         cfg.model.type,
         n_numeric=pre.n_numeric_,
@@ -155,7 +139,7 @@ def train_on_dataset(
         resume=resume,
         progress=progress,
         log=log,
-        target_scale=float(target_enc.std_) if task == "regression" else None,
+        target_scale=kind.target_scale(target_enc),
     )
     model.cpu()  # evaluation, the bundle and serving run on the CPU, whatever train.device was
     n_params = sum(p.numel() for p in model.parameters())
