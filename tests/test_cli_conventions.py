@@ -90,10 +90,14 @@ def test_promote_and_rollback_refuse_a_bundle_that_fails_verification(project: P
     assert not [h for h in after["alias_history"] if h["alias"] == "staging"]
 
 
-def test_version_completion_and_json_listings(trained: Path) -> None:
+def test_version_completion_and_json_listings(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer.completion
+
     r = flywheel("--version", cwd=trained)
     assert r.code == 0 and r.out.startswith("dataflywheel ") and r.out.split()[1][0].isdigit()
-    r = flywheel("--show-completion", "bash", cwd=trained)
+    # The shell is detected from the parent processes, which depend on how pytest was started.
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    r = flywheel("--show-completion", cwd=trained)
     assert r.code == 0 and "complete" in r.out and "flywheel" in r.out.lower()
     models = json.loads(flywheel("models", "list", "--json", cwd=trained).out)
     assert [m["version"] for m in models] == [1] and models[0]["aliases"] == ["champion"]
