@@ -21,7 +21,7 @@ from dataflywheel.feedback.retrain import retrain
 from dataflywheel.loop import as_config, open_project
 from dataflywheel.registry import versions
 from dataflywheel.store import Project
-from dataflywheel.store.migrate import VERSION_TABLE, head, revision, target_metadata
+from dataflywheel.store.migrate import HEAD, VERSION_TABLE, head, revision, target_metadata
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "store-v0"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -42,7 +42,7 @@ def old_store(tmp_path: Path) -> Path:
 def test_a_new_store_is_created_at_head_with_the_mapped_schema(tmp_path: Path) -> None:
     project = Project.open(tmp_path / "new")
     try:
-        assert _revision(project) == head()
+        assert _revision(project) == head() == HEAD
         with project.metadata.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), target_metadata())
         assert diff == []  # a model change without its migration shows up here

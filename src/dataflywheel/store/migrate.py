@@ -18,17 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"
+HEAD = "0001"
+"""The newest revision in ``migrations/versions`` (a test checks it against Alembic's view): a
+store at it is opened without importing Alembic."""
 VERSION_TABLE = "alembic_version"
 _PG_LOCK = 0x666C7977  # any fixed key: the advisory lock every migrating process takes
 
@@ -42,6 +44,8 @@ def target_metadata() -> MetaData:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -51,7 +55,9 @@ def _config(connection: Connection | None = None) -> Config:
 
 @cache
 def head() -> str:
-    """The newest revision the code knows."""
+    """The newest revision, as Alembic reads it from the migration scripts."""
+    from alembic.script import ScriptDirectory
+
     rev = ScriptDirectory.from_config(_config()).get_current_head()
     assert rev is not None
     return rev
@@ -59,13 +65,15 @@ def head() -> str:
 
 def revision(connection: Connection) -> str | None:
     """The revision the store is at; None before migrations (or for an empty database)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def upgrade(engine: Engine) -> None:
     """Migrate the store behind ``engine`` to :func:`head` (see the module docstring)."""
     with engine.connect() as conn:
-        if revision(conn) == head():
+        if revision(conn) == HEAD:
             return
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         locked = _immediate(engine)
@@ -96,6 +104,8 @@ def _immediate(engine: Engine) -> Engine:
 
 
 def _upgrade(engine: Engine) -> None:
+    from alembic import command
+
     with engine.connect() as conn, conn.begin(), _quiet_alembic():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
@@ -108,6 +118,8 @@ def _upgrade(engine: Engine) -> None:
 
 
 def _baseline() -> Any:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_config()).get_revision(BASELINE)
     assert script is not None
     return script.module
