@@ -48,18 +48,15 @@ def ingest(config: str | Path | FlywheelConfig = "flywheel.yaml", *, log: Any = 
 
 def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig = "flywheel.yaml") -> Any:
     """A :class:`~dataflywheel.registry.predictor.Predictor` for a version number, alias or bundle folder."""
-    from dataflywheel.registry import versions
-    from dataflywheel.registry.predictor import Predictor
+    from dataflywheel import registry
+    from dataflywheel.registry.loader import is_bundle_ref
 
-    if isinstance(ref, (str, Path)) and Path(ref).is_dir():
-        return Predictor.load(ref)
+    if is_bundle_ref(ref):
+        return registry.load(None, ref).predictor
     cfg = as_config(config)
     project = open_project(cfg)
     try:
-        info = versions.resolve(project, ref)
-        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
-        predictor.version = info.version
-        return predictor
+        return registry.load(project, ref, base_dir=cfg.base_dir).predictor
     finally:
         project.close()
 

@@ -123,8 +123,9 @@ def train_and_register(
     champion_version = versions.alias_version(project, versions.CHAMPION)
     champion = None
     if champion_version is not None:
-        champion = Predictor.load(project.artifacts.path(versions.resolve(project, champion_version).artifact),
-                                  base_dir=cfg.base_dir)
+        from dataflywheel import registry
+
+        champion = registry.load(project, champion_version, base_dir=cfg.base_dir).predictor
     verdict = compare_to_champion(cfg, trained.task, gate_metrics, champion, champion_version, gate_rows,
                                   eval_rows=eval_rows)
 

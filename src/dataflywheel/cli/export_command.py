@@ -56,20 +56,20 @@ def export(
 
 def _load(model: str, config: Path, compare: bool) -> tuple[Any, Any]:
     """The predictor, and the test split of its dataset version when the project store has it."""
-    from dataflywheel.registry.predictor import Predictor
+    from dataflywheel import registry
+    from dataflywheel.registry.loader import is_bundle_ref
 
-    if Path(model).is_dir():
-        return Predictor.load(model), None
+    if is_bundle_ref(model):
+        return registry.load(None, model).predictor, None
     from dataflywheel.data.dataset import get_version
     from dataflywheel.loop import as_config, open_project
-    from dataflywheel.registry import versions
 
     cfg = as_config(config)
     project = open_project(cfg)
     try:
-        info = versions.resolve(project, model)
-        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
-        predictor.version = info.version
+        loaded = registry.load(project, model, base_dir=cfg.base_dir)
+        predictor, info = loaded.predictor, loaded.info
+        assert info is not None
         test = get_version(project, info.dataset_id).split("test") if compare else None
     finally:
         project.close()

@@ -23,15 +23,12 @@ def monitor(
     predictions served, and accuracy on labelled feedback, overall and per model version."""
     from dataflywheel.feedback.monitor import monitor_report
     from dataflywheel.loop import as_config, open_project
-    from dataflywheel.registry import versions
-    from dataflywheel.registry.predictor import Predictor
+    from dataflywheel import registry
 
     cfg = as_config(config)
     project = open_project(cfg)
     try:
-        info = versions.resolve(project, alias)
-        predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=cfg.base_dir)
-        predictor.version = info.version
+        predictor = registry.load(project, alias, base_dir=cfg.base_dir).predictor
         report = monitor_report(project, predictor, window or cfg.monitor.window, cfg.monitor.bins)
     finally:
         project.close()

@@ -63,11 +63,10 @@ def drift_score(cfg: FlywheelConfig, project: Project, log: Log) -> float | None
     except ImportError:
         return None
     try:
+        from dataflywheel import registry
         from dataflywheel.registry import versions
-        from dataflywheel.registry.predictor import Predictor
 
-        champion = versions.resolve(project, versions.CHAMPION)
-        predictor = Predictor.load(project.artifacts.path(champion.artifact), base_dir=cfg.base_dir)
+        predictor = registry.load(project, versions.CHAMPION, base_dir=cfg.base_dir).predictor
         return _max_psi(monitor_report(project, predictor, cfg.monitor.window, cfg.monitor.bins))
     except Exception as exc:  # noqa: BLE001 - the drift trigger is best effort
         log(f"drift check failed ({type(exc).__name__}: {exc}); skipping the drift trigger")

@@ -172,12 +172,12 @@ def load_served_model(project: Project, ref: str | int, *, threads: int | None =
     run waits for a core onnxruntime's workers still hold. Measured on 2 cores with MiniLM in
     int8: +12 % articles/s and +59 % headlines/s in batches of 16. Explanations
     (``/v1/explain``, torch) then run on one thread."""
-    from dataflywheel.registry import versions
+    from dataflywheel import registry
     from dataflywheel.runtime import set_threads
 
-    info = versions.resolve(project, ref)
-    predictor = Predictor.load(project.artifacts.path(info.artifact))
-    predictor.version = info.version
+    loaded = registry.load(project, ref)
+    predictor, info = loaded.predictor, loaded.info
+    assert info is not None
     n_params = sum(int(np.prod(p.shape)) for p in predictor.model.parameters())
     where = serve_device(device, backend, n_params)
     predictor.model.to(where)

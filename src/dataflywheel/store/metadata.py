@@ -178,13 +178,16 @@ def _dumps(obj: Any) -> str:
 
 
 class MetadataStore:
-    """Typed access to the metadata tables; create with a SQLAlchemy URL."""
+    """Typed access to the metadata tables; create with a SQLAlchemy URL. Opening a store
+    migrates its schema to the newest revision (:mod:`dataflywheel.store.migrate`)."""
 
     def __init__(self, url: str) -> None:
+        from dataflywheel.store.migrate import upgrade
+
         self.url = url
         self.engine = make_engine(url)
         try:
-            Base.metadata.create_all(self.engine)
+            upgrade(self.engine)
         except DatabaseError as exc:  # raised while connecting, before handle_error applies
             error = damaged_store(url, exc)
             if error is None:
