@@ -69,3 +69,14 @@ def test_a_valid_config_with_params_still_validates(tmp_path: Path) -> None:
     write_config(tmp_path, "mlp", {"hidden": [16, 8], "dropout": 0.1})
     result = flywheel("validate", cwd=tmp_path)
     assert result.code == 0, result.out + result.err
+
+
+def test_capabilities_are_protocols() -> None:
+    from dataflywheel.models import capabilities as cap
+    from dataflywheel.models.pretrained import PretrainedClassifier
+
+    mlp = build_model(model_spec("mlp", n_numeric=2, cardinalities=[], n_outputs=1, task="binary"))
+    protocols = (cap.SavesTrainedPart, cap.LoadsTrainedPart, cap.BuiltOnBase, cap.WritesBundleFiles,
+                 cap.HasInferenceForm)
+    assert not any(isinstance(mlp, p) for p in protocols)
+    assert all(issubclass(PretrainedClassifier, p) for p in protocols)
