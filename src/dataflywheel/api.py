@@ -21,9 +21,9 @@ def train(config: str | Path | FlywheelConfig = "flywheel.yaml", *, resume: bool
           progress: bool = False, log: Any = None) -> RunResult:
     """Train on the (re-used) dataset version; ``resume`` continues from the last checkpoint."""
     from dataflywheel.data.dataset import ingest as _ingest
-    from dataflywheel.loop import train_and_register
+    from dataflywheel.loop import as_training_config, train_and_register
 
-    cfg = as_config(config)
+    cfg = as_training_config(config)
     project = open_project(cfg)
     log = log or (lambda _m: None)
     try:

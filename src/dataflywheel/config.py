@@ -409,27 +409,40 @@ class FlywheelConfig(Section):
         return hashlib.sha256(blob).hexdigest()
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+def yaml_path(loc: Any) -> str:
+    """A pydantic error location as a YAML path: ``("model", "params", "hidden", 1)`` ->
+    ``model.params.hidden[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith("function-"):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def describe_error(err: Any) -> str:
+    """One pydantic error as ``YAML.PATH: what is wrong (got X)``."""
+    loc = yaml_path(err["loc"])
+    prefix = f"{loc}: " if loc else ""
     msg: str = err["msg"]
     kind = err["type"]
     ctx = err.get("ctx") or {}
     got = err.get("input")
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key; remove it or check its spelling"
+        return f"{prefix}unknown key; remove it or check its spelling"
     if kind == "missing":
-        return f"{loc}: required; add it"
+        return f"{prefix}required; add it"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         parent, _, field = loc.rpartition(".")
         bounds = _BOUNDS.get(field)
         if bounds:
-            return f"{loc}: must be {bounds} (got {got})"
-        return f"{loc}: {msg.lower()} (got {got})"
+            return f"{prefix}must be {bounds} (got {got})"
+        return f"{prefix}{msg.lower()} (got {got})"
     if kind == "literal_error":
-        return f"{loc}: must be one of {ctx.get('expected')} (got {got!r})"
+        return f"{prefix}must be one of {ctx.get('expected')} (got {got!r})"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    prefix = f"{loc}: " if loc else ""
     if got is not None and not isinstance(got, (dict, list)) and "got" not in msg:
         return f"{prefix}{msg} (got {got!r})"
     return f"{prefix}{msg}"
@@ -445,12 +458,46 @@ def config_from_dict(raw: Any, *, base_dir: Path | None = None, where: str = "fl
         cfg = FlywheelConfig.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        first = _describe(errors[0])
+        first = describe_error(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(first + more, where=where) from None
     if base_dir is not None:
         cfg.base_dir = base_dir
     return cfg
+
+
+def check_model_params(cfg: FlywheelConfig, where: str = "flywheel.yaml") -> None:
+    """Raise :class:`ConfigError` naming the YAML path of a wrong ``model.params`` key or value.
+    Not part of loading a config: it imports the model registry (torch), which commands that
+    only read the store (``models list``, ``data show``) do not need; ``flywheel validate``,
+    ``run`` and ``train`` call it before reading any data."""
+    problem = model_params_problem(cfg.model)
+    if problem:
+        raise ConfigError(problem, where=where)
+
+
+def model_params_problem(model: ModelConfig) -> str | None:
+    """What is wrong with ``model.params`` for its registered model type (the first problem,
+    as one line naming the YAML path), or None. Empty params need no check (and no import of
+    the model registry, which imports torch); an unregistered type is reported where the
+    model is built."""
+    if not model.params:
+        return None
+    from dataflywheel.models.registry import available_models, params_class
+
+    cls = params_class(model.type) if model.type in available_models() else None
+    if cls is None:
+        return None
+    try:
+        cls.model_validate(model.params)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        line = describe_error({**first, "loc": ("model", "params", *first["loc"])})
+        if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+            line += f" (model type {model.type!r} takes {', '.join(cls.choices())})"
+        return line + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    return None
 
 
 def load_config(path: str | Path) -> FlywheelConfig:

@@ -38,6 +38,16 @@ def as_config(config: str | Path | FlywheelConfig) -> FlywheelConfig:
     return config if isinstance(config, FlywheelConfig) else load_config(config)
 
 
+def as_training_config(config: str | Path | FlywheelConfig) -> FlywheelConfig:
+    """:func:`as_config` plus the check of ``model.params`` against the model type's declared
+    parameters, for commands that go on to train."""
+    from dataflywheel.config import check_model_params
+
+    cfg = as_config(config)
+    check_model_params(cfg, where="flywheel.yaml" if isinstance(config, FlywheelConfig) else str(config))
+    return cfg
+
+
 def run_key(cfg: FlywheelConfig, dataset_id: str) -> str:
     """Everything that determines a trained model: data version, features, model, train, code."""
     from dataflywheel.lineage import code_version
@@ -217,7 +227,7 @@ def run(
     """``flywheel run``: every stage from the source to a registered, evaluated model."""
     from dataflywheel.data.dataset import ingest
 
-    cfg = as_config(config)
+    cfg = as_training_config(config)
     project = open_project(cfg)
     try:
         dataset = ingest(cfg, project, log=log)

@@ -32,10 +32,11 @@ def init(
 def validate(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error;
     then read its data and check that the model has at least one input column."""
-    from dataflywheel.config import load_config
+    from dataflywheel.config import check_model_params, load_config
     from dataflywheel.features.inputs import config_inputs
 
     cfg = load_config(config)
+    check_model_params(cfg, where=str(config))
     inputs = config_inputs(cfg)
     if as_json:
         print_json({"config": str(config), "valid": True, "source": cfg.data.source.type,

@@ -31,7 +31,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,6 +39,20 @@ from torch import nn
 
 from dataflywheel.errors import ConfigError, DataError, ModelError
 from dataflywheel.tasks import get_task
+
+
+@runtime_checkable
+class RedactsRecords(Protocol):
+    """A predictor that redacts PII from records before they reach the model."""
+
+    def redact_records(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]: ...
+
+
+@runtime_checkable
+class HasInputEmbeddings(Protocol):
+    """A Hugging Face model: its token embedding layer."""
+
+    def get_input_embeddings(self) -> nn.Module: ...
 
 TABULAR_BATCH = 256
 """Tabular records per attribution pass (each pass runs the model on records x steps rows)."""
@@ -70,7 +84,7 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     records = list(records)
     if not records:
         raise DataError("no records to explain", fix="pass at least one record")
-    if hasattr(predictor, "redact_records"):
+    if isinstance(predictor, RedactsRecords):
         records = predictor.redact_records(records)[0]
     model = private_copy(predictor.model).eval()
     batch = predictor.preprocessor.transform_records(records)
@@ -210,7 +224,7 @@ def _mean_embedding(layer: nn.Module) -> torch.Tensor:
 def _token_layer(model: nn.Module) -> nn.Module:
     layer = getattr(model, "tok_emb", None)
     hf = getattr(model, "hf", None)
-    if layer is None and hf is not None and hasattr(hf, "get_input_embeddings"):
+    if layer is None and isinstance(hf, HasInputEmbeddings):
         layer = hf.get_input_embeddings()
     if not isinstance(layer, nn.Embedding):
         raise ModelError(f"cannot find the token embedding layer of a {type(model).__name__}",

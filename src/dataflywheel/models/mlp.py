@@ -9,12 +9,13 @@ apply the sigmoid/softmax.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
 
 if TYPE_CHECKING:
     from dataflywheel.tasks import Task
@@ -25,6 +26,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
 }
+
+
+class MLPParams(ModelParams):
+    """``model.params`` of ``model.type: mlp``."""
+
+    hidden: list[PositiveInt] = [64, 64]
+    """Hidden layer widths; [] is a single neuron (logistic or linear regression)."""
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    dropout: Fraction = 0.0
+    embedding_dim: PositiveInt = 8
+    """Width of each categorical column's embedding."""
 
 
 class CategoricalEmbedding(nn.Module):
@@ -77,34 +89,12 @@ class MLP(nn.Module):
         return self.head(h)  # (B, n_outputs) logits
 
 
-def build_mlp(
-    *,
-    n_numeric: int,
-    cardinalities: list[int],
-    n_outputs: int,
-    task: str,
-    hidden: Sequence[int] = (64, 64),
-    activation: str = "relu",
-    dropout: float = 0.0,
-    embedding_dim: int = 8,
-) -> MLP:
-    """Build an :class:`MLP`; raise :class:`ModelError` naming ``model.params.X`` for a bad value."""
+def build_mlp(*, n_numeric: int, cardinalities: list[int], n_outputs: int, task: str, **params: Any) -> MLP:
+    """Build an :class:`MLP` from :class:`MLPParams`; raise :class:`ModelError` naming
+    ``model.params.X`` for a bad value."""
     _check_shape(n_numeric, cardinalities, n_outputs, task)
-    if (
-        isinstance(hidden, (str, bytes))
-        or not isinstance(hidden, Sequence)
-        or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)
-    ):
-        raise _bad("hidden", "must be a list of positive layer widths, e.g. [64, 64] or []", hidden)
-    if activation not in ACTIVATIONS:
-        raise _bad("activation", f"must be one of {sorted(ACTIVATIONS)}", activation)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise _bad("dropout", "must be a number with 0 <= dropout < 1", dropout)
-    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-        raise _bad("embedding_dim", "must be a positive integer", embedding_dim)
-    return MLP(
-        n_numeric, cardinalities, n_outputs, list(hidden), activation, float(dropout), embedding_dim
-    )
+    p = MLPParams.parse(params, model_type="mlp")
+    return MLP(n_numeric, cardinalities, n_outputs, list(p.hidden), p.activation, float(p.dropout), p.embedding_dim)
 
 
 def model_task(task: str) -> Task:
@@ -129,6 +119,3 @@ def _check_shape(n_numeric: int, cardinalities: list[int], n_outputs: int, task:
             f"a {task} model needs n_outputs = {kind.outputs_expected} (got {n_outputs})", where="model"
         )
 
-
-def _bad(param: str, message: str, got: object) -> ModelError:
-    return ModelError(f"{message} (got {got!r})", where=f"model.params.{param}")

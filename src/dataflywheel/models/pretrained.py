@@ -41,26 +41,57 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import ValidationInfo, field_validator
 from torch import nn
 
 from dataflywheel.errors import ConfigError, ModelError
 from dataflywheel.models.mlp import model_task
+from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from dataflywheel.config import FlywheelConfig
     from dataflywheel.data.schema import Schema
 
 Finetune = Literal["full", "frozen", "lora"]
-FINETUNE: tuple[str, ...] = ("full", "frozen", "lora")
 CONFIG_FILE = "config.json"
 SAFE_WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 WEIGHT_PATTERNS = SAFE_WEIGHT_PATTERNS + PICKLE_WEIGHT_PATTERNS
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 """peft's adapter files, written into a LoRA bundle."""
-LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
 HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
+
+
+class LoraParams(ModelParams):
+    """``model.params.lora``: peft ``LoraConfig`` settings."""
+
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: Fraction = 0.1
+    target_modules: list[str] | None = None
+    """Module names to place adapters on, e.g. [query, value]; null: peft's default for the base."""
+
+
+class PretrainedParams(ModelParams):
+    """``model.params`` of ``model.type: pretrained``; ``text_vocab_size`` and ``max_length``
+    come from the text column's tokenizer, ``base_hash`` from :func:`prepare_config`."""
+
+    text_vocab_size: PositiveInt | None = None
+    max_length: PositiveInt = 128
+    base: str | None = None
+    """A local model folder (relative to flywheel.yaml) or a Hugging Face hub name."""
+    base_hash: str | None = None
+    finetune: Finetune = "lora"
+    lora: LoraParams | None = None
+    allow_pickle_weights: StrictBool = False
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_mode(cls, v: LoraParams | None, info: ValidationInfo) -> LoraParams | None:
+        if v is not None and info.data.get("finetune", "lora") != "lora":
+            raise ValueError("applies to finetune: lora only")
+        return v
 
 
 def base_files(folder: Path) -> list[Path]:
@@ -315,26 +346,16 @@ def _head_trainable(model: nn.Module) -> None:
             sub.requires_grad_(True)
 
 
-def _with_lora(model: nn.Module, lora: dict[str, Any]) -> nn.Module:
+def _with_lora(model: nn.Module, lora: LoraParams | dict[str, Any]) -> nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
-    unknown = sorted(set(lora) - set(LORA_DEFAULTS))
-    if unknown:
-        raise _bad(f"lora.{unknown[0]}", f"unknown LoRA setting; use {sorted(LORA_DEFAULTS)}", lora[unknown[0]])
-    opts = {**LORA_DEFAULTS, **lora}
-    for key in ("r", "alpha"):
-        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
-            raise _bad(f"lora.{key}", "must be a positive integer", opts[key])
-    if isinstance(opts["dropout"], bool) or not isinstance(opts["dropout"], (int, float)) or not 0 <= opts["dropout"] < 1:
-        raise _bad("lora.dropout", "must be a number with 0 <= dropout < 1", opts["dropout"])
-    targets = opts["target_modules"]
-    if targets is not None and (isinstance(targets, str) or not all(isinstance(t, str) for t in targets)):
-        raise _bad("lora.target_modules", "must be a list of module names, e.g. [query, value]", targets)
+    opts = lora if isinstance(lora, LoraParams) else LoraParams.parse(lora)
+    targets = opts.target_modules
     # The head modules train with the adapters as peft modules_to_save (the classifier is one by
     # task type), so peft's adapter files hold them and PeftModel.from_pretrained restores them.
     heads = [name for name in HEAD_MODULES if isinstance(getattr(model.base_model, name, None), nn.Module)]
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=opts["r"], lora_alpha=opts["alpha"],
-                        lora_dropout=float(opts["dropout"]), target_modules=list(targets) if targets else None,
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=opts.r, lora_alpha=opts.alpha,
+                        lora_dropout=float(opts.dropout), target_modules=list(targets) if targets else None,
                         modules_to_save=heads or None)
     try:
         with _quiet_transformers():
@@ -350,41 +371,31 @@ def build_pretrained(
     cardinalities: list[int],
     n_outputs: int,
     task: str,
-    text_vocab_size: int | None = None,
-    max_length: int = 128,
-    base: str | None = None,
-    base_hash: str | None = None,
-    finetune: str = "lora",
-    lora: dict[str, Any] | None = None,
-    allow_pickle_weights: bool = False,
     base_dirs: Sequence[Path] = (),
+    **params: Any,
 ) -> PretrainedClassifier:
     """Load ``base`` for sequence classification with ``n_outputs`` logits and set up
-    ``finetune``. ``base_hash`` (set by :func:`prepare_config`) must match the folder's for
-    the frozen and lora modes. A relative ``base`` is looked up in ``base_dirs`` (given by
-    :func:`~dataflywheel.models.registry.build_model`, not stored in the spec). Weights load
-    from safetensors; ``allow_pickle_weights`` lets a base with only ``pytorch_model*.bin``
-    load. Bad values raise :class:`ModelError` naming ``model.params.X``."""
+    ``finetune`` (:class:`PretrainedParams`). ``base_hash`` (set by :func:`prepare_config`) must
+    match the folder's for the frozen and lora modes. A relative ``base`` is looked up in
+    ``base_dirs`` (given by :func:`~dataflywheel.models.registry.build_model`, not stored in the
+    spec). Weights load from safetensors; ``allow_pickle_weights`` lets a base with only
+    ``pytorch_model*.bin`` load. Bad values raise :class:`ModelError` naming ``model.params.X``."""
     model_task(task)
+    p = PretrainedParams.parse(params, model_type="pretrained")
+    base, base_hash, finetune, max_length, text_vocab_size = p.base, p.base_hash, p.finetune, p.max_length, p.text_vocab_size
     if not base:
         raise ModelError("a pretrained model needs a base model", where="model.params.base",
                          fix="set it to a local model folder or a hub name")
-    if finetune not in FINETUNE:
-        raise _bad("finetune", f"must be one of {list(FINETUNE)}", finetune)
-    if lora is not None and finetune != "lora":
-        raise _bad("lora", "applies to finetune: lora only", lora)
     if text_vocab_size is None:
         raise ModelError("a pretrained model reads text, and the data has no text column", where="model.type",
                          fix="give a column type: text in data.features, or use model.type: mlp")
     if n_numeric or cardinalities:
         raise ModelError("a pretrained model reads the text column alone, and the data has other feature columns",
                          where="data", fix="list the non-text feature columns in data.exclude")
-    if not isinstance(allow_pickle_weights, bool):
-        raise _bad("allow_pickle_weights", "must be true or false", allow_pickle_weights)
     folder = resolve_base(base, base_dirs)
     actual = content_hash(folder)
     safe = _has_safetensors(folder)
-    if not safe and not allow_pickle_weights:
+    if not safe and not p.allow_pickle_weights:
         raise ModelError(
             "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
             "safetensors weights are required",
@@ -422,10 +433,10 @@ def build_pretrained(
     if finetune == "frozen":
         _head_trainable(hf)
     elif finetune == "lora":
-        hf = _with_lora(hf, lora or {})
+        hf = _with_lora(hf, p.lora or LoraParams())
     named = _local_folder(base, base_dirs) is None  # a hub name, found in the Hugging Face cache
     reference = {"name" if named else "path": base, "sha256": actual, "finetune": finetune}
-    return PretrainedClassifier(hf, finetune, positions, reference)  # type: ignore[arg-type]
+    return PretrainedClassifier(hf, finetune, positions, reference)
 
 
 def _has_safetensors(folder: Path) -> bool:

@@ -9,7 +9,9 @@ rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is wh
 stores; :func:`build_model` rebuilds the module from it. A builder that reads files named by a
 relative path in its spec (a pretrained base model) declares a ``base_dirs`` parameter: it gets
 the folders to look such paths up in from :func:`build_model`, never from the spec, so a spec
-holds no path of the machine it was written on.
+holds no path of the machine it was written on. A builder registered with a ``params`` class
+(:class:`~dataflywheel.models.params.ModelParams`) has every argument but the shape ones checked
+against it, in config loading as well as here; one without is checked against its signature.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
-from dataflywheel.models.mlp import build_mlp
+from dataflywheel.models.mlp import MLPParams, build_mlp
+from dataflywheel.models.params import ModelParams
 from dataflywheel.models.predict import predict_proba
-from dataflywheel.models.pretrained import build_pretrained
-from dataflywheel.models.transformer import build_transformer
+from dataflywheel.models.pretrained import PretrainedParams, build_pretrained
+from dataflywheel.models.transformer import TransformerParams, build_transformer
 
 __all__ = [
     "Builder",
@@ -34,6 +37,7 @@ __all__ = [
     "build_model",
     "get_builder",
     "model_spec",
+    "params_class",
     "predict_proba",
     "register_model",
     "takes_text",
@@ -43,15 +47,25 @@ Builder = Callable[..., nn.Module]
 SHAPE_ARGS = ("n_numeric", "cardinalities", "n_outputs", "task")
 
 _BUILDERS: dict[str, Builder] = {}
+_PARAMS: dict[str, type[ModelParams]] = {}
 
 
-def register_model(name: str, builder: Builder) -> None:
-    """Make ``builder`` available as ``model.type: name``; a name can be registered once."""
+def register_model(name: str, builder: Builder, params: type[ModelParams] | None = None) -> None:
+    """Make ``builder`` available as ``model.type: name``; a name can be registered once.
+    ``params`` declares what ``model.params`` may hold for it."""
     if name in _BUILDERS:
         raise ValueError(
             f"model type {name!r} is already registered (by {_BUILDERS[name].__module__})"
         )
     _BUILDERS[name] = builder
+    if params is not None:
+        _PARAMS[name] = params
+
+
+def params_class(name: str) -> type[ModelParams] | None:
+    """The declared parameters of model type ``name`` (None: checked by the builder's signature)."""
+    get_builder(name)
+    return _PARAMS.get(name)
 
 
 def available_models() -> list[str]:
@@ -70,7 +84,10 @@ def get_builder(name: str) -> Builder:
 
 
 def takes_text(name: str) -> bool:
-    """Whether model type ``name`` reads a text column (its builder has ``text_vocab_size``)."""
+    """Whether model type ``name`` reads a text column (its params or builder have ``text_vocab_size``)."""
+    declared = params_class(name)
+    if declared is not None:
+        return "text_vocab_size" in declared.model_fields
     return "text_vocab_size" in inspect.signature(get_builder(name)).parameters
 
 
@@ -108,6 +125,10 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
     if "base_dirs" in args:
         raise ModelError("base_dirs is given where the model is built, not in its spec", where="model.params.base_dirs",
                          fix="remove it; a relative base path is read relative to flywheel.yaml's folder")
+    declared = _PARAMS.get(name)
+    if declared is not None:
+        declared.parse({k: v for k, v in args.items() if k not in SHAPE_ARGS}, model_type=name)
+        return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     for key in args:
@@ -120,6 +141,6 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
             )
 
 
-register_model("mlp", build_mlp)
-register_model("transformer", build_transformer)
-register_model("pretrained", build_pretrained)
+register_model("mlp", build_mlp, MLPParams)
+register_model("transformer", build_transformer, TransformerParams)
+register_model("pretrained", build_pretrained, PretrainedParams)

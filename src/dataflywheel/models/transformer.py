@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationInfo, field_validator
 
 import torch
 from torch import nn
@@ -19,6 +22,31 @@ from torch.nn import functional as F
 
 from dataflywheel.errors import ModelError
 from dataflywheel.models.mlp import CategoricalEmbedding, model_task
+from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
+
+
+class TransformerParams(ModelParams):
+    """``model.params`` of ``model.type: transformer``; ``text_vocab_size`` and ``max_length``
+    come from the text column's tokenizer."""
+
+    text_vocab_size: PositiveInt | None = None
+    max_length: PositiveInt = 128
+    n_layer: PositiveInt = 2
+    n_head: PositiveInt = 4
+    d_model: PositiveInt = 128
+    """Width of the token vectors; a multiple of n_head."""
+    dropout: Fraction = 0.1
+    mlp_ratio: PositiveInt = 4
+    embedding_dim: PositiveInt = 8
+    """Width of each categorical column's embedding."""
+
+    @field_validator("d_model")
+    @classmethod
+    def _heads_divide(cls, v: int, info: ValidationInfo) -> int:
+        n_head = info.data.get("n_head")
+        if n_head and v % n_head:
+            raise ValueError(f"must be a multiple of n_head ({n_head})")
+        return v
 
 
 class SelfAttention(nn.Module):
@@ -138,39 +166,17 @@ class TextTransformer(nn.Module):
 
 
 def build_transformer(
-    *,
-    n_numeric: int,
-    cardinalities: list[int],
-    n_outputs: int,
-    task: str,
-    text_vocab_size: int | None = None,
-    max_length: int = 128,
-    n_layer: int = 2,
-    n_head: int = 4,
-    d_model: int = 128,
-    dropout: float = 0.1,
-    mlp_ratio: int = 4,
-    embedding_dim: int = 8,
+    *, n_numeric: int, cardinalities: list[int], n_outputs: int, task: str, **params: Any
 ) -> TextTransformer:
-    """Build a :class:`TextTransformer`; ``text_vocab_size`` and ``max_length`` come from the
-    text column's tokenizer. Raise :class:`ModelError` naming ``model.params.X`` for a bad value."""
+    """Build a :class:`TextTransformer` from :class:`TransformerParams`. Raise
+    :class:`ModelError` naming ``model.params.X`` for a bad value."""
     kind = model_task(task)
-    if text_vocab_size is None:
+    if params.get("text_vocab_size") is None:
         raise ModelError("a transformer reads text, and the data has no text column", where="model.type",
                          fix="give a column type: text in data.features, or use model.type: mlp")
     if not kind.outputs_ok(n_outputs):
         raise ModelError(f"a {task} model cannot have n_outputs = {n_outputs}", where="model")
-    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("d_model", d_model),
-                        ("mlp_ratio", mlp_ratio), ("embedding_dim", embedding_dim), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _bad(name, "must be a positive integer", value)
-    if d_model % n_head:
-        raise _bad("d_model", f"must be a multiple of n_head ({n_head})", d_model)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise _bad("dropout", "must be a number with 0 <= dropout < 1", dropout)
-    return TextTransformer(n_numeric, cardinalities, n_outputs, text_vocab_size, max_length, n_layer,
-                           n_head, d_model, float(dropout), mlp_ratio, embedding_dim)
-
-
-def _bad(param: str, message: str, got: object) -> ModelError:
-    return ModelError(f"{message} (got {got!r})", where=f"model.params.{param}")
+    p = TransformerParams.parse(params, model_type="transformer")
+    assert p.text_vocab_size is not None
+    return TextTransformer(n_numeric, cardinalities, n_outputs, p.text_vocab_size, p.max_length, p.n_layer,
+                           p.n_head, p.d_model, float(p.dropout), p.mlp_ratio, p.embedding_dim)

@@ -14,17 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from dataflywheel.models.capabilities import BuiltOnBase, LoadsTrainedPart, SavesTrainedPart
+
 
 def trained_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a copy of ``model`` built from its spec needs to equal it (live, not copied)."""
-    if hasattr(model, "bundle_state_dict"):
+    if isinstance(model, SavesTrainedPart):
         return dict(model.bundle_state_dict())
     return model.state_dict()
 
 
 def load_trained_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Take back :func:`trained_weights` (its key set must match: the model's own error otherwise)."""
-    if hasattr(model, "load_bundle_state_dict"):
+    if isinstance(model, LoadsTrainedPart):
         model.load_bundle_state_dict(weights)
     else:
         model.load_state_dict(weights)
@@ -32,4 +34,4 @@ def load_trained_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> 
 
 def base_of(model: nn.Module) -> dict[str, Any] | None:
     """What ``model`` was built on and is not in :func:`trained_weights`, or None."""
-    return model.base_reference() if hasattr(model, "base_reference") else None
+    return model.base_reference() if isinstance(model, BuiltOnBase) else None

@@ -58,6 +58,7 @@ def write_bundle(
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    from dataflywheel.models.capabilities import WritesBundleFiles
     from dataflywheel.models.weights import base_of, trained_weights
 
     state = {k: v.detach().contiguous().cpu() for k, v in trained_weights(model).items()}
@@ -65,7 +66,7 @@ def write_bundle(
     base = base_of(model)
     if base is not None:
         model_json = {**model_json, "base_model": base}
-    if hasattr(model, "write_bundle_files"):
+    if isinstance(model, WritesBundleFiles):
         model.write_bundle_files(folder)
     write_json(folder / "model.json", {"format_version": FORMAT_VERSION, **model_json})
     preprocessor.save(folder / "preprocessor.json")

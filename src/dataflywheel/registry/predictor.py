@@ -117,6 +117,7 @@ class Predictor:
         from dataflywheel.data.schema import Schema
         from dataflywheel.features.preprocessor import Preprocessor
         from dataflywheel.features.target import TargetEncoder
+        from dataflywheel.models.capabilities import HasInferenceForm
         from dataflywheel.models.registry import build_model
         from dataflywheel.models.weights import load_trained_weights
 
@@ -127,7 +128,7 @@ class Predictor:
         model = build_model(meta["spec"], base_dirs=dirs)  # a pretrained model checks its base's hash here
         weights = load_file(str(folder / "model.safetensors"))
         load_trained_weights(model, weights)
-        if hasattr(model, "for_inference"):
+        if isinstance(model, HasInferenceForm):
             model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
         model.eval()
         pre = Preprocessor.load(folder / "preprocessor.json")

@@ -47,7 +47,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     loss: ClassVar[str]
-    """The ``train.loss`` that ``auto`` picks (a name :func:`~dataflywheel.train.optim.make_loss` builds)."""
+    """The ``train.loss`` that ``auto`` picks (a name registered in :mod:`dataflywheel.train.objective`)."""
     metrics: ClassVar[Mapping[str, bool]]
     """Metric name -> higher is better; the first is the primary metric (``evaluate.metric: auto``)."""
     unbounded: ClassVar[frozenset[str]] = frozenset()

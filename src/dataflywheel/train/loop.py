@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,8 @@ import torch
 from torch import nn
 
 from dataflywheel.config import TrainConfig, resolve_early_stopping
-from dataflywheel.errors import DataError
-from dataflywheel.features.ragged import Ragged
 from dataflywheel.models.predict import logits_to_output, predict_logits
-from dataflywheel.runtime import bf16_supported, resolve_device, set_threads
+from dataflywheel.runtime import bf16_supported, set_threads
 from dataflywheel.train.callbacks import (
     Callback,
     Checkpoint,
@@ -39,44 +36,18 @@ from dataflywheel.train.callbacks import (
     TrainState,
     overrides,
 )
-from dataflywheel.train.batching import batch_order
+from dataflywheel.train.batching import Batchable, batch_order, prepare_batchable
 from dataflywheel.train.checkpoint import load_checkpoint, restore
-from dataflywheel.train.optim import LossFn, make_loss, make_optimizer, make_scheduler
+from dataflywheel.train.objective import Objective, make_objective
+from dataflywheel.train.optim import make_optimizer, make_scheduler
+from dataflywheel.train.strategy import SingleDevice, Strategy
 from dataflywheel.tasks import get_task
+
+__all__ = ["Batchable", "History", "Metric", "fit", "train_epoch", "validate"]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 """``metric(y_true, y_pred)``: y_pred as :func:`~dataflywheel.models.predict.predict_proba`
 returns it (p(class 1) for binary, (N, k) probabilities for multiclass, values for regression)."""
-
-
-@dataclass
-class Batchable:
-    """Model inputs and target: ``numeric`` (N, n_numeric) float, ``categorical`` (N, n_cat)
-    long, ``y`` (N,) float for bce/mse or long for cross-entropy, and for text models
-    ``tokens``: N ragged token-id rows, padded with ``pad_id`` per mini-batch."""
-
-    numeric: torch.Tensor
-    categorical: torch.Tensor
-    y: torch.Tensor
-    tokens: Ragged | None = None
-    pad_id: int = 0
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def forward(self, model: Callable[..., torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        """Logits of rows ``idx``: ``model(numeric, categorical)``, plus for text
-        ``tokens`` (B, T) long and ``attention_mask`` (B, T) bool padded to the batch's longest."""
-        if self.tokens is None:
-            return model(self.numeric[idx], self.categorical[idx])
-        ids, mask = self.tokens.pad(idx.numpy(), self.pad_id)
-        device = self.numeric.device
-        return model(
-            self.numeric[idx],
-            self.categorical[idx],
-            tokens=torch.from_numpy(ids).to(device, non_blocking=True),
-            attention_mask=torch.from_numpy(mask).to(device, non_blocking=True),
-        )
 
 
 @dataclass
@@ -125,6 +96,8 @@ def fit(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     target_scale: float | None = None,
+    objective: Objective | None = None,
+    strategy: Strategy | None = None,
 ) -> History:
     """Train ``model`` in place for ``cfg.epochs`` epochs and return its :class:`History`.
 
@@ -140,19 +113,22 @@ def fit(
     ``progress`` shows a live bar when stderr is a terminal and, when stdout is not one (a pipe,
     a file, CI), one line per epoch through ``log`` (:class:`EpochLines`). ``target_scale``
     (regression: the target's standard deviation) adds ``rmse`` and ``val_rmse`` in the
-    target's units to each epoch's logs; progress shows those.
+    target's units to each epoch's logs; progress shows those. ``objective`` (default: the
+    task's loss, :func:`~dataflywheel.train.objective.make_objective`) is the loss over a batch;
+    ``strategy`` (default :class:`~dataflywheel.train.strategy.SingleDevice`) places the model
+    and runs autocast, backward and the optimiser step.
     """
     started = time.perf_counter()
     n_params = sum(p.numel() for p in model.parameters())
-    device = resolve_device(cfg.device, n_params=n_params)
-    model.to(device)
+    strategy = strategy if strategy is not None else SingleDevice(bf16_supported)
+    device = strategy.place(model, cfg)
     dtype = _float_dtype(model)
-    train = _prepare(train, task, dtype, "train", device)
-    valid = _prepare(valid, task, dtype, "valid", device) if valid is not None and len(valid) else None
+    train = prepare_batchable(train, task, dtype, "train", device)
+    valid = prepare_batchable(valid, task, dtype, "valid", device) if valid is not None and len(valid) else None
     threads = set_threads(cfg.threads, n_params)
     torch.manual_seed(cfg.seed)
 
-    loss_fn = make_loss(cfg, task)
+    loss_fn = objective if objective is not None else make_objective(cfg, task)
     optimizer = make_optimizer(model.parameters(), cfg)
     steps_per_epoch = math.ceil(math.ceil(len(train) / cfg.batch_size) / cfg.grad_accumulation)
     total_steps = cfg.epochs * steps_per_epoch
@@ -183,7 +159,7 @@ def fit(
             resumed_from = state.epoch
 
     batch_hooks = [cb for cb in state.callbacks if overrides(cb, "on_batch_end")]
-    runner = _Runner(state, train, valid, loss_fn, metrics or {}, batch_hooks)
+    runner = _Runner(state, train, valid, loss_fn, metrics or {}, batch_hooks, strategy)
     try:
         for cb in state.callbacks:
             cb.on_train_begin(state)
@@ -239,22 +215,17 @@ def fit(
 
 class _Runner:
     """What one epoch needs, resolved once per ``fit``: the forward callable (compiled or
-    not), the autocast context, the step-wise evaluation."""
+    not), the objective and strategy, the step-wise evaluation."""
 
-    def __init__(self, state: TrainState, train: Batchable, valid: Batchable | None, loss_fn: LossFn,
-                 metrics: dict[str, Metric], hooks: Sequence[Callback]) -> None:
+    def __init__(self, state: TrainState, train: Batchable, valid: Batchable | None, loss_fn: Objective,
+                 metrics: dict[str, Metric], hooks: Sequence[Callback], strategy: Strategy) -> None:
         cfg = state.cfg
         self.state, self.train, self.valid, self.loss_fn = state, train, valid, loss_fn
-        self.metrics, self.hooks = metrics, hooks
+        self.metrics, self.hooks, self.strategy = metrics, hooks, strategy
         self.reached_max_steps = cfg.max_steps is not None and state.step >= cfg.max_steps
         self.forward: Callable[..., torch.Tensor] = state.model
         if cfg.compile:
             self.forward = torch.compile(state.model, dynamic=train.tokens is not None)
-        self.device_type = train.y.device.type
-        self.bf16 = cfg.bf16 and bf16_supported(train.y.device)
-        if cfg.bf16 and not self.bf16:
-            warnings.warn(f"train.bf16: this {self.device_type} has no native bfloat16; training in float32",
-                          stacklevel=3)
         self.lengths = (
             torch.from_numpy(train.tokens.lengths)
             if train.tokens is not None and cfg.bucket_by_length
@@ -275,18 +246,19 @@ class _Runner:
         every = state.cfg.eval_every_steps if self.valid is not None else None
         batches = batch_order(len(self.train), state.cfg.batch_size, state.generator, self.lengths)
         return train_epoch(state, self.train, self.loss_fn, self.hooks, batches=batches, runner=self,
-                           eval_every=every)
+                           eval_every=every, strategy=self.strategy)
 
 
 def train_epoch(
     state: TrainState,
     data: Batchable,
-    loss_fn: LossFn,
+    objective: Objective,
     hooks: Sequence[Callback],
     *,
     batches: list[torch.Tensor] | None = None,
     runner: _Runner | None = None,
     eval_every: int | None = None,
+    strategy: Strategy | None = None,
 ) -> Logs:
     """One pass over ``data`` (``batches``: row indices per mini-batch, default a fresh random
     order); returns ``{"loss", "lr"}`` (mean loss over the rows seen, LR of the last step).
@@ -299,15 +271,18 @@ def train_epoch(
     params = [p for p in model.parameters() if p.requires_grad]
     group = optimizer.param_groups[0]
     forward = runner.forward if runner is not None else model
-    bf16 = runner is not None and runner.bf16
-    device_type = runner.device_type if runner is not None else "cpu"
+    strategy = strategy if strategy is not None else SingleDevice()
+    autocast = strategy.autocast()
+    backward, step = strategy.backward, strategy.step
+    loss_fn, batch_loss = objective.loss, objective.batch_loss
     model.train()
     if batches is None:
         batches = batch_order(len(data), cfg.batch_size, state.generator)
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
     lr = group["lr"]
-    tabular = data.tokens is None and not bf16
+    # The common case, a table in full precision with a plain objective, skips per-step indirection.
+    tabular = data.tokens is None and autocast is None and type(objective).batch_loss is Objective.batch_loss
     numeric, categorical, y = data.numeric, data.categorical, data.y
     for first in range(0, len(batches), accum):
         if max_steps is not None and state.step >= max_steps:
@@ -317,19 +292,17 @@ def train_epoch(
         lr = group["lr"]
         optimizer.zero_grad(set_to_none=True)
         for idx in micro:  # (B,) row indices
-            if tabular:  # the common case, kept free of per-step indirection
+            if tabular:
                 loss = loss_fn(forward(numeric[idx], categorical[idx]), y[idx])
-            elif bf16:
-                with torch.autocast(device_type, dtype=torch.bfloat16):
-                    loss = loss_fn(data.forward(forward, idx), y[idx])
+            elif autocast is not None:
+                with strategy.autocast():  # type: ignore[union-attr]
+                    loss = batch_loss(forward, data, idx)
             else:
-                loss = loss_fn(data.forward(forward, idx), y[idx])
-            (loss if len(micro) == 1 else loss * (len(idx) / rows)).backward()
+                loss = batch_loss(forward, data, idx)
+            backward(loss if len(micro) == 1 else loss * (len(idx) / rows))
             losses.append(loss.detach())
             sizes.append(len(idx))
-        if clip is not None:
-            nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        step(optimizer, params, clip)
         if scheduler is not None:
             scheduler.step()
         state.step += 1
@@ -352,7 +325,8 @@ def train_epoch(
 
 
 def validate(
-    model: nn.Module, data: Batchable, loss_fn: LossFn, task: str, metrics: dict[str, Metric]
+    model: nn.Module, data: Batchable, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], task: str,
+    metrics: dict[str, Metric],
 ) -> Logs:
     """``val_loss`` and ``val_<name>`` for each metric, in eval mode without autograd."""
     logits = predict_logits(model, data.numeric, data.categorical, tokens=data.tokens, pad_id=data.pad_id)
@@ -403,24 +377,6 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.get_default_dtype()
-
-
-def _prepare(data: Batchable, task: str, dtype: torch.dtype, name: str, device: torch.device) -> Batchable:
-    n = len(data)
-    if n == 0:
-        raise DataError(
-            f"the {name} split is empty", where=name, fix="add rows or change data.split"
-        )
-    n_tokens = n if data.tokens is None else len(data.tokens)
-    if data.numeric.shape[0] != n or data.categorical.shape[0] != n or n_tokens != n:
-        raise DataError(
-            f"numeric {tuple(data.numeric.shape)}, categorical {tuple(data.categorical.shape)}, "
-            f"tokens ({n_tokens} rows) and y {tuple(data.y.shape)} differ in rows",
-            where=name,
-        )
-    y = get_task(task).prepare_y(data.y, dtype)
-    return Batchable(data.numeric.to(device, dtype), data.categorical.to(device, torch.long), y.to(device),
-                     data.tokens, data.pad_id)
 
 
 def _lowest_val_loss(history: list[Logs]) -> int | None:

@@ -1,4 +1,5 @@
-"""Optimiser, loss and learning-rate schedule, each built from :class:`TrainConfig`."""
+"""Optimiser, loss and learning-rate schedule, each built from :class:`TrainConfig` (the loss is
+the objective's: :mod:`dataflywheel.train.objective`)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,14 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dataflywheel.config import ScheduleConfig, TrainConfig
 from dataflywheel.errors import ConfigError
+from dataflywheel.train.objective import LossFn, make_objective, resolve_loss
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(logits (B, n_outputs), y (B,)) -> scalar`` (mean over the batch)."""
-
-
-
-def resolve_loss(loss: str, task: str) -> str:
-    """The loss name for ``train.loss`` (``auto`` picks the task's); a mismatch is a ConfigError."""
-    from dataflywheel.tasks import get_task
-
-    expected = get_task(task).loss
-    if loss not in ("auto", expected):
-        raise ConfigError(
-            f"{loss} does not fit a {task} task", where="train.loss", fix=f"use auto or {expected}"
-        )
-    return expected
+__all__ = ["LossFn", "lr_factor", "make_loss", "make_optimizer", "make_scheduler", "resolve_loss"]
 
 
 def make_loss(cfg: TrainConfig, task: str, *, reduction: str = "mean") -> LossFn:
     """The task's loss on logits: BCE-with-logits, cross-entropy or MSE (see :attr:`Task.loss`)."""
-    name = resolve_loss(cfg.loss, task)
-    if name == "cross_entropy":
-        ce = nn.CrossEntropyLoss(reduction=reduction)
-        return lambda logits, y: ce(logits, y)
-    base: nn.Module = (
-        nn.BCEWithLogitsLoss(reduction=reduction)
-        if name == "bce"
-        else nn.MSELoss(reduction=reduction)
-    )
-    return lambda logits, y: base(logits.squeeze(-1), y)
+    return make_objective(cfg, task, reduction=reduction).loss
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
