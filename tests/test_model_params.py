@@ -80,3 +80,16 @@ def test_capabilities_are_protocols() -> None:
                  cap.HasInferenceForm)
     assert not any(isinstance(mlp, p) for p in protocols)
     assert all(issubclass(PretrainedClassifier, p) for p in protocols)
+
+
+def test_loading_a_config_with_params_does_not_import_torch(tmp_path: Path) -> None:
+    """Commands that only read the store load the config; the params check (torch) is left to
+    validate, run and train."""
+    import subprocess
+    import sys
+
+    write_config(tmp_path, "mlp", {"hidden": [0]})
+    code = ("import sys; from dataflywheel.config import load_config; "
+            f"load_config({str(tmp_path / 'flywheel.yaml')!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
