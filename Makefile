@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install demo example test bench clean
+.PHONY: install demo example lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ demo: install
 example: install
 	cd examples/breast-cancer && ../../$(BIN)/flywheel run
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
 	$(BIN)/pytest -q
 
 bench: install

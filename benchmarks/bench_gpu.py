@@ -439,7 +439,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     if "throughput" in results:
-        print(f"\n| model | fine-tuning | precision | ours ex/s | Trainer ex/s | ratio | ours peak GB | Trainer peak GB |")
+        print("\n| model | fine-tuning | precision | ours ex/s | Trainer ex/s | ratio | ours peak GB | Trainer peak GB |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results["throughput"]:
             print(f"| {r['model']} | {r['finetune']} | {r['precision']} | {r['ours_examples_per_s']:.0f} | "

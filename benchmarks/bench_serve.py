@@ -189,7 +189,7 @@ def main() -> None:
     from sklearn.datasets import load_breast_cancer
 
     bc = load_breast_cancer()
-    record = dict(zip(bc.feature_names.tolist(), bc.data[0].tolist()))
+    record = dict(zip(bc.feature_names.tolist(), bc.data[0].tolist(), strict=True))
     script = post_script(tmp, "predict", record)
     env = {"OMP_NUM_THREADS": "1", "BUNDLE": str(bundle)}
 

@@ -115,8 +115,7 @@ def worker_train(which: str, args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         losses = [e["loss"] for e in history.epochs]
     else:
-        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
         from transformers.utils import logging
 
         logging.set_verbosity_error()

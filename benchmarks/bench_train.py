@@ -21,9 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ def compare_epochs(
         (t_ours, m_ours), (t_hand, m_hand) = results[ours_epoch_times], results[hand_epoch_times]
         ours += t_ours[warmup:]
         hand += t_hand[warmup:]
-        pairs = zip(m_ours.state_dict().values(), m_hand.state_dict().values())
+        pairs = zip(m_ours.state_dict().values(), m_hand.state_dict().values(), strict=True)
         same &= all(torch.equal(a, b) for a, b in pairs)
     return statistics.median(ours), statistics.median(hand), same
 

@@ -294,6 +294,7 @@ def test_cli_numbers_are_rounded_to_six_significant_digits() -> None:
 
 def test_flywheel_run_piped_prints_epochs_in_target_units_and_why_it_stopped(tmp_path: Path) -> None:
     import polars as pl
+
     from cli_helpers import flywheel
 
     rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ def _assert_same(a: object, b: object) -> None:
             _assert_same(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same(x, y)
     elif isinstance(a, float) and math.isnan(a):
         assert isinstance(b, float) and math.isnan(b)

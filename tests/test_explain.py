@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 import torch
 
-from cli_helpers import flywheel
 from dataflywheel.errors import ConfigError, DataError
 from dataflywheel.explain import explain_records, explanation_html, report_section
 from dataflywheel.features.preprocessor import Preprocessor
@@ -22,6 +21,8 @@ from dataflywheel.features.target import TargetEncoder
 from dataflywheel.models.mlp import build_mlp
 from dataflywheel.models.transformer import build_transformer
 from dataflywheel.registry.predictor import Predictor
+
+from cli_helpers import flywheel
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
 TABULAR = [("a", "number", "auto"), ("b", "number", "auto"), ("c", "category", "auto"),

@@ -14,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dataflywheel.export.rewrites import (
     approximate_gelu,
-    mask_inputs,
     split_skip_layer_norms,
     unmask_unpadded_attention,
 )

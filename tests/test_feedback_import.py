@@ -12,12 +12,13 @@ import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli_helpers import flywheel
 from dataflywheel.cli.loop_commands import feedback_app
 from dataflywheel.errors import DataError, NotFoundError
 from dataflywheel.feedback.importer import import_feedback
 from dataflywheel.feedback.log import FeedbackRow, LogWriter, PredictionRecord, new_id
 from dataflywheel.store import Project
+
+from cli_helpers import flywheel
 
 OUTPUT = {"prediction": "1", "probabilities": {"0": 0.2, "1": 0.8}}
 

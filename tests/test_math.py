@@ -151,7 +151,7 @@ def test_math_doc_claims_hold() -> None:
     assert m is not None
     terms = [t.strip() for t in m.group(1).split(" + ")]
     products = [tuple(float(p.strip("()")) for p in t.split("*")) for t in terms[:-1]]
-    assert products == list(zip(X[0], w)) and float(terms[-1]) == b
+    assert products == list(zip(X[0], w, strict=True)) and float(terms[-1]) == b
     assert float(m.group(2)) == pytest.approx(X[0] @ w + b)
 
     err = ref.forward(X, w, b) - y

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import flywheel
 
 from dataflywheel.errors import ModelError
 from dataflywheel.models.registry import available_models, build_model, model_spec, params_class
+
+from cli_helpers import flywheel
 
 CASES = [
     ("mlp", {"hidden": [64, 0]}, "model.params.hidden[1]: "),

@@ -70,7 +70,7 @@ def test_every_model_maps_inputs_to_logits(name: str, task: str, needs: dict[str
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
     twin = build_model(spec, seed=3)
-    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cli_helpers import flywheel
 from dataflywheel.features.preprocessor import Preprocessor
 from dataflywheel.features.target import TargetEncoder
 from dataflywheel.models.registry import build_model, model_spec
 from dataflywheel.registry.predictor import Predictions, Predictor, to_frame
+
+from cli_helpers import flywheel
 
 
 class ReportingPredictor(Predictor):

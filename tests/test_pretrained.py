@@ -301,13 +301,12 @@ evaluate: {metric: macro_f1}
 
 @pytest.mark.slow
 def test_lora_fine_tunes_minilm_through_flywheel_run(tmp_path: Path) -> None:
-    from cli_helpers import flywheel
-
+    from dataflywheel.data.bbc import bbc_frame, link_minilm
     from dataflywheel.registry import versions
     from dataflywheel.registry.predictor import Predictor
     from dataflywheel.store import Project
 
-    from dataflywheel.data.bbc import bbc_frame, link_minilm
+    from cli_helpers import flywheel
 
     bbc_frame(20, ["business", "sports", "tech"]).write_csv(tmp_path / "bbc.csv")
     link_minilm(tmp_path / "minilm")

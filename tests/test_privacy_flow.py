@@ -182,11 +182,11 @@ def test_pii_sent_to_predict_never_reaches_the_store_nor_a_training_set(tmp_path
 def test_server_cli_and_api_give_identical_outputs_for_text_with_pii(tmp_path: Path) -> None:
     import json
 
-    from cli_helpers import flywheel
-
     import dataflywheel as fw
     from dataflywheel.explain import explain_records
     from dataflywheel.serve.app import create_app
+
+    from cli_helpers import flywheel
 
     config = write_project(tmp_path, texts(90, seed=6))
     assert run(config, progress=False).version == 1

@@ -17,8 +17,6 @@ import pytest
 from polars.testing import assert_frame_equal
 from sqlalchemy import func, select
 
-from cli_helpers import flywheel
-from store_helpers import roles
 from dataflywheel.config import FlywheelConfig, RetrainConfig
 from dataflywheel.data.dataset import get_version
 from dataflywheel.data.examples import load_example
@@ -29,10 +27,13 @@ from dataflywheel.feedback.trainingset import HOLDOUT, assign_role, holdout_fram
 from dataflywheel.lineage_trace import trace_feedback, trace_prediction
 from dataflywheel.loop import as_config, open_project, run
 from dataflywheel.registry import versions
-from dataflywheel.serve.requests import check_label
 from dataflywheel.serve.model import load_served_model
+from dataflywheel.serve.requests import check_label
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import ModelVersionRow
+
+from cli_helpers import flywheel
+from store_helpers import roles
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
 N_INITIAL = 150

@@ -20,8 +20,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cli_helpers import flywheel
-from store_helpers import roles
 from dataflywheel.config import RetrainConfig
 from dataflywheel.data.dataset import get_version
 from dataflywheel.feedback import worker
@@ -33,6 +31,9 @@ from dataflywheel.registry import versions
 from dataflywheel.serve.model import load_served_model
 from dataflywheel.serve.requests import check_label
 from dataflywheel.store import Project
+
+from cli_helpers import flywheel
+from store_helpers import roles
 
 CONFIG = """\
 project: churn

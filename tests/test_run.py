@@ -9,8 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from dataflywheel.errors import BundleIntegrityError, SchemaError
+
 from cli_helpers import flywheel
-from dataflywheel.errors import BundleIntegrityError, DataError, SchemaError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
 

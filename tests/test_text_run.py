@@ -10,10 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cli_helpers import flywheel
-
 from dataflywheel.data.bbc import bbc_frame
 
+from cli_helpers import flywheel
 
 CONFIG = """
 project: bbc-tiny

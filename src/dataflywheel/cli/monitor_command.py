@@ -21,9 +21,9 @@ def monitor(
 ) -> None:
     """Drift per feature (PSI, Kolmogorov-Smirnov) between the training data and the last
     predictions served, and accuracy on labelled feedback, overall and per model version."""
+    from dataflywheel import registry
     from dataflywheel.feedback.monitor import monitor_report
     from dataflywheel.loop import as_config, open_project
-    from dataflywheel import registry
 
     cfg = as_config(config)
     project = open_project(cfg)

@@ -14,6 +14,7 @@ import numpy as np
 
 from dataflywheel.errors import ConfigError, DataError
 
+
 def task_metrics(task: str) -> dict[str, bool]:
     """Metric name -> higher is better for ``task``; the first is the ``auto`` choice."""
     from dataflywheel.tasks import get_task

@@ -18,10 +18,9 @@ overflow float32 into inf and NaN model outputs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
-
-from abc import ABC, abstractmethod
 
 import numpy as np
 import polars as pl

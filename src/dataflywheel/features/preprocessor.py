@@ -201,7 +201,7 @@ def _plan(encoders: Mapping[str, Encoder]) -> _Plan:
             plan.others.append((col, enc, plan.n_numeric))
         plan.n_numeric += enc.width_
     if affine:
-        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64) for v in zip(*affine))
+        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64) for v in zip(*affine, strict=True))
     return plan
 
 

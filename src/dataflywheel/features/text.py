@@ -72,7 +72,7 @@ def _prefix_holds(encoding: Any, prefix: str) -> bool:
     if not encoding.overflowing:
         return False
     boundary = max(prefix.rfind(" "), prefix.rfind("\n"), prefix.rfind("\t"))
-    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True) if not special]
     return bool(ends) and boundary > 0 and max(ends) <= boundary
 
 
@@ -186,9 +186,9 @@ class TextEncoder:
             encodings = tok.encode_batch(items)
         else:
             encodings = tok.encode_batch([t[:cut] for t in items])
-            redo = [i for i, (t, e) in enumerate(zip(items, encodings)) if len(t) > cut and not _prefix_holds(e, t[:cut])]
+            redo = [i for i, (t, e) in enumerate(zip(items, encodings, strict=True)) if len(t) > cut and not _prefix_holds(e, t[:cut])]
             if redo:
-                for i, e in zip(redo, tok.encode_batch([items[i] for i in redo])):
+                for i, e in zip(redo, tok.encode_batch([items[i] for i in redo]), strict=True):
                     encodings[i] = e
         truncated = sum(1 for e in encodings if e.overflowing)
         return Ragged.from_lists([e.ids for e in encodings]), truncated

@@ -40,8 +40,8 @@ from dataflywheel.config import FlywheelConfig
 from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersion, data_config_hash, version_id
 from dataflywheel.data.schema import Schema
 from dataflywheel.errors import DataError
-from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
 from dataflywheel.features.inputs import model_inputs
+from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import (
     Base,

@@ -14,9 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationInfo, field_validator
-
 import torch
+from pydantic import ValidationInfo, field_validator
 from torch import nn
 from torch.nn import functional as F
 

@@ -100,7 +100,7 @@ class Task(ABC):
         """Targets as :meth:`evaluate` expects them."""
         return np.asarray(self.encode_target(enc, series))
 
-    def check_target(self, col: ColumnSchema, target: str) -> None:
+    def check_target(self, col: ColumnSchema, target: str) -> None:  # noqa: B027 - optional hook
         """Raise a :class:`~dataflywheel.errors.DataError` when the configured task does not fit
         the target column (checked before training)."""
 

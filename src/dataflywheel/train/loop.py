@@ -26,6 +26,8 @@ from torch import nn
 from dataflywheel.config import TrainConfig, resolve_early_stopping
 from dataflywheel.models.predict import logits_to_output, predict_logits
 from dataflywheel.runtime import bf16_supported, set_threads
+from dataflywheel.tasks import get_task
+from dataflywheel.train.batching import Batchable, batch_order, prepare_batchable
 from dataflywheel.train.callbacks import (
     Callback,
     Checkpoint,
@@ -36,12 +38,10 @@ from dataflywheel.train.callbacks import (
     TrainState,
     overrides,
 )
-from dataflywheel.train.batching import Batchable, batch_order, prepare_batchable
 from dataflywheel.train.checkpoint import load_checkpoint, restore
 from dataflywheel.train.objective import Objective, make_objective
 from dataflywheel.train.optim import make_optimizer, make_scheduler
 from dataflywheel.train.strategy import SingleDevice, Strategy
-from dataflywheel.tasks import get_task
 
 __all__ = ["Batchable", "History", "Metric", "fit", "train_epoch", "validate"]
 
