@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,9 @@ HELD_ROLES = (*USED_ROLES, "dropped")
 """Roles of rows a version holds: used, or dropped because their content is there already (a
 duplicate) or a newer label of the same prediction is (superseded)."""
 _ID = "\0feedback_id"
+
+SHOWN_WARNINGS = 3
+"""Validation warnings on labelled feedback printed one per line; the rest are counted by kind."""
 
 
 @dataclass
@@ -286,8 +290,12 @@ def build_next_version(
     held = holdout_frame(parent)
     train = parts["train"]
     table, rejected, warnings = _conform(_as_table(latest, target), cfg, parent, train, inputs)
-    for warning in warnings:
+    for warning in warnings[:SHOWN_WARNINGS]:
         log(f"labelled feedback: warning: {warning}")
+    if len(warnings) > SHOWN_WARNINGS:
+        rest = Counter(w.split(" ", 1)[0] for w in warnings[SHOWN_WARNINGS:])
+        log(f"labelled feedback: {len(warnings) - SHOWN_WARNINGS} more warnings ("
+            + ", ".join(f"{kind} {n}" for kind, n in rest.most_common()) + ")")
 
     # duplicates are compared on what the model reads: the other columns of feedback rows are empty
     compared = [c for c in train.columns if c in {*inputs, target}]
