@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from starlette.routing import Mount, compile_path
 
 from dataflywheel.config import AuthConfig
@@ -68,9 +68,6 @@ class BearerAuth:
                                 headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
             raise HTTPException(403, "invalid bearer token")
-
-    async def __call__(self, request: Request) -> None:
-        self.check(request.headers.get("authorization"))
 
 
 class AccessMatrix:
@@ -116,9 +113,6 @@ class AccessMatrix:
     def class_needs_token(self, access: Access) -> bool:
         """Whether ``access`` is guarded once a token is set (for the OpenAPI schema)."""
         return self.guarded[access]
-
-    def entries(self) -> dict[str, Access]:
-        return {**self._exact, **{p: a for p, _, a in self._patterns}}
 
     def unregistered(self, app: FastAPI) -> list[str]:
         """The app's route paths (mounts as ``prefix/*``) no entry covers."""
