@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from dataflywheel.cli.loop_commands import UsageError, lineage
 from dataflywheel.errors import NotFoundError
 from dataflywheel.feedback.log import FeedbackRow, PredictionRow
-from dataflywheel.feedback.trainingset import ensure_log_tables
 from dataflywheel.lineage_trace import trace_feedback, trace_prediction
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import DatasetFeedbackRow, DatasetParentRow, DatasetRow, ModelVersionRow, RunRow
@@ -32,7 +31,6 @@ def project(tmp_path: Path) -> Iterator[Project]:
     """d1 <- d2 (feedback A train, B holdout) <- d3 (feedback C valid); v1 on d1, v2 on d3;
     prediction p1 by v1 (feedback A, B, C on it), p2 by v2, p3 unlogged model; D in no dataset."""
     p = Project.open(tmp_path / ".flywheel")
-    ensure_log_tables(p)
     with p.metadata.transaction() as s:
         s.add_all([dataset("d1"), dataset("d2"), dataset("d3")])
         s.flush()

@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from dataflywheel.errors import NotFoundError
 from dataflywheel.feedback.log import FeedbackRow, PredictionRow
-from dataflywheel.feedback.trainingset import ensure_log_tables
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import DatasetFeedbackRow, DatasetParentRow, DatasetRow, ModelVersionRow, RunRow
 
@@ -72,7 +71,6 @@ def dataset_node(project: Project, dataset_id: str, _seen: set[str] | None = Non
 def trace_prediction(project: Project, prediction_id: str) -> dict[str, Any]:
     """Prediction -> model version -> training run -> dataset version -> parents, plus the
     feedback received on this prediction. Unknown id: :class:`NotFoundError`."""
-    ensure_log_tables(project)
     with project.metadata.transaction() as s:
         pred = s.get(PredictionRow, prediction_id)
         if pred is None:
@@ -110,7 +108,6 @@ def trace_feedback(project: Project, feedback_id: str) -> dict[str, Any]:
     """Feedback -> prediction, the dataset versions holding it (with role), and ``first_model``:
     the lowest model version trained on a dataset that includes it in train or valid, directly
     or through an ancestor (None if none yet). Unknown id: :class:`NotFoundError`."""
-    ensure_log_tables(project)
     with project.metadata.transaction() as s:
         fb = s.get(FeedbackRow, feedback_id)
         if fb is None:

@@ -35,9 +35,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from dataflywheel.errors import DataError, FlywheelError, NotFoundError, StoreError
-from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow, new_id, same_value
+from dataflywheel.feedback.log import FeedbackRow, PredictionRow, new_id, same_value
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import Base
 
 LABEL = "label"
 PREDICTION_ID = "prediction_id"
@@ -123,7 +122,6 @@ def import_feedback(project: Project, path: str | Path, *, attempts: int = 5) ->
     Another writer may store some of the same keys between this import's reads and its
     commit (two imports of one file at once): the transaction is then run again, up to
     ``attempts`` times, and finds those rows already imported."""
-    Base.metadata.create_all(project.metadata.engine, tables=TABLES)
     where = str(path)
     df = read_labels(path)
     by_id = PREDICTION_ID in df.columns

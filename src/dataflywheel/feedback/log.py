@@ -82,7 +82,6 @@ class FeedbackRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
 
 
-TABLES = [Base.metadata.tables["predictions"], Base.metadata.tables["feedback"]]
 _P = PredictionRow.__table__.c
 _F = FeedbackRow.__table__.c
 _INSERT_PREDICTIONS = insert(PredictionRow.__table__).values(
@@ -233,7 +232,6 @@ class LogWriter:
         self._conn: Connection | None = None
         self._closed = False
         self._lock = threading.Lock()
-        Base.metadata.create_all(store.engine, tables=TABLES)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Self:

@@ -36,7 +36,7 @@ from dataflywheel.feedback.drift import (
     numeric_drift,
     numeric_reference,
 )
-from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
+from dataflywheel.feedback.log import FeedbackRow, PredictionRow
 from dataflywheel.feedback.text_drift import TextReference, text_drift, text_reference
 from dataflywheel.store import Project
 
@@ -117,7 +117,6 @@ def model_dataset_id(project: Project, predictor: Any) -> str:
 def recent_inputs(project: Project, window: int, features: dict[str, str]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Inputs of the last ``window`` logged predictions as a frame with one column per feature
     (numbers Float64, others String; absent keys are null), plus the window's time span."""
-    _ensure_tables(project)
     with project.metadata.transaction() as s:
         rows = s.execute(
             select(PredictionRow.input, PredictionRow.created_at)
@@ -161,7 +160,6 @@ def live_accuracy(project: Project, task: str) -> dict[str, Any]:
 
     kind = get_task(task)
     metric = kind.live_metric
-    _ensure_tables(project)
     with project.metadata.transaction() as s:
         rows = s.execute(
             select(FeedbackRow.prediction_id, FeedbackRow.created_at, FeedbackRow.value, PredictionRow.model_version,
@@ -185,13 +183,6 @@ def live_accuracy(project: Project, task: str) -> dict[str, Any]:
                            metric: float(sel.mean())})
     overall = {"n": int(scores.size), metric: float(scores.mean()) if scores.size else None}
     return {"metric": metric, "overall": overall, "by_version": by_version}
-
-
-def _ensure_tables(project: Project) -> None:
-    """A project that never served may lack the log tables: create them (empty) before reading."""
-    from dataflywheel.store.metadata import Base
-
-    Base.metadata.create_all(project.metadata.engine, tables=TABLES, checkfirst=True)
 
 
 def monitor_report(project: Project, predictor: Any, window: int, bins: int) -> dict[str, Any]:

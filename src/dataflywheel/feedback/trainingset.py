@@ -42,10 +42,9 @@ from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersio
 from dataflywheel.data.schema import Schema
 from dataflywheel.errors import DataError
 from dataflywheel.features.inputs import model_inputs
-from dataflywheel.feedback.log import TABLES, FeedbackRow, PredictionRow
+from dataflywheel.feedback.log import FeedbackRow, PredictionRow
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import (
-    Base,
     DatasetFeedbackRow,
     DatasetParentRow,
     DatasetRow,
@@ -106,11 +105,6 @@ def evaluation_rows(dataset: DatasetVersion, test: pl.DataFrame) -> tuple[pl.Dat
     return rows, {"test": test.height, "feedback_holdout": held.height}
 
 
-def ensure_log_tables(project: Project) -> None:
-    """Create the prediction/feedback tables if this store has never logged anything."""
-    Base.metadata.create_all(project.metadata.engine, tables=TABLES)
-
-
 def ancestry(project: Project, dataset_id: str) -> list[str]:
     """``dataset_id`` and all its ancestors, nearest first."""
     seen, todo = [dataset_id], [dataset_id]
@@ -138,7 +132,6 @@ def new_label_count(project: Project) -> int:
     """Labelled feedback rows no settled dataset version has seen (the retrain trigger): rows
     of an orphan version count; rows a settled version rejected do not (they are retried by
     the next retrain, but do not trigger one)."""
-    ensure_log_tables(project)
     seen = select(DatasetFeedbackRow.feedback_id).where(DatasetFeedbackRow.dataset_id.in_(settled_datasets()))
     with project.metadata.transaction() as s:
         q = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.kind == "label",
@@ -155,7 +148,6 @@ def _pending(project: Project, parent_id: str) -> Select[Any]:
 def retrain_due(project: Project, parent_id: str) -> bool:
     """Whether a retrain from ``parent_id`` has anything to consider: a pending labelled row
     (:func:`pending_feedback`) that no version a model was trained on holds."""
-    ensure_log_tables(project)
     pending = _pending(project, parent_id)
     used = select(DatasetFeedbackRow.feedback_id).where(
         DatasetFeedbackRow.dataset_id.in_(trained_datasets()), DatasetFeedbackRow.role.in_(HELD_ROLES))
@@ -187,7 +179,6 @@ def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
     """Labelled feedback not held by ``parent_id`` or its ancestors (rows they rejected
     included), joined to the logged input: columns ``feedback_id``, ``prediction_id``,
     ``created_at``, ``input``, ``label``."""
-    ensure_log_tables(project)
     pending = _pending(project, parent_id)
     q = (select(FeedbackRow.id, FeedbackRow.prediction_id, FeedbackRow.created_at, FeedbackRow.value,
                 PredictionRow.input)
