@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,20 +31,6 @@ def project(trained: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "p"
     shutil.copytree(trained, folder)
     return folder
-
-
-@contextmanager
-def env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def damage(db: Path, kind: str) -> None:
@@ -111,16 +95,18 @@ def test_version_completion_and_json_listings(trained: Path, monkeypatch: pytest
     assert r.code == 0 and doc["version"] == 1 and doc["trained"] is False and doc["champion"] == 1
 
 
-def test_configuration_from_environment_variables(trained: Path, tmp_path: Path) -> None:
+def test_configuration_from_environment_variables(trained: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    with env(FLYWHEEL_CONFIG=str(trained / "flywheel.yaml")):
+    with monkeypatch.context() as m:
+        m.setenv("FLYWHEEL_CONFIG", str(trained / "flywheel.yaml"))
         assert json.loads(flywheel("models", "list", "--json", cwd=elsewhere).out)[0]["version"] == 1
-    with env(FLYWHEEL_PROJECT=str(trained)):
-        assert json.loads(flywheel("validate", "--json", cwd=elsewhere).out)["valid"] is True
+    monkeypatch.setenv("FLYWHEEL_PROJECT", str(trained))
+    assert json.loads(flywheel("validate", "--json", cwd=elsewhere).out)["valid"] is True
     other_db = tmp_path / "other.db"
-    with env(FLYWHEEL_PROJECT=str(trained), FLYWHEEL_STORE_URL=f"sqlite:///{other_db}"):
-        assert json.loads(flywheel("models", "list", "--json", cwd=elsewhere).out) == []
+    monkeypatch.setenv("FLYWHEEL_STORE_URL", f"sqlite:///{other_db}")
+    assert json.loads(flywheel("models", "list", "--json", cwd=elsewhere).out) == []
     assert other_db.is_file()
 
 

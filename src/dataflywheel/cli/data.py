@@ -124,7 +124,7 @@ def validate(
 
     report = validate_batch(file, config, dataset, require_target=require_target and not inputs_only)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        print_json(report.to_dict())
     else:
         console().print(report.summary(), markup=False)
     if report.failed:

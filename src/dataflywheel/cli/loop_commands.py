@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console, logger
+from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, console, logger, print_json
 from dataflywheel.errors import FlywheelError
 
 feedback_app = typer.Typer(help="Feedback on served predictions.", no_args_is_help=True)
@@ -44,7 +44,7 @@ def retrain(
     finally:
         project.close()
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        print_json(result.to_dict())
 
 
 def _quiet(_msg: str) -> None:
@@ -68,7 +68,7 @@ def lineage(
     finally:
         project.close()
     if as_json:
-        typer.echo(json.dumps(doc, indent=2, default=str))
+        print_json(doc)
         return
     lines = _prediction_lines(doc) if prediction_id else _feedback_lines(doc)
     out = console()

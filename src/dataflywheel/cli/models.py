@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -70,7 +69,7 @@ def show(
            "report": str(bundle / "report.html"), "metrics": info.metrics, "verdict": info.verdict,
            "lineage": run.lineage, "alias_history": hist}
     if as_json:
-        typer.echo(json.dumps(doc, indent=2, default=str))
+        print_json(doc)
         return
     out = console()
     out.print(f"model v{info.version} ({info.model_type}, {info.task}); aliases: {', '.join(info.aliases) or '-'}",
