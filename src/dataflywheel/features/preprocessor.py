@@ -76,6 +76,15 @@ class EncodedBatch:
     """Cells per number or datetime feature that could not be read ("abc", "yesterday") or were
     infinite, and were encoded as missing (features with none left out)."""
 
+    @property
+    def inputs(self) -> dict[str, np.ndarray | Ragged]:
+        """The encoded rows by batch name (:mod:`~dataflywheel.features.batch`): ``numeric``,
+        ``categorical`` and, with a text column, ragged ``tokens`` (padded per mini-batch)."""
+        named: dict[str, np.ndarray | Ragged] = {"numeric": self.numeric, "categorical": self.categorical}
+        if self.tokens is not None:
+            named["tokens"] = self.tokens
+        return named
+
 
 def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
     """A fresh encoder for one feature: a registered encoder name, or an option of its type."""
@@ -342,6 +351,21 @@ class Preprocessor:
         self._fitted()
         texts = self.__dict__.get("text_encoders_", {})
         return next(iter(texts.values()), None)
+
+    @property
+    def produces_(self) -> tuple[str, ...]:
+        """The batch names ``transform`` fills: ``numeric`` and ``categorical`` always (a block
+        may be 0 wide), then the text encoder's."""
+        names = ["numeric", "categorical"]
+        for enc in [*self._fitted().values(), *self.__dict__.get("text_encoders_", {}).values()]:
+            names += [n for n in enc.produces if n not in names]
+        return tuple(names)
+
+    @property
+    def pad_id_(self) -> int:
+        """The padding id of the text column's tokens (0 without one)."""
+        text = self.text_encoder_
+        return text.pad_id_ if text is not None else 0
 
     @property
     def n_numeric_(self) -> int:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch import TABULAR, TEXT, Batch
 from dataflywheel.models.mlp import CategoricalEmbedding, model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
 
@@ -97,7 +98,11 @@ class Block(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """(numeric, categorical, tokens, attention_mask) -> logits (B, n_outputs)."""
+    """A batch's ``numeric``, ``categorical``, ``tokens`` and ``attention_mask`` -> logits
+    (B, n_outputs): one encoder per input (the token blocks mean-pooled over real tokens, the
+    numbers as they are, an embedding per category), concatenated before the head."""
+
+    inputs = (*TABULAR, *TEXT)
 
     def __init__(
         self,
@@ -134,14 +139,10 @@ class TextTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(
-        self,
-        numeric: torch.Tensor,
-        categorical: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         # numeric: (B, n_numeric); categorical: (B, n_cat); tokens, attention_mask: (B, T)
+        numeric, categorical = batch["numeric"], batch["categorical"]
+        tokens, attention_mask = batch.get("tokens"), batch.get("attention_mask")
         if tokens is None:
             raise ModelError("a transformer model needs token ids", fix="pass the text column")
         B, T = tokens.shape

@@ -56,20 +56,16 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
     """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
     import torch
 
+    from dataflywheel.features.batch import to_tensors
     from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import Batchable
 
     batch = pre.transform(df)
     y = target_enc.transform(df.get_column(target))
     y_t = get_task(task).prepare_y(torch.as_tensor(np.array(y)), torch.float32)
-    text = pre.text_encoder_
-    return Batchable(
-        numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
-        categorical=torch.as_tensor(batch.categorical, dtype=torch.long),
-        y=y_t,
-        tokens=batch.tokens,
-        pad_id=text.pad_id_ if text is not None else 0,
-    ), batch.truncated
+    named = batch.inputs
+    inputs = to_tensors(named, list(named), dtype=torch.float32, device=torch.device("cpu"))
+    return Batchable(inputs, y_t, pre.pad_id_), batch.truncated
 
 
 def valid_metrics(task: str) -> dict[str, Any]:
