@@ -9,7 +9,12 @@ completeness; ``convergence_delta`` is what is left over):
 - index-encoded categories: the embedding output (``CategoricalEmbedding``), from each
   table's mean row, summed per column;
 - text: the token embedding output, from a baseline where every non-special token is the
-  padding token (its special tokens, such as [CLS] and [SEP], are kept and so score zero).
+  padding token (its special tokens, such as [CLS] and [SEP], are kept and so score zero); each
+  text column has its own, and its token items name their ``column``.
+
+The inputs come from the batch names the model reads (:func:`~dataflywheel.features.batch.model_reads`):
+a float input is attributed as it is, a long one at the output of the embedding the model names
+for it (:class:`~dataflywheel.models.capabilities.EmbedsInputs`).
 
 Attributing at an embedding's *output* is Captum's ``LayerIntegratedGradients``; we do it with
 a forward hook that substitutes the interpolated embeddings, so that numbers, categories and
@@ -38,7 +43,7 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ConfigError, DataError, ModelError
-from dataflywheel.features.batch import CATEGORICAL, TOKENS, Batch, input_key, model_reads, sources
+from dataflywheel.features.batch import CATEGORICAL, TOKENS, Batch, input_key, model_reads, sources, text_names
 from dataflywheel.features.ragged import Ragged
 from dataflywheel.models.capabilities import EmbedsInputs
 from dataflywheel.models.predict import as_batch
@@ -62,7 +67,7 @@ TABULAR_BATCH = 256
 """Tabular records per attribution pass (each pass runs the model on records x steps rows)."""
 Explanation = dict[str, Any]
 """``{prediction, target_class, explained, output, baseline_output, attributions: [{feature |
-token, value, attribution}], convergence_delta}``; JSON-safe."""
+token, value, attribution, column}], convergence_delta}``; JSON-safe."""
 
 
 @dataclass
@@ -95,22 +100,22 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     model = private_copy(predictor.model).eval()
     encoded = predictor.preprocessor.transform_records(records)
     groups = _feature_groups(predictor.preprocessor)
-    if encoded.tokens is None:
+    if not encoded.texts:
         batch = as_batch(model, encoded.inputs)
         return [e for i in range(0, len(records), TABULAR_BATCH) for e in _explain(
             predictor, model, {k: v[i : i + TABULAR_BATCH] for k, v in batch.items()},
-            records[i : i + TABULAR_BATCH], groups, steps, None)]
-    text = predictor.preprocessor.text_encoder_
-    tokenizer = _Tokens(text.tokenizer_json_, text.pad_id_)
+            records[i : i + TABULAR_BATCH], groups, steps, {})]
+    tokenizers = {text_names(i)[0]: _Tokens(column, enc.tokenizer_json_, enc.pad_id_)
+                  for i, (column, enc) in enumerate(predictor.preprocessor.text_encoders.items())}
     out: list[Explanation] = []
     for i in range(len(records)):  # one text at a time: no padding enters the path
         one = {k: v.take(np.array([i])) if isinstance(v, Ragged) else v[i : i + 1] for k, v in encoded.inputs.items()}
-        out += _explain(predictor, model, as_batch(model, one, pad_id=text.pad_id_), records[i : i + 1], groups,
-                        steps, tokenizer)
+        out += _explain(predictor, model, as_batch(model, one, pad_id=predictor.preprocessor.pad_ids_), records[i : i + 1], groups,
+                        steps, tokenizers)
     return out
 
 
-def _paths(model: nn.Module, batch: Batch, tokenizer: _Tokens | None) -> list[_Path]:
+def _paths(model: nn.Module, batch: Batch, tokenizers: Mapping[str, _Tokens]) -> list[_Path]:
     """One :class:`_Path` per input the model reads that has something to attribute (a mask
     has not; a 0-wide block neither)."""
     paths: list[_Path] = []
@@ -126,8 +131,8 @@ def _paths(model: nn.Module, batch: Batch, tokenizer: _Tokens | None) -> list[_P
             start = layer(value)
             if name == CATEGORICAL:
                 base = _mean_embedding(layer).expand_as(start)  # (B, n_cat * dim)
-            elif name == TOKENS and tokenizer is not None:
-                base = layer(tokenizer.baseline(value))  # (B, T, C)
+            elif name in tokenizers:
+                base = layer(tokenizers[name].baseline(value))  # (B, T, C)
             else:
                 raise ModelError(f"cannot explain the {name!r} input", fix="explain a model over tables or text")
         paths.append(_Path(name, start, base, layer))
@@ -135,7 +140,7 @@ def _paths(model: nn.Module, batch: Batch, tokenizer: _Tokens | None) -> list[_P
 
 
 def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[Mapping[str, Any]],
-             groups: list[tuple[str, str, slice]], steps: int, tokenizer: _Tokens | None) -> list[Explanation]:
+             groups: list[tuple[str, str, slice]], steps: int, tokenizers: Mapping[str, _Tokens]) -> list[Explanation]:
     from captum.attr import IntegratedGradients
 
     task = get_task(predictor.task)
@@ -143,7 +148,7 @@ def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[M
         logits = model(batch)
     target = task.explain_class(logits, predictor.threshold)  # (B,)
     scale, offset = task.explain_scale(predictor.target)  # e.g. a standardised target back to its units
-    paths = _paths(model, batch, tokenizer)
+    paths = _paths(model, batch, tokenizers)
     layers = [p.layer for p in paths if p.layer is not None]
 
     names = list(batch)  # the batch rides along as extra arguments: Captum repeats them per step
@@ -168,7 +173,7 @@ def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[M
         attr = attr.detach()
         if p.name == CATEGORICAL:
             per[p.name] = _sum_per_column(attr, batch[CATEGORICAL].shape[1])  # (B, n_cat)
-        elif p.name == TOKENS:
+        elif p.name in tokenizers:
             per[p.name] = attr.sum(dim=-1)  # (B, T)
         else:
             per[p.name] = attr  # (B, width)
@@ -178,10 +183,12 @@ def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[M
     out: list[Explanation] = []
     for i, record in enumerate(records):
         items: list[dict[str, Any]] = []
-        if TOKENS in per and tokenizer is not None:
-            ids = batch[TOKENS][i].tolist()
-            items += [{"token": tokenizer.text(t), "value": int(t), "attribution": _num(a)}
-                      for t, a in zip(ids, per[TOKENS][i].tolist(), strict=True)]
+        for name, tokenizer in tokenizers.items():
+            if name not in per:
+                continue
+            ids = batch[name][i].tolist()
+            items += [{"token": tokenizer.text(t), "value": int(t), "attribution": _num(a),
+                       "column": tokenizer.column} for t, a in zip(ids, per[name][i].tolist(), strict=True)]
         for column, block, where in groups:
             source = per.get(block)
             if source is None:
@@ -240,7 +247,7 @@ def _embedding_layer(model: nn.Module, name: str) -> nn.Module:
     hf = getattr(model, "hf", None)
     if layer is None and isinstance(hf, HasInputEmbeddings):
         layer = hf.get_input_embeddings()
-    if name == TOKENS and isinstance(layer, nn.Embedding):
+    if name == TOKENS and isinstance(layer, nn.Embedding):  # a second text column's: input_embedding
         return layer
     raise ModelError(f"cannot find the embedding layer of the {name!r} input of a {type(model).__name__}",
                      fix="give the model an input_embedding(name) method")
@@ -275,9 +282,10 @@ def _feature_groups(pre: Any) -> list[tuple[str, str, slice]]:
 class _Tokens:
     """Token strings, and the padded baseline, from the text encoder's tokenizer."""
 
-    def __init__(self, tokenizer_json: str, pad_id: int) -> None:
+    def __init__(self, column: str, tokenizer_json: str, pad_id: int) -> None:
         from tokenizers import Tokenizer
 
+        self.column = column
         self.tok = Tokenizer.from_str(tokenizer_json)
         self.pad_id = pad_id
         self.tok.no_truncation()

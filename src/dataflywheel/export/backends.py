@@ -138,7 +138,7 @@ def _throughput(predictor: Any, df: pl.DataFrame, batch_size: int, repeats: int)
     if df.height == 0:
         return None
     batch = predictor.preprocessor.transform(df)
-    pad_id = predictor.preprocessor.pad_id_
+    pad_id = predictor.preprocessor.pad_ids_
     best = math.inf
     for _ in range(max(1, repeats)):
         start = time.perf_counter()

@@ -55,22 +55,25 @@ def _example(predictor: Any, reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor
     """Example inputs (batch 2), one per batch name the network reads, and their dynamic shapes
     (the axes each name's :class:`~dataflywheel.features.batch.InputKey` declares dynamic),
     sized from the bundle's model spec."""
-    from dataflywheel.features.batch import input_key
+    from dataflywheel.features.batch import input_key, text_names
 
     args = predictor.meta["spec"]["args"]
     widths = {"numeric": int(args["n_numeric"]), "categorical": len(args["cardinalities"])}
-    max_length = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=1, max=max_length)}
+    first = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
+    batch = torch.export.Dim("batch")
+    seq: dict[str, tuple[Any, int]] = {}  # a text column's names -> its length Dim and max_length
+    for i, max_length in enumerate([first, *(int(t) for _v, t in args.get("more_text", ()))]):
+        dim = torch.export.Dim("seq" if i == 0 else f"seq_{i}", min=1, max=max_length)
+        seq |= {name: (dim, max_length) for name in text_names(i)}
     example: list[torch.Tensor] = []
     shapes: list[dict[int, Any]] = []
     for name in reads:
         key = input_key(name)
         dtype = {"float": torch.float32, "long": torch.long, "bool": torch.bool}[key.kind]
-        size = min(4, max_length) if 1 in key.dynamic else widths.get(name, 1)
-        example.append(torch.ones(2, size, dtype=dtype) if key.kind == "bool" else torch.zeros(2, size, dtype=dtype))
-        shapes.append({axis: dims[axis] for axis in key.dynamic})
-    if "tokens" in reads:  # ids other than padding, so no export path special-cases them
-        example[reads.index("tokens")] = torch.ones_like(example[reads.index("tokens")])
+        size = min(4, seq[name][1]) if 1 in key.dynamic else widths.get(name, 1)
+        # ones: ids other than padding and masks that keep every token, so no path special-cases them
+        example.append(torch.ones(2, size, dtype=dtype) if name in seq else torch.zeros(2, size, dtype=dtype))
+        shapes.append({axis: batch if axis == 0 else seq[name][0] for axis in key.dynamic})
     return tuple(example), tuple(shapes)
 
 

@@ -25,15 +25,27 @@ and a model that reads it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch_names import (
+    ATTENTION_MASK,
+    CATEGORICAL,
+    NUMERIC,
+    TABULAR,
+    TEXT,
+    TOKENS,
+    InputKey,
+    check_reads,
+    input_key,
+    register_input,
+    sources,
+    text_names,
+)
 from dataflywheel.features.ragged import Ragged
 
 Batch = dict[str, torch.Tensor]
@@ -41,45 +53,9 @@ Batch = dict[str, torch.Tensor]
 Inputs = Mapping[str, "torch.Tensor | np.ndarray | Ragged"]
 """N encoded rows by name: dense arrays or tensors, and ragged token rows (padded by :func:`collate`)."""
 
-NUMERIC, CATEGORICAL, TOKENS, ATTENTION_MASK = "numeric", "categorical", "tokens", "attention_mask"
-TABULAR: tuple[str, ...] = (NUMERIC, CATEGORICAL)
-TEXT: tuple[str, ...] = (TOKENS, ATTENTION_MASK)
-
-
-@dataclass(frozen=True)
-class InputKey:
-    """A batch name: its element kind, the axes that vary between batches (0 is always the
-    batch), the largest size of each such axis a model may cap (e.g. T by ``max_length``), and,
-    for a ragged input, the name of the mask its padding produces."""
-
-    name: str
-    kind: Literal["float", "long", "bool"]
-    dynamic: tuple[int, ...] = (0,)
-    mask: str | None = None
-
-
-_KEYS: dict[str, InputKey] = {}
-
-
-def register_input(key: InputKey) -> None:
-    """Make ``key.name`` a batch name; a name can be registered once."""
-    if key.name in _KEYS:
-        raise ValueError(f"batch input {key.name!r} is already registered")
-    _KEYS[key.name] = key
-
-
-def input_key(name: str) -> InputKey:
-    try:
-        return _KEYS[name]
-    except KeyError:
-        raise ModelError(f"unknown batch input {name!r}", fix=f"use one of {sorted(_KEYS)} or register it") from None
-
-
-register_input(InputKey(NUMERIC, "float"))
-register_input(InputKey(CATEGORICAL, "long"))
-register_input(InputKey(TOKENS, "long", dynamic=(0, 1), mask=ATTENTION_MASK))
-register_input(InputKey(ATTENTION_MASK, "bool", dynamic=(0, 1)))
-
+__all__ = ["ATTENTION_MASK", "CATEGORICAL", "NUMERIC", "TABULAR", "TEXT", "TOKENS", "Batch", "InputKey", "Inputs",
+           "PadIds", "check_reads", "collate", "dtype_for", "input_key", "model_reads", "n_rows", "ragged_lengths",
+           "register_input", "sources", "text_names", "to_tensors"]
 
 def model_reads(model: nn.Module) -> tuple[str, ...]:
     """The batch names ``model`` reads: its ``inputs`` attribute (every registered model, and
@@ -89,21 +65,6 @@ def model_reads(model: nn.Module) -> tuple[str, ...]:
         raise ModelError(f"a {type(model).__name__} does not declare the batch names it reads",
                          fix="give the module an `inputs` tuple, e.g. ('numeric', 'categorical')")
     return names
-
-
-def check_reads(reads: Iterable[str], produced: Iterable[str], where: str = "model") -> None:
-    """A :class:`ModelError` when a model reads a name the data does not provide."""
-    missing = [n for n in reads if n not in set(produced)]
-    if missing:
-        raise ModelError(f"the model reads {missing}, which the encoded data does not have (it has "
-                         f"{sorted(set(produced))})", where=where,
-                         fix="give the data the column type the model reads (e.g. a text column for tokens)")
-
-
-def sources(reads: Sequence[str]) -> list[str]:
-    """The host-side names behind the batch names ``reads``: a mask comes with its ragged input."""
-    masks = {k.mask for k in _KEYS.values() if k.mask is not None}
-    return [n for n in reads if n not in masks]
 
 
 def n_rows(inputs: Inputs) -> int:
@@ -142,11 +103,15 @@ def to_tensors(inputs: Inputs, names: Sequence[str], *, dtype: torch.dtype, devi
     return out
 
 
-def collate(inputs: Mapping[str, torch.Tensor | Ragged], idx: torch.Tensor | slice | None, *, pad_id: int = 0,
+PadIds = int | Mapping[str, int]
+"""The padding id of every ragged input, or per ragged input's name (missing names pad with 0)."""
+
+
+def collate(inputs: Mapping[str, torch.Tensor | Ragged], idx: torch.Tensor | slice | None, *, pad_id: PadIds = 0,
             device: torch.device | None = None) -> Batch:
     """The :data:`Batch` of rows ``idx`` (indices, a slice, or all rows when None): dense
-    entries indexed, ragged ones padded to the longest selected row with ``pad_id`` and their
-    mask added."""
+    entries indexed, ragged ones padded to the longest selected row with their ``pad_id`` and
+    their mask added."""
     batch: Batch = {}
     for name, value in inputs.items():
         if isinstance(value, Ragged):
@@ -156,7 +121,7 @@ def collate(inputs: Mapping[str, torch.Tensor | Ragged], idx: torch.Tensor | sli
                 rows = np.arange(len(value))[idx]
             else:
                 rows = idx.cpu().numpy()
-            ids, mask = value.pad(rows, pad_id)
+            ids, mask = value.pad(rows, pad_id.get(name, 0) if isinstance(pad_id, Mapping) else pad_id)
             batch[name] = torch.from_numpy(ids).to(device or "cpu", non_blocking=True)
             mask_name = input_key(name).mask
             if mask_name is not None:

@@ -16,14 +16,14 @@ from torch import nn
 from dataflywheel.features.batch import collate, dtype_for, model_reads, n_rows, ragged_lengths, sources, to_tensors
 
 if TYPE_CHECKING:
-    from dataflywheel.features.batch import Batch, Inputs
+    from dataflywheel.features.batch import Batch, Inputs, PadIds
 
 TEXT_BATCH = 64
 """Texts per forward pass at prediction time (attention memory grows with batch x length^2)."""
 TABULAR_BATCH = 8192
 
 
-def as_batch(model: nn.Module, inputs: Inputs, *, pad_id: int = 0) -> Batch:
+def as_batch(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0) -> Batch:
     """All rows of ``inputs`` as one batch of the names ``model`` reads, as tensors of their
     registered kinds on the model's device (floats in its dtype, ragged rows padded)."""
     dtype, device = dtype_for(model)
@@ -31,7 +31,7 @@ def as_batch(model: nn.Module, inputs: Inputs, *, pad_id: int = 0) -> Batch:
                    pad_id=pad_id, device=device)
 
 
-def predict_logits(model: nn.Module, inputs: Inputs, *, pad_id: int = 0, batch_size: int | None = None,
+def predict_logits(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0, batch_size: int | None = None,
                    ) -> torch.Tensor:
     """Logits ``(N, n_outputs)`` in eval mode and without autograd; the model's mode is restored.
 
@@ -75,6 +75,6 @@ def logits_to_output(logits: torch.Tensor, task: str) -> np.ndarray:
     return get_task(task).activate(logits.detach().cpu().float().numpy())
 
 
-def predict_proba(model: nn.Module, inputs: Inputs, task: str, *, pad_id: int = 0) -> np.ndarray:
+def predict_proba(model: nn.Module, inputs: Inputs, task: str, *, pad_id: PadIds = 0) -> np.ndarray:
     """Predictions as NumPy (see :func:`logits_to_output` for the shapes)."""
     return logits_to_output(predict_logits(model, inputs, pad_id=pad_id), task)

@@ -41,6 +41,7 @@ __all__ = [
     "predict_proba",
     "register_model",
     "takes_text",
+    "text_columns",
 ]
 
 Builder = Callable[..., nn.Module]
@@ -89,6 +90,15 @@ def takes_text(name: str) -> bool:
     if declared is not None:
         return "text_vocab_size" in declared.model_fields
     return "text_vocab_size" in inspect.signature(get_builder(name)).parameters
+
+
+def text_columns(name: str) -> int | None:
+    """How many text columns model type ``name`` reads: 0, 1, or None for any number (its
+    params declare ``more_text``, the second and later columns' tokenizer sizes)."""
+    if not takes_text(name):
+        return 0
+    declared = params_class(name)
+    return None if declared is not None and "more_text" in declared.model_fields else 1
 
 
 def model_spec(name: str, **kwargs: Any) -> dict[str, Any]:

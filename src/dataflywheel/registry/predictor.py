@@ -158,7 +158,7 @@ class Predictor:
 
         df, redacted = self.redaction.frame(df)
         batch = self.preprocessor.transform(df)
-        out = predict_proba(self.model, batch.inputs, self.task, pad_id=self.preprocessor.pad_id_)
+        out = predict_proba(self.model, batch.inputs, self.task, pad_id=self.preprocessor.pad_ids_)
         return self.task_object.scores(self.target, out), batch, redacted
 
     def decode(self, scores: np.ndarray) -> Decoded:

@@ -89,8 +89,8 @@ class ServedModel:
         p = self.predictor
         net = p.model if self.network is None else self.network
         batch = p.preprocessor.transform_records(records)
-        if batch.tokens is not None:
-            logits = predict_logits(net, batch.inputs, pad_id=p.preprocessor.pad_id_)
+        if batch.texts:
+            logits = predict_logits(net, batch.inputs, pad_id=p.preprocessor.pad_ids_)
             n_truncated = sum(batch.truncated.values())
             if n_truncated and on_truncated is not None:
                 on_truncated(n_truncated)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from dataflywheel.errors import DataError
-from dataflywheel.features.batch import Batch, check_reads, collate, ragged_lengths, sources, to_tensors
+from dataflywheel.features.batch import Batch, PadIds, check_reads, collate, ragged_lengths, sources, to_tensors
 from dataflywheel.features.ragged import Ragged
 from dataflywheel.tasks import get_task
 
@@ -57,7 +57,7 @@ class Batchable:
 
     inputs: dict[str, torch.Tensor | Ragged]
     y: torch.Tensor
-    pad_id: int = 0
+    pad_id: PadIds = 0
 
     @classmethod
     def of(cls, numeric: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, tokens: Ragged | None = None,
