@@ -1,11 +1,14 @@
 """Model builders by name.
 
 A builder is ``builder(*, n_numeric, cardinalities, n_outputs, task, **params) -> nn.Module``
-whose module maps ``(numeric (B, n_numeric) float, categorical (B, n_cat) long)`` to logits
-``(B, n_outputs)``. A builder that reads text declares a ``text_vocab_size`` parameter: it then
-gets ``text_vocab_size`` and ``max_length`` from the text column's tokenizer, and its module
-also takes ``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool (True on real tokens). Builders are added by an explicit :func:`register_model` call (duplicates are
-rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
+whose module declares the batch names it reads (an ``inputs`` tuple, see
+:mod:`~dataflywheel.features.batch`) and maps ``forward(batch)`` to logits ``(B, n_outputs)``.
+A builder that reads text declares a ``text_vocab_size`` parameter: it then gets
+``text_vocab_size`` and ``max_length`` from the first text column's tokenizer and reads
+``tokens`` (B, T) long and ``attention_mask`` (B, T) bool (True on real tokens); one that also
+declares ``more_text`` reads every text column (``tokens_1``, ... with ``more_text`` giving
+their tokenizers' sizes). Builders are added by an explicit :func:`register_model` call
+(duplicates are rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
 stores; :func:`build_model` rebuilds the module from it. A builder that reads files named by a
 relative path in its spec (a pretrained base model) declares a ``base_dirs`` parameter: it gets
 the folders to look such paths up in from :func:`build_model`, never from the spec, so a spec
