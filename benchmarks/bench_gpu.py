@@ -91,7 +91,7 @@ class Encoded:
 
     def batch(self) -> Batchable:
         n = len(self.ids)
-        return Batchable(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), torch.from_numpy(self.y),
+        return Batchable.of(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), torch.from_numpy(self.y),
                          Ragged.from_lists(self.ids), self.pad_id)
 
     def features(self) -> list[dict[str, Any]]:
@@ -169,10 +169,8 @@ def checks(args: argparse.Namespace, base: Path, tok: Any, rows: list[dict[str, 
                 f"params {sorted(where)}, batches {sorted(seen)}, history {history.device}"))
     out.append(("loss decreases (LoRA, 3 epochs)", losses[-1] < losses[0], " -> ".join(f"{v:.3f}" for v in losses)))
 
-    on_device = predict_logits(model, data.batch().numeric, data.batch().categorical, tokens=data.batch().tokens,
-                               pad_id=data.pad_id)
-    on_cpu = predict_logits(copy.deepcopy(model).cpu(), data.batch().numeric, data.batch().categorical,
-                            tokens=data.batch().tokens, pad_id=data.pad_id)
+    on_device = predict_logits(model, data.batch().inputs, pad_id=data.pad_id)
+    on_cpu = predict_logits(copy.deepcopy(model).cpu(), data.batch().inputs, pad_id=data.pad_id)
     diff = float((on_device.cpu() - on_cpu).abs().max())
     out.append(("device logits equal CPU logits (fp32)", diff < 1e-3, f"max |diff| {diff:.2e}"))
 
@@ -295,7 +293,7 @@ def bbc_example(args: argparse.Namespace, minilm: Path, tok: Any, rows: list[dic
         sync(device)
         seconds = time.perf_counter() - started
         batch = test.batch()
-        logits = predict_logits(model, batch.numeric, batch.categorical, tokens=batch.tokens, pad_id=test.pad_id)
+        logits = predict_logits(model, batch.inputs, pad_id=test.pad_id)
         f1 = f1_score(test.y, logits.argmax(1).cpu().numpy(), average="macro")
         out.append({"precision": "bf16" if bf16 else "fp32", "train_rows": len(train_rows), "test_rows": len(test_rows),
                     "epochs": args.bbc_epochs, "fit_seconds": seconds, "test_macro_f1": float(f1)})

@@ -70,7 +70,7 @@ def synthetic(n: int = 200_000, d: int = 30, seed: int = 0) -> Batchable:
 
 
 def _batch(X: np.ndarray, y: np.ndarray) -> Batchable:
-    return Batchable(
+    return Batchable.of(
         torch.as_tensor(X, dtype=torch.float32),
         torch.zeros(len(X), 0, dtype=torch.long),
         torch.as_tensor(y, dtype=torch.float32),
@@ -82,7 +82,7 @@ def _batch(X: np.ndarray, y: np.ndarray) -> Batchable:
 
 def _model(data: Batchable, seed: int) -> nn.Module:
     spec = model_spec(
-        "mlp", n_numeric=data.numeric.shape[1], cardinalities=[], n_outputs=1, task="binary"
+        "mlp", n_numeric=data.inputs["numeric"].shape[1], cardinalities=[], n_outputs=1, task="binary"
     )
     return build_model(spec, seed=seed)
 
@@ -100,7 +100,7 @@ def hand_epoch_times(data: Batchable, cfg: TrainConfig) -> tuple[list[float], nn
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    X, C, y, n, bs = data.numeric, data.categorical, data.y, len(data), cfg.batch_size
+    X, C, y, n, bs = data.inputs["numeric"], data.inputs["categorical"], data.y, len(data), cfg.batch_size
     times = []
     for _ in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def hand_epoch_times(data: Batchable, cfg: TrainConfig) -> tuple[list[float], nn
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X[idx], C[idx]).squeeze(-1), y[idx])
+            loss = loss_fn(model({"numeric": X[idx], "categorical": C[idx]}).squeeze(-1), y[idx])
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - t0)

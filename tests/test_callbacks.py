@@ -21,7 +21,7 @@ from dataflywheel.train.loop import Batchable, fit
 def _data(n: int = 50, seed: int = 0) -> Batchable:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 3)).astype(np.float32)
-    return Batchable(
+    return Batchable.of(
         torch.from_numpy(X),
         torch.zeros(n, 0, dtype=torch.long),
         torch.from_numpy((X[:, 0] > 0).astype(np.float32)),
@@ -217,7 +217,7 @@ def test_progress_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -
 def _noise(n: int, seed: int) -> Batchable:
     """Labels independent of the inputs: the validation loss stops improving within a few epochs."""
     rng = np.random.default_rng(seed)
-    return Batchable(torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)), torch.zeros(n, 0, dtype=torch.long),
+    return Batchable.of(torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)), torch.zeros(n, 0, dtype=torch.long),
                      torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)))
 
 
@@ -267,7 +267,7 @@ def test_regression_progress_is_in_the_target_units() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 3)).astype(np.float32)
     y = (X[:, 0] + 0.1 * rng.normal(size=64)).astype(np.float32)  # standardised targets
-    data = Batchable(torch.from_numpy(X), torch.zeros(64, 0, dtype=torch.long), torch.from_numpy(y))
+    data = Batchable.of(torch.from_numpy(X), torch.zeros(64, 0, dtype=torch.long), torch.from_numpy(y))
     model = build_model(model_spec("mlp", n_numeric=3, cardinalities=[], n_outputs=1, task="regression",
                                    hidden=[8]), seed=0)
     lines: list[str] = []

@@ -162,14 +162,14 @@ def test_explaining_never_touches_the_predictors_model(monkeypatch: pytest.Monke
     numeric = torch.as_tensor(batch.numeric, dtype=torch.float32)
     categorical = torch.as_tensor(batch.categorical, dtype=torch.long)
     with torch.no_grad():
-        before = predictor.model(numeric, categorical).clone()
+        before = predictor.model({"numeric": numeric, "categorical": categorical}).clone()
     seen: list[torch.Tensor] = []
     substituted = attributions._substituted
 
     @contextmanager
     def checking(*args: Any) -> Iterator[None]:
         with substituted(*args), torch.no_grad():
-            seen.append(predictor.model(numeric, categorical))
+            seen.append(predictor.model({"numeric": numeric, "categorical": categorical}))
         with substituted(*args):
             yield
 

@@ -108,10 +108,10 @@ def test_onnx_text_model_takes_any_batch_and_sequence_length(text: Path, tmp_pat
         tokens = torch.randint(0, vocab, (batch, length), generator=gen)
         mask = torch.rand(batch, length, generator=gen) > 0.3
         mask[:, 0] = True
-        args = (torch.zeros(batch, 0), torch.zeros(batch, 0, dtype=torch.long))
+        args = {"numeric": torch.zeros(batch, 0), "categorical": torch.zeros(batch, 0, dtype=torch.long)}
         with torch.inference_mode():
-            expected = model(*args, tokens=tokens, attention_mask=mask)
-        got = onnx_model(*args, tokens=tokens, attention_mask=mask)
+            expected = model(args | {"tokens": tokens, "attention_mask": mask})
+        got = onnx_model(args | {"tokens": tokens, "attention_mask": mask})
         assert got.shape == (batch, 3)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
@@ -289,12 +289,12 @@ def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text: P
     full = torch.ones_like(tokens, dtype=torch.bool)
     padded = full.clone()
     padded[1, 6:] = False
-    args = (torch.zeros(5, 0), torch.zeros(5, 0, dtype=torch.long))
+    args = {"numeric": torch.zeros(5, 0), "categorical": torch.zeros(5, 0, dtype=torch.long)}
     onnx_model = OnnxModel(program.SerializeToString())
     for mask in (full, padded):
         with torch.inference_mode():
-            expected = model(*args, tokens=tokens, attention_mask=mask)
-        got = onnx_model(*args, tokens=tokens, attention_mask=mask)
+            expected = model(args | {"tokens": tokens, "attention_mask": mask})
+        got = onnx_model(args | {"tokens": tokens, "attention_mask": mask})
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
     for node in branches:  # the masked branch made wrong: only padded batches notice
@@ -302,7 +302,7 @@ def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text: P
         masked.input[0], masked.input[2] = masked.input[2], masked.input[0]
     broken = OnnxModel(program.SerializeToString())
     for mask, same in ((full, True), (padded, False)):
-        a, b = broken(*args, tokens=tokens, attention_mask=mask), onnx_model(*args, tokens=tokens, attention_mask=mask)
+        a, b = broken(args | {"tokens": tokens, "attention_mask": mask}), onnx_model(args | {"tokens": tokens, "attention_mask": mask})
         assert torch.allclose(a, b, atol=1e-6) is same
 
 

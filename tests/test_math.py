@@ -49,7 +49,7 @@ def test_single_neuron_is_one_linear_layer() -> None:
 def test_reference_forward_and_loss_match_torch() -> None:
     X, y, w, b = _data()
     model = _neuron(w, b)
-    logits = model(torch.from_numpy(X), torch.zeros(len(X), 0, dtype=torch.long)).squeeze(-1)
+    logits = model({"numeric": torch.from_numpy(X), "categorical": torch.zeros(len(X), 0, dtype=torch.long)}).squeeze(-1)
     np.testing.assert_allclose(
         torch.sigmoid(logits).detach().numpy(), ref.forward(X, w, b), rtol=1e-12
     )
@@ -60,7 +60,7 @@ def test_reference_forward_and_loss_match_torch() -> None:
 def test_autograd_gradients_equal_reference_and_finite_differences() -> None:
     X, y, w, b = _data(seed=1)
     model = _neuron(w, b)
-    logits = model(torch.from_numpy(X), torch.zeros(len(X), 0, dtype=torch.long)).squeeze(-1)
+    logits = model({"numeric": torch.from_numpy(X), "categorical": torch.zeros(len(X), 0, dtype=torch.long)}).squeeze(-1)
     torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)).backward()
     dw_torch = model.head.weight.grad.numpy().ravel()
     db_torch = model.head.bias.grad.item()
@@ -82,7 +82,7 @@ def test_one_step_of_fit_equals_reference_sgd_step() -> None:
     lr = 0.3
     model = _neuron(w, b)
     cfg = TrainConfig(epochs=1, batch_size=len(X), optimizer="sgd", lr=lr, early_stopping=None)
-    data = Batchable(
+    data = Batchable.of(
         torch.from_numpy(X), torch.zeros(len(X), 0, dtype=torch.long), torch.from_numpy(y)
     )
     history = fit(model, data, None, cfg, "binary", progress=False)

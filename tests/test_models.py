@@ -61,9 +61,9 @@ def test_every_model_maps_inputs_to_logits(name: str, task: str, needs: dict[str
     if text:  # a text model also reads padded token ids and their mask
         tokens = torch.randint(0, 50, (7, 9), generator=torch.Generator().manual_seed(1))
         mask = torch.arange(9)[None, :] < torch.randint(2, 10, (7, 1), generator=torch.Generator().manual_seed(2))
-        logits = model(numeric, categorical, tokens=tokens, attention_mask=mask)
+        logits = model({"numeric": numeric, "categorical": categorical, "tokens": tokens, "attention_mask": mask})
     else:
-        logits = model(numeric, categorical)
+        logits = model({"numeric": numeric, "categorical": categorical})
     assert logits.shape == (7, shape["n_outputs"])
     assert logits.dtype == torch.float32
     logits.sum().backward()
@@ -137,7 +137,8 @@ def test_mlp_embeds_each_categorical_column() -> None:
     numeric, categorical = _inputs(shape)
     other = categorical.clone()
     other[:, 1] = (other[:, 1] + 1) % 5
-    assert not torch.allclose(model(numeric, categorical), model(numeric, other))
+    assert not torch.allclose(model({"numeric": numeric, "categorical": categorical}),
+                              model({"numeric": numeric, "categorical": other}))
 
 
 @pytest.mark.parametrize(
@@ -187,10 +188,10 @@ def test_predict_proba_shapes_and_ranges(task: str) -> None:
     model = build_model(model_spec("mlp", **shape, dropout=0.3), seed=0)
     numeric, categorical = _inputs(shape, n=11)
     model.train()
-    out = predict_proba(model, numeric.numpy(), categorical.numpy(), task)
+    out = predict_proba(model, {"numeric": numeric.numpy(), "categorical": categorical.numpy()}, task)
     assert model.training  # mode restored
     assert isinstance(out, np.ndarray)
-    logits = model.eval()(numeric, categorical).detach()
+    logits = model.eval()({"numeric": numeric, "categorical": categorical}).detach()
     if task == "binary":
         assert out.shape == (11,) and ((out > 0) & (out < 1)).all()
         np.testing.assert_allclose(out, torch.sigmoid(logits[:, 0]).numpy(), rtol=1e-6)
@@ -201,5 +202,5 @@ def test_predict_proba_shapes_and_ranges(task: str) -> None:
     else:
         assert out.shape == (11,)
         np.testing.assert_allclose(out, logits[:, 0].numpy(), rtol=1e-6)
-    again = predict_proba(model.train(), numeric, categorical, task)
+    again = predict_proba(model.train(), {"numeric": numeric, "categorical": categorical}, task)
     np.testing.assert_array_equal(out, again)  # eval mode: dropout off

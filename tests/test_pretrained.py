@@ -152,8 +152,7 @@ def test_bundle_reloads_to_identical_predictions(tiny_base: Path, tmp_path: Path
     model, pre, df, history = train(tiny_base, finetune, tmp_path / "bundle")
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"]
     batch = pre.transform(df)
-    expected = predict_proba(model, batch.numeric, batch.categorical, "multiclass", tokens=batch.tokens,
-                             pad_id=pre.text_encoder_.pad_id_)
+    expected = predict_proba(model, batch.inputs, "multiclass", pad_id=pre.text_encoder_.pad_id_)
     records = df.drop("topic").to_dicts()
     first = Predictor.load(tmp_path / "bundle").predict(records)
     second = Predictor.load(tmp_path / "bundle").predict(records)

@@ -27,7 +27,7 @@ def text_data(n: int = 48, seed: int = 0) -> loop.Batchable:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
     seqs = [[2, *(5 + 10 * k + rng.integers(0, 10, rng.integers(1, 20))).tolist(), 3] for k in y]
-    return loop.Batchable(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), torch.as_tensor(y),
+    return loop.Batchable.of(torch.zeros(n, 0), torch.zeros(n, 0, dtype=torch.long), torch.as_tensor(y),
                           Ragged.from_lists(seqs))
 
 
@@ -40,15 +40,16 @@ def test_shapes_masking_invariance_and_gradients() -> None:
     tokens = torch.randint(1, 40, (5, 11))
     mask = torch.arange(11)[None, :] < torch.tensor([[11], [3], [7], [1], [5]])
     num, cat = torch.randn(5, 2), torch.randint(0, 4, (5, 1))
-    out = model(num, cat, tokens=tokens, attention_mask=mask)
+    out = model({"numeric": num, "categorical": cat, "tokens": tokens, "attention_mask": mask})
     assert out.shape == (5, 3)
     for i, n in enumerate([11, 3, 7, 1, 5]):  # alone and unpadded == padded in the batch
-        alone = model(num[i : i + 1], cat[i : i + 1], tokens=tokens[i : i + 1, :n])
+        alone = model({"numeric": num[i : i + 1], "categorical": cat[i : i + 1], "tokens": tokens[i : i + 1, :n]})
         torch.testing.assert_close(alone, out[i : i + 1], atol=1e-5, rtol=1e-5)
     garbage = torch.where(mask, tokens, torch.randint(1, 40, tokens.shape))
-    torch.testing.assert_close(model(num, cat, tokens=garbage, attention_mask=mask), out)
+    torch.testing.assert_close(model({"numeric": num, "categorical": cat, "tokens": garbage, "attention_mask": mask}),
+                               out)
     model.train()
-    model(num, cat, tokens=tokens, attention_mask=mask).square().sum().backward()
+    model({"numeric": num, "categorical": cat, "tokens": tokens, "attention_mask": mask}).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
                if n != "tok_emb.weight")
     assert model.tok_emb.weight.grad[tokens[mask].unique()].abs().sum() > 0
@@ -74,17 +75,16 @@ def test_collate_pads_each_batch_to_its_longest() -> None:
     data = text_data(8)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def model(numeric: torch.Tensor, categorical: torch.Tensor, *, tokens: torch.Tensor,
-              attention_mask: torch.Tensor) -> torch.Tensor:
-        seen.append((tokens, attention_mask))
-        return torch.zeros(len(tokens), 3)
+    def model(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        seen.append((batch["tokens"], batch["attention_mask"]))
+        return torch.zeros(len(batch["tokens"]), 3)
 
     idx = torch.tensor([3, 0, 5])
     data.forward(model, idx)
     tokens, mask = seen[0]
-    lengths = data.tokens.lengths[idx.numpy()]
+    lengths = data.inputs["tokens"].lengths[idx.numpy()]
     assert tokens.shape == (3, lengths.max()) and mask.sum(1).tolist() == lengths.tolist()
-    assert (tokens[~mask] == 0).all() and torch.equal(tokens[0, : lengths[0]], torch.from_numpy(data.tokens.row(3)))
+    assert (tokens[~mask] == 0).all() and torch.equal(tokens[0, : lengths[0]], torch.from_numpy(data.inputs["tokens"].row(3)))
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -98,7 +98,7 @@ def test_accumulated_micro_batches_equal_one_large_batch(text: bool) -> None:
     else:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(64, 5, generator=g)
-        data = loop.Batchable(x, torch.zeros(64, 0, dtype=torch.long), (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+        data = loop.Batchable.of(x, torch.zeros(64, 0, dtype=torch.long), (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
         make = lambda: build_model(model_spec("mlp", n_numeric=5, cardinalities=[], n_outputs=3,  # noqa: E731
                                               task="multiclass"), seed=1)
     base = {"epochs": 2, "optimizer": "sgd", "lr": 0.5, "early_stopping": None, "bucket_by_length": False}

@@ -25,7 +25,7 @@ def _batch(X: np.ndarray, y: np.ndarray, task: str, cats: np.ndarray | None = No
         torch.as_tensor(cats) if cats is not None else torch.zeros(len(X), 0, dtype=torch.long)
     )
     dtype = torch.long if task == "multiclass" else torch.float32
-    return Batchable(
+    return Batchable.of(
         torch.as_tensor(X, dtype=torch.float32), categorical, torch.as_tensor(y, dtype=dtype)
     )
 
@@ -226,10 +226,10 @@ def test_loss_must_fit_the_task() -> None:
 
 def test_empty_or_ragged_data_is_a_data_error() -> None:
     model = _model("binary", 2)
-    empty = Batchable(torch.zeros(0, 2), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0))
+    empty = Batchable.of(torch.zeros(0, 2), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0))
     with pytest.raises(DataError, match="empty"):
         fit(model, empty, None, TrainConfig(), "binary", progress=False)
-    ragged = Batchable(torch.zeros(5, 2), torch.zeros(4, 0, dtype=torch.long), torch.zeros(5))
+    ragged = Batchable.of(torch.zeros(5, 2), torch.zeros(4, 0, dtype=torch.long), torch.zeros(5))
     with pytest.raises(DataError, match="rows"):
         fit(model, ragged, None, TrainConfig(), "binary", progress=False)
 

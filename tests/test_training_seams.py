@@ -24,7 +24,7 @@ def data(n: int = 96, seed: int = 0) -> Batchable:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 4)).astype(np.float32)
     y = (X[:, 0] + 0.5 * X[:, 1] + 0.1 * rng.normal(size=n)).astype(np.float32)
-    return Batchable(torch.from_numpy(X), torch.zeros(n, 0, dtype=torch.long), torch.from_numpy(y))
+    return Batchable.of(torch.from_numpy(X), torch.zeros(n, 0, dtype=torch.long), torch.from_numpy(y))
 
 
 def model() -> nn.Module:

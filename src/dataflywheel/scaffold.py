@@ -86,21 +86,26 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     notes: list[str] = []
     exclude = list(ids)
     text = max(free_text, key=lambda c: words[c]) if free_text else None
+    read: list[str] = []  # the text columns the model reads
     if text is not None:
-        others = [c for c in words if c != text and c not in exclude]
+        tabular = [c for c in schema.features if c.name not in exclude and c.type != "text"]
+        config["model"], config["train"], model_note = text_model(task, bool(tabular), schema.n_rows)
+        several = config["model"]["type"] == "transformer"  # an encoder per text column
+        read = [c for c in free_text if several or c == text]
+        others = [c for c in words if c not in read and c not in exclude]
         if others:
             exclude += others
-            notes.append(f"excluded the other text column(s) {', '.join(others)}: a model reads one text column")
-        tabular = [c for c in schema.features if c.name not in exclude and c.type != "text"]
-        rows = schema.n_rows
-        config["model"], config["train"], model_note = text_model(task, bool(tabular), rows)
-        notes.append(f"text column {text!r} is read by {model_note}")
+            why = "they are not free text" if several else "the pretrained encoder reads one text column"
+            notes.append(f"excluded the other text column(s) {', '.join(others)}: {why}")
+        names = ", ".join(repr(c) for c in read)
+        notes.append(f"text column{'s' if len(read) > 1 else ''} {names} {'are' if len(read) > 1 else 'is'} "
+                     f"read by {model_note}")
     features = []
     for col in schema.features:
         if col.name in exclude:
             continue
         entry: dict[str, Any] = {"name": col.name, "type": col.type}
-        if col.name == text:
+        if col.name in read:
             entry["max_length"] = 128
             if config["model"]["type"] == "transformer":
                 entry["vocab_size"] = 8000
@@ -116,7 +121,7 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
 
     cfg = config_from_dict(config, base_dir=base_dir, where=where)  # what we write must validate
     # no input column: say so now (the model reads text exactly when a text column was chosen)
-    model_inputs(cfg, schema, text=text is not None)
+    model_inputs(cfg, schema, text=text is not None, max_texts=None)
     return Starter(config, notes)
 
 

@@ -9,7 +9,12 @@ completeness; ``convergence_delta`` is what is left over):
 - index-encoded categories: the embedding output (``CategoricalEmbedding``), from each
   table's mean row, summed per column;
 - text: the token embedding output, from a baseline where every non-special token is the
-  padding token (its special tokens, such as [CLS] and [SEP], are kept and so score zero).
+  padding token (its special tokens, such as [CLS] and [SEP], are kept and so score zero); each
+  text column has its own, and its token items name their ``column``.
+
+The inputs come from the batch names the model reads (:func:`~dataflywheel.features.batch.model_reads`):
+a float input is attributed as it is, a long one at the output of the embedding the model names
+for it (:class:`~dataflywheel.models.capabilities.EmbedsInputs`).
 
 Attributing at an embedding's *output* is Captum's ``LayerIntegratedGradients``; we do it with
 a forward hook that substitutes the interpolated embeddings, so that numbers, categories and
@@ -38,6 +43,10 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ConfigError, DataError, ModelError
+from dataflywheel.features.batch import CATEGORICAL, TOKENS, Batch, input_key, model_reads, sources, text_names
+from dataflywheel.features.ragged import Ragged
+from dataflywheel.models.capabilities import EmbedsInputs
+from dataflywheel.models.predict import as_batch
 from dataflywheel.tasks import get_task
 
 
@@ -58,17 +67,19 @@ TABULAR_BATCH = 256
 """Tabular records per attribution pass (each pass runs the model on records x steps rows)."""
 Explanation = dict[str, Any]
 """``{prediction, target_class, explained, output, baseline_output, attributions: [{feature |
-token, value, attribution}], convergence_delta}``; JSON-safe."""
+token, value, attribution, column}], convergence_delta}``; JSON-safe."""
 
 
 @dataclass
-class _Inputs:
-    """One batch of model inputs; ``tokens``/``mask`` only for a text model."""
+class _Path:
+    """Where one batch input enters the integration path: the input tensor itself (``layer``
+    None: a float block, from a zero baseline), or the output of the model's embedding layer
+    for it (a long input), from ``base``."""
 
-    numeric: torch.Tensor  # (B, n_numeric) float
-    categorical: torch.Tensor  # (B, n_cat) long
-    tokens: torch.Tensor | None = None  # (B, T) long
-    mask: torch.Tensor | None = None  # (B, T) bool
+    name: str
+    start: torch.Tensor
+    base: torch.Tensor
+    layer: nn.Module | None = None
 
 
 def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps: int = 32) -> list[Explanation]:
@@ -87,89 +98,99 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     if isinstance(predictor, RedactsRecords):
         records = predictor.redact_records(records)[0]
     model = private_copy(predictor.model).eval()
-    batch = predictor.preprocessor.transform_records(records)
-    param = next(model.parameters())
-    numeric = torch.as_tensor(batch.numeric, dtype=param.dtype, device=param.device)
-    categorical = torch.as_tensor(batch.categorical, dtype=torch.long, device=param.device)
+    encoded = predictor.preprocessor.transform_records(records)
     groups = _feature_groups(predictor.preprocessor)
-    if batch.tokens is None:
+    if not encoded.texts:
+        batch = as_batch(model, encoded.inputs)
         return [e for i in range(0, len(records), TABULAR_BATCH) for e in _explain(
-            predictor, model, _Inputs(numeric[i : i + TABULAR_BATCH], categorical[i : i + TABULAR_BATCH]),
-            records[i : i + TABULAR_BATCH], groups, steps, None)]
-    text = predictor.preprocessor.text_encoder_
-    tokenizer = _Tokens(text.tokenizer_json_, text.pad_id_)
+            predictor, model, {k: v[i : i + TABULAR_BATCH] for k, v in batch.items()},
+            records[i : i + TABULAR_BATCH], groups, steps, {})]
+    tokenizers = {text_names(i)[0]: _Tokens(column, enc.tokenizer_json_, enc.pad_id_)
+                  for i, (column, enc) in enumerate(predictor.preprocessor.text_encoders.items())}
     out: list[Explanation] = []
     for i in range(len(records)):  # one text at a time: no padding enters the path
-        ids = torch.as_tensor(batch.tokens.row(i), dtype=torch.long, device=param.device)[None, :]  # (1, T)
-        inputs = _Inputs(numeric[i : i + 1], categorical[i : i + 1], ids, torch.ones_like(ids, dtype=torch.bool))
-        out += _explain(predictor, model, inputs, records[i : i + 1], groups, steps, tokenizer)
+        one = {k: v.take(np.array([i])) if isinstance(v, Ragged) else v[i : i + 1] for k, v in encoded.inputs.items()}
+        out += _explain(predictor, model, as_batch(model, one, pad_id=predictor.preprocessor.pad_ids_), records[i : i + 1], groups,
+                        steps, tokenizers)
     return out
 
 
-def _explain(predictor: Any, model: nn.Module, inputs: _Inputs, records: Sequence[Mapping[str, Any]],
-             groups: list[tuple[str, str, slice]], steps: int, tokenizer: _Tokens | None) -> list[Explanation]:
+def _paths(model: nn.Module, batch: Batch, tokenizers: Mapping[str, _Tokens]) -> list[_Path]:
+    """One :class:`_Path` per input the model reads that has something to attribute (a mask
+    has not; a 0-wide block neither)."""
+    paths: list[_Path] = []
+    for name in sources(model_reads(model)):
+        value = batch[name]
+        if value.shape[-1] == 0:
+            continue
+        if input_key(name).kind == "float":
+            paths.append(_Path(name, value, torch.zeros_like(value)))
+            continue
+        layer = _embedding_layer(model, name)
+        with torch.no_grad():
+            start = layer(value)
+            if name == CATEGORICAL:
+                base = _mean_embedding(layer).expand_as(start)  # (B, n_cat * dim)
+            elif name in tokenizers:
+                base = layer(tokenizers[name].baseline(value))  # (B, T, C)
+            else:
+                raise ModelError(f"cannot explain the {name!r} input", fix="explain a model over tables or text")
+        paths.append(_Path(name, start, base, layer))
+    return paths
+
+
+def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[Mapping[str, Any]],
+             groups: list[tuple[str, str, slice]], steps: int, tokenizers: Mapping[str, _Tokens]) -> list[Explanation]:
     from captum.attr import IntegratedGradients
 
     task = get_task(predictor.task)
-    cat_layer = _categorical_layer(model) if inputs.categorical.shape[1] else None
-    tok_layer = _token_layer(model) if inputs.tokens is not None else None
-    layers = [layer for layer in (cat_layer, tok_layer) if layer is not None]
     with torch.no_grad():
-        logits = model(inputs.numeric, inputs.categorical, tokens=inputs.tokens, attention_mask=inputs.mask) \
-            if inputs.tokens is not None else model(inputs.numeric, inputs.categorical)
+        logits = model(batch)
     target = task.explain_class(logits, predictor.threshold)  # (B,)
     scale, offset = task.explain_scale(predictor.target)  # e.g. a standardised target back to its units
+    paths = _paths(model, batch, tokenizers)
+    layers = [p.layer for p in paths if p.layer is not None]
 
-    has_numeric = inputs.numeric.shape[1] > 0  # a pretrained text model ignores (B, 0) numeric
-    starts: list[torch.Tensor] = [inputs.numeric] if has_numeric else []
-    bases: list[torch.Tensor] = [torch.zeros_like(inputs.numeric)] if has_numeric else []
-    if cat_layer is not None:
-        with torch.no_grad():
-            starts.append(cat_layer(inputs.categorical))  # (B, n_cat * dim)
-            bases.append(_mean_embedding(cat_layer).expand_as(starts[-1]))
-    if tok_layer is not None and tokenizer is not None and inputs.tokens is not None:
-        with torch.no_grad():
-            starts.append(tok_layer(inputs.tokens))  # (B, T, C)
-            bases.append(tok_layer(tokenizer.baseline(inputs.tokens)))
+    names = list(batch)  # the batch rides along as extra arguments: Captum repeats them per step
 
     def explained(*args: torch.Tensor) -> torch.Tensor:
-        paths, (numeric, categorical, tokens, mask, cls) = args[: len(starts)], args[len(starts):]
-        if has_numeric:
-            numeric, substitutes = paths[0], paths[1:]
-        else:
-            substitutes = paths
-        with _substituted(layers, substitutes):
-            if tokens is not None:
-                out = model(numeric, categorical, tokens=tokens, attention_mask=mask)
-            else:
-                out = model(numeric, categorical)
+        values, fixed, cls = args[: len(paths)], args[len(paths) : -1], args[-1]
+        given = dict(zip(names, fixed, strict=True))
+        given |= {p.name: v for p, v in zip(paths, values, strict=True) if p.layer is None}
+        with _substituted(layers, [v for p, v in zip(paths, values, strict=True) if p.layer is not None]):
+            out = model(given)
         return task.explain_score(out, cls) * scale + offset  # (N,)
 
-    fixed = (inputs.numeric, inputs.categorical, inputs.tokens, inputs.mask, target)
+    starts, bases = tuple(p.start for p in paths), tuple(p.base for p in paths)
     ig = IntegratedGradients(explained)
-    attributions, delta = ig.attribute(
-        tuple(starts), baselines=tuple(bases), n_steps=steps, return_convergence_delta=True,
-        additional_forward_args=fixed,
-    )
+    attributions, delta = ig.attribute(starts, baselines=bases, n_steps=steps, return_convergence_delta=True,
+                                       additional_forward_args=(*batch.values(), target))
     with torch.no_grad():
-        output = explained(*starts, *fixed)
-        base_out = explained(*bases, *fixed)
-    per_numeric = attributions[0].detach() if has_numeric else None  # (B, n_numeric)
-    per_cat = _sum_per_column(attributions[int(has_numeric)].detach(), inputs.categorical.shape[1]) \
-        if cat_layer is not None else None  # (B, n_cat)
-    per_token = attributions[-1].detach().sum(dim=-1) if tok_layer is not None else None  # (B, T)
+        output = explained(*starts, *batch.values(), target)
+        base_out = explained(*bases, *batch.values(), target)
+    per: dict[str, torch.Tensor] = {}
+    for p, attr in zip(paths, attributions, strict=True):
+        attr = attr.detach()
+        if p.name == CATEGORICAL:
+            per[p.name] = _sum_per_column(attr, batch[CATEGORICAL].shape[1])  # (B, n_cat)
+        elif p.name in tokenizers:
+            per[p.name] = attr.sum(dim=-1)  # (B, T)
+        else:
+            per[p.name] = attr  # (B, width)
 
     labels = [_json_value(v) for v in task.explain_answers(predictor.target, target.cpu().numpy(),
                                                              logits.detach().cpu().numpy())]
     out: list[Explanation] = []
     for i, record in enumerate(records):
         items: list[dict[str, Any]] = []
-        if per_token is not None and tokenizer is not None and inputs.tokens is not None:
-            ids = inputs.tokens[i].tolist()
-            items += [{"token": tokenizer.text(t), "value": int(t), "attribution": _num(a)}
-                      for t, a in zip(ids, per_token[i].tolist(), strict=True)]
+        for name, tokenizer in tokenizers.items():
+            if name not in per:
+                continue
+            ids = batch[name][i].tolist()
+            items += [{"token": tokenizer.text(t), "value": int(t), "attribution": _num(a),
+                       "column": tokenizer.column} for t, a in zip(ids, per[name][i].tolist(), strict=True)]
         for column, block, where in groups:
-            source = per_numeric if block == "numeric" else per_cat
+            source = per.get(block)
             if source is None:
                 continue
             items.append({"feature": column, "value": _json_value(record.get(column)),
@@ -205,31 +226,37 @@ def _substituted(layers: Sequence[nn.Module], outputs: Sequence[torch.Tensor]) -
             h.remove()
 
 
-def _categorical_layer(model: nn.Module) -> nn.Module:
+def _embedding_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module whose output stands for the long input ``name`` on the integration path: the
+    model's own (:class:`~dataflywheel.models.capabilities.EmbedsInputs`), else the one
+    ``CategoricalEmbedding`` for categories or the token embedding (``tok_emb``, or a wrapped
+    Hugging Face model's input embeddings) for tokens."""
     from dataflywheel.models.mlp import CategoricalEmbedding
 
-    found = [m for m in model.modules() if isinstance(m, CategoricalEmbedding) and len(m.tables)]
-    if len(found) != 1:
+    if isinstance(model, EmbedsInputs):
+        layer = model.input_embedding(name)
+        if layer is not None:
+            return layer
+    if name == CATEGORICAL:
+        found = [m for m in model.modules() if isinstance(m, CategoricalEmbedding) and len(m.tables)]
+        if len(found) == 1:
+            return found[0]
         raise ModelError(f"cannot explain the categorical inputs of a {type(model).__name__}",
                          fix="embed categories with one CategoricalEmbedding, or encode them one-hot")
-    return found[0]
+    layer = getattr(model, "tok_emb", None)
+    hf = getattr(model, "hf", None)
+    if layer is None and isinstance(hf, HasInputEmbeddings):
+        layer = hf.get_input_embeddings()
+    if name == TOKENS and isinstance(layer, nn.Embedding):  # a second text column's: input_embedding
+        return layer
+    raise ModelError(f"cannot find the embedding layer of the {name!r} input of a {type(model).__name__}",
+                     fix="give the model an input_embedding(name) method")
 
 
 def _mean_embedding(layer: nn.Module) -> torch.Tensor:
     """(1, n_cat * dim): each table's mean row, the categorical counterpart of a zero z-score."""
     with torch.no_grad():
         return torch.cat([t.weight.mean(dim=0) for t in layer.tables])[None, :]
-
-
-def _token_layer(model: nn.Module) -> nn.Module:
-    layer = getattr(model, "tok_emb", None)
-    hf = getattr(model, "hf", None)
-    if layer is None and isinstance(hf, HasInputEmbeddings):
-        layer = hf.get_input_embeddings()
-    if not isinstance(layer, nn.Embedding):
-        raise ModelError(f"cannot find the token embedding layer of a {type(model).__name__}",
-                         fix="name it tok_emb, or wrap a Hugging Face model as .hf")
-    return layer
 
 
 def _sum_per_column(attr: torch.Tensor, n_cat: int) -> torch.Tensor:
@@ -255,9 +282,10 @@ def _feature_groups(pre: Any) -> list[tuple[str, str, slice]]:
 class _Tokens:
     """Token strings, and the padded baseline, from the text encoder's tokenizer."""
 
-    def __init__(self, tokenizer_json: str, pad_id: int) -> None:
+    def __init__(self, column: str, tokenizer_json: str, pad_id: int) -> None:
         from tokenizers import Tokenizer
 
+        self.column = column
         self.tok = Tokenizer.from_str(tokenizer_json)
         self.pad_id = pad_id
         self.tok.no_truncation()

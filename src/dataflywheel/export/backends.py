@@ -138,13 +138,11 @@ def _throughput(predictor: Any, df: pl.DataFrame, batch_size: int, repeats: int)
     if df.height == 0:
         return None
     batch = predictor.preprocessor.transform(df)
-    text = getattr(predictor.preprocessor, "text_encoder_", None)
-    pad_id = text.pad_id_ if text is not None else 0
+    pad_id = predictor.preprocessor.pad_ids_
     best = math.inf
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        predict_logits(predictor.model, batch.numeric, batch.categorical, tokens=batch.tokens, pad_id=pad_id,
-                       batch_size=batch_size)
+        predict_logits(predictor.model, batch.inputs, pad_id=pad_id, batch_size=batch_size)
         best = min(best, time.perf_counter() - start)
     return round(df.height / best, 1) if best > 0 else None
 

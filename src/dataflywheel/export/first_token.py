@@ -24,18 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch import TEXT, Batch
 
 
 class FirstTokenBert(nn.Module):
-    """``(numeric, categorical, tokens, attention_mask) -> logits`` over a BERT classifier's own
+    """A batch's ``tokens`` and ``attention_mask`` -> logits over a BERT classifier's own
     modules, computing the last layer for the first token only. Holds no weights of its own."""
+
+    inputs = TEXT
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
         self.hf = hf
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
+        tokens, attention_mask = batch.get("tokens"), batch.get("attention_mask")
         if tokens is None:
             raise ModelError("a pretrained model needs token ids", fix="pass the text column")
         bert = self.hf.bert

@@ -38,10 +38,10 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch import Batch, model_reads
 
-INPUTS = ("numeric", "categorical", "tokens", "attention_mask")
 OPSET = 18
-EXPORT_REVISION = 5
+EXPORT_REVISION = 6
 """Bumped whenever the exported graph changes, so cached exports made before are rebuilt."""
 KEY = "dataflywheel.export_key"
 
@@ -51,22 +51,42 @@ def is_text_model(predictor: Any) -> bool:
     return getattr(predictor.preprocessor, "text_encoder_", None) is not None
 
 
-def _example(predictor: Any) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor], dict[str, Any]]:
-    """Example inputs (batch 2) and their dynamic shapes, sized from the bundle's model spec."""
+def _example(predictor: Any, reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Any], ...]]:
+    """Example inputs (batch 2), one per batch name the network reads, and their dynamic shapes
+    (the axes each name's :class:`~dataflywheel.features.batch.InputKey` declares dynamic),
+    sized from the bundle's model spec."""
+    from dataflywheel.features.batch import input_key, text_names
+
     args = predictor.meta["spec"]["args"]
-    n_numeric, n_cat = int(args["n_numeric"]), len(args["cardinalities"])
+    widths = {"numeric": int(args["n_numeric"]), "categorical": len(args["cardinalities"])}
+    first = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
     batch = torch.export.Dim("batch")
-    example = (torch.zeros(2, n_numeric), torch.zeros(2, n_cat, dtype=torch.long))
-    shapes: dict[str, Any] = {"numeric": {0: batch}, "categorical": {0: batch}}
-    kwargs: dict[str, torch.Tensor] = {}
-    if is_text_model(predictor):
-        max_length = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
-        seq = torch.export.Dim("seq", min=1, max=max_length)
-        length = min(4, max_length)
-        kwargs = {"tokens": torch.ones(2, length, dtype=torch.long),
-                  "attention_mask": torch.ones(2, length, dtype=torch.bool)}
-        shapes |= {"tokens": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    return example, kwargs, shapes
+    seq: dict[str, tuple[Any, int]] = {}  # a text column's names -> its length Dim and max_length
+    for i, max_length in enumerate([first, *(int(t) for _v, t in args.get("more_text", ()))]):
+        dim = torch.export.Dim("seq" if i == 0 else f"seq_{i}", min=1, max=max_length)
+        seq |= {name: (dim, max_length) for name in text_names(i)}
+    example: list[torch.Tensor] = []
+    shapes: list[dict[int, Any]] = []
+    for name in reads:
+        key = input_key(name)
+        dtype = {"float": torch.float32, "long": torch.long, "bool": torch.bool}[key.kind]
+        size = min(4, seq[name][1]) if 1 in key.dynamic else widths.get(name, 1)
+        # ones: ids other than padding and masks that keep every token, so no path special-cases them
+        example.append(torch.ones(2, size, dtype=dtype) if name in seq else torch.zeros(2, size, dtype=dtype))
+        shapes.append({axis: batch if axis == 0 else seq[name][0] for axis in key.dynamic})
+    return tuple(example), tuple(shapes)
+
+
+class Positional(nn.Module):
+    """``model(batch)`` called with the batch's tensors as positional arguments, in the order
+    of ``names``: what the exporter traces, so the graph's inputs are the batch names."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors, strict=True)))
 
 
 def onnx_program(predictor: Any) -> Any:
@@ -78,17 +98,17 @@ def onnx_program(predictor: Any) -> Any:
     model: nn.Module = inference_network(predictor.model)
     was_training = model.training
     model.eval()
-    example, kwargs, shapes = _example(predictor)
-    names = list(INPUTS[: 2 + len(kwargs)])
+    reads = model_reads(model)
+    example, shapes = _example(predictor, reads)
     quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, example, kwargs=kwargs or None, dynamo=True, opset_version=OPSET,
-                                        input_names=names, output_names=["logits"], dynamic_shapes=shapes,
-                                        verbose=False)
+            program = torch.onnx.export(Positional(model, reads), example, dynamo=True, opset_version=OPSET,
+                                        input_names=list(reads), output_names=["logits"],
+                                        dynamic_shapes=(shapes,), verbose=False)
     except Exception as exc:  # the exporter raises many types; all mean "this model cannot export"
         raise ModelError(f"cannot export the {predictor.meta['spec']['type']} model to ONNX: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
@@ -276,10 +296,14 @@ def export_proto(predictor: Any, int8: bool, program: Any = None) -> Any:
     return proto
 
 
+_ORT_TYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+
+
 class OnnxModel(nn.Module):
-    """An ONNX graph behind the torch model's call: ``model(numeric, categorical, tokens=None,
-    attention_mask=None) -> logits`` as a float32 tensor. It has no parameters, so
-    :func:`~dataflywheel.models.predict.predict_logits` and the server use it unchanged.
+    """An ONNX graph behind the torch model's call: ``model(batch) -> logits`` as a float32
+    tensor, reading the batch names that are the graph's inputs (its ``inputs``). It has no
+    parameters, so :func:`~dataflywheel.models.predict.predict_logits` and the server use it
+    unchanged.
 
     ``threads`` sets onnxruntime's intra-op threads (one by default, as for small torch models);
     inter-op is sequential. With two or more threads, onnxruntime's workers spin briefly between
@@ -297,20 +321,18 @@ class OnnxModel(nn.Module):
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=["SkipLayerNormFusion"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        graph_inputs = self.session.get_inputs()  # the exporter drops inputs the graph never reads
+        self.input_names = [i.name for i in graph_inputs]
+        self.input_kinds = [_ORT_TYPES.get(i.type, np.float32) for i in graph_inputs]
+        self.inputs = tuple(self.input_names)
         self.threads = threads
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor, tokens: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        given = {"numeric": numeric.float(), "categorical": categorical.long()}
-        if tokens is not None:
-            mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask
-            given |= {"tokens": tokens.long(), "attention_mask": mask.bool()}
+    def forward(self, batch: Batch) -> torch.Tensor:
         feeds: dict[str, np.ndarray] = {}
-        for name in self.input_names:  # the exporter drops inputs the graph never reads
-            value = given.get(name)
+        for name, kind in zip(self.input_names, self.input_kinds, strict=True):
+            value = batch.get(name)
             if value is None:
                 raise ModelError(f"the ONNX model needs input {name!r}", fix="pass the text column")
-            feeds[name] = np.ascontiguousarray(value.detach().cpu().numpy())
+            feeds[name] = np.ascontiguousarray(value.detach().cpu().numpy(), dtype=kind)
         (logits,) = self.session.run(["logits"], feeds)
         return torch.from_numpy(logits)

@@ -130,7 +130,10 @@ def unmask_unpadded_attention(proto: Any) -> int:
     from onnx import TensorProto, helper
 
     graph = proto.graph
-    masks = mask_inputs(graph) if "attention_mask" in {i.name for i in graph.input} else []
+    names = {i.name for i in graph.input}
+    if any(n.startswith("attention_mask_") for n in names):  # several text columns: one mask is not all
+        return 0
+    masks = mask_inputs(graph) if "attention_mask" in names else []
     if not masks or not masks_are_inert(proto, masks):
         return 0
     nodes = [helper.make_node("Cast", ["attention_mask"], ["unpadded_mask_i32"], to=TensorProto.INT32),

@@ -65,6 +65,11 @@ class Encoder(ABC):
         return "numeric"
 
     @property
+    def produces(self) -> tuple[str, ...]:
+        """The batch names (:mod:`~dataflywheel.features.batch`) this encoder's output joins."""
+        return (self.kind,)
+
+    @property
     def width_(self) -> int:
         """Output columns per row (1 for a vector output)."""
         self._check_fitted()

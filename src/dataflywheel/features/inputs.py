@@ -19,18 +19,30 @@ def reads_text(model_type: str) -> bool:
     return takes_text(model_type)
 
 
-def model_inputs(cfg: FlywheelConfig, schema: Schema, *, text: bool | None = None) -> list[str]:
+def max_text_columns(model_type: str) -> int | None:
+    """How many text columns ``model.type`` reads: 0, 1 or None for any number (see
+    :func:`~dataflywheel.models.registry.text_columns`)."""
+    from dataflywheel.models.registry import text_columns
+
+    return text_columns(model_type)
+
+
+def model_inputs(cfg: FlywheelConfig, schema: Schema, *, text: bool | None = None,
+                 max_texts: int | None = 1) -> list[str]:
     """The columns of ``schema`` the model of ``cfg`` reads, in schema order; ``text`` says
-    whether the model reads text (None: ask the model registry, which imports torch).
+    whether the model reads text, and ``max_texts`` how many text columns at most (None: any);
+    with ``text`` None both come from the model registry, which imports torch.
 
     Raises :class:`ConfigError` when there is none (every column excluded, or only text for a
     model that reads no text), naming the setting to change.
     """
     from dataflywheel.features.preprocessor import Preprocessor
 
-    text = reads_text(cfg.model.type) if text is None else text
+    if text is None:
+        max_texts = max_text_columns(cfg.model.type)
+        text = max_texts != 0
     pre = Preprocessor.from_schema(schema, cfg.data.features, exclude=cfg.data.exclude, text=text,
-                                   base_dir=cfg.base_dir)
+                                   max_texts=max_texts, base_dir=cfg.base_dir)
     used = {name for name, _type, _enc in pre.features} | {name for name, _params in pre.text_features}
     columns = [c.name for c in schema.features if c.name in used]
     if columns:

@@ -17,23 +17,31 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError, SchemaError
+from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
+from dataflywheel.features.batch_names import text_names
+from dataflywheel.features.encoded import (
+    EncodedBatch,
+    Plan,
+    count_cells,
+    encode_column,
+    make_plan,
+    missing_column,
+    nonzero_counts,
+    number_or_none,
+    require_columns,
+    unreadable_numbers,
+)
 from dataflywheel.features.encoders import (
     ENCODERS,
-    BinaryEncoder,
     CategoryEncoder,
-    DatetimeEncoder,
     Encoder,
-    NumberEncoder,
 )
-from dataflywheel.features.ragged import Ragged
 from dataflywheel.features.text import TextEncoder
 
 if TYPE_CHECKING:
@@ -58,23 +66,6 @@ _OPTIONS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("binary", "auto"): ("binary", {}),
     ("datetime", "auto"): ("datetime", {}),
 }
-
-
-@dataclass
-class EncodedBatch:
-    numeric: np.ndarray
-    """float32 (n, n_numeric)"""
-    categorical: np.ndarray
-    """int64 (n, n_categorical)"""
-    unknown: dict[str, int]
-    """Cells per feature holding a category unseen at fit time (features with none left out)."""
-    tokens: Ragged | None = None
-    """Token ids of the text column (no padding), or None when the preprocessor has none."""
-    truncated: dict[str, int] = field(default_factory=dict)
-    """Texts per text column cut to its max_length (columns with none left out)."""
-    coerced: dict[str, int] = field(default_factory=dict)
-    """Cells per number or datetime feature that could not be read ("abc", "yesterday") or were
-    infinite, and were encoded as missing (features with none left out)."""
 
 
 def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
@@ -106,136 +97,9 @@ def _text_params(override: FeatureConfig | None) -> dict[str, Any]:
     return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": override.tokenizer}
 
 
-def _missing_column(col: str) -> SchemaError:
-    return SchemaError(
-        "input column is missing",
-        where=f"column '{col}'",
-        fix="send every feature the model was trained on",
-    )
-
-
-def _encode_column(enc: Any, series: pl.Series, vocabulary: bool) -> tuple[np.ndarray, int, int]:
-    """``(encoded, unknown cells, unreadable cells)`` of one column, reading it once where the
-    encoder can: a vocabulary encoder's ``encode``, a datetime encoder's ``encode_coerced``;
-    a plugin that overrides ``transform`` alone is used as it is."""
-    if vocabulary:
-        out, n_unknown = enc.encode(series)
-        return out, n_unknown, 0
-    if type(enc) is DatetimeEncoder:
-        out, n_coerced = enc.encode_coerced(series)
-        return out, 0, n_coerced
-    return enc.transform(series), enc.count_unknown(series), enc.count_coerced(series)
-
-
-def _count(col: str, n_unknown: int, unknown: dict[str, int], n_coerced: int, coerced: dict[str, int]) -> None:
-    """Record a feature's unseen-category and unreadable-cell counts (only when non-zero)."""
-    if n_unknown:
-        unknown[col] = n_unknown
-    if n_coerced:
-        coerced[col] = n_coerced
-
-
-def _require_columns(df: pl.DataFrame, columns: Iterable[str]) -> None:
-    present = set(df.columns)
-    for col in columns:
-        if col not in present:
-            raise _missing_column(col)
-
-
-@dataclass
-class _Plan:
-    """Where each fitted encoder's output goes, with the plain number encoders as vectors."""
-
-    n_numeric: int
-    n_categorical: int
-    numbers: list[str] = field(default_factory=list)
-    number_slots: list[int] = field(default_factory=list)
-    fill: np.ndarray = field(default_factory=lambda: np.empty(0))
-    offset: np.ndarray = field(default_factory=lambda: np.empty(0))
-    scale: np.ndarray = field(default_factory=lambda: np.empty(0))
-    limit: np.ndarray = field(default_factory=lambda: np.empty(0))
-    others: list[tuple[str, Encoder, int]] = field(default_factory=list)
-    """(column, encoder, first column in its block) for every other encoder."""
-    vocabularies: set[str] = field(default_factory=set)
-    """Columns whose encoder is a built-in category or binary one (dict lookups allowed)."""
-
-    def scale_numbers(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``out[:, number_slots] = clip((x or fill - offset) / scale, -limit, limit)`` for float64
-        ``x`` (n, k), in place, NaN and infinities filled; returns the infinities per column."""
-        infinite = np.zeros(x.shape[1], dtype=np.int64)
-        finite = np.isfinite(x)
-        if not finite.all():
-            infinite += np.isinf(x).sum(axis=0)
-            np.copyto(x, np.broadcast_to(self.fill, x.shape), where=~finite)
-        with np.errstate(over="ignore"):
-            x -= self.offset
-            x /= self.scale
-        np.clip(x, -self.limit, self.limit, out=x)
-        out[:, self.number_slots] = x
-        return infinite
-
-    def place(self, enc: Encoder, pos: int, values: np.ndarray, numeric: np.ndarray,
-              categorical: np.ndarray) -> None:
-        if enc.kind == "categorical":
-            categorical[:, pos] = values
-        else:
-            w = enc.width_
-            numeric[:, pos : pos + w] = values.reshape(len(values), w)
-
-
-def _plan(encoders: Mapping[str, Encoder]) -> _Plan:
-    plan = _Plan(0, 0)
-    affine: list[tuple[float, float, float, float]] = []
-    for col, enc in encoders.items():
-        if type(enc) in (CategoryEncoder, BinaryEncoder):
-            plan.vocabularies.add(col)
-        if enc.kind == "categorical":
-            plan.others.append((col, enc, plan.n_categorical))
-            plan.n_categorical += 1
-            continue
-        if type(enc) is NumberEncoder:
-            plan.numbers.append(col)
-            plan.number_slots.append(plan.n_numeric)
-            affine.append((*enc.affine(), enc.limit()))
-        else:
-            plan.others.append((col, enc, plan.n_numeric))
-        plan.n_numeric += enc.width_
-    if affine:
-        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64) for v in zip(*affine, strict=True))
-    return plan
-
-
-def _unreadable_numbers(df: pl.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """Per number column, present cells (not null, not blank) a Float64 cast turns null; only
-    text columns have any (as :meth:`NumberEncoder.count_coerced` counts them)."""
-    counts = np.zeros(len(columns), dtype=np.int64)
-    dtypes = dict(zip(df.columns, df.dtypes, strict=True))
-    text = [i for i, c in enumerate(columns) if dtypes[c] == pl.String]
-    if text:
-        row = df.select(
-            (
-                (pl.col(columns[i]).str.strip_chars() != "")
-                & pl.col(columns[i]).cast(pl.Float64, strict=False).is_null()
-            ).sum().alias(str(i))
-            for i in text
-        ).row(0)
-        counts[text] = row
-    return counts
-
-
-def _nonzero_counts(columns: Sequence[str], counts: np.ndarray) -> dict[str, int]:
-    return {c: int(k) for c, k in zip(columns, counts, strict=True) if k}
-
-
-def _number_or_none(value: Any) -> bool:
-    """A record value the fast path reads exactly as polars would (bools and huge ints are not)."""
-    kind = type(value)
-    return value is None or kind is float or (kind is int and -(2**63) <= value < 2**63)
-
-
 class Preprocessor:
     """Encode ``features``: a list of (column, feature type, encoder name or "auto"), plus
-    ``text_features``: (column, :class:`TextEncoder` parameters), at most one.
+    ``text_features``: (column, :class:`TextEncoder` parameters), one encoder per text column.
 
     ``skipped`` lists columns deliberately left out (text, for a model that reads no text),
     kept for reporting.
@@ -263,12 +127,14 @@ class Preprocessor:
         exclude: Iterable[str] = (),
         *,
         text: bool = False,
+        max_texts: int | None = 1,
         base_dir: Path | None = None,
     ) -> Preprocessor:
         """Non-target schema columns, minus ``exclude``; ``overrides`` change type or encoder.
 
-        Text columns are skipped unless ``text`` (the model reads token ids); then exactly one
-        may remain. A relative ``tokenizer`` path resolves against ``base_dir``.
+        Text columns are skipped unless ``text`` (the model reads token ids); then at most
+        ``max_texts`` may remain (None: any number, each read through its own inputs). A
+        relative ``tokenizer`` path resolves against ``base_dir``.
         """
         excluded = set(exclude)
         names = {c.name for c in schema.features}
@@ -298,17 +164,17 @@ class Preprocessor:
                 continue
             build_encoder(col.name, ftype, encoder)  # reject a bad combination now, not at fit
             features.append((col.name, ftype, encoder))
-        if len(texts) > 1:
+        if max_texts is not None and len(texts) > max_texts:
             raise ConfigError(
-                f"a model reads one text column; found {[c for c, _ in texts]}",
+                f"a model of this type reads one text column; found {[c for c, _ in texts]}",
                 where="data.features",
-                fix="add all but one of them to data.exclude",
+                fix="add all but one of them to data.exclude, or use model.type: transformer, which reads several",
             )
         return cls(features, skipped, texts, base_dir=base_dir)
 
     def fit(self, df: pl.DataFrame) -> Preprocessor:
         """Fit every encoder on ``df`` (the train split)."""
-        _require_columns(df, [f[0] for f in self.features] + [c for c, _ in self.text_features])
+        require_columns(df, [f[0] for f in self.features] + [c for c, _ in self.text_features])
         self.encoders_: dict[str, Encoder] = {
             col: build_encoder(col, ftype, enc).fit(df[col]) for col, ftype, enc in self.features
         }
@@ -317,12 +183,12 @@ class Preprocessor:
         }
         return self
 
-    def _layout(self) -> _Plan:
+    def _layout(self) -> Plan:
         """The plan for the current encoders, built once per fit or load."""
         encoders = self._fitted()
         cached = self.__dict__.get("_plan_cache")
         if cached is None or cached[0] is not encoders:
-            cached = (encoders, _plan(encoders))
+            cached = (encoders, make_plan(encoders))
             self._plan_cache = cached
         return cached[1]
 
@@ -342,6 +208,29 @@ class Preprocessor:
         self._fitted()
         texts = self.__dict__.get("text_encoders_", {})
         return next(iter(texts.values()), None)
+
+    @property
+    def produces_(self) -> tuple[str, ...]:
+        """The batch names ``transform`` fills: ``numeric`` and ``categorical`` always (a block
+        may be 0 wide), then the text encoder's."""
+        names = ["numeric", "categorical"]
+        for enc in self._fitted().values():
+            names += [n for n in enc.produces if n not in names]
+        for i in range(len(self.text_encoders)):
+            names += text_names(i)
+        return tuple(names)
+
+    @property
+    def text_encoders(self) -> dict[str, TextEncoder]:
+        """The fitted encoder of each text column, in order (empty without one)."""
+        self._fitted()
+        texts: dict[str, TextEncoder] = self.__dict__.get("text_encoders_", {})
+        return texts
+
+    @property
+    def pad_ids_(self) -> dict[str, int]:
+        """The padding id of each text column's tokens, by its token input's batch name."""
+        return {text_names(i)[0]: enc.pad_id_ for i, enc in enumerate(self.text_encoders.values())}
 
     @property
     def n_numeric_(self) -> int:
@@ -373,7 +262,7 @@ class Preprocessor:
     def transform(self, df: pl.DataFrame) -> EncodedBatch:
         """Encode ``df`` (extra columns ignored); a missing feature raises :class:`SchemaError`."""
         plan = self._layout()
-        _require_columns(df, self.encoders_)
+        require_columns(df, self.encoders_)
         n = df.height
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
@@ -385,16 +274,16 @@ class Preprocessor:
                 if not x.flags.writeable:
                     x = x.copy()
                 coerced += plan.scale_numbers(x, numeric[start : start + CHUNK_ROWS])
-            coerced += _unreadable_numbers(df, plan.numbers)
+            coerced += unreadable_numbers(df, plan.numbers)
         unknown: dict[str, int] = {}
         batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
-                             coerced=_nonzero_counts(plan.numbers, coerced))
+                             coerced=nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
-            out, n_unknown, n_coerced = _encode_column(enc, df[col], col in plan.vocabularies)
+            out, n_unknown, n_coerced = encode_column(enc, df[col], col in plan.vocabularies)
             plan.place(enc, pos, out, numeric, categorical)
-            _count(col, n_unknown, unknown, n_coerced, batch.coerced)
+            count_cells(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
-            _require_columns(df, self.text_encoders_)
+            require_columns(df, self.text_encoders_)
             self._encode_text(batch, {c: df[c] for c in self.text_encoders_})
         return batch
 
@@ -407,7 +296,7 @@ class Preprocessor:
                 first = int(columns[col].is_null().arg_max() or 0)
                 raise DataError(f"missing text ({columns[col].null_count()} row(s))", where=f"row {first + 1}, column '{col}'",
                                 fix="give every record a text: it is the model's only input")
-            batch.tokens, n_truncated = enc.encode(columns[col])
+            batch.texts[col], n_truncated = enc.encode(columns[col])
             if n_truncated:
                 batch.truncated[col] = n_truncated
 
@@ -427,23 +316,23 @@ class Preprocessor:
         for col in self.encoders_:
             values = [r.get(col) for r in records]
             if not any(col in r for r in records):
-                raise _missing_column(col)
+                raise missing_column(col)
             columns[col] = values
         n = len(records)
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
         coerced = np.zeros(len(plan.numbers), dtype=np.int64)
         if plan.numbers:
-            if all(_number_or_none(v) for c in plan.numbers for v in columns[c]):
+            if all(number_or_none(v) for c in plan.numbers for v in columns[c]):
                 x = np.array([columns[c] for c in plan.numbers], dtype=np.float64).T
             else:
                 frame = pl.DataFrame([pl.Series(c, columns[c], strict=False) for c in plan.numbers])
-                coerced += _unreadable_numbers(frame, plan.numbers)
+                coerced += unreadable_numbers(frame, plan.numbers)
                 x = frame.select(pl.col(plan.numbers).cast(pl.Float64, strict=False)).to_numpy()
             coerced += plan.scale_numbers(np.array(x, dtype=np.float64, order="C"), numeric)
         unknown: dict[str, int] = {}
         batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
-                             coerced=_nonzero_counts(plan.numbers, coerced))
+                             coerced=nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
             values = columns[col]
             if col in plan.vocabularies and all(v is None or type(v) is str for v in values):
@@ -451,14 +340,14 @@ class Preprocessor:
                 out, n_coerced = enc.output(idx), 0  # type: ignore[attr-defined]
             else:
                 series = pl.Series(col, values, strict=False)
-                out, n_unknown, n_coerced = _encode_column(enc, series, col in plan.vocabularies)
+                out, n_unknown, n_coerced = encode_column(enc, series, col in plan.vocabularies)
             plan.place(enc, pos, out, numeric, categorical)
-            _count(col, n_unknown, unknown, n_coerced, batch.coerced)
+            count_cells(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
             texts: dict[str, pl.Series] = {}
             for col in self.text_encoders_:
                 if not any(col in r for r in records):
-                    raise _missing_column(col)
+                    raise missing_column(col)
                 texts[col] = pl.Series(col, [r.get(col) for r in records], dtype=pl.Utf8, strict=False)
             self._encode_text(batch, texts)
         return batch

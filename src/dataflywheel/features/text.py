@@ -82,6 +82,8 @@ class TextEncoder:
     name = "text"
     feature_type = "text"
     _state = ("tokenizer_json_", "vocab_size_", "pad_id_")
+    produces = ("tokens", "attention_mask")
+    """The batch names its ragged ids become: padded ``tokens`` and their ``attention_mask``."""
 
     def __init__(self, max_length: int = 128, vocab_size: int = 8000, tokenizer: str | None = None) -> None:
         self.max_length = max_length

@@ -49,3 +49,11 @@ class HasInferenceForm(Protocol):
     def for_inference(self) -> nn.Module:
         """The model as it runs for prediction (e.g. LoRA adapters folded into the base)."""
         ...
+
+
+@runtime_checkable
+class EmbedsInputs(Protocol):
+    def input_embedding(self, name: str) -> nn.Module | None:
+        """The module whose output stands for the long batch input ``name`` (category indices,
+        token ids) in an explanation's integration path; None: look it up the default way."""
+        ...

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch import TABULAR, Batch
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
 
 if TYPE_CHECKING:
@@ -55,7 +56,10 @@ class CategoricalEmbedding(nn.Module):
 
 
 class MLP(nn.Module):
-    """(numeric, categorical) -> logits; hidden layers are Linear -> activation -> Dropout."""
+    """A batch's ``numeric`` and ``categorical`` -> logits; hidden layers are Linear -> activation
+    -> Dropout."""
+
+    inputs = TABULAR
 
     def __init__(
         self,
@@ -79,8 +83,8 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_outputs)
 
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        # numeric: (B, n_numeric) float; categorical: (B, n_cat) long
+    def forward(self, batch: Batch) -> torch.Tensor:
+        numeric, categorical = batch["numeric"], batch["categorical"]  # (B, n_numeric) float, (B, n_cat) long
         if self.embed.tables:
             x = torch.cat([numeric, self.embed(categorical).to(numeric.dtype)], dim=1)  # (B, n_in)
         else:

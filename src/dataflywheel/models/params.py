@@ -24,7 +24,7 @@ Fraction = Annotated[float, Strict(), Field(ge=0, lt=1)]
 """A number with 0 <= x < 1 (a rate, e.g. dropout); a bool or string is refused."""
 StrictBool = Annotated[bool, Strict()]
 
-FILLED_IN = ("text_vocab_size",)
+FILLED_IN = ("text_vocab_size", "more_text")
 """Fields the training stage fills in from the data (not listed as a user's choices)."""
 
 

@@ -25,8 +25,8 @@ Base weights load from safetensors (``use_safetensors=True``): a base that ships
 pickle-based ``pytorch_model*.bin`` weights is refused unless ``model.params.allow_pickle_weights``
 is true (transformers then reads them with ``torch.load(weights_only=True)``).
 
-The module follows the ``forward(numeric, categorical, tokens, attention_mask)`` contract and
-reads the text alone: a dataset with tabular feature columns is refused at build time (list them
+The module reads a batch's ``tokens`` and ``attention_mask`` (see
+:mod:`~dataflywheel.features.batch`), the text alone: a dataset with tabular feature columns is refused at build time (list them
 in ``data.exclude``) rather than silently ignoring them.
 """
 
@@ -45,6 +45,7 @@ from pydantic import ValidationInfo, field_validator
 from torch import nn
 
 from dataflywheel.errors import ConfigError, ModelError
+from dataflywheel.features.batch import TEXT, Batch
 from dataflywheel.models.mlp import model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
 
@@ -210,7 +211,9 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
 
 
 class PretrainedClassifier(nn.Module):
-    """(numeric, categorical, tokens, attention_mask) -> the Hugging Face model's logits (B, n_outputs)."""
+    """A batch's ``tokens`` and ``attention_mask`` -> the Hugging Face model's logits (B, n_outputs)."""
+
+    inputs = TEXT
 
     def __init__(self, hf: nn.Module, finetune: Finetune, max_positions: int, reference: dict[str, Any]) -> None:
         super().__init__()
@@ -220,14 +223,8 @@ class PretrainedClassifier(nn.Module):
         self.reference = reference
         self.merged = False
 
-    def forward(
-        self,
-        numeric: torch.Tensor,
-        categorical: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # tokens, attention_mask: (B, T); numeric and categorical are empty (B, 0)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        tokens, attention_mask = batch.get("tokens"), batch.get("attention_mask")  # (B, T) each
         if tokens is None:
             raise ModelError("a pretrained model needs token ids", fix="pass the text column")
         if tokens.shape[1] > self.max_positions:

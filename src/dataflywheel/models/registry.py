@@ -1,11 +1,14 @@
 """Model builders by name.
 
 A builder is ``builder(*, n_numeric, cardinalities, n_outputs, task, **params) -> nn.Module``
-whose module maps ``(numeric (B, n_numeric) float, categorical (B, n_cat) long)`` to logits
-``(B, n_outputs)``. A builder that reads text declares a ``text_vocab_size`` parameter: it then
-gets ``text_vocab_size`` and ``max_length`` from the text column's tokenizer, and its module
-also takes ``tokens=`` (B, T) long and ``attention_mask=`` (B, T) bool (True on real tokens). Builders are added by an explicit :func:`register_model` call (duplicates are
-rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
+whose module declares the batch names it reads (an ``inputs`` tuple, see
+:mod:`~dataflywheel.features.batch`) and maps ``forward(batch)`` to logits ``(B, n_outputs)``.
+A builder that reads text declares a ``text_vocab_size`` parameter: it then gets
+``text_vocab_size`` and ``max_length`` from the first text column's tokenizer and reads
+``tokens`` (B, T) long and ``attention_mask`` (B, T) bool (True on real tokens); one that also
+declares ``more_text`` reads every text column (``tokens_1``, ... with ``more_text`` giving
+their tokenizers' sizes). Builders are added by an explicit :func:`register_model` call
+(duplicates are rejected). A *spec* ``{"type": name, "args": {...all builder kwargs...}}`` is what ``model.json``
 stores; :func:`build_model` rebuilds the module from it. A builder that reads files named by a
 relative path in its spec (a pretrained base model) declares a ``base_dirs`` parameter: it gets
 the folders to look such paths up in from :func:`build_model`, never from the spec, so a spec
@@ -41,6 +44,7 @@ __all__ = [
     "predict_proba",
     "register_model",
     "takes_text",
+    "text_columns",
 ]
 
 Builder = Callable[..., nn.Module]
@@ -89,6 +93,15 @@ def takes_text(name: str) -> bool:
     if declared is not None:
         return "text_vocab_size" in declared.model_fields
     return "text_vocab_size" in inspect.signature(get_builder(name)).parameters
+
+
+def text_columns(name: str) -> int | None:
+    """How many text columns model type ``name`` reads: 0, 1, or None for any number (its
+    params declare ``more_text``, the second and later columns' tokenizer sizes)."""
+    if not takes_text(name):
+        return 0
+    declared = params_class(name)
+    return None if declared is not None and "more_text" in declared.model_fields else 1
 
 
 def model_spec(name: str, **kwargs: Any) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 In the nanoGPT manner: token + learned position embeddings, ``n_layer`` pre-norm blocks
 (``x + attn(ln(x))``, ``x + mlp(ln(x))``) of multi-head self-attention
 (``scaled_dot_product_attention`` with the padding mask: no token attends to padding) and a
-GELU MLP, a final LayerNorm, mean pooling over the real tokens and a linear head. Numeric and
-embedded categorical columns, if any, join the pooled text before the head. Because padding
-is masked everywhere it could leak in, a text's logits do not depend on how much it is padded.
+GELU MLP, a final LayerNorm, mean pooling over the real tokens and a linear head. Each further
+text column has an encoder of its own (its own tokenizer's embeddings, its own blocks); numeric
+and embedded categorical columns, if any, join the pooled texts before the head, as Ludwig's
+concat combiner does. Because padding is masked everywhere it could leak in, a text's logits do
+not depend on how much it is padded.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from dataflywheel.errors import ModelError
+from dataflywheel.features.batch import TABULAR, Batch, text_names
 from dataflywheel.models.mlp import CategoricalEmbedding, model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
 
 
 class TransformerParams(ModelParams):
     """``model.params`` of ``model.type: transformer``; ``text_vocab_size`` and ``max_length``
-    come from the text column's tokenizer."""
+    come from the first text column's tokenizer, ``more_text`` (``[vocab_size, max_length]``
+    each) from the others'."""
 
     text_vocab_size: PositiveInt | None = None
     max_length: PositiveInt = 128
+    more_text: list[list[PositiveInt]] = []
+    """One ``[vocab_size, max_length]`` per text column after the first (filled in from the data)."""
     n_layer: PositiveInt = 2
     n_head: PositiveInt = 4
     d_model: PositiveInt = 128
@@ -38,6 +44,13 @@ class TransformerParams(ModelParams):
     mlp_ratio: PositiveInt = 4
     embedding_dim: PositiveInt = 8
     """Width of each categorical column's embedding."""
+
+    @field_validator("more_text")
+    @classmethod
+    def _pairs(cls, v: list[list[int]]) -> list[list[int]]:
+        if any(len(pair) != 2 for pair in v):
+            raise ValueError("each entry must be [vocab_size, max_length]")
+        return v
 
     @field_validator("d_model")
     @classmethod
@@ -96,8 +109,41 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
-class TextTransformer(nn.Module):
-    """(numeric, categorical, tokens, attention_mask) -> logits (B, n_outputs)."""
+class TokenEncoder(nn.Module):
+    """One text column's encoder: token + position embeddings, the blocks, a final LayerNorm
+    and mean pooling over the real tokens: ``(tokens (B, T), mask (B, T)) -> (B, d_model)``."""
+
+    def __init__(self, vocab_size: int, max_length: int, n_layer: int, n_head: int, d_model: int, dropout: float,
+                 mlp_ratio: int) -> None:
+        super().__init__()
+        self.max_length = max_length
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(max_length, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, mlp_ratio) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T = tokens.shape
+        if T > self.max_length:
+            raise ModelError(f"{T} tokens exceed the model's max_length {self.max_length}")
+        mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        pos = torch.arange(T, device=tokens.device)  # (T,)
+        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, C)
+        key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        for block in self.blocks:
+            x = block(x, key_mask)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
+
+
+class TextTransformer(TokenEncoder):
+    """A batch's ``numeric``, ``categorical`` and, per text column, ``tokens`` and
+    ``attention_mask`` (``tokens_1``, ``attention_mask_1``, ... for the second, ...) -> logits
+    (B, n_outputs): one encoder per input (the first text column's is this module's own
+    :class:`TokenEncoder` part, the others' are in ``more``; the numbers as they are; an
+    embedding per category), concatenated before the head."""
 
     def __init__(
         self,
@@ -112,16 +158,14 @@ class TextTransformer(nn.Module):
         dropout: float,
         mlp_ratio: int,
         embedding_dim: int,
+        more_text: Sequence[Sequence[int]] = (),
     ) -> None:
-        super().__init__()
-        self.max_length = max_length
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(max_length, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, mlp_ratio) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(d_model)
+        super().__init__(vocab_size, max_length, n_layer, n_head, d_model, dropout, mlp_ratio)
+        self.more = nn.ModuleList(TokenEncoder(v, t, n_layer, n_head, d_model, dropout, mlp_ratio) for v, t in more_text)
+        self.inputs = (*TABULAR, *(name for i in range(1 + len(self.more)) for name in text_names(i)))
         self.embed = CategoricalEmbedding(cardinalities, embedding_dim)
-        self.head = nn.Linear(d_model + n_numeric + self.embed.out_features, n_outputs)
+        width = d_model * (1 + len(self.more)) + n_numeric + self.embed.out_features
+        self.head = nn.Linear(width, n_outputs)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("proj.weight"):
@@ -134,33 +178,28 @@ class TextTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(
-        self,
-        numeric: torch.Tensor,
-        categorical: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        # numeric: (B, n_numeric); categorical: (B, n_cat); tokens, attention_mask: (B, T)
-        if tokens is None:
-            raise ModelError("a transformer model needs token ids", fix="pass the text column")
-        B, T = tokens.shape
-        if T > self.max_length:
-            raise ModelError(f"{T} tokens exceed the model's max_length {self.max_length}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(tokens, dtype=torch.bool)
-        mask = attention_mask.bool()
-        pos = torch.arange(T, device=tokens.device)  # (T,)
-        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, C)
-        key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
-        for block in self.blocks:
-            x = block(x, key_mask)  # (B, T, C)
-        x = self.ln_f(x)  # (B, T, C)
-        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
-        parts = [pooled, numeric.to(pooled.dtype)]
+    def input_embedding(self, name: str) -> nn.Module | None:
+        """The embedding an explanation attributes the input ``name`` at."""
+        if name == "categorical":
+            return self.embed
+        encoders = [self, *self.more]
+        for i, encoder in enumerate(encoders):
+            if name == text_names(i)[0]:
+                return encoder.tok_emb
+        return None
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # type: ignore[override]
+        # numeric: (B, n_numeric); categorical: (B, n_cat); tokens, attention_mask: (B, T) per text column
+        parts: list[torch.Tensor] = []
+        for i, encoder in enumerate([self, *self.more]):
+            tokens, mask = (batch.get(name) for name in text_names(i))
+            if tokens is None:
+                raise ModelError(f"a transformer model needs token ids ({text_names(i)[0]})",
+                                 fix="pass the text column")
+            parts.append(TokenEncoder.forward(encoder, tokens, mask))  # (B, C)
+        parts.append(batch["numeric"].to(parts[0].dtype))
         if self.embed.tables:
-            parts.append(self.embed(categorical).to(pooled.dtype))  # (B, n_cat * dim)
+            parts.append(self.embed(batch["categorical"]).to(parts[0].dtype))  # (B, n_cat * dim)
         return self.head(torch.cat(parts, dim=1))  # (B, n_outputs) logits
 
 
@@ -178,4 +217,4 @@ def build_transformer(
     p = TransformerParams.parse(params, model_type="transformer")
     assert p.text_vocab_size is not None
     return TextTransformer(n_numeric, cardinalities, n_outputs, p.text_vocab_size, p.max_length, p.n_layer,
-                           p.n_head, p.d_model, float(p.dropout), p.mlp_ratio, p.embedding_dim)
+                           p.n_head, p.d_model, float(p.dropout), p.mlp_ratio, p.embedding_dim, p.more_text)

@@ -158,9 +158,7 @@ class Predictor:
 
         df, redacted = self.redaction.frame(df)
         batch = self.preprocessor.transform(df)
-        text = getattr(self.preprocessor, "text_encoder_", None)
-        out = predict_proba(self.model, batch.numeric, batch.categorical, self.task, tokens=batch.tokens,
-                            pad_id=text.pad_id_ if text is not None else 0)
+        out = predict_proba(self.model, batch.inputs, self.task, pad_id=self.preprocessor.pad_ids_)
         return self.task_object.scores(self.target, out), batch, redacted
 
     def decode(self, scores: np.ndarray) -> Decoded:

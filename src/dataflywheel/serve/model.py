@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from dataflywheel.config import ONNX_BACKENDS, PrivacyConfig
 from dataflywheel.errors import ConfigError
-from dataflywheel.models.predict import as_inputs, logits_to_output, predict_logits
+from dataflywheel.models.predict import as_batch, logits_to_output, predict_logits
 from dataflywheel.registry.predictor import Predictor
 from dataflywheel.serve.schemas import record_model, served_columns
 from dataflywheel.store import Project
@@ -89,18 +89,15 @@ class ServedModel:
         p = self.predictor
         net = p.model if self.network is None else self.network
         batch = p.preprocessor.transform_records(records)
-        if batch.tokens is not None:
-            text = p.preprocessor.text_encoder_
-            logits = predict_logits(net, batch.numeric, batch.categorical, tokens=batch.tokens,
-                                    pad_id=text.pad_id_ if text is not None else 0)
-            scores = logits_to_output(logits, p.task)
+        if batch.texts:
+            logits = predict_logits(net, batch.inputs, pad_id=p.preprocessor.pad_ids_)
             n_truncated = sum(batch.truncated.values())
             if n_truncated and on_truncated is not None:
                 on_truncated(n_truncated)
-        else:
-            numeric, categorical = as_inputs(net, batch.numeric, batch.categorical)
+        else:  # a few rows: one forward, no batching
             with torch.inference_mode():
-                scores = logits_to_output(net(numeric, categorical), p.task)
+                logits = net(as_batch(net, batch.inputs))
+        scores = logits_to_output(logits, p.task)
         decoded = p.decode(p.task_object.scores(p.target, scores))
         version = self.version
         if decoded.proba is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from dataflywheel.errors import DataError
+from dataflywheel.features.batch import Batch, PadIds, check_reads, collate, ragged_lengths, sources, to_tensors
 from dataflywheel.features.ragged import Ragged
 from dataflywheel.tasks import get_task
 
@@ -49,48 +50,63 @@ def batch_order(
 
 @dataclass
 class Batchable:
-    """Model inputs and target: ``numeric`` (N, n_numeric) float, ``categorical`` (N, n_cat)
-    long, ``y`` (N,) float for bce/mse or long for cross-entropy, and for text models
-    ``tokens``: N ragged token-id rows, padded with ``pad_id`` per mini-batch."""
+    """A split's model inputs and target: ``inputs`` by batch name (:mod:`~dataflywheel.features.batch`),
+    dense tensors of N rows (``numeric`` (N, n_numeric) float, ``categorical`` (N, n_cat) long,
+    ...) and ragged token rows padded with ``pad_id`` per mini-batch; ``y`` (N,) float for
+    bce/mse or long for cross-entropy."""
 
-    numeric: torch.Tensor
-    categorical: torch.Tensor
+    inputs: dict[str, torch.Tensor | Ragged]
     y: torch.Tensor
-    tokens: Ragged | None = None
-    pad_id: int = 0
+    pad_id: PadIds = 0
+
+    @classmethod
+    def of(cls, numeric: torch.Tensor, categorical: torch.Tensor, y: torch.Tensor, tokens: Ragged | None = None,
+           pad_id: int = 0) -> Batchable:
+        """The inputs of a table (and a text column): ``numeric``, ``categorical``, ``tokens``."""
+        inputs: dict[str, torch.Tensor | Ragged] = {"numeric": numeric, "categorical": categorical}
+        if tokens is not None:
+            inputs["tokens"] = tokens
+        return cls(inputs, y, pad_id)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def forward(self, model: Callable[..., torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        """Logits of rows ``idx``: ``model(numeric, categorical)``, plus for text
-        ``tokens`` (B, T) long and ``attention_mask`` (B, T) bool padded to the batch's longest."""
-        if self.tokens is None:
-            return model(self.numeric[idx], self.categorical[idx])
-        ids, mask = self.tokens.pad(idx.numpy(), self.pad_id)
-        device = self.numeric.device
-        return model(
-            self.numeric[idx],
-            self.categorical[idx],
-            tokens=torch.from_numpy(ids).to(device, non_blocking=True),
-            attention_mask=torch.from_numpy(mask).to(device, non_blocking=True),
-        )
+    @property
+    def lengths(self) -> torch.Tensor | None:
+        """Token counts per row (N,) of the ragged input, for length-bucketed batches; None without."""
+        lengths = ragged_lengths(self.inputs)
+        return None if lengths is None else torch.from_numpy(lengths)
+
+    @property
+    def dense(self) -> bool:
+        """Whether every input is a dense tensor (a mini-batch is a row selection, no padding)."""
+        return not any(isinstance(v, Ragged) for v in self.inputs.values())
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """The :data:`~dataflywheel.features.batch.Batch` of rows ``idx``."""
+        device = next((v.device for v in self.inputs.values() if isinstance(v, torch.Tensor)), None)
+        return collate(self.inputs, idx, pad_id=self.pad_id, device=device)
+
+    def forward(self, model: Callable[[Batch], torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """Logits of rows ``idx``: ``model(batch)``."""
+        return model(self.batch(idx))
 
 
-def prepare_batchable(data: Batchable, task: str, dtype: torch.dtype, name: str, device: torch.device) -> Batchable:
-    """``data`` checked (rows agree, not empty), its target prepared for the task, moved to ``device``."""
+def prepare_batchable(data: Batchable, task: str, dtype: torch.dtype, name: str, device: torch.device,
+                      reads: tuple[str, ...] | None = None) -> Batchable:
+    """``data`` checked (rows agree, not empty, every name in ``reads`` present), narrowed to
+    ``reads`` (all inputs when None), its target prepared for the task, moved to ``device``."""
     n = len(data)
     if n == 0:
         raise DataError(
             f"the {name} split is empty", where=name, fix="add rows or change data.split"
         )
-    n_tokens = n if data.tokens is None else len(data.tokens)
-    if data.numeric.shape[0] != n or data.categorical.shape[0] != n or n_tokens != n:
-        raise DataError(
-            f"numeric {tuple(data.numeric.shape)}, categorical {tuple(data.categorical.shape)}, "
-            f"tokens ({n_tokens} rows) and y {tuple(data.y.shape)} differ in rows",
-            where=name,
-        )
+    names = list(data.inputs) if reads is None else sources(reads)
+    check_reads(names, data.inputs.keys())
+    rows = {k: len(v) if isinstance(v, Ragged) else int(v.shape[0]) for k, v in data.inputs.items()}
+    if any(r != n for r in rows.values()):
+        shapes = ", ".join(f"{k} ({r} rows)" for k, r in rows.items())
+        raise DataError(f"{shapes} and y {tuple(data.y.shape)} differ in rows", where=name)
     y = get_task(task).prepare_y(data.y, dtype)
-    return Batchable(data.numeric.to(device, dtype), data.categorical.to(device, torch.long), y.to(device),
-                     data.tokens, data.pad_id)
+    inputs = to_tensors(data.inputs, names, dtype=dtype, device=device)
+    return Batchable(inputs, y.to(device), data.pad_id)

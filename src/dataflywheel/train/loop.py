@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dataflywheel.config import TrainConfig, resolve_early_stopping
+from dataflywheel.features.batch import model_reads
 from dataflywheel.models.predict import logits_to_output, predict_logits
 from dataflywheel.runtime import bf16_supported, set_threads
 from dataflywheel.tasks import get_task
@@ -123,8 +124,9 @@ def fit(
     strategy = strategy if strategy is not None else SingleDevice(bf16_supported)
     device = strategy.place(model, cfg)
     dtype = _float_dtype(model)
-    train = prepare_batchable(train, task, dtype, "train", device)
-    valid = prepare_batchable(valid, task, dtype, "valid", device) if valid is not None and len(valid) else None
+    reads = model_reads(model)
+    train = prepare_batchable(train, task, dtype, "train", device, reads)
+    valid = prepare_batchable(valid, task, dtype, "valid", device, reads) if valid is not None and len(valid) else None
     threads = set_threads(cfg.threads, n_params)
     torch.manual_seed(cfg.seed)
 
@@ -225,12 +227,8 @@ class _Runner:
         self.reached_max_steps = cfg.max_steps is not None and state.step >= cfg.max_steps
         self.forward: Callable[..., torch.Tensor] = state.model
         if cfg.compile:
-            self.forward = torch.compile(state.model, dynamic=train.tokens is not None)
-        self.lengths = (
-            torch.from_numpy(train.tokens.lengths)
-            if train.tokens is not None and cfg.bucket_by_length
-            else None
-        )
+            self.forward = torch.compile(state.model, dynamic=not train.dense)
+        self.lengths = train.lengths if cfg.bucket_by_length else None
 
     def evaluate(self) -> None:
         state = self.state
@@ -282,8 +280,8 @@ def train_epoch(
     sizes: list[int] = []
     lr = group["lr"]
     # The common case, a table in full precision with a plain objective, skips per-step indirection.
-    tabular = data.tokens is None and autocast is None and type(objective).batch_loss is Objective.batch_loss
-    numeric, categorical, y = data.numeric, data.categorical, data.y
+    direct = data.dense and autocast is None and type(objective).batch_loss is Objective.batch_loss
+    inputs, y = list(data.inputs.items()), data.y
     for first in range(0, len(batches), accum):
         if max_steps is not None and state.step >= max_steps:
             break
@@ -292,8 +290,8 @@ def train_epoch(
         lr = group["lr"]
         optimizer.zero_grad(set_to_none=True)
         for idx in micro:  # (B,) row indices
-            if tabular:
-                loss = loss_fn(forward(numeric[idx], categorical[idx]), y[idx])
+            if direct:  # dense inputs: the batch is a row selection of each
+                loss = loss_fn(forward({k: v[idx] for k, v in inputs}), y[idx])
             elif autocast is not None:
                 with strategy.autocast():  # type: ignore[union-attr]
                     loss = batch_loss(forward, data, idx)
@@ -329,7 +327,7 @@ def validate(
     metrics: dict[str, Metric],
 ) -> Logs:
     """``val_loss`` and ``val_<name>`` for each metric, in eval mode without autograd."""
-    logits = predict_logits(model, data.numeric, data.categorical, tokens=data.tokens, pad_id=data.pad_id)
+    logits = predict_logits(model, data.inputs, pad_id=data.pad_id)
     with torch.no_grad():
         logs: Logs = {"val_loss": float(loss_fn(logits, data.y))}
     if metrics:

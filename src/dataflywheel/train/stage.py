@@ -56,20 +56,16 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
     """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
     import torch
 
+    from dataflywheel.features.batch import to_tensors
     from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import Batchable
 
     batch = pre.transform(df)
     y = target_enc.transform(df.get_column(target))
     y_t = get_task(task).prepare_y(torch.as_tensor(np.array(y)), torch.float32)
-    text = pre.text_encoder_
-    return Batchable(
-        numeric=torch.as_tensor(batch.numeric, dtype=torch.float32),
-        categorical=torch.as_tensor(batch.categorical, dtype=torch.long),
-        y=y_t,
-        tokens=batch.tokens,
-        pad_id=text.pad_id_ if text is not None else 0,
-    ), batch.truncated
+    named = batch.inputs
+    inputs = to_tensors(named, list(named), dtype=torch.float32, device=torch.device("cpu"))
+    return Batchable(inputs, y_t, pre.pad_ids_), batch.truncated
 
 
 def valid_metrics(task: str) -> dict[str, Any]:
@@ -92,7 +88,7 @@ def train_on_dataset(
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.models.pretrained import prepare_config
-    from dataflywheel.models.registry import build_model, model_spec, takes_text
+    from dataflywheel.models.registry import build_model, model_spec, text_columns
     from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import fit
 
@@ -105,12 +101,17 @@ def train_on_dataset(
     if train_df.height == 0:
         raise DataError("the train split is empty", where=f"dataset {dataset.id}", fix="add rows or change data.split")
 
+    max_texts = text_columns(cfg.model.type)
     pre = Preprocessor.from_schema(
-        schema, cfg.data.features, exclude=cfg.data.exclude, text=takes_text(cfg.model.type),
+        schema, cfg.data.features, exclude=cfg.data.exclude, text=max_texts != 0, max_texts=max_texts,
         base_dir=cfg.base_dir,
     ).fit(train_df)
-    text = pre.text_encoder_
-    text_args = {} if text is None else {"text_vocab_size": text.vocab_size_, "max_length": text.max_length}
+    texts = list(pre.text_encoders.values())
+    text_args: dict[str, Any] = {}
+    if texts:
+        text_args = {"text_vocab_size": texts[0].vocab_size_, "max_length": texts[0].max_length}
+    if len(texts) > 1:
+        text_args["more_text"] = [[t.vocab_size_, t.max_length] for t in texts[1:]]
     target_enc = TargetEncoder(task)
     target_enc.fit(all_labels(dataset, target) if kind.has_classes else train_df.get_column(target))
     n_outputs = kind.n_outputs(target_enc)
