@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
@@ -37,7 +37,7 @@ PROCESSING_VERSION = 4
 """2: text columns are redacted of PII by default (privacy section). 3: the split is drawn by
 NumPy in one pass (same sizes, other rows than scikit-learn's). 4: a ``drop`` missing-value rule
 removes rows only for the columns the model reads (whether it reads text is hashed)."""
-PARQUET_COMPRESSION = "lz4"
+PARQUET_COMPRESSION: Final = "lz4"
 """Splits are written with lz4: twice as fast to write and read as zstd, 1.5x the size."""
 
 
@@ -109,7 +109,7 @@ def version_config_hash(cfg: FlywheelConfig) -> str:
     return data_config_hash(cfg.data, cfg.model.task, cfg.privacy, reads_text(cfg.model.type))
 
 
-def version_id(source_fingerprint: str, config_hash: str, parents: list[str] = ()) -> str:
+def version_id(source_fingerprint: str, config_hash: str, parents: Sequence[str] = ()) -> str:
     h = hashlib.sha256()
     for part in (source_fingerprint, config_hash, *sorted(parents)):
         h.update(part.encode())
@@ -121,7 +121,7 @@ def ingest(
     cfg: FlywheelConfig,
     project: Project,
     *,
-    parents: list[str] = (),
+    parents: Sequence[str] = (),
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DatasetVersion:
     """Run data input, schema inference and processing; reuse the version if it exists."""
