@@ -107,3 +107,36 @@ def test_unknown_excluded_column_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.exclude: no column named 'ghost'"):
         ingest(cfg_for(tmp_path, exclude=["ghost"]), project)
     assert list_versions(project) == []
+
+
+def test_one_writer_writes_ingested_and_retrain_versions(tmp_path: Path) -> None:
+    """``write_version`` writes every version: splits and extras as Parquet, the schema, the report,
+    the row with its parent and feedback links; a failed row write leaves no folder behind."""
+    from sqlalchemy.exc import IntegrityError
+
+    from dataflywheel.data.dataset import NewVersion, write_version
+    from dataflywheel.feedback import trainingset
+
+    from store_helpers import roles
+
+    assert trainingset.write_version is write_version  # the retrain's training set uses the same writer
+    make_csv(tmp_path / "data.csv")
+    project = Project.open(tmp_path / ".flywheel")
+    parent = ingest(cfg_for(tmp_path), project)
+    splits = {name: parent.split(name) for name in ("train", "valid", "test")}
+    held = splits["test"].head(3)
+    new = NewVersion(id="c" * 16, source="by hand", fingerprint="fp", config_hash="h", target="y", n_rows=203,
+                     splits=splits, schema=parent.schema(), report={"source": "by hand"}, parents=[parent.id],
+                     extra={"holdout": held}, feedback={"train": ["f1"], "holdout": ["f2"]})
+    child = write_version(project, new)
+    again = get_version(project, child.id)
+    assert again.parents == [parent.id] and again.split_sizes == parent.split_sizes and not child.reused
+    assert pl.read_parquet(again.path / "holdout.parquet").equals(held)
+    assert again.schema().names == parent.schema().names and again.report == {"source": "by hand"}
+    assert roles(project, child.id) == {"train": {"f1"}, "holdout": {"f2"}}
+
+    twice = NewVersion(**{**new.__dict__, "id": "d" * 16, "feedback": {"train": ["f1"], "valid": ["f1"]}})
+    with pytest.raises(IntegrityError):
+        write_version(project, twice)  # one feedback row in two roles: the row write fails
+    assert not (tmp_path / ".flywheel" / "artifacts" / "datasets" / ("d" * 16)).exists()
+    assert "d" * 16 not in [r.id for r in list_versions(project)]

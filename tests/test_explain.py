@@ -20,6 +20,7 @@ from dataflywheel.features.preprocessor import Preprocessor
 from dataflywheel.features.target import TargetEncoder
 from dataflywheel.models.mlp import build_mlp
 from dataflywheel.models.transformer import build_transformer
+from dataflywheel.registry.bundle import ModelBundle
 from dataflywheel.registry.predictor import Predictor
 
 from cli_helpers import flywheel
@@ -53,7 +54,7 @@ def tabular_predictor(task: str, hidden: list[int] | None = None, seed: int = 0)
     model = build_mlp(n_numeric=pre.n_numeric_, cardinalities=pre.cardinalities_,
                       n_outputs=3 if task == "multiclass" else 1, task=task,
                       hidden=[16, 16] if hidden is None else hidden, activation="tanh").eval()
-    return Predictor(Path("."), model, {"task": task}, pre, target, None)
+    return Predictor(ModelBundle(model=model, task=task, preprocessor=pre, target=target))
 
 
 def text_predictor(n_numeric_cols: bool = False) -> Predictor:
@@ -67,7 +68,7 @@ def text_predictor(n_numeric_cols: bool = False) -> Predictor:
     model = build_transformer(n_numeric=pre.n_numeric_, cardinalities=[], n_outputs=3, task="multiclass",
                               text_vocab_size=pre.text_encoder_.vocab_size_, max_length=16, n_layer=2,
                               n_head=2, d_model=32, dropout=0.0).eval()
-    return Predictor(Path("."), model, {"task": "multiclass"}, pre, target, None)
+    return Predictor(ModelBundle(model=model, task="multiclass", preprocessor=pre, target=target))
 
 
 def total(e: dict) -> float:
@@ -142,8 +143,8 @@ def test_a_hugging_face_classifier_is_explained_at_its_word_embeddings() -> None
     hf = BertForSequenceClassification(BertConfig(
         vocab_size=base.preprocessor.text_encoder_.vocab_size_, hidden_size=32, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=64, num_labels=3, max_position_embeddings=32))
-    predictor = Predictor(Path("."), PretrainedClassifier(hf, "full", 32, {}).eval(), {"task": "multiclass"},
-                          base.preprocessor, base.target, None)
+    predictor = Predictor(ModelBundle(model=PretrainedClassifier(hf, "full", 32, {}).eval(), task="multiclass",
+                                      preprocessor=base.preprocessor, target=base.target))
     [e] = explain_records(predictor, [{"text": "the cat sat on a mat"}], steps=16)
     assert len(e["attributions"]) == 8 and all("token" in a for a in e["attributions"])
     change = e["output"] - e["baseline_output"]

@@ -13,6 +13,7 @@ import pytest
 from dataflywheel.features.preprocessor import Preprocessor
 from dataflywheel.features.target import TargetEncoder
 from dataflywheel.models.registry import build_model, model_spec
+from dataflywheel.registry.bundle import ModelBundle
 from dataflywheel.registry.predictor import Predictions, Predictor, to_frame
 
 from cli_helpers import flywheel
@@ -42,8 +43,7 @@ def make_predictor(cls: type[Predictor] = Predictor) -> Predictor:
     spec = model_spec("mlp", n_numeric=pre.n_numeric_, cardinalities=pre.cardinalities_, n_outputs=1,
                       task="binary", hidden=[8])
     model = build_model(spec, seed=0).eval()
-    meta = {"task": "binary", "spec": spec, "version": 1}
-    return cls(Path("."), model, meta, pre, target, None)
+    return cls(ModelBundle(model=model, task="binary", preprocessor=pre, target=target, spec=spec, version=1))
 
 
 def test_unreadable_dates_alone_do_not_crash_and_match_the_batch() -> None:

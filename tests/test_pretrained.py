@@ -89,7 +89,7 @@ def train(base: Path, finetune: str, folder: Path, **extra):
     """Fit a few epochs, write a bundle to ``folder``; return (model, preprocessor, frame, history)."""
     from dataflywheel.config import TrainConfig
     from dataflywheel.data.schema import infer_schema
-    from dataflywheel.registry.bundle import write_bundle
+    from dataflywheel.registry.bundle import ModelBundle, write_bundle
     from dataflywheel.train.loop import fit
     from dataflywheel.train.stage import encode
 
@@ -97,10 +97,9 @@ def train(base: Path, finetune: str, folder: Path, **extra):
     batch = encode(pre, target, df, "topic", "multiclass")[0]
     cfg = TrainConfig(epochs=4, batch_size=16, optimizer="adamw", lr=5e-3, early_stopping=None, threads=1)
     history = fit(model, batch, None, cfg, "multiclass", progress=False)
-    meta = {"spec": spec, "task": "multiclass", "target_column": "topic",
-            "target_encoder": target.to_dict(), "threshold": 0.5}
-    write_bundle(folder, model=model, model_json=meta, preprocessor=pre, schema=infer_schema(df, "topic"),
-                 metrics={}, lineage={})
+    bundle = ModelBundle(model=model, task="multiclass", preprocessor=pre, target=target,
+                         schema=infer_schema(df, "topic"), spec=spec, target_column="topic")
+    write_bundle(folder, bundle, metrics={}, lineage={})
     return model, pre, df, history
 
 
@@ -415,7 +414,7 @@ def _train_in_project(project: Path, base: str, finetune: str = "lora"):
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.models.pretrained import prepare_config
     from dataflywheel.models.registry import build_model, model_spec
-    from dataflywheel.registry.bundle import write_bundle
+    from dataflywheel.registry.bundle import ModelBundle, write_bundle
     from dataflywheel.train.loop import fit
     from dataflywheel.train.stage import encode
 
@@ -432,8 +431,9 @@ def _train_in_project(project: Path, base: str, finetune: str = "lora"):
     train_cfg = TrainConfig(epochs=2, batch_size=16, optimizer="adamw", lr=5e-3, early_stopping=None, threads=1)
     fit(model, encode(pre, target, df, "topic", "multiclass")[0], None, train_cfg, "multiclass", progress=False)
     folder = project / ".flywheel" / "artifacts" / "models" / "v1"
-    meta = {"spec": spec, "task": "multiclass", "target_column": "topic", "target_encoder": target.to_dict()}
-    write_bundle(folder, model=model, model_json=meta, preprocessor=pre, schema=schema, metrics={}, lineage={})
+    bundle = ModelBundle(model=model, task="multiclass", preprocessor=pre, target=target, schema=schema, spec=spec,
+                         target_column="topic")
+    write_bundle(folder, bundle, metrics={}, lineage={})
     return folder, df
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataflywheel.config import FlywheelConfig, load_config
 from dataflywheel.loop import RunResult, as_config, open_project
 from dataflywheel.loop import run as _run
+
+if TYPE_CHECKING:
+    from dataflywheel.data.dataset import DatasetVersion
+    from dataflywheel.registry.predictor import Predictor
 
 __all__ = ["ingest", "load_config", "load_model", "run", "train", "validate_batch"]
 
@@ -34,7 +38,7 @@ def train(config: str | Path | FlywheelConfig = "flywheel.yaml", *, resume: bool
         project.close()
 
 
-def ingest(config: str | Path | FlywheelConfig = "flywheel.yaml", *, log: Any = None) -> Any:
+def ingest(config: str | Path | FlywheelConfig = "flywheel.yaml", *, log: Any = None) -> DatasetVersion:
     """The data stages alone (``flywheel data ingest``); returns the DatasetVersion."""
     from dataflywheel.data.dataset import ingest as _ingest
 
@@ -46,7 +50,7 @@ def ingest(config: str | Path | FlywheelConfig = "flywheel.yaml", *, log: Any = 
         project.close()
 
 
-def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig = "flywheel.yaml") -> Any:
+def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig = "flywheel.yaml") -> Predictor:
     """A :class:`~dataflywheel.registry.predictor.Predictor` for a version number, alias or bundle folder."""
     from dataflywheel import registry
     from dataflywheel.registry.loader import is_bundle_ref

@@ -3,7 +3,8 @@
 A version's id is a content hash of the source bytes and the data config (target, features,
 exclusions, processing, split) plus its parents, so ingesting unchanged inputs again finds the
 existing version and does no work. Splits are Parquet files beside ``schema.json`` and
-``report.json``; the store row and the folder appear together or not at all.
+``report.json``; the store row and the folder appear together or not at all. Every version,
+ingested or built by a retrain, is written by :func:`write_version`.
 
 PII is redacted (``privacy`` in flywheel.yaml) right after reading, before schema inference, so
 no split, statistic or schema ever holds it; the id still hashes the *source* bytes, plus the
@@ -15,17 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
 from dataflywheel.config import DataConfig, FlywheelConfig, PrivacyConfig
 from dataflywheel.errors import ConfigError, NotFoundError
 from dataflywheel.store import Project
-from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
+from dataflywheel.store.metadata import DatasetFeedbackRow, DatasetParentRow, DatasetRow
+
+if TYPE_CHECKING:
+    from dataflywheel.data.schema import Schema
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
@@ -33,7 +37,7 @@ PROCESSING_VERSION = 4
 """2: text columns are redacted of PII by default (privacy section). 3: the split is drawn by
 NumPy in one pass (same sizes, other rows than scikit-learn's). 4: a ``drop`` missing-value rule
 removes rows only for the columns the model reads (whether it reads text is hashed)."""
-PARQUET_COMPRESSION = "lz4"
+PARQUET_COMPRESSION: Final = "lz4"
 """Splits are written with lz4: twice as fast to write and read as zstd, 1.5x the size."""
 
 
@@ -105,7 +109,7 @@ def version_config_hash(cfg: FlywheelConfig) -> str:
     return data_config_hash(cfg.data, cfg.model.task, cfg.privacy, reads_text(cfg.model.type))
 
 
-def version_id(source_fingerprint: str, config_hash: str, parents: list[str] = ()) -> str:
+def version_id(source_fingerprint: str, config_hash: str, parents: Sequence[str] = ()) -> str:
     h = hashlib.sha256()
     for part in (source_fingerprint, config_hash, *sorted(parents)):
         h.update(part.encode())
@@ -117,7 +121,7 @@ def ingest(
     cfg: FlywheelConfig,
     project: Project,
     *,
-    parents: list[str] = (),
+    parents: Sequence[str] = (),
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DatasetVersion:
     """Run data input, schema inference and processing; reuse the version if it exists."""
@@ -172,8 +176,6 @@ def build_version(
     del raw  # process holds the only reference, so it can free the raw columns as it splits
     processed = process(handover.pop(), schema, cfg.data, where=source_desc, task=task, inputs=inputs)
 
-    key = f"datasets/{vid}"
-    sizes = {name: processed.splits[name].height for name in SPLITS}
     report = {"source": source_desc, **processed.report}
     report["excluded"] = list(dict.fromkeys([*excluded, *processed.report["excluded"]]))
     if redacted is not None:
@@ -181,47 +183,68 @@ def build_version(
         total = sum(n for counts in redacted["columns"].values() for n in counts.values())
         if total:
             log(f"redacted {total} PII match(es) in {', '.join(redacted['columns'])}")
+    version = write_version(project, NewVersion(
+        id=vid, source=source_desc, fingerprint=fingerprint, config_hash=config_hash, target=cfg.data.target,
+        n_rows=n_rows, splits=processed.splits, schema=schema, report=report, parents=parents))
+    sizes = version.split_sizes
+    log(f"dataset {vid}: {n_rows} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
+        + removed_summary(report, schema))
+    return version
+
+
+@dataclass
+class NewVersion:
+    """A dataset version to write (:func:`write_version`)."""
+
+    id: str
+    source: str
+    """What it was made from, in words."""
+    fingerprint: str
+    """Of the source bytes (or of what else the version was built from)."""
+    config_hash: str
+    target: str
+    n_rows: int
+    """Rows in all the files (splits and extras)."""
+    splits: dict[str, pl.DataFrame]
+    """The train, valid and test splits."""
+    schema: Schema
+    report: dict[str, Any]
+    parents: list[str] = field(default_factory=list)
+    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """Further Parquet files by name (held-out feedback)."""
+    feedback: dict[str, list[str]] = field(default_factory=dict)
+    """Feedback ids per role, linked to the version in ``dataset_feedback``."""
+
+
+def write_version(project: Project, new: NewVersion) -> DatasetVersion:
+    """Write a dataset version: its folder (the splits and extras as Parquet, ``schema.json``,
+    ``report.json``), then its row, its parent links and its feedback links. The folder and the
+    rows appear together or not at all; a row whose folder was lost is replaced."""
+    key = f"datasets/{new.id}"
+    sizes = {name: new.splits[name].height for name in SPLITS}
     with project.artifacts.write_dir(key) as tmp:
-        for name in SPLITS:
-            processed.splits[name].write_parquet(tmp / f"{name}.parquet", compression=PARQUET_COMPRESSION)
-        schema.save(tmp / "schema.json")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        for name, frame in {**{name: new.splits[name] for name in SPLITS}, **new.extra}.items():
+            frame.write_parquet(tmp / f"{name}.parquet", compression=PARQUET_COMPRESSION)
+        new.schema.save(tmp / "schema.json")
+        (tmp / "report.json").write_text(json.dumps(new.report, indent=2, default=str), encoding="utf-8")
     try:
         with project.metadata.transaction() as s:
-            if s.get(DatasetRow, vid) is not None:  # a stale row whose folder was lost
-                s.delete(s.get(DatasetRow, vid))
+            stale = s.get(DatasetRow, new.id)
+            if stale is not None:
+                s.delete(stale)
                 s.flush()
-            s.add(
-                DatasetRow(
-                    id=vid,
-                    source=source_desc,
-                    source_fingerprint=fingerprint,
-                    config_hash=config_hash,
-                    target=cfg.data.target,
-                    n_rows=n_rows,
-                    split_sizes=sizes,
-                    report=report,
-                    artifact=key,
-                )
-            )
+            s.add(DatasetRow(id=new.id, source=new.source, source_fingerprint=new.fingerprint,
+                             config_hash=new.config_hash, target=new.target, n_rows=new.n_rows, split_sizes=sizes,
+                             report=new.report, artifact=key))
             s.flush()
-            for parent in parents:
-                s.add(DatasetParentRow(child_id=vid, parent_id=parent))
+            s.add_all(DatasetParentRow(child_id=new.id, parent_id=parent) for parent in new.parents)
+            s.add_all(DatasetFeedbackRow(dataset_id=new.id, feedback_id=f, role=role)
+                      for role, ids in new.feedback.items() for f in ids)
     except Exception:
         project.artifacts.remove(key)
         raise
-    log(f"dataset {vid}: {n_rows} rows in -> train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
-        + removed_summary(report, schema))
-    return DatasetVersion(
-        id=vid,
-        path=project.artifacts.path(key),
-        target=cfg.data.target,
-        source=source_desc,
-        split_sizes=sizes,
-        report=report,
-        parents=parents,
-        reused=False,
-    )
+    return DatasetVersion(id=new.id, path=project.artifacts.path(key), target=new.target, source=new.source,
+                          split_sizes=sizes, report=new.report, parents=list(new.parents), reused=False)
 
 
 def check_excluded(raw: pl.DataFrame, cfg: FlywheelConfig, source_desc: str) -> None:

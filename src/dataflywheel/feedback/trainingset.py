@@ -38,7 +38,14 @@ import polars as pl
 from sqlalchemy import Select, delete, func, or_, select
 
 from dataflywheel.config import FlywheelConfig
-from dataflywheel.data.dataset import PARQUET_COMPRESSION, SPLITS, DatasetVersion, data_config_hash, version_id
+from dataflywheel.data.dataset import (
+    SPLITS,
+    DatasetVersion,
+    NewVersion,
+    data_config_hash,
+    version_id,
+    write_version,
+)
 from dataflywheel.data.schema import Schema
 from dataflywheel.errors import DataError
 from dataflywheel.features.inputs import model_inputs
@@ -330,38 +337,17 @@ def describe_rejected(reasons: dict[str, int]) -> str:
 def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: str, splits: dict[str, pl.DataFrame],
            holdout: pl.DataFrame, roles: dict[str, list[str]], dropped: dict[str, int], rejected: dict[str, int],
            inputs: list[str]) -> DatasetVersion:
-    key = f"datasets/{vid}"
     sizes = {name: splits[name].height for name in SPLITS}
-    n_rows = sum(sizes.values()) + holdout.height
     source = f"dataset {parent.id} + {sum(len(v) for v in roles.values())} feedback rows"
     report = {"source": source, "parent": parent.id, "split_sizes": sizes, "feedback_holdout_rows": holdout.height,
               "feedback": {r: len(ids) for r, ids in roles.items()}, "feedback_dropped": dropped,
               "feedback_rejected": rejected, "model_inputs": inputs,
               "test_split": f"frozen: the test split of dataset {parent.id}"}
-    with project.artifacts.write_dir(key) as tmp:
-        for name in SPLITS:
-            splits[name].write_parquet(tmp / f"{name}.parquet", compression=PARQUET_COMPRESSION)
-        holdout.write_parquet(tmp / f"{HOLDOUT}.parquet", compression=PARQUET_COMPRESSION)
-        (tmp / "schema.json").write_bytes(parent.schema_path.read_bytes())
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    try:
-        with project.metadata.transaction() as s:
-            stale = s.get(DatasetRow, vid)
-            if stale is not None:  # a row whose folder was lost
-                s.delete(stale)
-                s.flush()
-            s.add(DatasetRow(id=vid, source=source, source_fingerprint=_fingerprint(
-                [f for ids in roles.values() for f in ids], inputs), config_hash=data_config_hash(cfg.data, cfg.model.task),
-                target=cfg.data.target, n_rows=n_rows, split_sizes=sizes, report=report, artifact=key))
-            s.flush()
-            s.add(DatasetParentRow(child_id=vid, parent_id=parent.id))
-            s.add_all(DatasetFeedbackRow(dataset_id=vid, feedback_id=f, role=r)
-                      for r, ids in roles.items() for f in ids)
-    except Exception:
-        project.artifacts.remove(key)
-        raise
-    return DatasetVersion(id=vid, path=project.artifacts.path(key), target=cfg.data.target, source=source,
-                          split_sizes=sizes, report=report, parents=[parent.id], reused=False)
+    return write_version(project, NewVersion(
+        id=vid, source=source, fingerprint=_fingerprint([f for ids in roles.values() for f in ids], inputs),
+        config_hash=data_config_hash(cfg.data, cfg.model.task), target=cfg.data.target,
+        n_rows=sum(sizes.values()) + holdout.height, splits=splits, schema=parent.schema(), report=report,
+        parents=[parent.id], extra={HOLDOUT: holdout}, feedback=roles))
 
 
 def _linked_roles(project: Project, dataset_id: str) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from dataflywheel.registry import versions
 from dataflywheel.registry.predictor import Predictor
@@ -22,7 +23,7 @@ class LoadedModel:
     """The registry's row for the version; None for a bundle folder loaded on its own."""
 
 
-def is_bundle_ref(ref: str | int | Path) -> bool:
+def is_bundle_ref(ref: str | int | Path) -> TypeGuard[str | Path]:
     """Whether ``ref`` names a bundle folder rather than a version or an alias."""
     return isinstance(ref, (str, Path)) and Path(ref).is_dir()
 

@@ -12,7 +12,7 @@ frame, :meth:`Predictor.redact_records` on records (the server and explanations)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,14 @@ import polars as pl
 from dataflywheel.config import PrivacyConfig
 from dataflywheel.errors import DataError
 from dataflywheel.privacy.inputs import InputRedaction
-from dataflywheel.registry.bundle import read_json, verify_bundle
+from dataflywheel.registry.bundle import ModelBundle, read_bundle
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from dataflywheel.data.schema import Schema
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
     from dataflywheel.tasks import Decoded, Task
 
 
@@ -72,22 +77,64 @@ def to_frame(rows: Any) -> pl.DataFrame:
 
 
 class Predictor:
-    """A loaded, verified model bundle."""
+    """A loaded, verified model bundle: a :class:`ModelBundle` and the redaction of its inputs.
 
-    def __init__(self, folder: Path, model: Any, meta: dict[str, Any], preprocessor: Any, target: Any, schema: Any,
-                 *, privacy: PrivacyConfig | None = None):
-        """``privacy``: the redaction settings of a bundle whose ``model.json`` records none
-        (default: :class:`PrivacyConfig`'s defaults); a recorded one always wins."""
-        self.folder = Path(folder)
-        self.model = model
-        self.meta = meta
-        self.preprocessor = preprocessor
-        self.target = target
-        self.schema = schema
-        self.task: str = meta["task"]
-        self.threshold: float = float(meta.get("threshold", 0.5))
-        self.version: int | None = meta.get("version")
-        self.redaction = self.redaction_for(meta.get("privacy", privacy))
+    Setting ``model``, ``threshold`` or ``version`` replaces :attr:`bundle` with a changed copy,
+    so a shallow copy of a predictor (a serving backend's) never changes the original."""
+
+    def __init__(self, bundle: ModelBundle, *, folder: Path | None = None, privacy: PrivacyConfig | None = None):
+        """``folder``: where the bundle was read from (None: in memory). ``privacy``: the
+        redaction settings of a bundle that records none (default: :class:`PrivacyConfig`'s
+        defaults); a recorded one always wins."""
+        self.bundle = bundle
+        self.folder = Path(folder) if folder is not None else Path(".")
+        self.redaction = self.redaction_for(bundle.privacy if bundle.privacy is not None else privacy)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.bundle.model
+
+    @model.setter
+    def model(self, value: nn.Module) -> None:
+        """Another network in the bundle's place (a serving backend's, e.g. ONNX Runtime's)."""
+        self.bundle = replace(self.bundle, model=value)
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self.bundle.preprocessor
+
+    @property
+    def target(self) -> TargetEncoder:
+        return self.bundle.target
+
+    @property
+    def schema(self) -> Schema | None:
+        return self.bundle.schema
+
+    @property
+    def task(self) -> str:
+        return self.bundle.task
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.bundle = replace(self.bundle, threshold=value)
+
+    @property
+    def version(self) -> int | None:
+        return self.bundle.version
+
+    @version.setter
+    def version(self, value: int | None) -> None:
+        self.bundle = replace(self.bundle, version=value)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The bundle's ``model.json`` (:meth:`ModelBundle.model_json`)."""
+        return self.bundle.model_json()
 
     def redaction_for(self, privacy: PrivacyConfig | dict[str, Any] | None) -> InputRedaction:
         """The input redaction ``privacy`` asks for on this model's inputs."""
@@ -109,32 +156,11 @@ class Predictor:
     @classmethod
     def load(cls, folder: str | Path, *, privacy: PrivacyConfig | None = None,
              base_dir: Path | None = None) -> Predictor:
-        """Verify and load the bundle in ``folder`` (``privacy``: see :meth:`__init__`). A base
-        model the bundle names by a relative path is looked up in ``base_dir`` (the project's
-        folder), then in the bundle folder's parents (a store inside the project)."""
-        from safetensors.torch import load_file
-
-        from dataflywheel.data.schema import Schema
-        from dataflywheel.features.preprocessor import Preprocessor
-        from dataflywheel.features.target import TargetEncoder
-        from dataflywheel.models.capabilities import HasInferenceForm
-        from dataflywheel.models.registry import build_model
-        from dataflywheel.models.weights import load_trained_weights
-
-        folder = Path(folder)
-        verify_bundle(folder)
-        meta = read_json(folder, "model.json")
-        dirs = [*([Path(base_dir)] if base_dir is not None else []), *folder.absolute().parents]
-        model = build_model(meta["spec"], base_dirs=dirs)  # a pretrained model checks its base's hash here
-        weights = load_file(str(folder / "model.safetensors"))
-        load_trained_weights(model, weights)
-        if isinstance(model, HasInferenceForm):
-            model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
-        model.eval()
-        pre = Preprocessor.load(folder / "preprocessor.json")
-        target = TargetEncoder.from_dict(meta["target_encoder"])
-        schema = Schema.load(folder / "schema.json")
-        return cls(folder, model, meta, pre, target, schema, privacy=privacy)
+        """Verify and load the bundle in ``folder`` (:func:`read_bundle`; ``privacy``: see
+        :meth:`__init__`). A base model the bundle names by a relative path is looked up in
+        ``base_dir`` (the project's folder), then in the bundle folder's parents."""
+        bundle = read_bundle(Path(folder), base_dirs=[Path(base_dir)] if base_dir is not None else None)
+        return cls(bundle, folder=Path(folder), privacy=privacy)
 
     @property
     def task_object(self) -> Task:

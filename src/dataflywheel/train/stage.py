@@ -7,9 +7,9 @@ model from the registry, and runs the one training loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -17,19 +17,21 @@ import polars as pl
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.data.dataset import DatasetVersion
 from dataflywheel.errors import DataError
+from dataflywheel.registry.bundle import ModelBundle
+
+if TYPE_CHECKING:
+    from dataflywheel.train.loop import History
 
 
 @dataclass
 class Trained:
-    model: Any
-    spec: dict[str, Any]
-    task: str
-    preprocessor: Any
-    target_encoder: Any
-    schema: Any
-    history: Any
+    """The training stage's output: the bundle to evaluate and register, and how it was trained."""
+
+    bundle: ModelBundle
+    """Threshold 0.5 (the evaluation stage chooses one) and no version (until registered)."""
+    history: History
     n_params: int
-    truncated: dict[str, int] | None = None
+    truncated: dict[str, int] = field(default_factory=dict)
     """Train-split texts per text column cut to max_length."""
 
 
@@ -144,4 +146,6 @@ def train_on_dataset(
     )
     model.cpu()  # evaluation, the bundle and serving run on the CPU, whatever train.device was
     n_params = sum(p.numel() for p in model.parameters())
-    return Trained(model, spec, task, pre, target_enc, schema, history, n_params, truncated)
+    bundle = ModelBundle(model=model, task=task, preprocessor=pre, target=target_enc, schema=schema, spec=spec,
+                         target_column=target, privacy=cfg.privacy)
+    return Trained(bundle, history, n_params, dict(truncated or {}))
