@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -26,6 +26,9 @@ from dataflywheel.config import DataConfig, FlywheelConfig, PrivacyConfig
 from dataflywheel.errors import ConfigError, NotFoundError
 from dataflywheel.store import Project
 from dataflywheel.store.metadata import DatasetParentRow, DatasetRow
+
+if TYPE_CHECKING:
+    from dataflywheel.data.schema import Schema
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
@@ -52,7 +55,7 @@ class DatasetVersion:
     def schema_path(self) -> Path:
         return self.path / "schema.json"
 
-    def schema(self):  # -> Schema (imported lazily: keeps CLI start-up light)
+    def schema(self) -> Schema:  # Schema is imported lazily: keeps CLI start-up light
         from dataflywheel.data.schema import Schema
 
         return Schema.load(self.schema_path)
