@@ -127,11 +127,6 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     return Starter(config, notes)
 
 
-def starter_config(data: str, target: str, base_dir: Path) -> dict[str, Any]:
-    """The starter config alone (see :func:`starter`)."""
-    return starter(data, target, base_dir).config
-
-
 def text_model(task: str, with_tabular: bool, n_rows: int) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(model, train, description) sections for a table whose input is a text column: the local
     pretrained encoder fine-tuned with LoRA when it is installed and the text is the only input
@@ -225,10 +220,6 @@ def to_yaml(config: dict[str, Any]) -> str:
         return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
     lines = ("  - {" + ", ".join(f"{k}: {_scalar(v)}" for k, v in entry.items()) + "}" for entry in features)
     return body.replace(marker, "\n  features:\n" + "\n".join(lines) + "\n")
-
-
-def write_starter_config(data: str, target: str, output: Path, *, force: bool = False) -> Path:
-    return write_starter(data, target, output, force=force)[0]
 
 
 def write_starter(data: str, target: str, output: Path, *, force: bool = False,

@@ -26,8 +26,6 @@ from dataflywheel.data.schema import category_strings, missing_mask, unseen_mask
 EPSILON = 1e-4
 """Stand-in share for an empty bin."""
 MODERATE, SIGNIFICANT = 0.1, 0.2
-UNSEEN = "__unseen__"
-"""The bucket of recent category values absent from the reference."""
 KS_MAX_REFERENCE = 50_000
 """Larger references are subsampled (seeded) for the KS test; PSI always uses all of it."""
 
