@@ -232,7 +232,8 @@ def text_script(folder: Path, test: Path, headlines: bool, n: int = 64) -> Path:
     path = folder / ("headlines.lua" if headlines else "articles.lua")
     path.write_text(f"local bodies = {{\n{bodies}\n}}\nlocal i = 0\n"
                     "request = function()\n  i = i + 1\n"
-                    "  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'}, bodies[(i % #bodies) + 1])\n"
+                    "  return wrk.format('POST', nil, {['Content-Type'] = 'application/json'},\n"
+                    "                    bodies[(i % #bodies) + 1])\n"
                     "end\n")
     return path
 

@@ -6,7 +6,8 @@ import pytest
 
 from dataflywheel.config import EvaluateConfig
 from dataflywheel.errors import ConfigError
-from dataflywheel.evaluate.gate import gate, guard_metrics
+from dataflywheel.evaluate.gate import check_primary, gate, guard_metrics
+from dataflywheel.evaluate.metrics import primary_metric
 
 CHAMPION = {"roc_auc": 0.90, "accuracy": 0.85, "f1": 0.80, "log_loss": 0.40}
 
@@ -112,3 +113,25 @@ def test_configured_guards_and_unknown_names() -> None:
     assert guard_metrics("multiclass", cfg()) == ["accuracy", "log_loss"]
     with pytest.raises(ConfigError, match="evaluate.guard_metrics"):
         guard_metrics("binary", cfg(guard_metrics=["rmse"]))
+
+
+def is_better(task: str, metric: str, challenger: float | None, champion: float | None,
+              min_improvement: float) -> bool:
+    """The gate's primary check on one metric value per model."""
+    name, _ = primary_metric(task, metric)
+    check = check_primary(task, cfg(metric=metric, min_improvement=min_improvement),
+                          {name: challenger}, {name: champion})
+    return check.passed
+
+
+def test_primary_check_needs_a_strict_gain_of_the_margin() -> None:
+    assert is_better("binary", "auto", 0.91, 0.90, 0.0)
+    assert not is_better("binary", "auto", 0.90, 0.90, 0.0)  # a tie keeps the champion
+    assert not is_better("binary", "auto", 0.905, 0.90, 0.01)
+    assert is_better("binary", "auto", 0.91, 0.90, 0.01)  # exactly the margin (float-safe)
+    assert is_better("regression", "rmse", 1.0, 2.0, 0.5)
+    assert not is_better("regression", "rmse", 2.0, 1.0, 0.0)
+    assert is_better("regression", "r2", 0.8, 0.7, 0.0)
+    assert is_better("binary", "roc_auc", 0.6, None, 0.0)
+    assert not is_better("binary", "roc_auc", None, 0.6, 0.0)
+    assert not is_better("binary", "roc_auc", float("nan"), 0.6, 0.0)

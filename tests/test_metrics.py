@@ -13,7 +13,6 @@ from dataflywheel.evaluate.metrics import (
     binary_metrics,
     choose_threshold,
     evaluate_predictions,
-    is_better,
     multiclass_metrics,
     primary_metric,
     regression_metrics,
@@ -226,16 +225,3 @@ def test_primary_metric_named_and_unknown():
         primary_metric("regression", "roc_auc")
     assert info.value.where == "evaluate.metric"
     assert "rmse" in str(info.value) and "mae" in str(info.value)
-
-
-def test_is_better():
-    assert is_better("binary", "auto", 0.91, 0.90, 0.0)
-    assert not is_better("binary", "auto", 0.90, 0.90, 0.0)  # a tie keeps the champion
-    assert not is_better("binary", "auto", 0.905, 0.90, 0.01)
-    assert is_better("binary", "auto", 0.91, 0.90, 0.01)  # exactly the margin (float-safe)
-    assert is_better("regression", "rmse", 1.0, 2.0, 0.5)
-    assert not is_better("regression", "rmse", 2.0, 1.0, 0.0)
-    assert is_better("regression", "r2", 0.8, 0.7, 0.0)
-    assert is_better("binary", "roc_auc", 0.6, None, 0.0)
-    assert not is_better("binary", "roc_auc", None, 0.6, 0.0)
-    assert not is_better("binary", "roc_auc", float("nan"), 0.6, 0.0)

@@ -25,7 +25,8 @@ CASES = [
     ("pretrained", {"base": "b", "finetune": "partial"}, "model.params.finetune: must be one of"),
     ("pretrained", {"base": "b", "lora": {"r": 0}}, "model.params.lora.r: "),
     ("pretrained", {"base": "b", "lora": {"target_modules": ["q", 7]}}, "model.params.lora.target_modules[1]: "),
-    ("pretrained", {"base": "b", "finetune": "full", "lora": {"r": 4}}, "model.params.lora: applies to finetune: lora only"),
+    ("pretrained", {"base": "b", "finetune": "full", "lora": {"r": 4}},
+     "model.params.lora: applies to finetune: lora only"),
     ("pretrained", {"base": "b", "allow_pickle_weights": "yes"}, "model.params.allow_pickle_weights: "),
     ("pretrained", {"bsae": "b"}, "model.params.bsae: unknown key"),
 ]

@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 
 from dataflywheel.config import SourceConfig
 from dataflywheel.data import sources
-from dataflywheel.data.examples import available_examples, example_task, load_example
+from dataflywheel.data.examples import EXAMPLES, available_examples, load_example
 from dataflywheel.data.sources import (
     Source,
     available_sources,
@@ -394,7 +394,7 @@ def test_sklearn_examples() -> None:
     assert load_example("iris")["target"].n_unique() == 3
     assert load_example("wine")["target"].dtype == pl.Int64
     assert load_example("diabetes")["target"].dtype == pl.Float64
-    assert [example_task(n) for n in available_examples()] == [
+    assert [EXAMPLES[n] for n in available_examples()] == [
         "binary",
         "regression",
         "multiclass",

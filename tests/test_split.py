@@ -7,14 +7,17 @@ import polars as pl
 import pytest
 
 from dataflywheel.config import SplitConfig
-from dataflywheel.data.split import (
-    gather_splits,
-    label_codes,
-    leakage_report,
-    split_frame,
-    split_indices,
-)
+from dataflywheel.data.schema import category_strings
+from dataflywheel.data.split import gather_splits, label_codes, leakage_report, split_indices
 from dataflywheel.errors import DataError
+
+
+def split_frame(df: pl.DataFrame, target: str, cfg: SplitConfig, stratify_labels: bool) -> dict[str, pl.DataFrame]:
+    """``df`` split as the processing stage splits it: stratified on ``target`` (as strings,
+    missing its own class) when asked and every class has enough rows."""
+    labels = label_codes(category_strings(df[target])) if stratify_labels else None
+    indices, _ = split_indices(df.height, labels, cfg)
+    return gather_splits(df.get_columns(), indices)
 
 
 def labelled(n: int, minority: float, seed: int = 0) -> pl.DataFrame:

@@ -103,6 +103,26 @@ def test_an_old_store_without_log_tables_is_stamped_and_completed(old_store: Pat
         project.close()
 
 
+
+def test_every_revision_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+    from alembic import command
+
+    from dataflywheel.store.migrate import BASELINE, _config
+
+    project = Project.open(tmp_path / "store")
+    try:
+        with project.metadata.engine.begin() as conn:
+            command.downgrade(_config(conn), BASELINE)
+            assert revision(conn) == BASELINE
+            assert "events" in inspect(conn).get_table_names()  # 0002 drops the unused events table
+            command.upgrade(_config(conn), "head")
+            assert revision(conn) == head()
+            assert "events" not in inspect(conn).get_table_names()
+            assert compare_metadata(MigrationContext.configure(conn), target_metadata()) == []
+    finally:
+        project.close()
+
+
 OPEN_AT = """
 import sys, time
 from pathlib import Path

@@ -121,7 +121,8 @@ def test_long_texts_tokenised_by_prefix_match_the_whole_text(max_length: int, mo
         enc = TextEncoder(max_length=max_length, vocab_size=2000, tokenizer=tokenizer).fit(articles)
         held: list[bool] = []
         check = text_module._prefix_holds
-        monkeypatch.setattr(text_module, "_prefix_holds", lambda e, p, held=held, check=check: held.append(check(e, p)) or held[-1])
+        monkeypatch.setattr(text_module, "_prefix_holds",
+                            lambda e, p, held=held, check=check: held.append(check(e, p)) or held[-1])
         fast, fast_cut = enc.encode(texts)
         monkeypatch.undo()
         assert sum(held) >= len(articles) // 2 and not all(held)  # the shortcut is taken, and refused when unsafe

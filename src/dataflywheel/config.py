@@ -22,6 +22,9 @@ Backend = Literal["torch", "int8", "onnx", "onnx-int8"]
 """What runs a served model's network (``serve.backend``); see :mod:`dataflywheel.export`."""
 ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
 """The backends that run an ONNX export on onnxruntime."""
+PiiKind = Literal["email", "phone", "card", "ip", "name"]
+"""What :mod:`dataflywheel.privacy` can redact."""
+DEFAULT_PII_KINDS: tuple[PiiKind, ...] = ("email", "phone", "card", "ip")
 AnomalyKind = Literal[
     "missing_column", "extra_column", "type_change", "out_of_range", "unseen_category", "missing_jump"
 ]
@@ -348,8 +351,7 @@ class PrivacyConfig(Section):
     columns: list[str] | Literal["text"] = "text"
     """Columns to redact: ``text`` = every text column (declared or inferred, never the target),
     or a list of string columns; a name not in the data is an error at ingestion."""
-    kinds: list[Literal["email", "phone", "card", "ip", "name"]] = Field(
-        default_factory=lambda: ["email", "phone", "card", "ip"], min_length=1)
+    kinds: list[PiiKind] = Field(default_factory=lambda: list(DEFAULT_PII_KINDS), min_length=1)
     """What to redact; ``name`` needs presidio-analyzer and a spaCy model."""
     replacement: str = "[{kind}]"
     """What a match becomes; ``{kind}`` is the kind's name."""

@@ -16,7 +16,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEMO_YAML = """\
 # Written by `flywheel demo`: breast cancer, v1 trained on a small initial slice.
@@ -39,7 +42,7 @@ serve: {{port: {port}, swap_poll_seconds: 0.2}}
 class DemoResult:
     folder: Path
     versions: list[dict[str, Any]] = field(default_factory=list)
-    served: Counter = field(default_factory=Counter)
+    served: Counter[int] = field(default_factory=Counter)
     predictions: int = 0
     feedback: int = 0
     report: Path | None = None
@@ -198,14 +201,17 @@ def run_demo(folder: Path, *, initial: int = 120, label_share: float = 0.6, seed
     return result
 
 
-def print_summary(result: DemoResult, console: Any) -> None:
+def print_summary(result: DemoResult, console: Console) -> None:
     from rich.table import Table
 
     table = Table(title="flywheel demo: one turn of the loop")
     for col in ("version", "dataset", "train rows", "test ROC AUC", "test accuracy", "aliases", "gate"):
         table.add_column(col)
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
     for r in result.versions:
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         gate = r["decision"] + (f" ({r['gate']})" if r["gate"] else "")
         table.add_row(f"v{r['version']}", r["dataset"], str(r["train_rows"]), fmt(r["roc_auc"]),
                       fmt(r["accuracy"]), r["aliases"], gate)

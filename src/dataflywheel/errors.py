@@ -2,8 +2,8 @@
 
 A :class:`FlywheelError` is the user's to fix: it carries a headline naming *where* (a file,
 row, YAML path or column) and *how to fix it*. The CLI prints it as one line and exits
-non-zero; the API turns it into a 4xx JSON detail. Anything else that escapes is a bug in
-dataflywheel (:class:`InternalError` or an ordinary exception) and keeps its traceback.
+non-zero; the API turns it into a 4xx JSON detail. Any other exception that escapes is a bug
+in dataflywheel and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -60,7 +60,3 @@ class StoreError(FlywheelError):
 
 class NotFoundError(StoreError):
     """A named thing (dataset version, model version, alias, prediction) does not exist."""
-
-
-class InternalError(Exception):
-    """A bug in dataflywheel: never the user's fault, always reported with a traceback."""

@@ -8,7 +8,7 @@ setting wins; otherwise small models get one thread and large ones up to the ava
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,8 @@ def resolve_device(name: str = "auto", where: str = "train.device", n_params: in
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device.index is None and count:
+        index = cast("int | None", device.index)  # torch's stub says int; it is None for plain "cuda"
+        if index is None and count:
             device = torch.device("cuda", torch.cuda.current_device())
         if (device.index or 0) >= count:
             seen = f"{count} CUDA device(s)" if count else "no CUDA device (a CPU build of torch, or no GPU)"

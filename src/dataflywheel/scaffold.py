@@ -6,11 +6,17 @@ import json
 import math
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataflywheel.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from dataflywheel.data.schema import Schema
 
 HEADER = """\
 # flywheel.yaml, written by `flywheel init`. Edit freely; `flywheel validate` checks it.
@@ -67,6 +73,7 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     words = {c.name: mean_words(df.get_column(c.name)) for c in schema.features if c.type == "text"}
     free_text = [name for name, n in words.items() if n >= FREE_TEXT_TOKENS]
     ids = identifier_columns(df, schema, target, keep=free_text)
+    source_value: str | dict[str, Any]
     if data.startswith("sklearn:"):
         source_value = data
     else:
@@ -74,8 +81,8 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     name = data.split(":", 1)[1] if data.startswith("sklearn:") else Path(data).stem
     metric = get_task(task).primary
     if max_columns is not None:
-        source_value = ({"type": "sklearn", "name": name} if data.startswith("sklearn:") else {"path": source_value}) | {
-            "max_columns": max_columns}
+        located = {"type": "sklearn", "name": name} if data.startswith("sklearn:") else {"path": source_value}
+        source_value = located | {"max_columns": max_columns}
     config: dict[str, Any] = {
         "project": name,
         "data": {"source": source_value, "target": target},
@@ -125,11 +132,6 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
     return Starter(config, notes)
 
 
-def starter_config(data: str, target: str, base_dir: Path) -> dict:
-    """The starter config alone (see :func:`starter`)."""
-    return starter(data, target, base_dir).config
-
-
 def text_model(task: str, with_tabular: bool, n_rows: int) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(model, train, description) sections for a table whose input is a text column: the local
     pretrained encoder fine-tuned with LoRA when it is installed and the text is the only input
@@ -139,9 +141,12 @@ def text_model(task: str, with_tabular: bool, n_rows: int) -> tuple[dict[str, An
     kind = "pretrained" if encoder is not None else "transformer"
     epochs, batch = TEXT_EPOCHS[kind], TEXT_BATCH[kind]
     steps = max(1, math.ceil(0.7 * n_rows / batch)) * epochs
-    train = {"epochs": epochs, "batch_size": batch, "optimizer": "adamw", "lr": 0.001 if encoder else 0.002,
-             "weight_decay": 0.01, "schedule": {"warmup_steps": max(1, steps // 10), "decay": "cosine"},
-             "grad_clip": 1.0, "seed": 0}
+    train: dict[str, Any] = {
+        "epochs": epochs, "batch_size": batch, "optimizer": "adamw", "lr": 0.001 if encoder else 0.002,
+        "weight_decay": 0.01, "schedule": {"warmup_steps": max(1, steps // 10), "decay": "cosine"},
+        "grad_clip": 1.0, "seed": 0,
+    }
+    params: dict[str, Any]
     if encoder is not None:
         params = {"base": str(encoder), "finetune": "lora",
                   "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}}
@@ -155,7 +160,7 @@ def text_model(task: str, with_tabular: bool, n_rows: int) -> tuple[dict[str, An
     return {"type": kind, "task": task, "params": params}, train, note
 
 
-def mean_words(series: Any) -> float:
+def mean_words(series: pl.Series) -> float:
     """Average whitespace-separated words per present value of a string column."""
     import polars as pl
 
@@ -164,13 +169,13 @@ def mean_words(series: Any) -> float:
         present = present.cast(pl.String)
     if present.len() == 0:
         return 0.0
-    return float(present.str.count_matches(r"\S+").mean() or 0.0)
+    return float(present.str.count_matches(r"\S+").sum()) / present.len()
 
 
 ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|key)$|^id[_\s-]", re.IGNORECASE)
 
 
-def identifier_columns(df: Any, schema: Any, target: str, keep: Any = ()) -> list[str]:
+def identifier_columns(df: pl.DataFrame, schema: Schema, target: str, keep: Collection[str] = ()) -> list[str]:
     """Columns that identify rows rather than describe them: every value distinct in an integer
     or string column, or in a column named like ``id``, ``user_id``, ``uuid``. A model would
     only memorise them, so the starter config excludes them. ``keep`` (free text, where every
@@ -180,7 +185,7 @@ def identifier_columns(df: Any, schema: Any, target: str, keep: Any = ()) -> lis
     n_rows = df.height
     if n_rows <= 20:
         return []
-    ids = []
+    ids: list[str] = []
     for col in schema.features:
         # the schema's distinct count (NaN aside, a float estimate past 10,000) rules most out cheaply
         if col.n_unique < 0.9 * n_rows or col.missing_rate > 0 or col.name in keep:
@@ -220,10 +225,6 @@ def to_yaml(config: dict[str, Any]) -> str:
         return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
     lines = ("  - {" + ", ".join(f"{k}: {_scalar(v)}" for k, v in entry.items()) + "}" for entry in features)
     return body.replace(marker, "\n  features:\n" + "\n".join(lines) + "\n")
-
-
-def write_starter_config(data: str, target: str, output: Path, *, force: bool = False) -> Path:
-    return write_starter(data, target, output, force=force)[0]
 
 
 def write_starter(data: str, target: str, output: Path, *, force: bool = False,

@@ -80,7 +80,7 @@ def show(
         out.print(f"excluded (not in the schema): {', '.join(excluded)}", markup=False)
     table = Table("column", "type", "missing", "unique", "min", "max", "mean", "categories")
     for c in schema.columns:
-        cats = ", ".join(c.categories[:6]) + (" ..." if c.categories and len(c.categories) > 6 else "") if c.categories else ""
+        cats = ", ".join(c.categories[:6]) + (" ..." if len(c.categories) > 6 else "") if c.categories else ""
         name = c.name + (" (target)" if c.name == schema.target else "")
         shown = _date if c.type == "datetime" else _num
         table.add_row(name, c.type, f"{c.missing_rate:.1%}", str(c.n_unique), shown(c.min), shown(c.max),

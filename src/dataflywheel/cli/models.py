@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, JsonOpt, console, print_json
+
+if TYPE_CHECKING:
+    from dataflywheel.store import Project
 
 app = typer.Typer(help="The model registry: versions, aliases and their history.", no_args_is_help=True)
 
 _KEY_METRICS = ("roc_auc", "accuracy", "f1", "macro_f1", "rmse", "r2")
 
 
-def _project(config):  # noqa: ANN001, ANN202
+def _project(config: Path) -> Project:
     from dataflywheel.loop import as_config, open_project
 
     return open_project(as_config(config))
@@ -86,8 +90,8 @@ def show(
             out.print(f"guard tolerance: {tolerances} (relative: a share of the champion's value, for unbounded "
                       "metrics; absolute: in the metric's units)", markup=False)
     lin = run.lineage
-    out.print(f"lineage: config {str(lin.get('config_hash'))[:12]}, code {lin.get('code_version')}, seed {lin.get('seed')}, "
-              f"threads {lin.get('threads')}", markup=False)
+    out.print(f"lineage: config {str(lin.get('config_hash'))[:12]}, code {lin.get('code_version')}, "
+              f"seed {lin.get('seed')}, threads {lin.get('threads')}", markup=False)
     for h in hist:
         out.print(f"  {h['at']} {h['alias']}: {h['action']} v{h['previous']} -> v{h['version']} ({h['reason']})",
                   markup=False)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dataflywheel.cli.options import DEFAULT_CONFIG, ConfigOpt, JsonOpt, console, logger, print_json
 
+if TYPE_CHECKING:
+    from dataflywheel.loop import RunResult
+
 
 def init(
-    data: Annotated[Path, typer.Option("--data", help="A data file or folder (csv, tsv, jsonl, parquet) or sklearn:NAME.")],
+    data: Annotated[Path, typer.Option(
+        "--data", help="A data file or folder (csv, tsv, jsonl, parquet) or sklearn:NAME.")],
     target: Annotated[str, typer.Option("--target", help="The column to predict.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -43,8 +47,8 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> No
                     "target": cfg.data.target, "model": cfg.model.type, "inputs": inputs})
         return
     shown = ", ".join(inputs[:8]) + (f", ... ({len(inputs)} columns)" if len(inputs) > 8 else "")
-    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, model {cfg.model.type}; "
-                    f"inputs: {shown})", markup=False)
+    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, "
+                    f"model {cfg.model.type}; inputs: {shown})", markup=False)
 
 
 def run(
@@ -77,7 +81,8 @@ def train(
 
 def predict(
     input: Annotated[Path, typer.Argument(help="Records to score (csv, tsv, jsonl, parquet).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Alias, version (3 or v3) or a bundle folder.")] = "champion",
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Alias, version (3 or v3) or a bundle folder.")] = "champion",
     config: ConfigOpt = DEFAULT_CONFIG,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file; default stdout.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl (default: csv, or the output's extension).")] = "",
@@ -136,7 +141,7 @@ def _rounded(frame: Any) -> Any:
     return frame.with_columns(pl.Series(c, round_significant(frame[c].to_numpy()), dtype=pl.Float64) for c in floats)
 
 
-def _summary(result, as_json: bool = False) -> None:  # noqa: ANN001
+def _summary(result: RunResult, as_json: bool = False) -> None:
     if as_json:
         from dataclasses import asdict
 
@@ -158,7 +163,8 @@ def serve(
     alias: Annotated[str, typer.Option("--alias", "-a", help="Serve the model under this alias.")] = "champion",
     host: Annotated[str | None, typer.Option("--host", help="Default: serve.host (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Default: serve.port (8000).")] = None,
-    auto_retrain: Annotated[bool, typer.Option("--auto-retrain", help="Run the retrain worker beside the server.")] = False,
+    auto_retrain: Annotated[bool, typer.Option(
+        "--auto-retrain", help="Run the retrain worker beside the server.")] = False,
 ) -> None:
     """Serve a model over HTTP: /v1/predict (micro-batched, every prediction logged), /v1/feedback."""
     from dataflywheel.serve import serve as serve_app

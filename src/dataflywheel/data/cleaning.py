@@ -281,7 +281,7 @@ class Imputer:
         out = frames.pop()
         self._check_columns(out, list(self.fill_))
         fills = self._fills(out)
-        per_column = max(1, out.estimated_size() // max(1, out.width))
+        per_column = max(1, int(out.estimated_size()) // max(1, out.width))
         group = max(1, FILL_GROUP_BYTES // per_column)
         for start in range(0, len(fills), group):
             out = out.with_columns(fills[start:start + group])

@@ -56,7 +56,7 @@ class DatasetVersion:
     def schema_path(self) -> Path:
         return self.path / "schema.json"
 
-    def schema(self):  # -> Schema (imported lazily: keeps CLI start-up light)
+    def schema(self) -> Schema:  # Schema is imported lazily: keeps CLI start-up light
         from dataflywheel.data.schema import Schema
 
         return Schema.load(self.schema_path)

@@ -53,11 +53,6 @@ def check_example(name: str) -> str:
     return name
 
 
-def example_task(name: str) -> ExampleTask:
-    """The task the example's ``target`` column poses."""
-    return EXAMPLES[check_example(name)]
-
-
 def load_example(name: str) -> pl.DataFrame:
     """The example as a frame: features then ``target`` (Int64, or Float64 for regression)."""
     bunch = _loader(check_example(name))()

@@ -71,8 +71,9 @@ def process(
 
     ``task`` decides whether the split is stratified (classification only); None infers it
     from the target column's schema. ``inputs`` are the columns the model reads: a ``drop``
-    missing-value rule removes rows only for them (None: every column). Raises :class:`SchemaError` when the target is absent,
-    :class:`DataError` when ``cfg.processing.coerce`` is ``reject`` and a cell is unreadable.
+    missing-value rule removes rows only for them (None: every column). Raises :class:`SchemaError`
+    when the target is absent, :class:`DataError` when ``cfg.processing.coerce`` is ``reject``
+    and a cell is unreadable.
     """
     target = cfg.target
     if target not in df.columns:

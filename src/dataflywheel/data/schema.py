@@ -63,7 +63,8 @@ class Schema:
     n_rows: int = 0
 
     def column(self, name: str) -> ColumnSchema:
-        index = self.__dict__.get("_index")  # name -> position, checked on use (columns may change)
+        # name -> position, checked on use (columns may change)
+        index: dict[str, int] | None = self.__dict__.get("_index")
         if index is None or len(index) != len(self.columns):
             index = self.__dict__["_index"] = {c.name: i for i, c in enumerate(self.columns)}
         pos = index.get(name)
@@ -189,7 +190,8 @@ def infer_schema(
     distinct |= _distinct_counts(df, [name for name in dtypes if name not in distinct], dtypes, nulls, nans)
     numeric = _numeric_columns(df, stats, dtypes, distinct, forced=set(overrides))
     columns = [numeric[name] if name in numeric
-               else _infer_column(df.get_column(name), df.height, name == target, overrides.get(name), distinct.get(name))
+               else _infer_column(df.get_column(name), df.height, name == target, overrides.get(name),
+                                  distinct.get(name))
                for name in dtypes]
     return Schema(columns=columns, target=target, n_rows=df.height)
 
@@ -337,9 +339,10 @@ def _number_stats(df: pl.DataFrame, names: list[str]) -> dict[str, _NumberStats]
         std = np.sqrt(np.divide((dev * dev).sum(axis=0), n_finite, out=np.zeros(len(block)), where=some))
         del x, finite, dev
         for j, name in enumerate(block):
-            exact = distinct is not None and max(abs(lo[j]), abs(hi[j])) < 2**53  # else ints may merge as floats
+            exact = max(abs(lo[j]), abs(hi[j])) < 2**53  # else ints may merge as floats
+            n_unique = int(distinct[j]) if distinct is not None and exact else None
             out[name] = _NumberStats(int(missing[j]), int(n_finite[j]), float(lo[j]), float(hi[j]),
-                                     float(mean[j]), float(std[j]), int(distinct[j]) if exact else None)
+                                     float(mean[j]), float(std[j]), n_unique)
     return out
 
 
@@ -348,7 +351,8 @@ def _sorted_distinct(x: np.ndarray) -> np.ndarray:
     xs = np.sort(x, axis=0)  # NaN sorts last
     present = ~np.isnan(xs)
     changes = (xs[1:] != xs[:-1]) & present[1:]
-    return present[:1].sum(axis=0) + changes.sum(axis=0)
+    counts: np.ndarray = present[:1].sum(axis=0) + changes.sum(axis=0)
+    return counts
 
 
 def _numeric_columns(

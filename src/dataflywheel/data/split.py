@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 
 from dataflywheel.config import SplitConfig
-from dataflywheel.data.schema import category_strings
 from dataflywheel.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -124,23 +123,6 @@ def gather_splits(columns: list[pl.Series], indices: dict[str, np.ndarray]) -> d
             parts[name].extend(group[idx].get_columns())
         del group
     return {name: pl.DataFrame(cols) for name, cols in parts.items()}
-
-
-def split_frame(
-    df: pl.DataFrame, target: str, cfg: SplitConfig, stratify_labels: bool
-) -> dict[str, pl.DataFrame]:
-    """Split ``df`` into ``train``, ``valid`` and ``test`` (``valid`` empty when cfg.valid == 0).
-
-    Stratified on ``target`` (compared as strings, missing as its own class) when
-    ``stratify_labels`` and every class has enough rows; random otherwise.
-    """
-    labels = _labels(df, target) if stratify_labels else None
-    indices, _ = split_indices(df.height, labels, cfg)
-    return {name: df[indices[name]] for name in SPLITS}
-
-
-def _labels(df: pl.DataFrame, target: str) -> np.ndarray:
-    return label_codes(category_strings(df[target]))
 
 
 def leakage_report(splits: dict[str, pl.DataFrame], columns: list[str]) -> dict[str, int]:

@@ -276,18 +276,3 @@ def primary_metric(task: str, name: str = "auto") -> tuple[str, bool]:
             fix=f"use one of: auto, {', '.join(valid)}",
         )
     return name, valid[name]
-
-
-def is_better(
-    task: str, metric: str, challenger: float | None, champion: float | None, min_improvement: float
-) -> bool:
-    """True when ``challenger`` beats ``champion`` on ``metric`` by at least ``min_improvement``
-    (strictly, when ``min_improvement`` is 0). A missing (None/NaN) challenger never wins; a
-    missing champion is beaten by any defined challenger."""
-    _, higher = primary_metric(task, metric)
-    if challenger is None or not math.isfinite(challenger):
-        return False
-    if champion is None or not math.isfinite(champion):
-        return True
-    gain = challenger - champion if higher else champion - challenger
-    return gain > 0 and gain >= min_improvement - 1e-12

@@ -3,7 +3,8 @@
 The page holds a metrics table, learning curves, the task's plots and per-class table
 (:meth:`Task.plots`, :meth:`Task.per_class`; binary: ROC, PR, calibration, confusion matrix with
 the decision threshold marked; multiclass: confusion matrix and a per-class table; regression:
-predicted vs actual and residuals), a lineage table and any extra sections a caller adds. matplotlib is only imported when a plot is drawn.
+predicted vs actual and residuals), a lineage table and any extra sections a caller adds.
+matplotlib is only imported when a plot is drawn.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ counted separately. All functions are vectorised with numpy/polars.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -26,8 +26,6 @@ from dataflywheel.data.schema import category_strings, missing_mask, unseen_mask
 EPSILON = 1e-4
 """Stand-in share for an empty bin."""
 MODERATE, SIGNIFICANT = 0.1, 0.2
-UNSEEN = "__unseen__"
-"""The bucket of recent category values absent from the reference."""
 KS_MAX_REFERENCE = 50_000
 """Larger references are subsampled (seeded) for the KS test; PSI always uses all of it."""
 
@@ -47,14 +45,14 @@ def psi_from_shares(reference: np.ndarray, recent: np.ndarray, eps: float = EPSI
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def _present(values: pl.Series | np.ndarray | list) -> tuple[pl.Series, int]:
+def _present(values: pl.Series | np.ndarray | list[Any]) -> tuple[pl.Series, int]:
     """The non-missing values of ``values`` and the count of missing ones."""
     s = values if isinstance(values, pl.Series) else pl.Series(values, strict=False)
     mask = missing_mask(s)
     return s.filter(~mask), int(mask.sum())
 
 
-def _finite_floats(values: pl.Series | np.ndarray | list) -> tuple[np.ndarray, int]:
+def _finite_floats(values: pl.Series | np.ndarray | list[Any]) -> tuple[np.ndarray, int]:
     """Finite values as float64 and the count of the rest (null, NaN, infinite: all "missing")."""
     if isinstance(values, pl.Series):
         x = values.cast(pl.Float64, strict=False).to_numpy()
@@ -118,7 +116,7 @@ def _bin_index(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, x, side="left")
 
 
-def numeric_reference(values: pl.Series | np.ndarray | list, bins: int = 10) -> NumericReference:
+def numeric_reference(values: pl.Series | np.ndarray | list[Any], bins: int = 10) -> NumericReference:
     """Quantile bins (at most ``bins``) and shares of the reference's finite values."""
     x, _missing = _finite_floats(values)
     x = np.sort(x)
@@ -133,7 +131,7 @@ def numeric_reference(values: pl.Series | np.ndarray | list, bins: int = 10) -> 
     return NumericReference(edges, counts / x.size, sample, int(x.size))
 
 
-def numeric_drift(reference: NumericReference, recent: pl.Series | np.ndarray | list) -> FeatureDrift:
+def numeric_drift(reference: NumericReference, recent: pl.Series | np.ndarray | list[Any]) -> FeatureDrift:
     """PSI over the reference's bins and the KS test of ``recent`` against the reference."""
     from scipy.stats import ks_2samp
 
@@ -147,7 +145,7 @@ def numeric_drift(reference: NumericReference, recent: pl.Series | np.ndarray | 
                         missing, psi_noise=_noise(reference.shares, counts, reference.n, int(x.size)))
 
 
-def category_reference(values: pl.Series | np.ndarray | list) -> CategoryReference:
+def category_reference(values: pl.Series | np.ndarray | list[Any]) -> CategoryReference:
     """Frequencies of each category (as strings, see :func:`category_strings`) in the reference."""
     s, _missing = _present(values)
     counts = category_strings(s).value_counts(sort=True, name="n")
@@ -157,7 +155,7 @@ def category_reference(values: pl.Series | np.ndarray | list) -> CategoryReferen
     return CategoryReference([str(c) for c in cats], shares, n)
 
 
-def category_drift(reference: CategoryReference, recent: pl.Series | np.ndarray | list) -> FeatureDrift:
+def category_drift(reference: CategoryReference, recent: pl.Series | np.ndarray | list[Any]) -> FeatureDrift:
     """PSI over the reference categories plus one bucket for unseen values (reference share 0)."""
     s, missing = _present(recent)
     n = s.len()

@@ -125,10 +125,11 @@ def import_feedback(project: Project, path: str | Path, *, attempts: int = 5) ->
     where = str(path)
     df = read_labels(path)
     by_id = PREDICTION_ID in df.columns
+    ids: list[str | None]
     if by_id:
         ids = [None if v is None else str(v) for v in df[PREDICTION_ID].to_list()]
     else:
-        ids = _match_records(project, df.drop(KEY, strict=False), where)
+        ids = list(_match_records(project, df.drop(KEY, strict=False), where))
     keys = [None if v is None else str(v) for v in df[KEY].to_list()] if KEY in df.columns else [None] * df.height
     rows = list(zip(ids, df[LABEL].to_list(), keys, strict=True))
     for attempt in range(1, attempts + 1):

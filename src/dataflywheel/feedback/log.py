@@ -82,11 +82,13 @@ class FeedbackRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
 
 
-_P = PredictionRow.__table__.c
-_F = FeedbackRow.__table__.c
-_INSERT_PREDICTIONS = insert(PredictionRow.__table__).values(
+_PREDICTIONS = Base.metadata.tables[PredictionRow.__tablename__]
+_FEEDBACK = Base.metadata.tables[FeedbackRow.__tablename__]
+_P = _PREDICTIONS.c
+_F = _FEEDBACK.c
+_INSERT_PREDICTIONS = insert(_PREDICTIONS).values(
     input=bindparam("input_json", type_=Text()), output=bindparam("output_json", type_=Text()))
-_INSERT_FEEDBACK = insert(FeedbackRow.__table__).values(value=bindparam("value_json", type_=Text()))
+_INSERT_FEEDBACK = insert(_FEEDBACK).values(value=bindparam("value_json", type_=Text()))
 
 
 TRUNCATE_WAIT_MS = 200

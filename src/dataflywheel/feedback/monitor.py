@@ -74,7 +74,7 @@ def reference_for(project: Project, dataset_id: str, features: dict[str, str], b
     from dataflywheel.data.dataset import get_version
 
     train = get_version(project, dataset_id).split("train")
-    summaries: dict[str, tuple[str, NumericReference | CategoryReference]] = {}
+    summaries: dict[str, tuple[str, NumericReference | CategoryReference | TextReference]] = {}
     for name, ftype in features.items():
         if name not in train.columns:
             continue

@@ -8,9 +8,9 @@ server only sees the alias move and hot-swaps). Triggers:
   version has seen yet (:func:`~dataflywheel.feedback.trainingset.new_label_count`: the rows of
   a retrain that did not finish count);
 * ``retrain.drift_threshold``: ``max_psi`` of ``dataflywheel.feedback.monitor.monitor_report``
-  (the champion's training data against the last ``monitor.window`` served inputs) exceeds it, and there is at least one new
-  label (retraining without new labels would reproduce the champion). Skipped when the monitor
-  is not installed or fails.
+  (the champion's training data against the last ``monitor.window`` served inputs) exceeds it,
+  and there is at least one new label (retraining without new labels would reproduce the
+  champion). Skipped when the monitor is not installed or fails.
 
 The loop is bounded (``--max-iterations``, ``--max-seconds``) and stops cleanly on SIGTERM or
 SIGINT, finishing a retrain already under way. A retrain that fails is logged and retried at

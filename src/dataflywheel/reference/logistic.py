@@ -18,7 +18,8 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
     """1 / (1 + e^-a), computed without overflow for large |a|."""
     a = np.asarray(a, dtype=np.float64)
     e = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    z: np.ndarray = np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return z
 
 
 def forward(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:

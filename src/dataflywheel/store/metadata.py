@@ -117,14 +117,6 @@ class AliasHistoryRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class EventRow(Base):
-    __tablename__ = "events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    kind: Mapped[str] = mapped_column(String(64))
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
-
-
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
 """Bytes the SQLite write-ahead log is cut back to when it restarts (``journal_size_limit``)."""
 
@@ -202,10 +194,6 @@ class MetadataStore:
         with self._sessions.begin() as session:
             yield session
 
-    def record_event(self, kind: str, **detail: Any) -> None:
-        with self.transaction() as s:
-            s.add(EventRow(kind=kind, detail=detail))
-
     def close(self) -> None:
         self.engine.dispose()
 
@@ -213,11 +201,6 @@ class MetadataStore:
     def dataset(self, dataset_id: str) -> DatasetRow | None:
         with self.transaction() as s:
             return s.get(DatasetRow, dataset_id)
-
-    def find_dataset(self, prefix: str) -> DatasetRow | None:
-        with self.transaction() as s:
-            rows = s.scalars(select(DatasetRow).where(DatasetRow.id.startswith(prefix))).all()
-            return rows[0] if len(rows) == 1 else None
 
     def dataset_parents(self, dataset_id: str) -> list[str]:
         with self.transaction() as s:

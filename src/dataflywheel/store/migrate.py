@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"
-HEAD = "0001"
+HEAD = "0002"
 """The newest revision in ``migrations/versions`` (a test checks it against Alembic's view): a
 store at it is opened without importing Alembic."""
 VERSION_TABLE = "alembic_version"

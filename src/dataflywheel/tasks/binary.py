@@ -70,7 +70,8 @@ class BinaryTask(ClassTask):
     def activate(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import expit
 
-        return expit(logits[:, 0] if logits.ndim == 2 else logits)
+        proba: np.ndarray = expit(logits[:, 0] if logits.ndim == 2 else logits)
+        return proba
 
     def scores(self, enc: TargetEncoder, outputs: np.ndarray) -> np.ndarray:
         return outputs.reshape(-1)

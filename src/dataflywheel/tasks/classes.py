@@ -57,4 +57,5 @@ class ClassTask(Task):
         return list(enc.classes_)
 
     def names(self, enc: TargetEncoder, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(enc.classes_, dtype=object)[idx]
+        names: np.ndarray = np.asarray(enc.classes_, dtype=object)[idx]
+        return names

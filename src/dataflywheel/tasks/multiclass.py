@@ -67,7 +67,8 @@ class MulticlassTask(ClassTask):
     def activate(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import softmax
 
-        return softmax(logits, axis=-1)
+        proba: np.ndarray = softmax(logits, axis=-1)
+        return proba
 
     def decode(self, enc: TargetEncoder, scores: np.ndarray, threshold: float) -> Decoded:
         proba = scores.astype(np.float64)
