@@ -217,8 +217,8 @@ def test_progress_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -
 def _noise(n: int, seed: int) -> Batchable:
     """Labels independent of the inputs: the validation loss stops improving within a few epochs."""
     rng = np.random.default_rng(seed)
-    return Batchable.of(torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)), torch.zeros(n, 0, dtype=torch.long),
-                     torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)))
+    return Batchable.of(torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)),
+                        torch.zeros(n, 0, dtype=torch.long), torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)))
 
 
 def test_early_stopping_says_why_and_which_epoch_was_kept() -> None:

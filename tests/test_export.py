@@ -302,7 +302,8 @@ def test_unpadded_batches_run_attention_without_the_mask_and_match_torch(text: P
         masked.input[0], masked.input[2] = masked.input[2], masked.input[0]
     broken = OnnxModel(program.SerializeToString())
     for mask, same in ((full, True), (padded, False)):
-        a, b = broken(args | {"tokens": tokens, "attention_mask": mask}), onnx_model(args | {"tokens": tokens, "attention_mask": mask})
+        given = args | {"tokens": tokens, "attention_mask": mask}
+        a, b = broken(given), onnx_model(given)
         assert torch.allclose(a, b, atol=1e-6) is same
 
 

@@ -35,7 +35,8 @@ def test_first_token_forward_gives_the_hugging_face_logits(attn: str) -> None:
     empty = torch.zeros(6, 0)
     with torch.inference_mode():
         expected = hf(input_ids=tokens, attention_mask=mask).logits
-        got = FirstTokenBert(hf)({"numeric": empty, "categorical": empty.long(), "tokens": tokens, "attention_mask": mask})
+        got = FirstTokenBert(hf)({"numeric": empty, "categorical": empty.long(), "tokens": tokens,
+                                  "attention_mask": mask})
         unmasked = FirstTokenBert(hf)({"numeric": empty, "categorical": empty.long(), "tokens": tokens})
         expected_unmasked = hf(input_ids=tokens).logits
     assert got.shape == (6, 5)

@@ -49,7 +49,8 @@ def test_single_neuron_is_one_linear_layer() -> None:
 def test_reference_forward_and_loss_match_torch() -> None:
     X, y, w, b = _data()
     model = _neuron(w, b)
-    logits = model({"numeric": torch.from_numpy(X), "categorical": torch.zeros(len(X), 0, dtype=torch.long)}).squeeze(-1)
+    empty = torch.zeros(len(X), 0, dtype=torch.long)
+    logits = model({"numeric": torch.from_numpy(X), "categorical": empty}).squeeze(-1)
     np.testing.assert_allclose(
         torch.sigmoid(logits).detach().numpy(), ref.forward(X, w, b), rtol=1e-12
     )
@@ -60,7 +61,8 @@ def test_reference_forward_and_loss_match_torch() -> None:
 def test_autograd_gradients_equal_reference_and_finite_differences() -> None:
     X, y, w, b = _data(seed=1)
     model = _neuron(w, b)
-    logits = model({"numeric": torch.from_numpy(X), "categorical": torch.zeros(len(X), 0, dtype=torch.long)}).squeeze(-1)
+    empty = torch.zeros(len(X), 0, dtype=torch.long)
+    logits = model({"numeric": torch.from_numpy(X), "categorical": empty}).squeeze(-1)
     torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)).backward()
     dw_torch = model.head.weight.grad.numpy().ravel()
     db_torch = model.head.bias.grad.item()

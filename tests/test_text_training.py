@@ -84,7 +84,8 @@ def test_collate_pads_each_batch_to_its_longest() -> None:
     tokens, mask = seen[0]
     lengths = data.inputs["tokens"].lengths[idx.numpy()]
     assert tokens.shape == (3, lengths.max()) and mask.sum(1).tolist() == lengths.tolist()
-    assert (tokens[~mask] == 0).all() and torch.equal(tokens[0, : lengths[0]], torch.from_numpy(data.inputs["tokens"].row(3)))
+    first = torch.from_numpy(data.inputs["tokens"].row(3))
+    assert (tokens[~mask] == 0).all() and torch.equal(tokens[0, : lengths[0]], first)
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:

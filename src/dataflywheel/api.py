@@ -56,11 +56,13 @@ def load_model(ref: str | int = "champion", config: str | Path | FlywheelConfig 
     from dataflywheel.registry.loader import is_bundle_ref
 
     if is_bundle_ref(ref):
-        return registry.load(None, ref).predictor
+        predictor: Predictor = registry.load(None, ref).predictor
+        return predictor
     cfg = as_config(config)
     project = open_project(cfg)
     try:
-        return registry.load(project, ref, base_dir=cfg.base_dir).predictor
+        predictor = registry.load(project, ref, base_dir=cfg.base_dir).predictor
+        return predictor
     finally:
         project.close()
 
