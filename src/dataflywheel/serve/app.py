@@ -5,10 +5,10 @@ Endpoints (JSON in and out, rendered with orjson):
 - ``POST /v1/predict``: one record (object -> object) or a list of records (list -> list);
   each answer is ``{prediction_id, model_version, prediction, probabilities}``. Records are
   validated against a model generated from the bundle's schema (422 naming the field) and run
-  through the micro-batcher. ``log_mode: sync`` (default) answers only after the prediction
-  rows are committed by the group-commit writer; ``async`` answers at once, and a crash (or
-  kill -9) can then lose the rows not yet committed: those queued plus the group being written,
-  in practice the last few milliseconds of traffic.
+  through the engine (the micro-batcher unless another is given). ``log_mode: sync`` (default)
+  answers only after the prediction rows are committed by the group-commit writer; ``async``
+  answers at once, and a crash (or kill -9) can then lose the rows not yet committed: those
+  queued plus the group being written, in practice the last few milliseconds of traffic.
 - ``POST /v1/feedback``: ``{prediction_id, label, idempotency_key?}`` -> 201 ``{feedback_id}``
   once committed (200 with the same id when the key was seen before); 404 unknown prediction,
   422 label outside the predicting model's classes, 409 key reused for another prediction or label.
