@@ -9,8 +9,9 @@ its rows are committed: through a :class:`concurrent.futures.Future` (``submit``
 ``log_predictions``, ``record_feedback``) or, cheaper on a server's hot path, through a
 :data:`~dataflywheel.workers.Done` callback run on the writer thread (``submit_rows``,
 ``submit_feedback``). The writer and the checkpointer are :class:`~dataflywheel.workers.Worker`
-threads. The writer thread takes everything queued, runs it in ONE transaction on the connection it holds
-and commits once (group commit), so a burst of requests costs one commit, not one each.
+threads. The writer thread takes everything queued, runs it in ONE transaction on the
+connection it holds and commits once (group commit), so a burst of requests costs one commit,
+not one each.
 Within a group, adjacent prediction writes become one executemany, and adjacent feedback
 requests share one lookup of their predictions and idempotency keys (``WHERE ... IN``) and
 one insert. JSON columns are written as orjson text. On SQLite the writer's connection never

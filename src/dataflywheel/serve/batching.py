@@ -12,10 +12,10 @@ requests (and filling the next batch) while a forward pass is in progress.
 
 Completion is a :data:`~dataflywheel.workers.Done` callback run on the worker thread
 (:meth:`MicroBatcher.enqueue`), so a caller can chain the next step (the prediction log write)
-without a hop back to the event loop; :meth:`~MicroBatcher.submit` wraps it in a future (the
-server awaits it through :class:`~dataflywheel.serve.engine.MicroBatchEngine`). A queued request can be cancelled
-(:meth:`Pending.cancel`) until its forward pass starts: it is dropped from the batch, its records
-take no room in it, and its callback is never called.
+without a hop back to the event loop; :meth:`~MicroBatcher.submit` wraps it in a future. The
+server reaches the batcher through :class:`~dataflywheel.serve.engine.MicroBatchEngine`. A
+queued request can be cancelled (:meth:`Pending.cancel`) until its forward pass starts: it is
+dropped from the batch, its records take no room in it, and its callback is never called.
 """
 
 from __future__ import annotations

@@ -109,6 +109,8 @@ class PredictPipeline:
         try:
             async for event in self.engine.submit(request):
                 ended = event.kind != "delta"
+                if event.kind == "final" and self.metrics is not None:
+                    self.metrics.predictions.inc(len(event.data))
                 yield event
         finally:
             if not ended:
