@@ -280,8 +280,8 @@ def test_submit_rows_settles_on_the_writer_thread_after_commit(writer: LogWriter
     row = {"id": new_id(), "created_at": utcnow(), "model_version": 2, "input": {"x": 2.0},
            "output": {"prediction": 1.5, "probabilities": None}, "latency_ms": 0.5}
 
-    def settle(ok: bool, value: object) -> None:
-        seen.append((ok, value, writer.prediction(row["id"]) is not None))  # type: ignore[arg-type]
+    def settle(value: object, exc: BaseException | None) -> None:
+        seen.append((exc is None, value, writer.prediction(row["id"]) is not None))  # type: ignore[arg-type]
         done.set()
 
     writer.submit_rows([row], settle, result="token")

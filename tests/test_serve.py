@@ -120,7 +120,7 @@ def test_concurrent_requests_share_forward_passes_and_are_all_logged(
     answers, committed, (server, new_rows) = serving(project, calls, ServeSettings(max_batch_size=16, max_wait_ms=50))
     n_records = sum(len(r) for r in requests)
     assert all(a.status_code == 200 for a in answers)
-    sizes = list(server.batcher.batch_sizes)
+    sizes = list(server.engine.batcher.batch_sizes)
     assert max(sizes) > 1 and max(sizes) <= 16 and len(sizes) < len(requests)
     assert sum(sizes) == n_records
     for req, ans in zip(requests, answers, strict=True):  # each request got its own records' answers

@@ -283,7 +283,7 @@ def test_settings_come_from_the_serve_section(project: Path, tmp_path: Path) -> 
     app = create_app(tmp_path)
     try:
         server = app.state.server
-        assert server.batcher.max_batch_size == 5 and server.settings.max_body_bytes == 4096
+        assert server.engine.batcher.max_batch_size == 5 and server.settings.max_body_bytes == 4096
     finally:
         app.state.server.close()
 
@@ -351,7 +351,7 @@ def test_requests_in_flight_run_on_the_model_they_arrived_with(project: Path, ro
         old = server.model
         new = server._load(2)
         items = [(old, rows[0]), (new, rows[1]), (old, rows[2]), (new, rows[0])]
-        out = server._forward(items)
+        out = server.engine.forward(items)
         assert [o["model_version"] for o in out] == [1, 2, 1, 2]
         assert out[0]["probabilities"] == old.forward([rows[0]])[0]["probabilities"]
         assert out[3]["probabilities"] == new.forward([rows[0]])[0]["probabilities"]

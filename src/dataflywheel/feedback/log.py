@@ -7,9 +7,11 @@ labels sent back later, keyed to a prediction, optionally with a unique idempote
 All writes go through :class:`LogWriter`. Callers queue work and learn its outcome only once
 its rows are committed: through a :class:`concurrent.futures.Future` (``submit``,
 ``log_predictions``, ``record_feedback``) or, cheaper on a server's hot path, through a
-:data:`Settle` callback run on the writer thread (``submit_rows``, ``submit_feedback``). The
-writer thread takes everything queued, runs it in ONE transaction on the connection it holds
-and commits once (group commit), so a burst of requests costs one commit, not one each.
+:data:`~dataflywheel.workers.Done` callback run on the writer thread (``submit_rows``,
+``submit_feedback``). The writer and the checkpointer are :class:`~dataflywheel.workers.Worker`
+threads. The writer thread takes everything queued, runs it in ONE transaction on the
+connection it holds and commits once (group commit), so a burst of requests costs one commit,
+not one each.
 Within a group, adjacent prediction writes become one executemany, and adjacent feedback
 requests share one lookup of their predictions and idempotency keys (``WHERE ... IN``) and
 one insert. JSON columns are written as orjson text. On SQLite the writer's connection never
@@ -30,7 +32,6 @@ item is replayed in its own transaction, so one bad row fails only its own calle
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -47,11 +48,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dataflywheel.errors import FlywheelError, NotFoundError, StoreError
 from dataflywheel.store.metadata import WAL_SIZE_LIMIT, Base, MetadataStore, utcnow
+from dataflywheel.workers import STOP, Done, Worker, WorkerClosed, call_done, future_done
 
 Operation = Callable[[Session], Any]
-Settle = Callable[[bool, Any], None]
-"""Told a queued write's outcome on the writer thread: ``(True, value)`` once committed, else
-``(False, exception)``. It must return quickly and not raise."""
 Check = Callable[[Any, Any], Any]
 """``check(prediction, value)``: the stored value, or raise a FlywheelError; ``prediction`` has
 the logged row's ``id``, ``model_version`` and ``output``."""
@@ -99,7 +98,7 @@ class IdempotencyConflict(StoreError):
     """An idempotency key was reused for a different request."""
 
 
-class WriterClosed(StoreError):
+class WriterClosed(StoreError, WorkerClosed):
     """The log writer is stopped; nothing more can be queued."""
 
 
@@ -184,13 +183,13 @@ class FeedbackResult:
 @dataclass(slots=True)
 class _Op:
     op: Operation
-    settle: Settle
+    done: Done
 
 
 @dataclass(slots=True)
 class _Rows:
     rows: list[dict[str, Any]]
-    settle: Settle
+    done: Done
     result: Any
 
 
@@ -201,22 +200,24 @@ class _Feedback:
     kind: str
     key: str | None
     check: Check | None
-    settle: Settle
+    done: Done
 
 
 _Item = _Op | _Rows | _Feedback
-_STOP = object()
 
 
-class LogWriter:
+class LogWriter(Worker):
     """The group-commit writer thread over a :class:`MetadataStore` (see the module docstring).
 
     ``max_group`` bounds the items in one transaction. ``group_sizes`` records the size of
     every committed group (for tests and metrics); ``commits`` counts transactions.
     """
 
+    name = "flywheel-log-writer"
+
     def __init__(self, store: MetadataStore, *, max_group: int = 1024, checkpoint_seconds: float = 1.0,
                  wal_limit_bytes: int = WAL_SIZE_LIMIT) -> None:
+        super().__init__()
         self.store = store
         self.max_group = max_group
         self.checkpoint_seconds = checkpoint_seconds
@@ -225,70 +226,38 @@ class LogWriter:
         database = store.engine.url.database if self._sqlite else None
         self._wal = f"{database}-wal" if database and database != ":memory:" else None
         self._dirty = False
-        self._stop_checkpoints = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        self._checkpointer = _WalCheckpointer(self) if self._sqlite else None
         self.group_sizes: list[int] = []
         self.commits = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
-        self._closed = False
-        self._lock = threading.Lock()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    def closed_error(self) -> WriterClosed:
+        return WriterClosed("the prediction log writer is not running", fix="start the writer first")
+
+    # -- lifecycle: the Worker's, plus the checkpointer beside the writer -------------------
     def start(self) -> Self:
-        with self._lock:
-            if self._thread is None:
-                self._closed = False
-                self._thread = threading.Thread(target=self._run, name="flywheel-log-writer", daemon=True)
-                self._thread.start()
-                if self._sqlite:
-                    self._stop_checkpoints.clear()
-                    self._checkpointer = threading.Thread(target=self._checkpoints, name="flywheel-wal-checkpoint",
-                                                          daemon=True)
-                    self._checkpointer.start()
+        super().start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
         return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop accepting work, commit everything already queued, then stop the thread."""
-        with self._lock:
-            self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout)
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            self._stop_checkpoints.set()
-            checkpointer.join(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+        super().close(timeout)
+        if self._checkpointer is not None:
+            self._checkpointer.close(timeout)
 
     # -- queueing --------------------------------------------------------------------------
-    def _put(self, item: _Item) -> None:
-        with self._lock:
-            if self._closed or self._thread is None:
-                raise WriterClosed("the prediction log writer is not running", fix="start the writer first")
-            self._queue.put(item)
-
     def submit(self, op: Operation) -> Future[Any]:
         """Queue ``op``; the future holds its return value once its transaction has committed."""
         fut: Future[Any] = Future()
-        self._put(_Op(op, _settler(fut)))
+        self.put(_Op(op, future_done(fut)))
         return fut
 
-    def submit_rows(self, rows: list[dict[str, Any]], settle: Settle, result: Any = None) -> None:
-        """Queue prediction rows (dicts with every column of ``predictions``); ``settle(True,
-        result)`` once committed. Raises :class:`WriterClosed` when stopped."""
-        self._put(_Rows(rows, settle, result))
+    def submit_rows(self, rows: list[dict[str, Any]], done: Done, result: Any = None) -> None:
+        """Queue prediction rows (dicts with every column of ``predictions``); ``done(result,
+        None)`` once committed. Raises :class:`WriterClosed` when stopped."""
+        self.put(_Rows(rows, done, result))
 
     def log_predictions(self, records: Iterable[PredictionRecord]) -> Future[list[str]]:
         """Insert prediction rows; the future holds their ids once committed."""
@@ -296,13 +265,13 @@ class LogWriter:
         rows = [{"id": r.id, "created_at": now, "model_version": r.model_version, "input": r.input,
                  "output": r.output, "latency_ms": r.latency_ms} for r in records]
         fut: Future[list[str]] = Future()
-        self.submit_rows(rows, _settler(fut), [r["id"] for r in rows])
+        self.submit_rows(rows, future_done(fut), [r["id"] for r in rows])
         return fut
 
-    def submit_feedback(self, prediction_id: str, value: Any, settle: Settle, *, kind: str = "label",
+    def submit_feedback(self, prediction_id: str, value: Any, done: Done, *, kind: str = "label",
                         idempotency_key: str | None = None, check: Check | None = None) -> None:
-        """:meth:`record_feedback` with a :data:`Settle` callback instead of a future."""
-        self._put(_Feedback(prediction_id, value, kind, idempotency_key, check, settle))
+        """:meth:`record_feedback` with a :data:`~dataflywheel.workers.Done` callback instead of a future."""
+        self.put(_Feedback(prediction_id, value, kind, idempotency_key, check, done))
 
     def record_feedback(
         self,
@@ -322,30 +291,30 @@ class LogWriter:
         returns the first request's id with ``created=False``.
         """
         fut: Future[FeedbackResult] = Future()
-        self.submit_feedback(prediction_id, value, _settler(fut), kind=kind, idempotency_key=idempotency_key,
+        self.submit_feedback(prediction_id, value, future_done(fut), kind=kind, idempotency_key=idempotency_key,
                              check=check)
         return fut
 
     # -- the writer thread -----------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
         stop = False
         try:
             while not stop:
-                group = [self._queue.get()]
+                group = [self.take()]
                 while len(group) < self.max_group:
                     try:
-                        group.append(self._queue.get_nowait())
+                        group.append(self.take_nowait())
                     except queue.Empty:
                         break
-                if any(item is _STOP for item in group):
+                if any(item is STOP for item in group):
                     stop = True
-                    group = [item for item in group if item is not _STOP]
+                    group = [item for item in group if item is not STOP]
                     while True:  # drain what was queued before close()
                         try:
-                            item = self._queue.get_nowait()
+                            item = self.take_nowait()
                         except queue.Empty:
                             break
-                        if item is not _STOP:
+                        if item is not STOP:
                             group.append(item)
                 if group:
                     self._commit_group(group)
@@ -364,24 +333,6 @@ class LogWriter:
                 self._conn.commit()
         return self._conn
 
-    def _checkpoints(self) -> None:
-        """Checkpoint the WAL off the writer's path, and keep its file small; once more at the end."""
-        with self.store.engine.connect() as conn:
-            _pragma(conn, f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}")
-            _pragma(conn, f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
-            try:
-                stopping = False
-                while not stopping:
-                    stopping = self._stop_checkpoints.wait(self.checkpoint_seconds)
-                    wrote, self._dirty = self._dirty, False
-                    if wrote:
-                        _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
-                    size = self.wal_size()
-                    if size > self.wal_limit_bytes and (not wrote or size > 2 * self.wal_limit_bytes):
-                        _pragma(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                _pragma(conn, "PRAGMA busy_timeout=30000")  # the pooled connection's usual setting
-
     def wal_size(self) -> int:
         """Bytes in the SQLite write-ahead log file now (0 without one)."""
         try:
@@ -396,7 +347,7 @@ class LogWriter:
                 outcomes = self._apply(conn, group)
         except Exception as exc:  # noqa: BLE001 - any failure: replay alone, below
             if len(group) == 1:
-                _call(group[0].settle, False, exc)
+                call_done(group[0].done, None, exc)
             else:  # only the culprit fails
                 for item in group:
                     self._commit_group([item])
@@ -405,7 +356,7 @@ class LogWriter:
         self._dirty = True
         self.group_sizes.append(len(group))
         for item, (ok, value) in zip(group, outcomes, strict=True):
-            _call(item.settle, ok, value)
+            call_done(item.done, value if ok else None, None if ok else value)
 
     def _apply(self, conn: Connection, group: list[_Item]) -> list[tuple[bool, Any]]:
         """Run the group's items in order in the open transaction; each item's (ok, value)."""
@@ -452,6 +403,34 @@ class LogWriter:
         with self.store.transaction() as s:
             q = select(FeedbackRow).where(FeedbackRow.prediction_id == prediction_id).order_by(FeedbackRow.created_at)
             return list(s.scalars(q))
+
+
+class _WalCheckpointer(Worker):
+    """Checkpoint a writer's WAL off its path, and keep the file small; once more at the end."""
+
+    name = "flywheel-wal-checkpoint"
+
+    def __init__(self, writer: LogWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def run(self) -> None:
+        w = self.writer
+        with w.store.engine.connect() as conn:
+            _pragma(conn, f"PRAGMA journal_size_limit={int(w.wal_limit_bytes)}")
+            _pragma(conn, f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                stopping = False
+                while not stopping:
+                    stopping = not self.wait(w.checkpoint_seconds)
+                    wrote, w._dirty = w._dirty, False
+                    if wrote:
+                        _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+                    size = w.wal_size()
+                    if size > w.wal_limit_bytes and (not wrote or size > 2 * w.wal_limit_bytes):
+                        _pragma(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                _pragma(conn, "PRAGMA busy_timeout=30000")  # the pooled connection's usual setting
 
 
 def _insert_predictions(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -522,21 +501,3 @@ def _pragma(conn: Connection, sql: str) -> None:
         conn.commit()
     except Exception:  # noqa: BLE001 - e.g. busy: the next round catches up
         conn.rollback()
-
-
-def _settler(fut: Future[Any]) -> Settle:
-    def settle(ok: bool, value: Any) -> None:
-        if fut.set_running_or_notify_cancel():
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-    return settle
-
-
-def _call(settle: Settle, ok: bool, value: Any) -> None:
-    try:
-        settle(ok, value)
-    except Exception:  # noqa: BLE001 - a caller's callback must not stop the writer
-        logging.getLogger("dataflywheel.serve").exception("log writer: a completion callback failed")

@@ -10,40 +10,49 @@ than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run on
 bad request fails only itself. The event loop never runs the model, so it keeps accepting
 requests (and filling the next batch) while a forward pass is in progress.
 
-Completion is a callback run on the worker thread (:meth:`MicroBatcher.enqueue`), so a caller
-can chain the next step (the prediction log write) without a hop back to the event loop;
-:meth:`~MicroBatcher.submit` (a future) and :meth:`~MicroBatcher.run` (awaitable) wrap it.
+Completion is a :data:`~dataflywheel.workers.Done` callback run on the worker thread
+(:meth:`MicroBatcher.enqueue`), so a caller can chain the next step (the prediction log write)
+without a hop back to the event loop; :meth:`~MicroBatcher.submit` wraps it in a future. The
+server reaches the batcher through :class:`~dataflywheel.serve.engine.MicroBatchEngine`. A
+queued request can be cancelled (:meth:`Pending.cancel`) until its forward pass starts: it is
+dropped from the batch, its records take no room in it, and its callback is never called.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from dataflywheel.errors import FlywheelError
+from dataflywheel.workers import STOP, Done, Worker, WorkerClosed, call_done, future_done
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-_STOP = object()
-log = logging.getLogger("dataflywheel.serve")
 
-Done = Callable[[list[Any] | None, BaseException | None], None]
-"""``done(results, None)`` or ``done(None, exception)``, called once on the worker thread."""
-
-
-class BatcherClosed(FlywheelError):
+class BatcherClosed(WorkerClosed):
     """The batcher is not running (the server is starting or shutting down)."""
 
 
-class MicroBatcher(Generic[T, R]):
+@dataclass(slots=True)
+class Pending:
+    """One queued request: its items, its callback, and whether it was cancelled."""
+
+    items: list[Any]
+    done: Done
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Drop the request unless its forward pass has started (thread-safe)."""
+        self.cancelled = True
+
+
+class MicroBatcher(Worker, Generic[T, R]):
     """Group concurrent ``submit`` calls into calls of ``fn(items) -> results`` (same length).
 
     ``batch_sizes`` holds the item count of recent forward passes (for tests); ``on_batch(size)``
@@ -64,103 +73,73 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0 (got {max_wait_ms})")
+        super().__init__()
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
         self.name = name
         self.on_batch = on_batch
         self.batch_sizes: deque[int] = deque(maxlen=history)
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._closed = True
 
-    def start(self) -> MicroBatcher[T, R]:
-        with self._lock:
-            if self._thread is None:
-                self._closed = False
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-        return self
+    def closed_error(self) -> FlywheelError:
+        return BatcherClosed("the model worker is not running", fix="retry once /v1/ready says ready")
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop accepting requests, finish the queued ones, stop the thread."""
-        with self._lock:
-            self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout)
-
-    def enqueue(self, items: Sequence[T], done: Done) -> None:
+    def enqueue(self, items: Sequence[T], done: Done) -> Pending:
         """Queue ``items`` (thread-safe); ``done`` gets their results, in order, on the worker
-        thread. It must be quick and must not raise (it runs between forward passes)."""
-        with self._lock:
-            if self._closed:
-                raise BatcherClosed("the model worker is not running", fix="retry once /v1/ready says ready")
-            self._queue.put((list(items), done))
+        thread. It must be quick and must not raise (it runs between forward passes). The
+        returned handle cancels the request."""
+        pending = Pending(list(items), done)
+        self.put(pending)
+        return pending
 
     def submit(self, items: Sequence[T]) -> Future[list[R]]:
         """Queue ``items`` (thread-safe); the future holds their results, in order."""
         fut: Future[list[R]] = Future()
-
-        def done(results: list[Any] | None, exc: BaseException | None) -> None:
-            if fut.set_running_or_notify_cancel():
-                if exc is None:
-                    fut.set_result(results)  # type: ignore[arg-type]
-                else:
-                    fut.set_exception(exc)
-
-        self.enqueue(items, done)
+        self.enqueue(items, future_done(fut))
         return fut
 
-    async def run(self, items: Sequence[T]) -> list[R]:
-        """``enqueue`` from the event loop and await the results."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[R]] = loop.create_future()
-        self.enqueue(items, lambda results, exc: loop.call_soon_threadsafe(settle_future, fut, results, exc))
-        return await fut
-
     # -- the worker thread -------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
         carry: Any = None
         while True:
-            first = carry if carry is not None else self._queue.get()
+            first = carry if carry is not None else self.take()
             carry = None
-            if first is _STOP:
+            if first is STOP:
                 return
+            if first.cancelled:
+                continue
             batch = [first]
-            size = len(first[0])
+            size = len(first.items)
             deadline = time.monotonic() + self.max_wait_ms / 1000.0
             while size < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 try:
                     if len(batch) > 1 and remaining > 0:  # concurrent traffic: wait for stragglers
-                        item = self._queue.get(timeout=remaining)
+                        item = self.take(timeout=remaining)
                     else:  # alone (or out of time): take only what is already queued
-                        item = self._queue.get_nowait()
+                        item = self.take_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP or size + len(item[0]) > self.max_batch_size:
+                if item is not STOP and item.cancelled:
+                    continue
+                if item is STOP or size + len(item.items) > self.max_batch_size:
                     carry = item
                     break
                 batch.append(item)
-                size += len(item[0])
-            self._forward(batch)
+                size += len(item.items)
+            batch = [p for p in batch if not p.cancelled]  # cancelled while the batch formed
+            if batch:
+                self._forward(batch)
 
-    def _forward(self, batch: list[tuple[list[T], Done]]) -> None:
-        items = [x for request, _ in batch for x in request]
+    def _forward(self, batch: list[Pending]) -> None:
+        items = [x for request in batch for x in request.items]
         try:
             results = list(self.fn(items))
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
         except Exception as exc:  # noqa: BLE001 - handed to the callers
             if len(batch) == 1:
-                _call(batch[0][1], None, exc)
+                call_done(batch[0].done, None, exc)
             else:
                 for request in batch:
                     self._forward([request])
@@ -169,22 +148,7 @@ class MicroBatcher(Generic[T, R]):
         if self.on_batch is not None:
             self.on_batch(len(items))
         start = 0
-        for chunk, done in batch:
-            _call(done, results[start : start + len(chunk)], None)
-            start += len(chunk)
-
-
-def settle_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    """Complete an asyncio future (on its loop) unless it was cancelled."""
-    if not fut.done():
-        if exc is None:
-            fut.set_result(value)
-        else:
-            fut.set_exception(exc)
-
-
-def _call(done: Done, results: list[Any] | None, exc: BaseException | None) -> None:
-    try:
-        done(results, exc)
-    except Exception:  # noqa: BLE001 - a caller's callback must not stop the worker
-        log.exception("micro-batcher: a completion callback failed")
+        for request in batch:
+            n = len(request.items)
+            call_done(request.done, results[start : start + n], None)
+            start += n

@@ -1,8 +1,9 @@
 """``POST /v1/explain``: attributions for the served model's predictions.
 
-The body is what ``/v1/predict`` takes (one record -> one answer, a list -> a list), validated
-and redacted the same way; ``?steps=N`` (1-256, default 32) sets the Integrated Gradients steps.
-Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
+The body is what ``/v1/predict`` takes (one record -> one answer, a list -> a list), parsed,
+validated and redacted by the same pipeline steps
+(:meth:`~dataflywheel.serve.pipeline.PredictPipeline.explain_json`); ``?steps=N`` (1-256,
+default 32) sets the Integrated Gradients steps. Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
 ``model_version``. Explanations are not logged (they are not predictions) and run one request
 at a time on a worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot
 starve the event loop or the prediction batcher of more than one core. They run on a private
@@ -14,14 +15,12 @@ moment are never affected. Until
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
-import orjson
 from fastapi import FastAPI, Request, Response
 
 from dataflywheel.serve.openapi import errors, records_body
-from dataflywheel.serve.requests import BadRequest, parse_json, split_records, validate_records
+from dataflywheel.serve.requests import BadRequest
 
 if TYPE_CHECKING:
     from dataflywheel.serve.app import Server
@@ -47,7 +46,6 @@ def parse_steps(raw: str | None) -> int:
 def add_explain_route(app: FastAPI, server: Server, access: AccessMatrix) -> None:
     """Declare ``POST /v1/explain`` on ``app`` (a ``predict`` route of ``access``), explaining
     with ``server``'s current model."""
-    lock = asyncio.Lock()
     access.register("/v1/explain", "predict")
     openapi = records_body(server.model.record_model) | {"parameters": [{
         "name": "steps", "in": "query", "required": False,
@@ -59,19 +57,10 @@ def add_explain_route(app: FastAPI, server: Server, access: AccessMatrix) -> Non
         _422="a record fails validation, or steps is out of range", _501="explanations are not installed"))
     async def explain(request: Request) -> Response:
         try:
-            from dataflywheel.explain import explain_records
+            import dataflywheel.explain  # noqa: F401 - the pipeline's explain step needs it
         except ImportError:
             raise BadRequest(501, "explanations are not available: dataflywheel.explain is missing") from None
         steps = parse_steps(request.query_params.get("steps"))
-        payload = parse_json(await request.body())
-        single = isinstance(payload, dict)
-        records = split_records(payload, min(server.settings.max_records, MAX_EXPLAIN_RECORDS))
-        served = server.model
-        features = validate_records(served.record_model, records, single)
-        if served.redactor is not None:
-            features = server.redact(served, features)
-        async with lock:
-            answers = await asyncio.to_thread(explain_records, served.predictor, features, steps)
-        answers = [{"model_version": served.version, **a} for a in answers]
-        body = orjson.dumps(answers[0] if single else answers, option=orjson.OPT_SERIALIZE_NUMPY)
+        body = await server.pipeline.explain_json(await request.body(), steps,
+                                                  min(server.settings.max_records, MAX_EXPLAIN_RECORDS))
         return Response(body, media_type="application/json")

@@ -20,8 +20,9 @@ from fastapi import HTTPException
 
 from dataflywheel.errors import FlywheelError, NotFoundError, StoreError
 from dataflywheel.feedback.log import IdempotencyConflict
-from dataflywheel.serve.batching import BatcherClosed
+from dataflywheel.serve.pipeline import RequestCancelled
 from dataflywheel.serve.requests import BadRequest
+from dataflywheel.workers import WorkerClosed
 
 Answer = tuple[int, bytes]
 """(status, JSON body)."""
@@ -37,7 +38,7 @@ def status_of(exc: FlywheelError) -> int:
         return 404
     if isinstance(exc, IdempotencyConflict):
         return 409
-    if isinstance(exc, (BatcherClosed, StoreError)):
+    if isinstance(exc, (WorkerClosed, RequestCancelled, StoreError)):
         return 503
     return 422
 

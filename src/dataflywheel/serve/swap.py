@@ -7,7 +7,8 @@ installs it with one reference assignment. A request reads the served model once
 arrives, and runs on it to the end, so requests in flight finish on the old model and new ones
 use the new model: no request fails or waits for the load. A version that fails to load is
 not retried until the alias moves again (or :meth:`AliasWatcher.check` is forced); the old
-model keeps serving.
+model keeps serving. The watcher is a periodic :class:`~dataflywheel.workers.Worker`: its queue
+only carries the stop signal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
+
+from dataflywheel.workers import Worker
 
 M = TypeVar("M")
 log = logging.getLogger("dataflywheel.serve")
@@ -33,12 +36,14 @@ class SwapResult:
         return asdict(self)
 
 
-class AliasWatcher(Generic[M]):
+class AliasWatcher(Worker, Generic[M]):
     """Poll ``current()`` (the version the alias points at); on a change, ``load`` it and ``install`` it.
 
     ``version`` is the version being served. ``on_failure(version, exc)`` is told about loads
     that fail.
     """
+
+    name = "flywheel-swap"
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class AliasWatcher(Generic[M]):
         poll_seconds: float = 1.0,
         on_failure: Callable[[int, BaseException], None] | None = None,
     ) -> None:
+        super().__init__()
         self.current = current
         self.load = load
         self.install = install
@@ -58,30 +64,11 @@ class AliasWatcher(Generic[M]):
         self.on_failure = on_failure
         self.last_error: str | None = None
         self._failed: int | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> AliasWatcher[M]:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="flywheel-swap", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
+        self._check_lock = threading.Lock()
 
     def check(self, *, force: bool = False) -> SwapResult:
         """Swap now if the alias moved (``force`` retries a version that failed to load)."""
-        with self._lock:
+        with self._check_lock:
             previous = self.version
             target = self.current()
             if target is None or target == previous or (target == self._failed and not force):
@@ -99,8 +86,8 @@ class AliasWatcher(Generic[M]):
             log.info("hot swap: v%s -> v%s", previous, target)
             return SwapResult(previous, target, True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+    def run(self) -> None:
+        while self.wait(self.poll_seconds):
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - e.g. the store is briefly locked: try again next poll
