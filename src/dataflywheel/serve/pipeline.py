@@ -71,6 +71,8 @@ class PredictPipeline:
         self.max_records = max_records
         self.metrics = metrics
         self._explaining = asyncio.Lock()
+        self.active = 0
+        """Requests between the start of their forward step and their answer."""
 
     # -- parse, validate, redact -----------------------------------------------------------------
     def prepare(self, payload: Any, *, max_records: int | None = None, started: float | None = None) -> Prepared:
@@ -121,7 +123,12 @@ class PredictPipeline:
         stream is read directly (no generator in between: this is the hot path)."""
         request = self.request(prepared)
         ended = False
+        self.active += 1
         try:
+            # One turn of the loop first, so that requests that arrived with this one reach this
+            # point too and the engine knows whether this one is alone (then it may skip its queue).
+            await asyncio.sleep(0)
+            request.alone = self.active == 1
             async for event in self.engine.submit(request):
                 if event.kind == "delta":
                     continue
@@ -132,6 +139,7 @@ class PredictPipeline:
                     self.metrics.predictions.inc(len(event.data))
                 return event.data  # type: ignore[no-any-return]
         finally:
+            self.active -= 1
             if not ended:  # cancelled, or the caller's task was: free the engine's slot
                 self.engine.cancel(request.id)
         raise RequestCancelled("the request was cancelled before its answer", where="the model engine",
@@ -149,7 +157,7 @@ class PredictPipeline:
                  "input": feat, "output": logged_output(out), "latency_ms": latency_ms}
                 for a, feat, out in zip(answers, prepared.features, outputs, strict=True)]
         if self.log_mode == "sync":
-            self.writer.submit_rows(rows, done, answers)
+            self.writer.submit_rows(rows, done, answers, inline=True)
             return
         self.writer.submit_rows(rows, self._log_done)
         done(answers, None)
