@@ -97,7 +97,8 @@ class PredictPipeline:
     # -- forward and log ---------------------------------------------------------------------------
     def request(self, prepared: Prepared, **options: Any) -> EngineRequest:
         """The engine request for ``prepared``, its ``finish`` hook the log step."""
-        request = EngineRequest(prepared.model, prepared.features, finish=lambda out, done: self.log(prepared, out, done))
+        request = EngineRequest(prepared.model, prepared.features)
+        request.finish = lambda out, done: self.log(prepared, out, done, inline=request.alone)
         if options:
             request.options = options
         return request
@@ -145,11 +146,13 @@ class PredictPipeline:
         raise RequestCancelled("the request was cancelled before its answer", where="the model engine",
                                fix="send the request again")
 
-    def log(self, prepared: Prepared, outputs: list[dict[str, Any]], done: Done) -> None:
+    def log(self, prepared: Prepared, outputs: list[dict[str, Any]], done: Done, *, inline: bool = False) -> None:
         """The log step (the engine's ``finish`` hook, on its thread): name each output, queue
         its row, then ``done(answers, None)``: once committed in ``sync`` mode, at once in
         ``async``. Queues straight to the log writer, so a request costs one hop to the model
-        thread, one to the writer and one back."""
+        thread, one to the writer and one back; a request that was ``inline`` (alone) commits
+        here when the writer is idle. A batch's rows always go to the writer, whose group
+        commit runs beside the next forward pass."""
         latency_ms = (time.perf_counter() - prepared.started) * 1000.0
         now = utcnow()
         answers = [{"prediction_id": pid, **out} for pid, out in zip(new_ids(len(outputs)), outputs, strict=True)]
@@ -157,7 +160,7 @@ class PredictPipeline:
                  "input": feat, "output": logged_output(out), "latency_ms": latency_ms}
                 for a, feat, out in zip(answers, prepared.features, outputs, strict=True)]
         if self.log_mode == "sync":
-            self.writer.submit_rows(rows, done, answers, inline=True)
+            self.writer.submit_rows(rows, done, answers, inline=inline)
             return
         self.writer.submit_rows(rows, self._log_done)
         done(answers, None)
