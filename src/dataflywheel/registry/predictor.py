@@ -12,6 +12,7 @@ frame, :meth:`Predictor.redact_records` on records (the server and explanations)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +150,7 @@ class Predictor:
             return list(columns)
         return [c.name for c in self.schema.features] if self.schema is not None else []
 
-    def redact_records(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def redact_records(self, records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Records with PII redacted as the model's training data was, and counts per kind."""
         return self.redaction.records(records)
 
