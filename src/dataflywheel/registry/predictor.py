@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from dataflywheel.data.schema import Schema
+    from dataflywheel.features.encoded import EncodedBatch
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.tasks import Decoded, Task
@@ -180,7 +181,7 @@ class Predictor:
         out, batch, _ = self._scores(df)
         return out, dict(batch.unknown)
 
-    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, Any, dict[str, int]]:
+    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, EncodedBatch, dict[str, int]]:
         from dataflywheel.models.registry import predict_proba
 
         df, redacted = self.redaction.frame(df)
