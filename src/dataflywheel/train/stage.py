@@ -89,7 +89,7 @@ def train_on_dataset(
     """Fit and train (``progress``/``log``: see :func:`~dataflywheel.train.loop.fit`)."""
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
-    from dataflywheel.models.pretrained import prepare_config
+    from dataflywheel.models.base_model import prepare_config
     from dataflywheel.models.registry import build_model, model_spec, text_columns
     from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import fit
