@@ -30,10 +30,11 @@ the text alone: a dataset with tabular feature columns is refused at build time 
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import ValidationInfo, field_validator
@@ -44,6 +45,10 @@ from dataflywheel.features.batch import TEXT, Batch
 from dataflywheel.models.base_model import content_hash, has_safetensors, local_folder, prepare_config, resolve_base
 from dataflywheel.models.mlp import model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 __all__ = ["LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained", "content_hash",
            "prepare_config", "resolve_base"]
@@ -107,7 +112,8 @@ class PretrainedClassifier(nn.Module):
         if tokens.shape[1] > self.max_positions:
             raise ModelError(f"{tokens.shape[1]} tokens exceed the base model's {self.max_positions} positions")
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        return self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
+        logits: torch.Tensor = self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
+        return logits
 
     def base_reference(self) -> dict[str, Any]:
         """What model.json records about the base: its hub ``name`` or its ``path`` relative to
@@ -128,10 +134,11 @@ class PretrainedClassifier(nn.Module):
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = get_peft_model_state_dict(self.hf)
+        peft_model = self._peft_model()
+        state = get_peft_model_state_dict(peft_model)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(folder) / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
-        config = copy.deepcopy(self.hf.peft_config["default"])
+        config = copy.deepcopy(peft_model.peft_config["default"])
         config.base_model_name_or_path = self.reference.get("name") or self.reference.get("path")
         config.inference_mode = True
         config.save_pretrained(str(folder))
@@ -142,10 +149,18 @@ class PretrainedClassifier(nn.Module):
         a network int8 quantisation and the ONNX exporter handle like any other. A merged
         model can no longer give its bundle weights back. Other modes: unchanged."""
         if self.finetune == "lora" and not self.merged:
+            peft_model = self._peft_model()
             with _quiet_transformers():
-                self.hf = self.hf.merge_and_unload()
+                self.hf = peft_model.merge_and_unload()
             self.merged = True
         return self
+
+    def _peft_model(self) -> PeftModel:
+        """``hf`` of a lora model whose adapters are not merged: the peft model around the base."""
+        from peft import PeftModel
+
+        assert isinstance(self.hf, PeftModel), "a lora model wraps its base in peft"
+        return self.hf
 
     def bundle_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a bundle stores: all of them (full), else the trainable ones alone."""
@@ -175,19 +190,20 @@ class PretrainedClassifier(nn.Module):
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report and progress bars (a fresh classifier is expected here)."""
-    from transformers.utils import logging
+    from transformers.utils import logging as hf_logging
 
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(logging.ERROR)
+    # transformers' progress-bar switches carry no annotations.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logging.set_verbosity(level)
+        hf_logging.set_verbosity(level)
         if bars:
-            logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -205,7 +221,7 @@ def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> d
     return out
 
 
-def _head_trainable(model: nn.Module) -> None:
+def _head_trainable(model: PreTrainedModel) -> None:
     """Freeze the encoder, then unfreeze the classifier and the encoder's HEAD_MODULES."""
     encoder = model.base_model
     for p in encoder.parameters():
@@ -220,7 +236,7 @@ def _head_trainable(model: nn.Module) -> None:
             sub.requires_grad_(True)
 
 
-def _with_lora(model: nn.Module, lora: LoraParams | dict[str, Any]) -> nn.Module:
+def _with_lora(model: PreTrainedModel, lora: LoraParams | dict[str, Any]) -> PeftModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
     opts = lora if isinstance(lora, LoraParams) else LoraParams.parse(lora)
