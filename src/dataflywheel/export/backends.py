@@ -99,7 +99,7 @@ def compare_backends(predictor: Predictor, df: pl.DataFrame, *, backends: tuple[
     from dataflywheel.export.onnx import cached_export, onnx_program
     from dataflywheel.runtime import set_threads
 
-    if target is None and predictor.schema is not None:
+    if not target and predictor.schema is not None:
         target = predictor.schema.target
     n_threads = set_threads(threads, n_params(predictor.model))
     if onnx_file is None and any(b in ONNX_BACKENDS and cached_export(predictor, b == "onnx-int8") is None

@@ -117,7 +117,7 @@ class PretrainedClassifier(nn.Module):
 
     def base_reference(self) -> dict[str, Any]:
         """What model.json records about the base: its hub ``name`` or its ``path`` relative to
-        the project (:func:`portable_base`), content hash, fine-tuning mode."""
+        the project (:func:`~dataflywheel.models.base_model.portable_base`), content hash, fine-tuning mode."""
         return dict(self.reference)
 
     def write_bundle_files(self, folder: Path) -> None:
