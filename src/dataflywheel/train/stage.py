@@ -135,6 +135,9 @@ def train_on_dataset(
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, base_dirs=[cfg.base_dir])
+    from dataflywheel.features.batch import check_reads, model_reads
+
+    check_reads(model_reads(model), pre.produces_, where="model.type")  # before any training
     train_b, truncated = encode(pre, target_enc, train_df, target, task)
     valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
     history = fit(
