@@ -38,6 +38,10 @@ class DataError(FlywheelError):
     """A data file, table, row or column cannot be used."""
 
 
+class LabelError(DataError):
+    """A feedback label the predicting model cannot have produced."""
+
+
 class SchemaError(DataError):
     """Data does not match the schema it is checked against."""
 

@@ -14,7 +14,12 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="The model registry: versions, aliases and their history.", no_args_is_help=True)
 
-_KEY_METRICS = ("roc_auc", "accuracy", "f1", "macro_f1", "rmse", "r2")
+def _headline(task: str) -> tuple[str, ...]:
+    """The metrics a version's row shows: its task's headline ones (every metric for a task no
+    longer registered)."""
+    from dataflywheel.tasks import available_tasks, get_task
+
+    return get_task(task).headline if task in available_tasks() else ()
 
 
 def _project(config: Path) -> Project:
@@ -43,7 +48,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
         return
     table = Table("version", "created", "model", "task", "dataset", "aliases", "metrics", "verdict")
     for r in rows:
-        m = ", ".join(f"{k} {format_metric(k, r.metrics[k])}" for k in _KEY_METRICS
+        keys = _headline(r.task) or tuple(r.metrics)
+        m = ", ".join(f"{k} {format_metric(k, r.metrics[k])}" for k in keys
                       if isinstance(r.metrics.get(k), (int, float)))
         table.add_row(f"v{r.version}", r.created_at, r.model_type, r.task, r.dataset_id, ", ".join(r.aliases), m,
                       (r.verdict or {}).get("decision", ""))

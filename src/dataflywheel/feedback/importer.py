@@ -148,8 +148,9 @@ def import_feedback(project: Project, path: str | Path, *, attempts: int = 5) ->
 
 def _store(project: Project, where: str, rows: list[tuple[str | None, Any, str | None]]) -> tuple[int, int]:
     """Check every row and store the new ones in one transaction; (created, already)."""
-    from dataflywheel.serve import requests as serve_requests
+    from dataflywheel.feedback.labels import LabelChecker
 
+    labels = LabelChecker()
     created = already = 0
     with project.metadata.transaction() as s:
         predictions = _by_id(s, PredictionRow, PredictionRow.id, {pid for pid, _, _ in rows if pid is not None})
@@ -163,7 +164,7 @@ def _store(project: Project, where: str, rows: list[tuple[str | None, Any, str |
                 raise NotFoundError(f"no prediction {pid!r}", where=row_where,
                                     fix="use prediction ids returned by /v1/predict")
             try:
-                stored = serve_requests.check_label(prediction, label)
+                stored = labels(prediction, label, session=s)
             except FlywheelError as exc:
                 raise DataError(exc.message, where=row_where, fix=exc.fix) from None
             checked.append((pid, stored, key or idempotency_key(pid, stored)))

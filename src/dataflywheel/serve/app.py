@@ -168,7 +168,7 @@ def create_app(
     async def feedback_answer(body: bytes, _headers: Mapping[str, str]) -> Answer:
         fb = parse_feedback(body)
         result = await on_loop(lambda done: server.writer.submit_feedback(
-            fb.prediction_id, fb.label, done, idempotency_key=fb.idempotency_key, check=check_label))
+            fb.prediction_id, fb.label, done, idempotency_key=fb.idempotency_key, check=server.labels))
         answer = {"feedback_id": result.id, "prediction_id": fb.prediction_id, "created": result.created}
         return 201 if result.created else 200, orjson.dumps(answer)
 

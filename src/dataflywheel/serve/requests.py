@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from dataflywheel.errors import DataError
-from dataflywheel.feedback.log import PredictionRow
+from dataflywheel.errors import LabelError
+from dataflywheel.feedback.labels import check_label
 from dataflywheel.serve.schemas import FeedbackIn
+
+__all__ = ["MAX_ERRORS", "BadRequest", "LabelError", "check_label", "logged_output", "parse_feedback", "parse_json",
+           "split_records"]
 
 MAX_ERRORS = 20
 """Most validation errors listed in one 422 answer."""
@@ -21,25 +24,6 @@ MAX_ERRORS = 20
 
 def logged_output(output: dict[str, Any]) -> dict[str, Any]:
     return {"prediction": output["prediction"], "probabilities": output["probabilities"]}
-
-
-class LabelError(DataError):
-    """A feedback label the predicting model cannot have produced."""
-
-
-def check_label(prediction: PredictionRow, label: str | float) -> str | float:
-    """``label`` as stored: a class name of the model that made ``prediction``, or a number."""
-    probabilities = (prediction.output or {}).get("probabilities")
-    if probabilities is None:  # an answer without classes (regression): a number
-        if isinstance(label, str):
-            raise LabelError(f"label must be a number for a regression model (got {label!r})", where="label")
-        return float(label)
-    classes = list(probabilities)
-    text = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
-    if text not in classes:
-        raise LabelError(f"label {label!r} is not one of the model's classes {classes}", where="label",
-                         fix="send one of the classes listed by /v1/model")
-    return text
 
 
 def parse_json(body: bytes) -> Any:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from dataflywheel.config import AuthConfig, Backend, FlywheelConfig, ServeConfig
+from dataflywheel.feedback.labels import LabelChecker
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.engine import Engine, MicroBatchEngine
 from dataflywheel.serve.metrics import ServeMetrics
@@ -77,6 +78,8 @@ class Server:
             max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
             on_batch=self.metrics.batch_size.observe, on_truncated=self.metrics.truncated_texts.inc)
         self.writer = LogWriter(self.project.metadata, max_group=settings.max_commit_group)
+        self.labels = LabelChecker(self.project.metadata)
+        """Checks feedback labels by the task of the version that made the prediction."""
         self.pipeline = PredictPipeline(model, self.engine, self.writer, log_mode=settings.log_mode,
                                         max_records=settings.max_records, metrics=self.metrics)
         self.watcher: AliasWatcher[ServedModel] | None = None

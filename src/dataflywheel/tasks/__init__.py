@@ -16,6 +16,7 @@ from dataflywheel.tasks.registry import (
     get_task,
     infer_task_name,
     register_task,
+    task_for_answers,
     unregister_task,
 )
 from dataflywheel.tasks.regression import RegressionTask
@@ -31,6 +32,7 @@ __all__ = [
     "get_task",
     "infer_task_name",
     "register_task",
+    "task_for_answers",
     "unregister_task",
 ]
 

@@ -188,6 +188,12 @@ class Task(ABC):
 
     # -- feedback -----------------------------------------------------------------------------
 
+    @abstractmethod
+    def check_label(self, label: Any, classes: list[str] | None) -> Any:
+        """A feedback label as stored, for an answer whose classes were ``classes`` (None: the
+        answer had none); a :class:`~dataflywheel.errors.LabelError` naming ``label`` when the
+        model cannot have produced it."""
+
     def live_score(self, predicted: Any, label: Any) -> float:
         """One logged prediction against its label, in :attr:`live_metric`."""
         return float(str(predicted) == str(label))

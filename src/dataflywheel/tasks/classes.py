@@ -3,12 +3,12 @@ strings, ``classes_`` sorted."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
 
-from dataflywheel.errors import DataError
+from dataflywheel.errors import DataError, LabelError
 from dataflywheel.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -59,3 +59,12 @@ class ClassTask(Task):
     def names(self, enc: TargetEncoder, idx: np.ndarray) -> np.ndarray:
         names: np.ndarray = np.asarray(enc.classes_, dtype=object)[idx]
         return names
+
+    def check_label(self, label: Any, classes: list[str] | None) -> Any:
+        """One of the answer's class names (a whole float such as ``1.0`` reads as ``"1"``)."""
+        known = list(classes or [])
+        text = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
+        if text not in known:
+            raise LabelError(f"label {label!r} is not one of the model's classes {known}", where="label",
+                             fix="send one of the classes listed by /v1/model")
+        return text

@@ -47,6 +47,15 @@ def get_task(name: str) -> Task:
                           fix=f"use one of {', '.join(available_tasks())}") from None
 
 
+def task_for_answers(*, has_classes: bool) -> Task:
+    """The first registered task whose answers have classes (or not): how a logged answer that
+    does not name its model's task is read."""
+    for task in _TASKS.values():
+        if task.has_classes == has_classes:
+            return task
+    raise ConfigError(f"no registered task {'with' if has_classes else 'without'} classes")
+
+
 def infer_task_name(column_type: str) -> str | None:
     """The task a target column of ``column_type`` poses by default, if any registered task
     claims that type (the built-in tasks come first)."""

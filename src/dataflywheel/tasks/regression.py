@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import polars as pl
 
-from dataflywheel.errors import DataError
+from dataflywheel.errors import DataError, LabelError
 from dataflywheel.tasks.base import Decoded, Metric, Plot, Task
 from dataflywheel.tasks.classes import target_where
 
@@ -103,3 +103,9 @@ class RegressionTask(Task):
 
     def live_score(self, predicted: Any, label: Any) -> float:
         return abs(float(predicted) - float(label))
+
+    def check_label(self, label: Any, classes: list[str] | None) -> Any:
+        """A number (a string is refused, even one that reads as a number)."""
+        if isinstance(label, str):
+            raise LabelError(f"label must be a number for a regression model (got {label!r})", where="label")
+        return float(label)
