@@ -27,10 +27,13 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from dataflywheel.serve.batching import MicroBatcher, Pending
 from dataflywheel.workers import Done
+
+if TYPE_CHECKING:
+    from dataflywheel.serve.model import ServedModel
 
 EventKind = Literal["delta", "final", "error"]
 Finish = Callable[[Any, Done], None]
@@ -54,7 +57,7 @@ class EngineRequest:
     """Records to run on ``model``; ``options`` are the engine's per-request knobs (a generator's
     ``max_new_tokens``, say); ``finish`` is the caller's hook on the final result."""
 
-    model: Any
+    model: ServedModel
     records: list[dict[str, Any]]
     options: Mapping[str, Any] | None = None
     finish: Finish | None = None
@@ -176,7 +179,7 @@ class EventStream:
         return self._events.popleft()
 
 
-Item = tuple[Any, dict[str, Any]]
+Item = tuple["ServedModel", dict[str, Any]]
 """(the model a record was validated against, the record)."""
 
 
@@ -194,7 +197,7 @@ class MicroBatchEngine:
         self.on_truncated = on_truncated
         self.batcher: MicroBatcher[Item, dict[str, Any]] = MicroBatcher(
             self.forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_batch=on_batch)
-        self._inflight: dict[str, tuple[Pending, EventStream]] = {}
+        self._inflight: dict[str, tuple[Pending[Item], EventStream]] = {}
 
     def submit(self, request: EngineRequest) -> EventStream:
         rid, inflight = request.id, self._inflight
@@ -219,7 +222,7 @@ class MicroBatchEngine:
         first = items[0][0]
         truncated = self.on_truncated
         if all(m is first for m, _ in items):
-            return first.forward([r for _, r in items], truncated)  # type: ignore[no-any-return]
+            return first.forward([r for _, r in items], truncated)
         out: list[dict[str, Any]] = [{}] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(items):

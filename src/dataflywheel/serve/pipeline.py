@@ -95,7 +95,8 @@ class PredictPipeline:
     # -- forward and log ---------------------------------------------------------------------------
     def request(self, prepared: Prepared, **options: Any) -> EngineRequest:
         """The engine request for ``prepared``, its ``finish`` hook the log step."""
-        request = EngineRequest(prepared.model, prepared.features, finish=lambda out, done: self.log(prepared, out, done))
+        request = EngineRequest(prepared.model, prepared.features,
+                                finish=lambda out, done: self.log(prepared, out, done))
         if options:
             request.options = options
         return request
@@ -128,9 +129,10 @@ class PredictPipeline:
                 ended = True
                 if event.kind == "error":
                     raise event.data
+                answers: list[dict[str, Any]] = event.data
                 if self.metrics is not None:
-                    self.metrics.predictions.inc(len(event.data))
-                return event.data  # type: ignore[no-any-return]
+                    self.metrics.predictions.inc(len(answers))
+                return answers
         finally:
             if not ended:  # cancelled, or the caller's task was: free the engine's slot
                 self.engine.cancel(request.id)
