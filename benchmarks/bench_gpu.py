@@ -148,7 +148,9 @@ def peak_gb(device: torch.device) -> float:
 
 # ---------------------------------------------------------------- 1. checks
 
-def checks(args: argparse.Namespace, base: Path, tok: Any, rows: list[dict[str, str]], classes: list[str]) -> list[tuple[str, bool, str]]:
+def checks(
+    args: argparse.Namespace, base: Path, tok: Any, rows: list[dict[str, str]], classes: list[str]
+) -> list[tuple[str, bool, str]]:
     device = torch.device(args.device)
     data = Encoded(tok, rows[: args.check_rows], classes, 64)
     out: list[tuple[str, bool, str]] = []
@@ -310,7 +312,8 @@ data:
   target: topic
   features: [{name: text, type: text, max_length: 256, vocab_size: 8000}]
   split: {train: 0.7, valid: 0.15, test: 0.15, seed: 42}
-model: {type: transformer, params: {n_layer: 4, n_head: 6, d_model: 384, dropout: 0.1}}  # ~10 M parameters: auto puts it on a GPU
+# ~10 M parameters: auto puts it on a GPU
+model: {type: transformer, params: {n_layer: 4, n_head: 6, d_model: 384, dropout: 0.1}}
 train: {epochs: 6, batch_size: 32, optimizer: adamw, lr: 0.001, seed: 0, early_stopping: null}
 evaluate: {metric: macro_f1}
 """
@@ -376,7 +379,8 @@ def main() -> None:
     parser.add_argument("--check-rows", type=int, default=160)
     parser.add_argument("--bbc-epochs", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["checks", "throughput", "bbc"])
-    parser.add_argument("--parts", nargs="*", default=[], choices=["serve"], help="extra parts (need the whole project)")
+    parser.add_argument("--parts", nargs="*", default=[], choices=["serve"],
+                        help="extra parts (need the whole project)")
     parser.add_argument("--serve-rows", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to try the code path on a CPU")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -437,7 +441,8 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
     if "throughput" in results:
-        print("\n| model | fine-tuning | precision | ours ex/s | Trainer ex/s | ratio | ours peak GB | Trainer peak GB |")
+        print("\n| model | fine-tuning | precision | ours ex/s | Trainer ex/s | ratio "
+              "| ours peak GB | Trainer peak GB |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results["throughput"]:
             print(f"| {r['model']} | {r['finetune']} | {r['precision']} | {r['ours_examples_per_s']:.0f} | "

@@ -252,7 +252,8 @@ def part2(quick: bool = False) -> list[Row]:
             base.append(_wall([sys.executable, str(root / "standalone.py"), str(root / "breast_cancer.csv")], root))
             ours.append(_wall([flywheel, "run", "--no-progress"], folder))
     return [Row("2: whole process (s)", "breast cancer, 50 epochs",
-                "fresh folder: ingest, split, train, evaluate, report, register vs load CSV, standardise, train, accuracy",
+                "fresh folder: ingest, split, train, evaluate, report, register "
+                "vs load CSV, standardise, train, accuracy",
                 statistics.median(ours), statistics.median(base), "median of runs", target=2.0)]
 
 

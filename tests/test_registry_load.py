@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def test_unknown_references_keep_their_messages(project: Project) -> None:
         registry.load(project, "v7")
     with pytest.raises(NotFoundError, match="no model has the alias 'staging'"):
         registry.load(project, "staging")
+
+
+def test_an_alias_to_a_missing_version_is_not_found(tmp_path: Path) -> None:
+    """A store written without foreign keys enforced can hold an alias to no version."""
+    shutil.copytree(FIXTURE, tmp_path / "p")
+    with sqlite3.connect(tmp_path / "p" / "store" / "flywheel.db") as db:
+        db.execute("INSERT INTO aliases (name, version, updated_at) VALUES ('stale', 7, '2026-01-01 00:00:00')")
+    project = Project.open(tmp_path / "p" / "store")
+    try:
+        with pytest.raises(NotFoundError, match="names model version 7, not in the store"):
+            registry.load(project, "stale")
+    finally:
+        project.close()
 
 
 def test_the_api_loads_through_the_registry(tmp_path: Path) -> None:

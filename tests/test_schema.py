@@ -216,7 +216,7 @@ def test_category_strings_print_whole_floats_as_integers() -> None:
 def test_many_number_columns_at_once_match_the_one_column_rules() -> None:
     """Integer and float columns are summarised in numpy blocks; each column's schema equals the
     one the per-column rules give (statistics to float rounding)."""
-    from dataflywheel.data import schema as schema_module
+    from dataflywheel.data.schema import inference as schema_module
 
     n = 50
     x = RNG.normal(size=n)

@@ -154,7 +154,8 @@ def test_every_route_follows_the_access_matrix(
     monkeypatch.setenv("FLYWHEEL_API_TOKEN", "tok")
 
     def run(settings: ServeSettings | None) -> tuple[dict[Any, int], dict[Any, int], list[str], int]:
-        async def calls(client: httpx.AsyncClient, app: FastAPI) -> tuple[dict[Any, int], dict[Any, int], list[str], int]:
+        async def calls(client: httpx.AsyncClient,
+                        app: FastAPI) -> tuple[dict[Any, int], dict[Any, int], list[str], int]:
             pid = (await client.post("/v1/predict", json=rows[0], headers={"Authorization": "Bearer tok"})).json()
             bodies = {"/v1/predict": rows[0], "/v1/explain?steps=2": rows[0],
                       "/v1/feedback": {"prediction_id": pid["prediction_id"], "label": "1"}}
@@ -216,7 +217,8 @@ def test_openapi_lists_bodies_errors_and_the_bearer_scheme(project: Path, monkey
         for c in codes:
             assert op["responses"][c]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
         assert ("security" in op) == ("401" in codes), path
-    assert "401" not in paths["/v1/predict"]["post"]["responses"] and "401" not in paths["/v1/health"]["get"]["responses"]
+    assert "401" not in paths["/v1/predict"]["post"]["responses"]
+    assert "401" not in paths["/v1/health"]["get"]["responses"]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert "detail" in doc["components"]["schemas"]["Error"]["properties"]
 
@@ -268,7 +270,8 @@ def test_docs_page_and_its_assets_come_from_the_package(project: Path) -> None:
     assert assets["/openapi.json"].json()["paths"]
     assert redirect.status_code == 200 and redoc.status_code == 404
     root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dataflywheel"]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["dataflywheel"]
     package = root / "src" / "dataflywheel"
     for f in ASSETS.iterdir():
         assert any(fnmatch.fnmatch(f.relative_to(package).as_posix(), p) for p in patterns), f

@@ -150,6 +150,25 @@ def test_nothing_to_redact_costs_nothing(project: Path) -> None:
         proj.close()
 
 
+def test_a_served_model_holds_its_bundles_schema(project: Path) -> None:
+    from dataclasses import replace
+
+    from dataflywheel.loop import as_config, open_project
+    from dataflywheel.serve.model import build_served_model, load_served_model
+
+    proj = open_project(as_config(project / "flywheel.yaml"))
+    try:
+        served = load_served_model(proj, "champion")
+        assert served.schema is served.predictor.schema
+        assert served.describe()["schema"] == served.schema.to_dict()
+        predictor = served.predictor
+        predictor.bundle = replace(predictor.bundle, schema=None)  # a bundle built by hand, without one
+        with pytest.raises(ValueError, match="schema"):
+            build_served_model(predictor, served.version, {})
+    finally:
+        proj.close()
+
+
 def test_explain_answers_501_until_the_module_exists(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "dataflywheel.explain", None)  # import now raises ImportError
 

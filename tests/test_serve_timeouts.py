@@ -88,7 +88,8 @@ def request(sock: socket.socket, data: bytes) -> bytes:
     while b"\r\n\r\n" not in buf:
         buf += sock.recv(65536)
     head, _, rest = buf.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
     while len(rest) < length:
         rest += sock.recv(65536)
     return head.split(b"\r\n")[0] + b" " + rest
@@ -125,7 +126,8 @@ def test_streaming_responses_and_kept_alive_connections_are_not_cut(address: tup
     assert all(b"chunk%d;" % i in answer for i in range(6)), answer
     with socket.create_connection(address) as sock:
         big = b"x" * 300_000
-        assert request(sock, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc") == b"HTTP/1.1 200 OK abc"
+        echo = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        assert request(sock, echo) == b"HTTP/1.1 200 OK abc"
         time.sleep(3 * TIMEOUT)  # idle between requests: the keep-alive timeout (5 s) applies, not this one
         head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big)
         assert request(sock, head + big) == b"HTTP/1.1 200 OK " + big

@@ -12,7 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from dataflywheel.config import SourceConfig
-from dataflywheel.data import sources
+from dataflywheel.data import csv_source, sources
 from dataflywheel.data.examples import EXAMPLES, available_examples, load_example
 from dataflywheel.data.sources import (
     Source,
@@ -169,12 +169,12 @@ def test_ragged_row_names_the_line(tmp_path: Path) -> None:
 _SHORT_FIX = "fix the row: give it every field, leaving a missing value empty"
 
 
-@pytest.mark.parametrize("chunk", [5, sources._CHUNK])
+@pytest.mark.parametrize("chunk", [5, csv_source._CHUNK])
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_short_row_names_the_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, newline: str
 ) -> None:
-    monkeypatch.setattr(sources, "_CHUNK", chunk)  # 5 bytes: quotes and rows span chunks
+    monkeypatch.setattr(csv_source, "_CHUNK", chunk)  # 5 bytes: quotes and rows span chunks
     path = tmp_path / "d.csv"
     lines = ["a,b,c", '1,"two', 'lines, too",3', "4,5,", "", "7,8", "9,10,11"]
     path.write_bytes(newline.join(lines).encode())
@@ -194,11 +194,11 @@ def test_short_row_deep_in_a_large_file(tmp_path: Path) -> None:
     assert str(err.value) == f"{path} line 25002: expected 3 fields, found 2; {_SHORT_FIX}"
 
 
-@pytest.mark.parametrize("chunk", [3, sources._CHUNK])
+@pytest.mark.parametrize("chunk", [3, csv_source._CHUNK])
 def test_quoted_delimiters_newlines_and_empty_fields_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    monkeypatch.setattr(csv_source, "_CHUNK", chunk)
     path = tmp_path / "d.csv"
     path.write_text(
         'id,text,score\n1,"a, b",\n2,"say ""hi"", then\nleave",0.5\n3,plain,\n4,",",1.5\n'
@@ -225,7 +225,7 @@ def test_ragged_rows_match_the_csv_module(tmp_path: Path, monkeypatch: pytest.Mo
     pieces = ["a", "1", ",", '"', "\n", " ", "\r\n"]
     path = tmp_path / "d.csv"
     for case in range(150):
-        monkeypatch.setattr(sources, "_CHUNK", int(rng.choice([4, 64, 1 << 20])))
+        monkeypatch.setattr(csv_source, "_CHUNK", int(rng.choice([4, 64, 1 << 20])))
         width, newline = int(rng.integers(2, 5)), str(rng.choice(["\n", "\r\n"]))
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator=newline)
@@ -238,7 +238,7 @@ def test_ragged_rows_match_the_csv_module(tmp_path: Path, monkeypatch: pytest.Mo
         path.write_bytes(buf.getvalue().encode())
         reader = csv.reader(io.StringIO(buf.getvalue(), newline=""))
         ragged = [(reader.line_num, len(r)) for r in reader if r and len(r) != width]
-        assert sources._fields_agree(path, ",", width) == (not ragged), case  # no slow pass
+        assert csv_source._fields_agree(path, ",", width) == (not ragged), case  # no slow pass
         if not ragged:
             assert source_from_path(path).read().width == width, case
             continue

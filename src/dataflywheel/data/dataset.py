@@ -30,6 +30,7 @@ from dataflywheel.store.metadata import DatasetFeedbackRow, DatasetParentRow, Da
 
 if TYPE_CHECKING:
     from dataflywheel.data.schema import Schema
+    from dataflywheel.privacy import Redactor
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
@@ -299,7 +300,7 @@ def privacy_columns(raw: pl.DataFrame, cfg: FlywheelConfig) -> list[str]:
     return [c.name for c in schema.features if c.type == "text"]
 
 
-def privacy_redactor(privacy: PrivacyConfig) -> Any:
+def privacy_redactor(privacy: PrivacyConfig) -> Redactor:
     """The :class:`~dataflywheel.privacy.Redactor` of flywheel.yaml's ``privacy`` section; a bad
     setting is a :class:`ConfigError` naming ``privacy.<field>``."""
     from dataflywheel.privacy import Redactor

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from dataflywheel.data.sources import Source
+from dataflywheel.data.source import Source
 from dataflywheel.errors import DataError
 
 ExampleTask = Literal["binary", "multiclass", "regression"]

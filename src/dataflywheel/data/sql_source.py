@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from dataflywheel.config import SourceConfig
-from dataflywheel.data.sources import Source
+from dataflywheel.data.source import Source
 from dataflywheel.errors import DataError
 
 

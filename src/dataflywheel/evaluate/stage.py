@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from dataflywheel.config import FlywheelConfig
+
+if TYPE_CHECKING:
+    from dataflywheel.registry.predictor import Predictor
 
 
 @dataclass
@@ -18,7 +21,7 @@ class Evaluation:
     scores: np.ndarray
 
 
-def true_values(predictor: Any, df: pl.DataFrame, target: str) -> np.ndarray:
+def true_values(predictor: Predictor, df: pl.DataFrame, target: str) -> np.ndarray:
     """Targets as the metrics expect them (:meth:`Task.true_values`): class indices, or raw
     values for regression."""
     from dataflywheel.tasks import get_task
@@ -26,7 +29,7 @@ def true_values(predictor: Any, df: pl.DataFrame, target: str) -> np.ndarray:
     return get_task(predictor.task).true_values(predictor.target, df.get_column(target))
 
 
-def evaluate_split(predictor: Any, df: pl.DataFrame, target: str) -> Evaluation:
+def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str) -> Evaluation:
     from dataflywheel.evaluate.metrics import evaluate_predictions
 
     scores, _unknown = predictor.scores(df)
@@ -37,7 +40,7 @@ def evaluate_split(predictor: Any, df: pl.DataFrame, target: str) -> Evaluation:
     return Evaluation(metrics, y, scores)
 
 
-def choose_threshold(predictor: Any, valid: pl.DataFrame, target: str) -> float:
+def choose_threshold(predictor: Predictor, valid: pl.DataFrame, target: str) -> float:
     """Decision threshold for a task that uses one (binary), chosen on the validation split
     (0.5 otherwise)."""
     from dataflywheel.tasks import get_task
@@ -68,7 +71,7 @@ class Verdict:
 
 
 def compare_to_champion(
-    cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Any | None,
+    cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Predictor | None,
     champion_version: int | None, test: pl.DataFrame, *, eval_rows: dict[str, int] | None = None,
 ) -> Verdict:
     """Score the champion on the rows the challenger was scored on (``test``) and apply the

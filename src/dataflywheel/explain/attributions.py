@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,12 +49,9 @@ from dataflywheel.models.capabilities import EmbedsInputs
 from dataflywheel.models.predict import as_batch
 from dataflywheel.tasks import get_task
 
-
-@runtime_checkable
-class RedactsRecords(Protocol):
-    """A predictor that redacts PII from records before they reach the model."""
-
-    def redact_records(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]: ...
+if TYPE_CHECKING:
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.registry.predictor import Predictor
 
 
 @runtime_checkable
@@ -82,7 +79,7 @@ class _Path:
     layer: nn.Module | None = None
 
 
-def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps: int = 32) -> list[Explanation]:
+def explain_records(predictor: Predictor, records: Sequence[Mapping[str, Any]], steps: int = 32) -> list[Explanation]:
     """One explanation per record, for the class the predictor predicts (see the module doc).
 
     ``predictor`` is a loaded :class:`~dataflywheel.registry.predictor.Predictor`; records are
@@ -92,11 +89,9 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"must be a positive integer (got {steps!r})", where="--steps")
-    records = list(records)
     if not records:
         raise DataError("no records to explain", fix="pass at least one record")
-    if isinstance(predictor, RedactsRecords):
-        records = predictor.redact_records(records)[0]
+    records = predictor.redact_records(records)[0]
     model = private_copy(predictor.model).eval()
     encoded = predictor.preprocessor.transform_records(records)
     groups = _feature_groups(predictor.preprocessor)
@@ -109,9 +104,10 @@ def explain_records(predictor: Any, records: Sequence[Mapping[str, Any]], steps:
                   for i, (column, enc) in enumerate(predictor.preprocessor.text_encoders.items())}
     out: list[Explanation] = []
     for i in range(len(records)):  # one text at a time: no padding enters the path
-        one = {k: v.take(np.array([i])) if isinstance(v, Ragged) else v[i : i + 1] for k, v in encoded.inputs.items()}
-        out += _explain(predictor, model, as_batch(model, one, pad_id=predictor.preprocessor.pad_ids_), records[i : i + 1], groups,
-                        steps, tokenizers)
+        one = {k: v.take(np.array([i])) if isinstance(v, Ragged) else v[i : i + 1]
+               for k, v in encoded.inputs.items()}
+        out += _explain(predictor, model, as_batch(model, one, pad_id=predictor.preprocessor.pad_ids_),
+                        records[i : i + 1], groups, steps, tokenizers)
     return out
 
 
@@ -139,7 +135,7 @@ def _paths(model: nn.Module, batch: Batch, tokenizers: Mapping[str, _Tokens]) ->
     return paths
 
 
-def _explain(predictor: Any, model: nn.Module, batch: Batch, records: Sequence[Mapping[str, Any]],
+def _explain(predictor: Predictor, model: nn.Module, batch: Batch, records: Sequence[Mapping[str, Any]],
              groups: list[tuple[str, str, slice]], steps: int, tokenizers: Mapping[str, _Tokens]) -> list[Explanation]:
     from captum.attr import IntegratedGradients
 
@@ -256,7 +252,7 @@ def _embedding_layer(model: nn.Module, name: str) -> nn.Module:
 def _mean_embedding(layer: nn.Module) -> torch.Tensor:
     """(1, n_cat * dim): each table's mean row, the categorical counterpart of a zero z-score."""
     with torch.no_grad():
-        return torch.cat([t.weight.mean(dim=0) for t in layer.tables])[None, :]
+        return torch.cat([w.mean(dim=0) for w in layer.get_submodule("tables").parameters()])[None, :]
 
 
 def _sum_per_column(attr: torch.Tensor, n_cat: int) -> torch.Tensor:
@@ -264,7 +260,7 @@ def _sum_per_column(attr: torch.Tensor, n_cat: int) -> torch.Tensor:
     return attr.reshape(attr.shape[0], n_cat, -1).sum(dim=2)
 
 
-def _feature_groups(pre: Any) -> list[tuple[str, str, slice]]:
+def _feature_groups(pre: Preprocessor) -> list[tuple[str, str, slice]]:
     """(column, "numeric" | "categorical", its slice of that block) per tabular feature, in the
     order the preprocessor lays them out (one-hot and datetime columns span several slots)."""
     groups: list[tuple[str, str, slice]] = []

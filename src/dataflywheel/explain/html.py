@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataflywheel.explain.attributions import Explanation, explain_records
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from dataflywheel.registry.predictor import Predictor
 
 TOP_FEATURES = 10
 """Features shown per tabular explanation (largest absolute attribution first)."""
@@ -39,7 +44,7 @@ def _heading(e: Explanation) -> str:
 
 def _tokens_html(items: list[dict[str, Any]]) -> str:
     largest = max((abs(i["attribution"] or 0.0) for i in items), default=0.0)
-    spans = []
+    spans: list[str] = []
     for i in items:
         a = i["attribution"] or 0.0
         text = i["token"]
@@ -78,7 +83,7 @@ def explanation_html(explanations: Sequence[Explanation]) -> str:
     return "\n".join(parts)
 
 
-def report_section(predictor: Any, df: Any, n: int = 3, steps: int = 32) -> tuple[str, str]:
+def report_section(predictor: Predictor, df: pl.DataFrame, n: int = 3, steps: int = 32) -> tuple[str, str]:
     """``(heading, html)`` explaining the first ``n`` rows of ``df`` (a polars frame, e.g. the
     test split; extra columns such as the target are ignored), for ``render_report(sections=)``."""
     records = df.head(n).to_dicts()

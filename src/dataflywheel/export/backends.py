@@ -28,6 +28,8 @@ from dataflywheel.tasks import get_task
 if TYPE_CHECKING:
     from onnx import ModelProto
 
+    from dataflywheel.registry.predictor import Predictor
+
     OnnxSource = str | Path | ModelProto | None
 
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
@@ -39,7 +41,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def backend_model(predictor: Any, backend: Backend, *, threads: int | None = None,
+def backend_model(predictor: Predictor, backend: Backend, *, threads: int | None = None,
                   onnx_file: OnnxSource = None) -> nn.Module:
     """The network to run for ``backend``: the bundle's own model (``torch``), an int8 copy of
     its inference network (``int8``), or an onnxruntime session over its fp32 export (``onnx``)
@@ -75,8 +77,8 @@ def backend_model(predictor: Any, backend: Backend, *, threads: int | None = Non
     raise ConfigError(f"must be one of {list(BACKENDS)} (got {backend!r})", where="serve.backend")
 
 
-def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None,
-                 onnx_file: OnnxSource = None) -> Any:
+def with_backend(predictor: Predictor, backend: Backend, *, threads: int | None = None,
+                 onnx_file: OnnxSource = None) -> Predictor:
     """A shallow copy of ``predictor`` whose ``predict``/``scores`` run on ``backend``."""
     if backend == "torch":
         return predictor
@@ -85,7 +87,7 @@ def with_backend(predictor: Any, backend: Backend, *, threads: int | None = None
     return other
 
 
-def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backend, ...] = BACKENDS,
+def compare_backends(predictor: Predictor, df: pl.DataFrame, *, backends: tuple[Backend, ...] = BACKENDS,
                      target: str | None = None, batch_size: int = 64, repeats: int = 3,
                      threads: int | None = None, onnx_file: OnnxSource = None) -> dict[str, Any]:
     """Each backend on the rows of ``df``: its metrics (when ``df`` holds the ``target`` column,
@@ -97,7 +99,8 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
     from dataflywheel.export.onnx import cached_export, onnx_program
     from dataflywheel.runtime import set_threads
 
-    target = target or predictor.schema.target
+    if not target and predictor.schema is not None:
+        target = predictor.schema.target
     n_threads = set_threads(threads, n_params(predictor.model))
     if onnx_file is None and any(b in ONNX_BACKENDS and cached_export(predictor, b == "onnx-int8") is None
                                  for b in backends):
@@ -121,7 +124,7 @@ def compare_backends(predictor: Any, df: pl.DataFrame, *, backends: tuple[Backen
             "batch_size": batch_size, "backends": results}
 
 
-def _metrics(predictor: Any, df: pl.DataFrame, target: str | None, scores: np.ndarray) -> dict[str, float | None]:
+def _metrics(predictor: Predictor, df: pl.DataFrame, target: str | None, scores: np.ndarray) -> dict[str, float | None]:
     if target is None or target not in df.columns or df.height == 0:
         return {}
     from dataflywheel.evaluate.metrics import evaluate_predictions
@@ -132,7 +135,7 @@ def _metrics(predictor: Any, df: pl.DataFrame, target: str | None, scores: np.nd
     return {k: _float(metrics[k]) for k in REPORTED if k in metrics}
 
 
-def _throughput(predictor: Any, df: pl.DataFrame, batch_size: int, repeats: int) -> float | None:
+def _throughput(predictor: Predictor, df: pl.DataFrame, batch_size: int, repeats: int) -> float | None:
     from dataflywheel.models.predict import predict_logits
 
     if df.height == 0:

@@ -17,7 +17,7 @@ and training keep the Hugging Face forward, the reference the others are compare
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,10 @@ from torch import nn
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import TEXT, Batch
 
+if TYPE_CHECKING:
+    from transformers import BertForSequenceClassification
+    from transformers.models.bert.modeling_bert import BertLayer, BertSelfAttention
+
 
 class FirstTokenBert(nn.Module):
     """A batch's ``tokens`` and ``attention_mask`` -> logits over a BERT classifier's own
@@ -33,7 +37,7 @@ class FirstTokenBert(nn.Module):
 
     inputs = TEXT
 
-    def __init__(self, hf: nn.Module) -> None:
+    def __init__(self, hf: BertForSequenceClassification) -> None:
         super().__init__()
         self.hf = hf
 
@@ -42,19 +46,24 @@ class FirstTokenBert(nn.Module):
         if tokens is None:
             raise ModelError("a pretrained model needs token ids", fix="pass the text column")
         bert = self.hf.bert
-        hidden = bert.embeddings(input_ids=tokens)  # (B, T, D)
+        pooler = bert.pooler
+        assert pooler is not None  # supports_first_token checked it
+        hidden: torch.Tensor = bert.embeddings(input_ids=tokens)  # (B, T, D)
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask
         # additive mask (B, 1, 1, T): 0 where a token is kept, the dtype's minimum where padded
         bias = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        layers = bert.encoder.layer
+        # nn.ModuleList is not generic: its items type as Module.
+        layers = cast("list[BertLayer]", list(bert.encoder.layer))
         for layer in layers[:-1]:
             hidden = layer(hidden, attention_mask=bias)
         first = self._last_layer(layers[-1], hidden, bias)  # (B, 1, D)
-        return self.hf.classifier(self.hf.dropout(bert.pooler(first)))
+        logits: torch.Tensor = self.hf.classifier(self.hf.dropout(pooler(first)))  # (B, n_outputs)
+        return logits
 
     @staticmethod
-    def _last_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        attn = layer.attention.self
+    def _last_layer(layer: BertLayer, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # BertAttention.self is BertSelfAttention in an encoder (supports_first_token).
+        attn = cast("BertSelfAttention", layer.attention.self)
         batch, length, _ = hidden.shape
         heads, size = attn.num_attention_heads, attn.attention_head_size
         first = hidden[:, :1]
@@ -63,11 +72,12 @@ class FirstTokenBert(nn.Module):
         value = attn.value(hidden).view(batch, length, heads, size).transpose(1, 2)
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=attn.scaling)
         context = context.transpose(1, 2).reshape(batch, 1, heads * size)
-        attended = layer.attention.output(context, first)  # dense, dropout, LayerNorm(x + first)
-        return layer.output(layer.intermediate(attended), attended)
+        attended: torch.Tensor = layer.attention.output(context, first)  # dense, dropout, LayerNorm(x + first)
+        out: torch.Tensor = layer.output(layer.intermediate(attended), attended)  # (B, 1, D)
+        return out
 
 
-def supports_first_token(hf: nn.Module) -> bool:
+def supports_first_token(hf: nn.Module) -> TypeGuard[BertForSequenceClassification]:
     """Whether ``hf`` is a BERT sequence classifier this rewrite reproduces exactly: a pooler
     over the first token, encoder-only self-attention, absolute positions."""
     from transformers import BertForSequenceClassification
@@ -87,7 +97,6 @@ def inference_network(model: nn.Module) -> nn.Module:
     ``Predictor.load``); unmerged, it is a peft model and runs unchanged."""
     from dataflywheel.models.pretrained import PretrainedClassifier
 
-    hf: Any = getattr(model, "hf", None)
-    if not isinstance(model, PretrainedClassifier) or not supports_first_token(hf):
+    if not isinstance(model, PretrainedClassifier) or not supports_first_token(model.hf):
         return model
-    return FirstTokenBert(hf).eval()
+    return FirstTokenBert(model.hf).eval()

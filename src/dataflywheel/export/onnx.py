@@ -31,7 +31,7 @@ import logging
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,18 +40,21 @@ from torch import nn
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import Batch, model_reads
 
+if TYPE_CHECKING:
+    import onnx_ir
+    from onnx import ModelProto
+    from torch.export import Dim
+
+    from dataflywheel.registry.predictor import Predictor
+
 OPSET = 18
 EXPORT_REVISION = 6
 """Bumped whenever the exported graph changes, so cached exports made before are rebuilt."""
 KEY = "dataflywheel.export_key"
 
 
-def is_text_model(predictor: Any) -> bool:
-    """Whether the bundle's network reads token ids (its preprocessor has a text encoder)."""
-    return getattr(predictor.preprocessor, "text_encoder_", None) is not None
-
-
-def _example(predictor: Any, reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Any], ...]]:
+def _example(predictor: Predictor,
+             reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor, ...], tuple[dict[int, Dim], ...]]:
     """Example inputs (batch 2), one per batch name the network reads, and their dynamic shapes
     (the axes each name's :class:`~dataflywheel.features.batch.InputKey` declares dynamic),
     sized from the bundle's model spec."""
@@ -61,12 +64,12 @@ def _example(predictor: Any, reads: tuple[str, ...]) -> tuple[tuple[torch.Tensor
     widths = {"numeric": int(args["n_numeric"]), "categorical": len(args["cardinalities"])}
     first = int(getattr(predictor.model, "max_length", 0) or args.get("max_length") or 512)
     batch = torch.export.Dim("batch")
-    seq: dict[str, tuple[Any, int]] = {}  # a text column's names -> its length Dim and max_length
+    seq: dict[str, tuple[Dim, int]] = {}  # a text column's names -> its length Dim and max_length
     for i, max_length in enumerate([first, *(int(t) for _v, t in args.get("more_text", ()))]):
         dim = torch.export.Dim("seq" if i == 0 else f"seq_{i}", min=1, max=max_length)
         seq |= {name: (dim, max_length) for name in text_names(i)}
     example: list[torch.Tensor] = []
-    shapes: list[dict[int, Any]] = []
+    shapes: list[dict[int, Dim]] = []
     for name in reads:
         key = input_key(name)
         dtype = {"float": torch.float32, "long": torch.long, "bool": torch.bool}[key.kind]
@@ -86,10 +89,11 @@ class Positional(nn.Module):
         self.model, self.names = model, names
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(dict(zip(self.names, tensors, strict=True)))
+        logits: torch.Tensor = self.model(dict(zip(self.names, tensors, strict=True)))
+        return logits
 
 
-def onnx_program(predictor: Any) -> Any:
+def onnx_program(predictor: Predictor) -> ModelProto:
     """The bundle's inference network as an ``onnx.ModelProto`` (fp32, eval mode, fused for
     onnxruntime), with the bundle's task, version and class names in its metadata. Raise
     :class:`ModelError` when it cannot export."""
@@ -116,6 +120,7 @@ def onnx_program(predictor: Any) -> Any:
     finally:
         model.train(was_training)
         quiet.setLevel(level)
+    assert program is not None  # torch.onnx.export returns a program under dynamo=True
     proto = _fused(program.model)
     meta = {"dataflywheel.task": predictor.task, "dataflywheel.version": str(predictor.version),
             "dataflywheel.class_names": json.dumps(predictor.class_names)}
@@ -125,7 +130,7 @@ def onnx_program(predictor: Any) -> Any:
     return proto
 
 
-def _fused(model: Any) -> Any:
+def _fused(model: onnx_ir.Model) -> ModelProto:
     """``model`` (an ``onnx_ir.Model``) with onnxruntime's fusions applied, skip-LayerNorm
     split back into Add + LayerNormalization and attention unmasked for unpadded batches, as a
     ModelProto."""
@@ -141,7 +146,7 @@ def _fused(model: Any) -> Any:
     return proto
 
 
-def quantize_onnx(proto: Any) -> Any:
+def quantize_onnx(proto: ModelProto) -> ModelProto:
     """An int8 copy of the fp32 ``proto`` (onnxruntime ``quantize_dynamic``: int8 weights per
     tensor, activations quantised per batch), metadata kept."""
     import tempfile
@@ -168,7 +173,7 @@ KEY_LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxscript", "onnxrun
 """Libraries whose version changes what the exporter traces or writes."""
 
 
-def export_key(predictor: Any, int8: bool) -> str | None:
+def export_key(predictor: Predictor, int8: bool) -> str | None:
     """What an export of this bundle depends on, hashed: the manifest's digests of
     ``model.safetensors`` and ``model.json`` (checked when the bundle loaded), int8 or not,
     :data:`EXPORT_REVISION`, this code's version (package version and git commit) and the
@@ -181,7 +186,7 @@ def export_key(predictor: Any, int8: bool) -> str | None:
     if not manifest.is_file():
         return None
     digests = json.loads(manifest.read_text(encoding="utf-8"))
-    libraries = {}
+    libraries: dict[str, str | None] = {}
     for lib in KEY_LIBRARIES:
         try:
             libraries[lib] = version(lib)
@@ -192,12 +197,12 @@ def export_key(predictor: Any, int8: bool) -> str | None:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cache_path(predictor: Any, int8: bool) -> Path:
+def cache_path(predictor: Predictor, int8: bool) -> Path:
     """Where the bundle's export lives: ``<bundle>/exports/model.onnx`` or ``model.int8.onnx``."""
     return Path(predictor.folder) / "exports" / ("model.int8.onnx" if int8 else "model.onnx")
 
 
-def cached_export(predictor: Any, int8: bool) -> bytes | None:
+def cached_export(predictor: Predictor, int8: bool) -> bytes | None:
     """The bundle's cached export, as the bytes whose key was checked (so a file replaced
     meanwhile is never what runs), when that key matches this bundle, code and libraries."""
     key = export_key(predictor, int8)
@@ -214,7 +219,8 @@ def cached_export(predictor: Any, int8: bool) -> bytes | None:
     return data if props.get(KEY) == key else None
 
 
-def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False, program: Any = None) -> Path:
+def export_onnx(predictor: Predictor, path: str | Path, *, int8: bool = False,
+                program: ModelProto | None = None) -> Path:
     """Write the network to ``path`` (a ``.onnx`` file, or a folder that gets ``model.onnx``,
     ``model.int8.onnx`` with ``int8``) and return the file written, through a temporary file
     and a rename: the bundle's cached export when it is fresh (:func:`cached_export`), else one
@@ -233,7 +239,7 @@ def export_onnx(predictor: Any, path: str | Path, *, int8: bool = False, program
     return path
 
 
-def keep_export(predictor: Any, proto: Any, int8: bool) -> None:
+def keep_export(predictor: Predictor, proto: ModelProto, int8: bool) -> None:
     """Cache ``proto`` (from :func:`export_proto`) in the bundle's ``exports/``. A bundle folder
     that cannot be written (read-only storage) is warned about: the next load exports again."""
     if export_key(predictor, int8) is None:
@@ -271,7 +277,7 @@ def _write(data: bytes, path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def export_proto(predictor: Any, int8: bool, program: Any = None) -> Any:
+def export_proto(predictor: Predictor, int8: bool, program: ModelProto | None = None) -> ModelProto:
     """The export as a ModelProto (``program``: the fp32 :func:`onnx_program`, if made already),
     quantised with ``int8`` (GELU then in its tanh form, :func:`~dataflywheel.export.rewrites.approximate_gelu`),
     stamped with its :func:`export_key`."""
@@ -296,7 +302,8 @@ def export_proto(predictor: Any, int8: bool, program: Any = None) -> Any:
     return proto
 
 
-_ORT_TYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
+_ORT_TYPES: dict[str, type[np.generic]] = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
+                                           "tensor(bool)": np.bool_}
 
 
 class OnnxModel(nn.Module):

@@ -24,5 +24,6 @@ def quantized_copy(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(fp32, {nn.Linear}, dtype=torch.qint8)
+        # torch.ao.quantization's functions carry no annotations.
+        quantized: nn.Module = quantize_dynamic(fp32, {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
     return quantized.eval()

@@ -16,15 +16,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto, NodeProto
 
 MHA_MASK_INPUTS = (4, 5)
 """``MultiHeadAttention`` inputs that carry the mask: key_padding_mask and attention_bias."""
 
 
-def split_skip_layer_norms(graph: Any) -> None:
+def split_skip_layer_norms(graph: GraphProto) -> None:
     """Replace each ``SkipLayerNormalization(x, skip, gamma, beta?, bias?)`` in ``graph`` by
     ``LayerNormalization((x [+ bias]) + skip, gamma, beta)``, in place. Its optional outputs: the
     sum (output 3, read by pre-norm blocks) keeps its name; a node whose mean or inverse
@@ -33,7 +36,7 @@ def split_skip_layer_norms(graph: Any) -> None:
     from onnx import helper
 
     read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    nodes = []
+    nodes: list[NodeProto] = []
     for node in graph.node:
         outputs = [name if name in read else "" for name in node.output] + [""] * 4
         if node.op_type != "SkipLayerNormalization" or outputs[1] or outputs[2]:
@@ -54,7 +57,7 @@ def split_skip_layer_norms(graph: Any) -> None:
     graph.node.extend(nodes)
 
 
-def approximate_gelu(graph: Any) -> int:
+def approximate_gelu(graph: GraphProto) -> int:
     """Turn every ``BiasGelu(x, bias)`` in ``graph`` into ``FastGelu(x, bias)`` (same inputs,
     GELU's tanh form), in place; return how many."""
     count = 0
@@ -65,7 +68,7 @@ def approximate_gelu(graph: Any) -> int:
     return count
 
 
-def mask_inputs(graph: Any) -> list[str]:
+def mask_inputs(graph: GraphProto) -> list[str]:
     """The names of the tensors ``graph``'s ``MultiHeadAttention`` nodes read as padding mask
     or attention bias (empty when there are none). A node with inputs past the bias (a key/value
     cache) makes the whole answer empty: it is not a plain encoder layer."""
@@ -80,7 +83,7 @@ def mask_inputs(graph: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def mask_inputs_are_inert(values: dict[str, np.ndarray], graph: Any) -> bool:
+def mask_inputs_are_inert(values: dict[str, np.ndarray], graph: GraphProto) -> bool:
     """Whether the mask tensors ``values`` (computed for a batch with nothing padded) mask
     nothing: every key_padding_mask entry is 1 and every attention bias is 0. A causal or
     relative-position bias, or anything else folded into them, fails this check."""
@@ -96,7 +99,7 @@ def mask_inputs_are_inert(values: dict[str, np.ndarray], graph: Any) -> bool:
     return True
 
 
-def masks_are_inert(proto: Any, masks: list[str]) -> bool:
+def masks_are_inert(proto: ModelProto, masks: list[str]) -> bool:
     """Run ``proto`` once with onnxruntime on 2 unpadded texts of 3 tokens (zeros elsewhere) and
     check its mask tensors ``masks`` with :func:`mask_inputs_are_inert`. False when the probe
     cannot run."""
@@ -106,8 +109,9 @@ def masks_are_inert(proto: Any, masks: list[str]) -> bool:
     probed = onnx.ModelProto()
     probed.CopyFrom(proto)
     probed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in masks)
-    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.INT32: np.int32}
-    feeds = {}
+    dtypes: dict[int, type[np.generic]] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.BOOL: np.bool_,
+                                           onnx.TensorProto.INT32: np.int32}
+    feeds: dict[str, np.ndarray] = {}
     for given in proto.graph.input:
         tensor = given.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else (2, 3)[min(axis, 1)]
@@ -122,7 +126,7 @@ def masks_are_inert(proto: Any, masks: list[str]) -> bool:
     return mask_inputs_are_inert(values, proto.graph)
 
 
-def unmask_unpadded_attention(proto: Any) -> int:
+def unmask_unpadded_attention(proto: ModelProto) -> int:
     """Give each masked ``MultiHeadAttention`` of ``proto`` (a text graph with an
     ``attention_mask`` input) a mask-free twin for batches with nothing padded, in place: the
     node becomes ``If(all of attention_mask, then: the node without its mask inputs, else: the

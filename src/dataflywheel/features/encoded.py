@@ -57,7 +57,7 @@ def missing_column(col: str) -> SchemaError:
     )
 
 
-def encode_column(enc: Any, series: pl.Series, vocabulary: bool) -> tuple[np.ndarray, int, int]:
+def encode_column(enc: Encoder, series: pl.Series, vocabulary: bool) -> tuple[np.ndarray, int, int]:
     """``(encoded, unknown cells, unreadable cells)`` of one column, reading it once where the
     encoder can: a vocabulary encoder's ``encode``, a datetime encoder's ``encode_coerced``;
     a plugin that overrides ``transform`` alone is used as it is."""
@@ -144,7 +144,8 @@ def make_plan(encoders: Mapping[str, Encoder]) -> Plan:
             plan.others.append((col, enc, plan.n_numeric))
         plan.n_numeric += enc.width_
     if affine:
-        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64) for v in zip(*affine, strict=True))
+        plan.fill, plan.offset, plan.scale, plan.limit = (np.array(v, dtype=np.float64)
+                                                          for v in zip(*affine, strict=True))
     return plan
 
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
+from dataflywheel.errors import DataError, ModelError, NotFittedError
 from dataflywheel.features.batch_names import text_names
+from dataflywheel.features.categories import VocabularyEncoder
 from dataflywheel.features.encoded import (
     EncodedBatch,
     Plan,
@@ -37,11 +38,8 @@ from dataflywheel.features.encoded import (
     require_columns,
     unreadable_numbers,
 )
-from dataflywheel.features.encoders import (
-    ENCODERS,
-    CategoryEncoder,
-    Encoder,
-)
+from dataflywheel.features.encoders import CategoryEncoder, Encoder
+from dataflywheel.features.specs import build_encoder, feature_specs
 from dataflywheel.features.text import TextEncoder
 
 if TYPE_CHECKING:
@@ -53,49 +51,6 @@ CHUNK_ROWS = 65_536
 """Rows per numpy pass over the number columns (bounds the float64 scratch memory)."""
 RECORDS_MAX = 256
 """Longer record lists go through a polars frame, which is faster at that size."""
-
-# (feature type, encoder option) -> (registered encoder, its parameters)
-_OPTIONS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
-    ("number", "auto"): ("number", {"method": "zscore"}),
-    ("number", "zscore"): ("number", {"method": "zscore"}),
-    ("number", "minmax"): ("number", {"method": "minmax"}),
-    ("number", "none"): ("number", {"method": "none"}),
-    ("category", "auto"): ("category", {"onehot": False}),
-    ("category", "index"): ("category", {"onehot": False}),
-    ("category", "onehot"): ("category", {"onehot": True}),
-    ("binary", "auto"): ("binary", {}),
-    ("datetime", "auto"): ("datetime", {}),
-}
-
-
-def build_encoder(column: str, feature_type: str, encoder: str) -> Encoder:
-    """A fresh encoder for one feature: a registered encoder name, or an option of its type."""
-    if (feature_type, encoder) in _OPTIONS:
-        name, params = _OPTIONS[(feature_type, encoder)]
-        return ENCODERS[name](**params)
-    if encoder in ENCODERS:
-        return ENCODERS[encoder]()
-    if feature_type == "text":
-        raise ConfigError(
-            "text columns cannot be encoded as tabular features yet",
-            where=f"data.features ({column})",
-            fix="add it to data.exclude or give it another type",
-        )
-    options = sorted(opt for ftype, opt in _OPTIONS if ftype == feature_type)
-    raise ConfigError(
-        f"encoder {encoder!r} does not apply to a {feature_type} column",
-        where=f"data.features ({column}).encoder",
-        fix=f"use one of {options} or a registered encoder {sorted(ENCODERS)}",
-    )
-
-
-def _text_params(override: FeatureConfig | None) -> dict[str, Any]:
-    """:class:`TextEncoder` parameters from a feature's config (defaults when none); a relative
-    ``tokenizer`` path stays relative (the preprocessor resolves it at fit, and saves it as given)."""
-    if override is None:
-        return {}
-    return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": override.tokenizer}
-
 
 class Preprocessor:
     """Encode ``features``: a list of (column, feature type, encoder name or "auto"), plus
@@ -136,40 +91,7 @@ class Preprocessor:
         ``max_texts`` may remain (None: any number, each read through its own inputs). A
         relative ``tokenizer`` path resolves against ``base_dir``.
         """
-        excluded = set(exclude)
-        names = {c.name for c in schema.features}
-        by_name: dict[str, FeatureConfig] = {}
-        for ov in overrides:
-            if ov.name not in names:
-                raise ConfigError(
-                    f"'{ov.name}' is not a feature column",
-                    where="data.features",
-                    fix="use a column of the data other than the target, or remove the entry",
-                )
-            by_name[ov.name] = ov
-        features: list[tuple[str, str, str]] = []
-        skipped: list[str] = []
-        texts: list[tuple[str, dict[str, Any]]] = []
-        for col in schema.features:
-            if col.name in excluded:
-                continue
-            override = by_name.get(col.name)
-            ftype = (override.type if override is not None else None) or col.type
-            encoder = override.encoder if override is not None else "auto"
-            if ftype == "text":
-                if text:
-                    texts.append((col.name, _text_params(override)))
-                else:
-                    skipped.append(col.name)
-                continue
-            build_encoder(col.name, ftype, encoder)  # reject a bad combination now, not at fit
-            features.append((col.name, ftype, encoder))
-        if max_texts is not None and len(texts) > max_texts:
-            raise ConfigError(
-                f"a model of this type reads one text column; found {[c for c, _ in texts]}",
-                where="data.features",
-                fix="add all but one of them to data.exclude, or use model.type: transformer, which reads several",
-            )
+        features, skipped, texts = feature_specs(schema, overrides, exclude, text=text, max_texts=max_texts)
         return cls(features, skipped, texts, base_dir=base_dir)
 
     def fit(self, df: pl.DataFrame) -> Preprocessor:
@@ -294,7 +216,8 @@ class Preprocessor:
         for col, enc in self.text_encoders_.items():
             if alone and columns[col].null_count():
                 first = int(columns[col].is_null().arg_max() or 0)
-                raise DataError(f"missing text ({columns[col].null_count()} row(s))", where=f"row {first + 1}, column '{col}'",
+                raise DataError(f"missing text ({columns[col].null_count()} row(s))",
+                                where=f"row {first + 1}, column '{col}'",
                                 fix="give every record a text: it is the model's only input")
             batch.texts[col], n_truncated = enc.encode(columns[col])
             if n_truncated:
@@ -335,9 +258,10 @@ class Preprocessor:
                              coerced=nonzero_counts(plan.numbers, coerced))
         for col, enc, pos in plan.others:
             values = columns[col]
-            if col in plan.vocabularies and all(v is None or type(v) is str for v in values):
-                idx, n_unknown = enc.index_values(values)  # type: ignore[attr-defined]
-                out, n_coerced = enc.output(idx), 0  # type: ignore[attr-defined]
+            if (col in plan.vocabularies and isinstance(enc, VocabularyEncoder)
+                    and all(v is None or type(v) is str for v in values)):
+                idx, n_unknown = enc.index_values(values)
+                out, n_coerced = enc.output(idx), 0
             else:
                 series = pl.Series(col, values, strict=False)
                 out, n_unknown, n_coerced = encode_column(enc, series, col in plan.vocabularies)

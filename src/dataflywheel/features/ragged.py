@@ -32,7 +32,7 @@ class Ragged:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
     @classmethod
-    def from_lists(cls, seqs: Sequence[Sequence[int]]) -> Ragged:
+    def from_lists(cls, seqs: Sequence[Sequence[int] | np.ndarray]) -> Ragged:
         offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
         np.cumsum([len(s) for s in seqs], out=offsets[1:])
         flat = [t for s in seqs for t in s]

@@ -13,13 +13,17 @@ encodes as an empty text, i.e. the special tokens alone (``[CLS] [SEP]`` for Wor
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from dataflywheel.errors import ConfigError, DataError, ModelError, NotFittedError
 from dataflywheel.features.ragged import Ragged
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_ALPHABET = 500
@@ -38,7 +42,7 @@ def _check_text(values: list[str | None], column: str) -> None:
         )
 
 
-def _load_tokenizer(path: str) -> Any:
+def _load_tokenizer(path: str) -> Tokenizer:
     """A fast tokenizer from a tokenizer.json file or a local folder holding one (or holding
     files ``transformers.AutoTokenizer`` can turn into a fast tokenizer)."""
     from tokenizers import Tokenizer
@@ -55,7 +59,9 @@ def _load_tokenizer(path: str) -> Any:
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(p), use_fast=True, local_files_only=True).backend_tokenizer
+        fast = AutoTokenizer.from_pretrained(str(p), use_fast=True, local_files_only=True)
+        backend: Tokenizer = fast.backend_tokenizer
+        return backend
     except (OSError, ValueError) as exc:
         raise ConfigError(f"no fast tokenizer in the folder ({exc})", where=where,
                           fix="add tokenizer.json (or vocab.txt and tokenizer_config.json)") from None
@@ -65,15 +71,21 @@ PREFIX_CHARS_PER_TOKEN = 6
 """Characters per allowed token in the prefix a long text is first tokenised by."""
 
 
-def _prefix_holds(encoding: Any, prefix: str) -> bool:
+def _prefix_holds(encoding: Encoding, prefix: str) -> bool:
     """Whether ``encoding`` (of ``prefix``, truncated) equals the encoding of the whole text: the
     prefix overflowed, and the last kept token ends before the last whitespace, so the cut
     word (the only one the cut can change) contributed no kept token."""
     if not encoding.overflowing:
         return False
     boundary = max(prefix.rfind(" "), prefix.rfind("\n"), prefix.rfind("\t"))
-    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True) if not special]
+    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+            if not special]
     return bool(ends) and boundary > 0 and max(ends) <= boundary
+
+
+def _ranked(counts: Counter[str]) -> list[str]:
+    """The keys of ``counts``, most frequent first, ties alphabetically."""
+    return sorted(counts, key=lambda k: (-counts[k], k))
 
 
 class TextEncoder:
@@ -97,7 +109,8 @@ class TextEncoder:
         """Train a WordPiece tokenizer on ``series`` (the train split), or load ``tokenizer``
         (a relative path is read from ``base_dir``)."""
         if self.max_length < 4:
-            raise ConfigError(f"must be >= 4 (got {self.max_length})", where=f"data.features ({series.name}).max_length")
+            raise ConfigError(f"must be >= 4 (got {self.max_length})",
+                              where=f"data.features ({series.name}).max_length")
         if self.tokenizer is not None:
             path = Path(self.tokenizer).expanduser()
             tok = _load_tokenizer(str(Path(base_dir) / path if base_dir is not None and not path.is_absolute()
@@ -115,14 +128,12 @@ class TextEncoder:
         self.__dict__.pop("_tok", None)
         return self
 
-    def _train(self, series: pl.Series) -> Any:
+    def _train(self, series: pl.Series) -> Tokenizer:
         """A BERT-style WordPiece tokenizer whose vocabulary is the special tokens, the
         ``MAX_ALPHABET`` most frequent characters (each also as a ``##`` continuation), then
         the most frequent words. Chosen by counts with ties broken alphabetically, so refitting
         on the same data gives the same tokenizer (the HF WordPiece trainer breaks ties by
         hash-map order, which changes from process to process)."""
-        from collections import Counter
-
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
         values = series.cast(pl.Utf8).to_list()
@@ -136,12 +147,11 @@ class TextEncoder:
         for w, c in words.items():
             for ch in w:
                 chars[ch] += c
-        ranked = lambda counts: sorted(counts, key=lambda k: (-counts[k], k))  # noqa: E731
-        alphabet = ranked(chars)[:MAX_ALPHABET]
+        alphabet = _ranked(chars)[:MAX_ALPHABET]
         vocab = list(SPECIAL_TOKENS) + alphabet + ["##" + ch for ch in alphabet]
         known = set(vocab)
         room = max(0, self.vocab_size - len(vocab))
-        vocab += [w for w in ranked(words) if w not in known and words[w] >= 2][:room]
+        vocab += [w for w in _ranked(words) if w not in known and words[w] >= 2][:room]
         tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
         tok.normalizer = normalizer
         tok.pre_tokenizer = pre
@@ -158,9 +168,9 @@ class TextEncoder:
             raise NotFittedError("TextEncoder is not fitted; call fit on the train split first")
 
     @property
-    def _tokenizer(self) -> Any:
+    def _tokenizer(self) -> Tokenizer:
         self._check_fitted()
-        tok = self.__dict__.get("_tok")
+        tok: Tokenizer | None = self.__dict__.get("_tok")
         if tok is None:
             from tokenizers import Tokenizer
 
@@ -188,7 +198,8 @@ class TextEncoder:
             encodings = tok.encode_batch(items)
         else:
             encodings = tok.encode_batch([t[:cut] for t in items])
-            redo = [i for i, (t, e) in enumerate(zip(items, encodings, strict=True)) if len(t) > cut and not _prefix_holds(e, t[:cut])]
+            redo = [i for i, (t, e) in enumerate(zip(items, encodings, strict=True))
+                    if len(t) > cut and not _prefix_holds(e, t[:cut])]
             if redo:
                 for i, e in zip(redo, tok.encode_batch([items[i] for i in redo]), strict=True):
                     encodings[i] = e

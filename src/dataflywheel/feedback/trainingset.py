@@ -32,10 +32,9 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import CompoundSelect, Select, delete, func, or_, select
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.data.dataset import (
@@ -123,16 +122,17 @@ def ancestry(project: Project, dataset_id: str) -> list[str]:
     return seen
 
 
-def trained_datasets() -> Select[tuple[str]]:
+def trained_datasets() -> CompoundSelect[str]:
     """Ids of dataset versions a registered model was trained on."""
     return select(RunRow.dataset_id).union(select(ModelVersionRow.dataset_id))
 
 
-def settled_datasets() -> Select[tuple[str]]:
+def settled_datasets() -> Select[str]:
     """Ids of settled dataset versions (module docstring): a model was registered from it, or
     it holds no row to train or evaluate on."""
     with_rows = select(DatasetFeedbackRow.dataset_id).where(DatasetFeedbackRow.role.in_(USED_ROLES))
-    return select(DatasetRow.id).where(or_(DatasetRow.id.in_(trained_datasets()), DatasetRow.id.not_in(with_rows)))
+    return select(DatasetRow.id).where(or_(DatasetRow.id.in_(trained_datasets()),
+                                           DatasetRow.id.not_in(with_rows)))
 
 
 def new_label_count(project: Project) -> int:
@@ -146,7 +146,7 @@ def new_label_count(project: Project) -> int:
         return int(s.scalar(q) or 0)
 
 
-def _pending(project: Project, parent_id: str) -> Select[Any]:
+def _pending(project: Project, parent_id: str) -> Select[str]:
     held = select(DatasetFeedbackRow.feedback_id).where(
         DatasetFeedbackRow.dataset_id.in_(ancestry(project, parent_id)), DatasetFeedbackRow.role.in_(HELD_ROLES))
     return select(FeedbackRow.id).where(FeedbackRow.kind == "label", FeedbackRow.id.not_in(held))

@@ -90,7 +90,8 @@ class MLP(nn.Module):
         else:
             x = numeric  # (B, n_numeric)
         h = self.body(x)  # (B, hidden[-1]) or (B, n_in) when hidden == []
-        return self.head(h)  # (B, n_outputs) logits
+        logits: torch.Tensor = self.head(h)  # (B, n_outputs)
+        return logits
 
 
 def build_mlp(*, n_numeric: int, cardinalities: list[int], n_outputs: int, task: str, **params: Any) -> MLP:

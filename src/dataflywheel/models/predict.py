@@ -42,12 +42,13 @@ def predict_logits(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0, batc
     tensors = to_tensors(inputs, sources(model_reads(model)), dtype=dtype, device=device)
     n = n_rows(tensors)
     lengths = ragged_lengths(tensors)
+    order = None if lengths is None else torch.from_numpy(np.argsort(lengths, kind="stable"))  # (N,) shortest first
     batches: list[torch.Tensor | slice]
-    if lengths is None:
+    if order is None:
         size = batch_size or TABULAR_BATCH
         batches = [slice(i, i + size) for i in range(0, n, size)]
     else:
-        batches = list(torch.from_numpy(np.argsort(lengths, kind="stable")).split(batch_size or TEXT_BATCH))
+        batches = list(torch.split(order, batch_size or TEXT_BATCH))
     was_training = model.training
     model.eval()
     try:
@@ -58,8 +59,8 @@ def predict_logits(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0, batc
     if not parts:
         return torch.empty((0, 1))
     logits = torch.cat(parts)
-    if lengths is not None:
-        logits = logits[torch.argsort(torch.cat(batches))]  # type: ignore[arg-type]
+    if order is not None:
+        logits = logits[torch.argsort(order)]  # the batches are ``order`` cut in pieces
     return logits
 
 

@@ -8,33 +8,29 @@ fine-tuned on the text column, in one of three modes (``model.params.finetune``)
   dropout, target_modules}``; peft's default targets, ``query``/``value`` for BERT) plus the
   head train; the bundle stores the adapters and the head alone.
 
-A bundle references its base model portably (:func:`portable_base`): by its hub name, or by its
-folder's path relative to the project (flywheel.yaml's folder), never by an absolute path of the
-machine it was trained on; and by :func:`content_hash`, the SHA-256 over its ``config.json`` and
-weight files. Loading looks the relative path up in the folders :func:`resolve_base` is given (the
-project's, and the bundle folder's parents: a store inside the project finds it after the project
-moved). The ``frozen`` and ``lora`` bundles rebuild from the base's weights, so loading them on a
-base whose hash differs is refused (a :class:`ModelError` naming both hashes); a ``full`` bundle
-reads only the base's ``config.json``. A ``lora`` bundle also holds its adapters in peft's format
-(``adapter_config.json``, ``adapter_model.safetensors``; :meth:`PretrainedClassifier.write_bundle_files`),
-so ``peft.PeftModel.from_pretrained(base_model, bundle_folder)`` loads them too. The text encoder
-must use the base's own tokenizer: :func:`prepare_config` (called by the training stage) points
-the text column's ``tokenizer`` at the base folder.
+A bundle references its base model portably, by hub name or project-relative path, and by its
+content hash (:mod:`~dataflywheel.models.base_model`). The ``frozen`` and ``lora`` bundles rebuild
+from the base's weights, so loading them on a base whose hash differs is refused (a
+:class:`ModelError` naming both hashes); a ``full`` bundle reads only the base's ``config.json``.
+A ``lora`` bundle also holds its adapters in peft's format (``adapter_config.json``,
+``adapter_model.safetensors``; :meth:`PretrainedClassifier.write_bundle_files`), so
+``peft.PeftModel.from_pretrained(base_model, bundle_folder)`` loads them too. The text encoder
+must use the base's own tokenizer: :func:`~dataflywheel.models.base_model.prepare_config` (called
+by the training stage) points the text column's ``tokenizer`` at the base folder.
 
 Base weights load from safetensors (``use_safetensors=True``): a base that ships only
 pickle-based ``pytorch_model*.bin`` weights is refused unless ``model.params.allow_pickle_weights``
 is true (transformers then reads them with ``torch.load(weights_only=True)``).
 
-The module reads a batch's ``tokens`` and ``attention_mask`` (see
-:mod:`~dataflywheel.features.batch`), the text alone: a dataset with tabular feature columns is refused at build time (list them
-in ``data.exclude``) rather than silently ignoring them.
+The module reads a batch's ``tokens`` and ``attention_mask`` (see :mod:`~dataflywheel.features.batch`),
+the text alone: a dataset with tabular feature columns is refused at build time (list them in
+``data.exclude``) rather than silently ignoring them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,22 +40,22 @@ import torch
 from pydantic import ValidationInfo, field_validator
 from torch import nn
 
-from dataflywheel.errors import ConfigError, ModelError
+from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import TEXT, Batch
+from dataflywheel.models.base_model import content_hash, has_safetensors, local_folder, prepare_config, resolve_base
 from dataflywheel.models.mlp import model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
-    from dataflywheel.config import FlywheelConfig
-    from dataflywheel.data.schema import Schema
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+__all__ = ["LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained", "content_hash",
+           "prepare_config", "resolve_base"]
 
 Finetune = Literal["full", "frozen", "lora"]
-CONFIG_FILE = "config.json"
-SAFE_WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
-PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
-WEIGHT_PATTERNS = SAFE_WEIGHT_PATTERNS + PICKLE_WEIGHT_PATTERNS
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-"""peft's adapter files, written into a LoRA bundle."""
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""peft's adapter weights file, written into a LoRA bundle (with peft's adapter_config.json)."""
 HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
 
@@ -95,120 +91,6 @@ class PretrainedParams(ModelParams):
         return v
 
 
-def base_files(folder: Path) -> list[Path]:
-    """``config.json`` and the weight files of a base-model folder, sorted; a missing folder,
-    config or weights raises :class:`ModelError` naming what is missing."""
-    where = f"base model {folder}"
-    if not folder.is_dir():
-        raise ModelError("base model folder not found", where=where,
-                         fix="restore the folder or set model.params.base to a local model folder")
-    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-    missing = [CONFIG_FILE] if not (folder / CONFIG_FILE).is_file() else []
-    if not weights:
-        missing.append("model weights (model.safetensors or pytorch_model.bin)")
-    if missing:
-        raise ModelError(f"base model folder lacks {' and '.join(missing)}", where=where,
-                         fix="copy the complete model folder (save_pretrained writes all of them)")
-    return [folder / CONFIG_FILE, *weights]
-
-
-def content_hash(folder: str | Path) -> str:
-    """SHA-256 over the names and contents of a base model's config and weight files."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in base_files(folder):
-        with open(path, "rb") as fh:
-            file_digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        digest.update(f"{path.name}\0{file_digest}\n".encode())
-    return digest.hexdigest()
-
-
-def _local_folder(base: str, base_dir: Path | Sequence[Path] | None) -> Path | None:
-    """The first folder named by ``base`` (absolute, or relative to one of ``base_dir``), or None."""
-    path = Path(base).expanduser()
-    if path.is_absolute():
-        return path if path.is_dir() else None
-    dirs = [base_dir] if isinstance(base_dir, str | Path) else list(base_dir or [])
-    for folder in [*map(Path, dirs), Path.cwd()]:
-        if (folder / path).is_dir():
-            return (folder / path).absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
-    return None
-
-
-def resolve_base(base: str, base_dir: Path | Sequence[Path] | None = None) -> Path:
-    """A local folder for ``model.params.base``: a path (relative to ``base_dir``, normally
-    flywheel.yaml's folder, or to the first of several folders that holds it, then the working
-    folder), else a hub name found in (or, when online, fetched into) the local Hugging Face cache."""
-    folder = _local_folder(base, base_dir)
-    if folder is not None:
-        return folder
-    path = Path(base).expanduser()
-    if not path.is_absolute():
-        first = base_dir if isinstance(base_dir, str | Path) else next(iter(base_dir or []), None)
-        path = Path(first) / path if first is not None else path
-    if Path(base).is_absolute() or base.startswith(".") or base.count("/") > 1:
-        base_files(path)  # raises: folder not found
-    try:
-        from huggingface_hub import snapshot_download
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        return Path(snapshot_download(repo_id=base, local_files_only=offline))
-    except Exception as exc:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
-        raise ModelError(
-            f"base model not found: no folder {path} and no hub model {base!r} available ({type(exc).__name__})",
-            where="model.params.base",
-            fix="give a local model folder (relative to flywheel.yaml) or a hub name in the local cache",
-        ) from None
-
-
-def portable_base(base: str, folder: Path, base_dir: Path | None) -> str:
-    """How a bundle names the base ``base`` (resolved to ``folder``): a hub name as it is, a
-    local folder by its POSIX path relative to ``base_dir`` (the project's folder)."""
-    if _local_folder(base, base_dir) is None:
-        return base  # a hub name, found in the Hugging Face cache
-    return Path(os.path.relpath(folder, (base_dir or Path.cwd()).absolute())).as_posix()
-
-
-def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
-    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is the
-    portable reference of :func:`portable_base`, ``model.params.base_hash`` the base's
-    :func:`content_hash`, and whose text column reads the base's tokenizer (``max_length`` stays
-    the feature's). Other model types: ``cfg`` itself. A text column given another tokenizer is
-    a :class:`ConfigError`."""
-    from dataflywheel.config import FeatureConfig
-
-    if cfg.model.type != "pretrained":
-        return cfg
-    params = dict(cfg.model.params)
-    if not params.get("base"):
-        raise ConfigError("a pretrained model needs a base model", where="model.params.base",
-                          fix="set it to a local model folder or a hub name, e.g. sentence-transformers/all-MiniLM-L6-v2")
-    given_base = str(params["base"])
-    folder = resolve_base(given_base, cfg.base_dir)
-    params["base"] = portable_base(given_base, folder, cfg.base_dir)
-    params["base_hash"] = content_hash(folder)
-    # A local base's tokenizer by the same project-relative path; a hub model's from the cache.
-    tokenizer = params["base"] if _local_folder(given_base, cfg.base_dir) is not None else str(folder)
-    overrides = {f.name: f for f in cfg.data.features}
-    features = list(cfg.data.features)
-    texts = [c.name for c in schema.features if c.name not in cfg.data.exclude
-             and ((overrides[c.name].type if c.name in overrides else None) or c.type) == "text"]
-    if not texts:
-        raise ConfigError("a pretrained model reads a text column, and the data has none", where="model.type",
-                          fix="give a column type: text in data.features, or use model.type: mlp")
-    for col in texts:
-        current = overrides.get(col)
-        given = current.tokenizer if current is not None else None
-        if given is not None and cfg.resolve(given).resolve() != folder.resolve():
-            raise ConfigError("a pretrained model reads its base model's own tokenizer",
-                              where=f"data.features ({col}).tokenizer", fix="remove the tokenizer setting")
-        updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": tokenizer})
-        features = [updated if f.name == col else f for f in features] if current else [*features, updated]
-    return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"params": params}),
-        "data": cfg.data.model_copy(update={"features": features}),
-    })
-
 
 class PretrainedClassifier(nn.Module):
     """A batch's ``tokens`` and ``attention_mask`` -> the Hugging Face model's logits (B, n_outputs)."""
@@ -230,11 +112,12 @@ class PretrainedClassifier(nn.Module):
         if tokens.shape[1] > self.max_positions:
             raise ModelError(f"{tokens.shape[1]} tokens exceed the base model's {self.max_positions} positions")
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        return self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
+        logits: torch.Tensor = self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
+        return logits
 
     def base_reference(self) -> dict[str, Any]:
         """What model.json records about the base: its hub ``name`` or its ``path`` relative to
-        the project (:func:`portable_base`), content hash, fine-tuning mode."""
+        the project (:func:`~dataflywheel.models.base_model.portable_base`), content hash, fine-tuning mode."""
         return dict(self.reference)
 
     def write_bundle_files(self, folder: Path) -> None:
@@ -251,10 +134,11 @@ class PretrainedClassifier(nn.Module):
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = get_peft_model_state_dict(self.hf)
+        peft_model = self._peft_model()
+        state = get_peft_model_state_dict(peft_model)
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(folder) / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
-        config = copy.deepcopy(self.hf.peft_config["default"])
+        config = copy.deepcopy(peft_model.peft_config["default"])
         config.base_model_name_or_path = self.reference.get("name") or self.reference.get("path")
         config.inference_mode = True
         config.save_pretrained(str(folder))
@@ -265,10 +149,18 @@ class PretrainedClassifier(nn.Module):
         a network int8 quantisation and the ONNX exporter handle like any other. A merged
         model can no longer give its bundle weights back. Other modes: unchanged."""
         if self.finetune == "lora" and not self.merged:
+            peft_model = self._peft_model()
             with _quiet_transformers():
-                self.hf = self.hf.merge_and_unload()
+                self.hf = peft_model.merge_and_unload()
             self.merged = True
         return self
+
+    def _peft_model(self) -> PeftModel:
+        """``hf`` of a lora model whose adapters are not merged: the peft model around the base."""
+        from peft import PeftModel
+
+        assert isinstance(self.hf, PeftModel), "a lora model wraps its base in peft"
+        return self.hf
 
     def bundle_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a bundle stores: all of them (full), else the trainable ones alone."""
@@ -298,19 +190,20 @@ class PretrainedClassifier(nn.Module):
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report and progress bars (a fresh classifier is expected here)."""
-    from transformers.utils import logging
+    from transformers.utils import logging as hf_logging
 
-    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(logging.ERROR)
+    # transformers' progress-bar switches carry no annotations.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logging.set_verbosity(level)
+        hf_logging.set_verbosity(level)
         if bars:
-            logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -328,7 +221,7 @@ def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> d
     return out
 
 
-def _head_trainable(model: nn.Module) -> None:
+def _head_trainable(model: PreTrainedModel) -> None:
     """Freeze the encoder, then unfreeze the classifier and the encoder's HEAD_MODULES."""
     encoder = model.base_model
     for p in encoder.parameters():
@@ -343,7 +236,7 @@ def _head_trainable(model: nn.Module) -> None:
             sub.requires_grad_(True)
 
 
-def _with_lora(model: nn.Module, lora: LoraParams | dict[str, Any]) -> nn.Module:
+def _with_lora(model: PreTrainedModel, lora: LoraParams | dict[str, Any]) -> PeftModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
     opts = lora if isinstance(lora, LoraParams) else LoraParams.parse(lora)
@@ -379,7 +272,8 @@ def build_pretrained(
     ``pytorch_model*.bin`` load. Bad values raise :class:`ModelError` naming ``model.params.X``."""
     model_task(task)
     p = PretrainedParams.parse(params, model_type="pretrained")
-    base, base_hash, finetune, max_length, text_vocab_size = p.base, p.base_hash, p.finetune, p.max_length, p.text_vocab_size
+    base, base_hash, finetune = p.base, p.base_hash, p.finetune
+    max_length, text_vocab_size = p.max_length, p.text_vocab_size
     if not base:
         raise ModelError("a pretrained model needs a base model", where="model.params.base",
                          fix="set it to a local model folder or a hub name")
@@ -391,7 +285,7 @@ def build_pretrained(
                          where="data", fix="list the non-text feature columns in data.exclude")
     folder = resolve_base(base, base_dirs)
     actual = content_hash(folder)
-    safe = _has_safetensors(folder)
+    safe = has_safetensors(folder)
     if not safe and not p.allow_pickle_weights:
         raise ModelError(
             "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
@@ -431,13 +325,10 @@ def build_pretrained(
         _head_trainable(hf)
     elif finetune == "lora":
         hf = _with_lora(hf, p.lora or LoraParams())
-    named = _local_folder(base, base_dirs) is None  # a hub name, found in the Hugging Face cache
+    named = local_folder(base, base_dirs) is None  # a hub name, found in the Hugging Face cache
     reference = {"name" if named else "path": base, "sha256": actual, "finetune": finetune}
     return PretrainedClassifier(hf, finetune, positions, reference)
 
-
-def _has_safetensors(folder: Path) -> bool:
-    return any(p.is_file() for pattern in SAFE_WEIGHT_PATTERNS for p in folder.glob(pattern))
 
 
 def _bad(param: str, message: str, got: object) -> ModelError:

@@ -80,7 +80,8 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.proj(y))
+        out: torch.Tensor = self.resid_dropout(self.proj(y))  # (B, T, C)
+        return out
 
 
 class FeedForward(nn.Module):
@@ -91,7 +92,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        out: torch.Tensor = self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C)
+        return out
 
 
 class Block(nn.Module):
@@ -106,7 +108,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return out
 
 
 class TokenEncoder(nn.Module):
@@ -129,7 +132,7 @@ class TokenEncoder(nn.Module):
             raise ModelError(f"{T} tokens exceed the model's max_length {self.max_length}")
         mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         pos = torch.arange(T, device=tokens.device)  # (T,)
-        x = self.dropout(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, C)
+        x: torch.Tensor = self.dropout(self.tok_emb(tokens) + self.pos_emb(pos))  # (B, T, C)
         key_mask = mask[:, None, None, :]  # (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, key_mask)  # (B, T, C)
@@ -161,7 +164,9 @@ class TextTransformer(TokenEncoder):
         more_text: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__(vocab_size, max_length, n_layer, n_head, d_model, dropout, mlp_ratio)
-        self.more = nn.ModuleList(TokenEncoder(v, t, n_layer, n_head, d_model, dropout, mlp_ratio) for v, t in more_text)
+        self.more = nn.ModuleList(
+            TokenEncoder(v, t, n_layer, n_head, d_model, dropout, mlp_ratio) for v, t in more_text
+        )
         self.inputs = (*TABULAR, *(name for i in range(1 + len(self.more)) for name in text_names(i)))
         self.embed = CategoricalEmbedding(cardinalities, embedding_dim)
         width = d_model * (1 + len(self.more)) + n_numeric + self.embed.out_features
@@ -182,16 +187,21 @@ class TextTransformer(TokenEncoder):
         """The embedding an explanation attributes the input ``name`` at."""
         if name == "categorical":
             return self.embed
-        encoders = [self, *self.more]
-        for i, encoder in enumerate(encoders):
+        for i, encoder in enumerate(self._text_encoders()):
             if name == text_names(i)[0]:
                 return encoder.tok_emb
         return None
 
+    def _text_encoders(self) -> list[TokenEncoder]:
+        """One encoder per text column: this module's own part, then ``more``'s."""
+        return [self, *(m for m in self.more if isinstance(m, TokenEncoder))]
+
+    # A batch, not TokenEncoder's (tokens, mask): the first text encoder is inherited so that its
+    # weights keep their top-level names (tok_emb.weight, ...) in saved bundles.
     def forward(self, batch: Batch) -> torch.Tensor:  # type: ignore[override]
         # numeric: (B, n_numeric); categorical: (B, n_cat); tokens, attention_mask: (B, T) per text column
         parts: list[torch.Tensor] = []
-        for i, encoder in enumerate([self, *self.more]):
+        for i, encoder in enumerate(self._text_encoders()):
             tokens, mask = (batch.get(name) for name in text_names(i))
             if tokens is None:
                 raise ModelError(f"a transformer model needs token ids ({text_names(i)[0]})",
@@ -200,7 +210,8 @@ class TextTransformer(TokenEncoder):
         parts.append(batch["numeric"].to(parts[0].dtype))
         if self.embed.tables:
             parts.append(self.embed(batch["categorical"]).to(parts[0].dtype))  # (B, n_cat * dim)
-        return self.head(torch.cat(parts, dim=1))  # (B, n_outputs) logits
+        logits: torch.Tensor = self.head(torch.cat(parts, dim=1))  # (B, n_outputs)
+        return logits
 
 
 def build_transformer(

@@ -12,6 +12,7 @@ frame, :meth:`Predictor.redact_records` on records (the server and explanations)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from dataflywheel.data.schema import Schema
+    from dataflywheel.features.encoded import EncodedBatch
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
     from dataflywheel.tasks import Decoded, Task
@@ -149,7 +151,7 @@ class Predictor:
             return list(columns)
         return [c.name for c in self.schema.features] if self.schema is not None else []
 
-    def redact_records(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def redact_records(self, records: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Records with PII redacted as the model's training data was, and counts per kind."""
         return self.redaction.records(records)
 
@@ -179,7 +181,7 @@ class Predictor:
         out, batch, _ = self._scores(df)
         return out, dict(batch.unknown)
 
-    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, Any, dict[str, int]]:
+    def _scores(self, df: pl.DataFrame) -> tuple[np.ndarray, EncodedBatch, dict[str, int]]:
         from dataflywheel.models.registry import predict_proba
 
         df, redacted = self.redaction.frame(df)

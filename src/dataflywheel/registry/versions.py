@@ -81,6 +81,9 @@ def resolve(project: Project, ref: str | int) -> VersionInfo:
                 raise NotFoundError(f"no model has the alias {text!r}",
                                     fix="run `flywheel run` to train one, or `flywheel models list`")
             row = s.get(ModelVersionRow, alias.version)
+            if row is None:
+                raise NotFoundError(f"the alias {text!r} names model version {alias.version}, not in the store",
+                                    fix=f"move the alias: `flywheel models promote <version> --alias {text}`")
     return _info(row, aliases_of(project).get(row.version, []))
 
 

@@ -20,9 +20,9 @@ Endpoints (JSON in and out, rendered with orjson):
 
 Privacy: the record fields the model's bundle redacts (the ``privacy`` settings its training
 data was redacted with; text columns by default) are redacted on the event loop right after
-validation, before the record is predicted on, logged or explained (``ServedModel.redact``); the raw text is never stored. Counts per kind are in
-``/metrics`` (``flywheel_redactions``), texts truncated to ``max_length`` too
-(``flywheel_truncated_texts``).
+validation, before the record is predicted on, logged or explained (``ServedModel.redact``); the
+raw text is never stored. Counts per kind are in ``/metrics`` (``flywheel_redactions``), texts
+truncated to ``max_length`` too (``flywheel_truncated_texts``).
 
 Every route is in one access matrix (``serve.auth``): with ``FLYWHEEL_API_TOKEN`` set, feedback
 and admin routes need the bearer token, reads (model, monitor, metrics, docs) too unless
@@ -55,7 +55,7 @@ from fastapi.responses import JSONResponse
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.errors import ConfigError, FlywheelError
-from dataflywheel.serve.auth import AccessMatrix, AuthMiddleware, BearerAuth
+from dataflywheel.serve.auth import Access, AccessMatrix, AuthMiddleware, BearerAuth
 from dataflywheel.serve.docs import add_docs_routes
 from dataflywheel.serve.engine import Engine
 from dataflywheel.serve.explain import add_explain_route
@@ -135,10 +135,11 @@ def create_app(
     app.state.access = access
     _add_error_handlers(app)
     add_docs_routes(app, access)
-    for path, kind in (("/v1/health", "public"), ("/v1/ready", "public"), ("/v1/model", "read"),
-                       ("/v1/monitor", "read"), ("/metrics", "read"), ("/v1/predict", "predict"),
-                       ("/v1/feedback", "write"), ("/v1/admin/*", "admin")):
-        access.register(path, kind)  # type: ignore[arg-type]
+    routes: tuple[tuple[str, Access], ...] = (
+        ("/v1/health", "public"), ("/v1/ready", "public"), ("/v1/model", "read"), ("/v1/monitor", "read"),
+        ("/metrics", "read"), ("/v1/predict", "predict"), ("/v1/feedback", "write"), ("/v1/admin/*", "admin"))
+    for path, kind in routes:
+        access.register(path, kind)
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:

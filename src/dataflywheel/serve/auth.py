@@ -31,13 +31,14 @@ import hmac
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException
-from starlette.routing import Mount, compile_path
+from starlette.routing import BaseRoute, Mount, compile_path
 
 from dataflywheel.config import AuthConfig
+from dataflywheel.serve.asgi import ASGIApp, Receive, Scope, Send, send_json
 
 ENV_VAR = "FLYWHEEL_API_TOKEN"
 Access = Literal["public", "read", "predict", "write", "admin"]
@@ -119,7 +120,7 @@ class AccessMatrix:
         return [shown for shown, probe in _route_paths(app.routes) if self.access_of(probe) is None]
 
 
-def _route_paths(routes: Iterable[Any]) -> list[tuple[str, str]]:
+def _route_paths(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
     """(path as shown, a request path it answers) per route."""
     paths = []
     for route in routes:
@@ -136,11 +137,11 @@ def _route_paths(routes: Iterable[Any]) -> list[tuple[str, str]]:
 class AuthMiddleware:
     """Enforce an :class:`AccessMatrix` on every HTTP request before anything else reads it."""
 
-    def __init__(self, app: Any, matrix: AccessMatrix) -> None:
+    def __init__(self, app: ASGIApp, matrix: AccessMatrix) -> None:
         self.app = app
         self.matrix = matrix
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.matrix.needs_token(scope["path"]):
             authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             try:
@@ -151,9 +152,6 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Any, exc: HTTPException) -> None:
-    body = orjson.dumps({"detail": exc.detail})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(send: Send, exc: HTTPException) -> None:
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+    await send_json(send, exc.status_code, orjson.dumps({"detail": exc.detail}), headers)

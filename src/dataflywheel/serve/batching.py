@@ -5,10 +5,11 @@ waiting request and every request already queued behind it. A request that is al
 once (batching must cost nothing when there is no concurrency); when others were queued, the
 worker keeps collecting until the batch holds ``max_batch_size`` items or ``max_wait_ms`` has
 passed since the first one. Under load, requests pile up while a forward pass runs, so batches
-form by themselves. ``fn`` runs once on all the batch's items and each request gets its slice. A request never straddles two batches; one larger
-than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run one by one so a
-bad request fails only itself. The event loop never runs the model, so it keeps accepting
-requests (and filling the next batch) while a forward pass is in progress.
+form by themselves. ``fn`` runs once on all the batch's items and each request gets its slice.
+A request never straddles two batches; one larger than ``max_batch_size`` runs alone. If a
+batch fails, its requests are re-run one by one so a bad request fails only itself. The event
+loop never runs the model, so it keeps accepting requests (and filling the next batch) while a
+forward pass is in progress.
 
 Completion is a :data:`~dataflywheel.workers.Done` callback run on the worker thread
 (:meth:`MicroBatcher.enqueue`), so a caller can chain the next step (the prediction log write)
@@ -40,10 +41,10 @@ class BatcherClosed(WorkerClosed):
 
 
 @dataclass(slots=True)
-class Pending:
+class Pending(Generic[T]):
     """One queued request: its items, its callback, and whether it was cancelled."""
 
-    items: list[Any]
+    items: list[T]
     done: Done
     cancelled: bool = False
 
@@ -84,7 +85,7 @@ class MicroBatcher(Worker, Generic[T, R]):
     def closed_error(self) -> FlywheelError:
         return BatcherClosed("the model worker is not running", fix="retry once /v1/ready says ready")
 
-    def enqueue(self, items: Sequence[T], done: Done) -> Pending:
+    def enqueue(self, items: Sequence[T], done: Done) -> Pending[T]:
         """Queue ``items`` (thread-safe); ``done`` gets their results, in order, on the worker
         thread. It must be quick and must not raise (it runs between forward passes). The
         returned handle cancels the request."""
@@ -131,7 +132,7 @@ class MicroBatcher(Worker, Generic[T, R]):
             if batch:
                 self._forward(batch)
 
-    def _forward(self, batch: list[Pending]) -> None:
+    def _forward(self, batch: list[Pending[T]]) -> None:
         items = [x for request in batch for x in request.items]
         try:
             results = list(self.fn(items))

@@ -28,10 +28,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 from dataflywheel.serve.batching import MicroBatcher, Pending
 from dataflywheel.workers import Done
+
+if TYPE_CHECKING:
+    from dataflywheel.serve.model import ServedModel
 
 EventKind = Literal["delta", "final", "error"]
 Finish = Callable[[Any, Done], None]
@@ -56,7 +59,7 @@ class EngineRequest:
     ``max_new_tokens``, say); ``finish`` is the caller's hook on the final result; ``alone``
     says no other request is in the pipeline with it (an engine may then skip its queue)."""
 
-    model: Any
+    model: ServedModel
     records: list[dict[str, Any]]
     options: Mapping[str, Any] | None = None
     finish: Finish | None = None
@@ -179,7 +182,7 @@ class EventStream:
         return self._events.popleft()
 
 
-Item = tuple[Any, dict[str, Any]]
+Item = tuple["ServedModel", dict[str, Any]]
 """(the model a record was validated against, the record)."""
 
 
@@ -210,7 +213,7 @@ class MicroBatchEngine:
         self.on_batch = on_batch
         self.batcher: MicroBatcher[Item, dict[str, Any]] = MicroBatcher(
             self._timed_forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_batch=on_batch)
-        self._inflight: dict[str, tuple[Pending, EventStream]] = {}
+        self._inflight: dict[str, tuple[Pending[Item], EventStream]] = {}
         self.lone_budget_s = lone_budget_s
         self._small_cost: dict[int, deque[float]] = {}
         """Seconds of the recent small forward passes, per served model (by id); the fastest of
@@ -241,7 +244,9 @@ class MicroBatchEngine:
 
     def _lone_ok(self, model: Any, n: int) -> bool:
         costs = self._small_cost.get(id(model))
-        return bool(costs) and n <= LONE_RECORDS and min(costs) <= self.lone_budget_s and self.batcher.alive
+        if not costs or n > LONE_RECORDS:
+            return False
+        return min(costs) <= self.lone_budget_s and self.batcher.alive
 
     def _timed_forward(self, items: list[Item]) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -271,7 +276,7 @@ class MicroBatchEngine:
         first = items[0][0]
         truncated = self.on_truncated
         if all(m is first for m, _ in items):
-            return first.forward([r for _, r in items], truncated)  # type: ignore[no-any-return]
+            return first.forward([r for _, r in items], truncated)
         out: list[dict[str, Any]] = [{}] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (m, _) in enumerate(items):

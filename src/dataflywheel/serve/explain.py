@@ -3,14 +3,15 @@
 The body is what ``/v1/predict`` takes (one record -> one answer, a list -> a list), parsed,
 validated and redacted by the same pipeline steps
 (:meth:`~dataflywheel.serve.pipeline.PredictPipeline.explain_json`); ``?steps=N`` (1-256,
-default 32) sets the Integrated Gradients steps. Each answer is what :func:`dataflywheel.explain.explain_records` returns for its record, plus
-``model_version``. Explanations are not logged (they are not predictions) and run one request
-at a time on a worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot
-starve the event loop or the prediction batcher of more than one core. They run on a private
-copy of the model's module tree that shares its weights
+default 32) sets the Integrated Gradients steps. Each answer is what
+:func:`dataflywheel.explain.explain_records` returns for its record, plus ``model_version``.
+Explanations are not logged (they are not predictions) and run one request at a time on a
+worker thread, at most ``MAX_EXPLAIN_RECORDS`` records a request, so they cannot starve the
+event loop or the prediction batcher of more than one core. They run on a private copy of the
+model's module tree that shares its weights
 (:func:`~dataflywheel.explain.attributions.private_copy`), so predictions served at the same
-moment are never affected. Until
-:mod:`dataflywheel.explain` exists the endpoint answers 501 with a JSON detail.
+moment are never affected. Until :mod:`dataflywheel.explain` exists the endpoint answers 501
+with a JSON detail.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataflywheel.serve.openapi import errors, records_body
 from dataflywheel.serve.requests import BadRequest
 
 if TYPE_CHECKING:
-    from dataflywheel.serve.app import Server
     from dataflywheel.serve.auth import AccessMatrix
+    from dataflywheel.serve.server import Server
 
 MAX_EXPLAIN_RECORDS = 32
 """Most records in one explain request (each costs ``steps`` forward and backward passes)."""

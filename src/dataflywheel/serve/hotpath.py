@@ -20,6 +20,7 @@ from fastapi import HTTPException
 
 from dataflywheel.errors import FlywheelError, NotFoundError, StoreError
 from dataflywheel.feedback.log import IdempotencyConflict
+from dataflywheel.serve.asgi import ASGIApp, Receive, Scope, Send, send_json
 from dataflywheel.serve.pipeline import RequestCancelled
 from dataflywheel.serve.requests import BadRequest
 from dataflywheel.workers import WorkerClosed
@@ -29,8 +30,6 @@ Answer = tuple[int, bytes]
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Answer]]
 """``handler(body, headers)`` (header names in lower case) -> the answer; may raise any of the
 errors :func:`error_answer` knows."""
-Scope = dict[str, Any]
-_JSON = [(b"content-type", b"application/json")]
 
 
 def status_of(exc: FlywheelError) -> int:
@@ -58,11 +57,11 @@ def error_answer(exc: Exception) -> tuple[int, dict[str, Any], Mapping[str, str]
 class HotPathMiddleware:
     """Answer ``(method, path)`` pairs in ``routes`` directly; pass everything else on."""
 
-    def __init__(self, app: Any, routes: Mapping[tuple[str, str], Handler]) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Handler]) -> None:
         self.app = app
         self.routes = dict(routes)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
         if handler is None:
             await self.app(scope, receive, send)
@@ -80,13 +79,11 @@ class HotPathMiddleware:
                 raise
             status, detail, extra = known
             content = orjson.dumps(detail)
-        response_headers = [*_JSON, (b"content-length", str(len(content)).encode())]
-        response_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, content, [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                                for k, v in extra.items()])
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes | None:
     chunks: list[bytes] = []
     while True:
         message = await receive()

@@ -7,14 +7,14 @@ without one (chunked) is counted as it streams in, and reading past the limit ra
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import HTTPException
 
+from dataflywheel.serve.asgi import ASGIApp, Message, Receive, Scope, Send, send_json
+
 
 class BodyLimitMiddleware:
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
@@ -22,7 +22,7 @@ class BodyLimitMiddleware:
         got = f"{size} bytes" if size is not None else "more"
         return f"request body too large ({got}); the limit is {self.max_body_bytes} bytes (serve.max_body_bytes)"
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -39,7 +39,7 @@ class BodyLimitMiddleware:
                 break
         received = 0
 
-        async def counting_receive() -> dict[str, Any]:
+        async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -51,9 +51,5 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-async def _reject(send: Any, detail: str) -> None:
-    body = orjson.dumps({"detail": detail})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+async def _reject(send: Send, detail: str) -> None:
+    await send_json(send, 413, orjson.dumps({"detail": detail}), [(b"connection", b"close")])

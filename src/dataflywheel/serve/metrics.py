@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from dataflywheel.serve.asgi import ASGIApp, Message, Receive, Scope, Send
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-
-Scope = dict[str, Any]
 
 
 class ServeMetrics:
@@ -44,7 +43,7 @@ class ServeMetrics:
                                        registry=r)
         self.redactions = Counter("flywheel_redactions", "PII matches redacted from request fields", ["kind"],
                                   registry=r)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any | None]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         key = (endpoint, method, status)
@@ -67,19 +66,19 @@ class ServeMetrics:
 class MetricsMiddleware:
     """Count and time every HTTP request into :class:`ServeMetrics`."""
 
-    def __init__(self, app: Any, metrics: ServeMetrics, endpoints: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, endpoints: Iterable[str] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.endpoints = frozenset(endpoints)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
+        async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

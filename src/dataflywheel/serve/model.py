@@ -30,12 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel
+from torch import nn
 
-from dataflywheel.config import ONNX_BACKENDS, PrivacyConfig
+from dataflywheel.config import ONNX_BACKENDS, Backend, PrivacyConfig
+from dataflywheel.data.schema import Schema
 from dataflywheel.errors import ConfigError
 from dataflywheel.models.predict import as_batch, logits_to_output, predict_logits
+from dataflywheel.privacy import Redactor
 from dataflywheel.registry.predictor import Predictor
-from dataflywheel.serve.schemas import record_model, served_columns
+from dataflywheel.serve.schemas import record_model
 from dataflywheel.store import Project
 
 
@@ -47,19 +50,16 @@ class ServedModel:
     columns: list[str]
     """The features a record must carry, in the preprocessor's order."""
     record_model: type[BaseModel]
-    network: Any | None = None
+    schema: Schema
+    """The bundle's schema (a served bundle always has one)."""
+    network: nn.Module | None = None
     """What runs the forward pass when not the predictor's own model (int8 or onnx backend)."""
-    backend: str = "torch"
+    backend: Backend = "torch"
     device: str = "cpu"
     """Where the network runs (``serve.device``): ``cpu`` or ``cuda:N``."""
 
     @property
-    def text_columns(self) -> list[str]:
-        schema = self.predictor.schema
-        return [c for c in self.columns if schema.column(c).type == "text"]
-
-    @property
-    def redactor(self) -> Any | None:
+    def redactor(self) -> Redactor | None:
         """A :class:`~dataflywheel.privacy.Redactor`, or None when no served column is redacted."""
         return self.predictor.redaction.redactor
 
@@ -103,11 +103,12 @@ class ServedModel:
         if decoded.proba is None:
             return [{"model_version": version, "prediction": v, "probabilities": None} for v in decoded.values]
         names = [str(c) for c in self.class_names or []]
-        return [{"model_version": version, "prediction": str(label), "probabilities": dict(zip(names, row, strict=True))}
+        return [{"model_version": version, "prediction": str(label),
+                 "probabilities": dict(zip(names, row, strict=True))}
                 for label, row in zip(decoded.values, decoded.proba.tolist(), strict=True)]
 
     def describe(self, alias: str | None = None) -> dict[str, Any]:
-        schema = self.predictor.schema
+        schema = self.schema
         return {
             "version": self.version,
             "alias": alias,
@@ -124,25 +125,28 @@ class ServedModel:
 
 
 def build_served_model(predictor: Predictor, version: int | None, metrics: dict[str, Any],
-                       privacy: PrivacyConfig | None = None, *, backend: str = "torch",
+                       privacy: PrivacyConfig | None = None, *, backend: Backend = "torch",
                        threads: int | None = None) -> ServedModel:
     """``privacy`` None keeps the predictor's redaction (the bundle's); given, it replaces it
     (disabled redacts nothing; ``columns: text`` redacts the model's text inputs, a list the listed
     columns the model reads). ``backend`` other than torch builds the int8 or ONNX network now
     (``threads``: onnxruntime's intra-op threads)."""
-    columns = served_columns(predictor)
+    schema = predictor.schema
+    if schema is None:
+        raise ValueError("a served model needs its bundle's schema (a bundle read from the store has one)")
+    columns = predictor.input_columns
     network = None
     if backend != "torch":
         from dataflywheel.export.backends import backend_model
 
-        network = backend_model(predictor, backend, threads=threads)  # type: ignore[arg-type]
+        network = backend_model(predictor, backend, threads=threads)
     if privacy is not None:
         predictor.redaction = predictor.redaction_for(privacy)
-    return ServedModel(predictor, version, dict(metrics), columns, record_model(predictor.schema, columns),
+    return ServedModel(predictor, version, dict(metrics), columns, record_model(schema, columns), schema,
                        network=network, backend=backend)
 
 
-def serve_device(name: str, backend: str, n_params: int | None = None) -> torch.device:
+def serve_device(name: str, backend: Backend, n_params: int | None = None) -> torch.device:
     """The device for ``serve.device`` with ``backend``: the torch backend runs where
     :func:`~dataflywheel.runtime.resolve_device` says for a model of ``n_params``; int8 and ONNX
     Runtime run on the CPU, so ``auto`` means the CPU for them and a CUDA device is a
@@ -158,7 +162,7 @@ def serve_device(name: str, backend: str, n_params: int | None = None) -> torch.
 
 
 def load_served_model(project: Project, ref: str | int, *, threads: int | None = None,
-                      privacy: PrivacyConfig | None = None, backend: str = "torch",
+                      privacy: PrivacyConfig | None = None, backend: Backend = "torch",
                       device: str = "cpu") -> ServedModel:
     """Resolve ``ref`` (alias or version), load and verify its bundle, move it to ``device``
     (``serve.device``, see :func:`serve_device`), set torch's threads and build the ``backend``'s

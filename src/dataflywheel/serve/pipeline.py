@@ -136,9 +136,10 @@ class PredictPipeline:
                 ended = True
                 if event.kind == "error":
                     raise event.data
+                answers: list[dict[str, Any]] = event.data
                 if self.metrics is not None:
-                    self.metrics.predictions.inc(len(event.data))
-                return event.data  # type: ignore[no-any-return]
+                    self.metrics.predictions.inc(len(answers))
+                return answers
         finally:
             self.active -= 1
             if not ended:  # cancelled, or the caller's task was: free the engine's slot

@@ -57,7 +57,7 @@ def validate_records(model: type[BaseModel], records: list[Any], single: bool) -
     out: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     for i, record in enumerate(records):
-        prefix: tuple[Any, ...] = ("body",) if single else ("body", i)
+        prefix: tuple[str | int, ...] = ("body",) if single else ("body", i)
         if not isinstance(record, dict):
             errors.append({"loc": list(prefix), "msg": "a record must be a JSON object", "type": "model_type"})
             continue
@@ -88,6 +88,6 @@ def parse_feedback(body: bytes) -> FeedbackIn:
 class BadRequest(Exception):
     """Answer the request with ``status`` and ``{"detail": detail}``."""
 
-    def __init__(self, status: int, detail: Any) -> None:
+    def __init__(self, status: int, detail: str | list[dict[str, Any]]) -> None:
         self.status = status
         self.detail = detail

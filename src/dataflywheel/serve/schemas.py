@@ -81,7 +81,8 @@ def record_model(schema: Schema, columns: list[str] | None = None, name: str = "
 
 def served_columns(predictor: Any) -> list[str]:
     """The columns the predictor's preprocessor reads (a subset of the schema's features), text
-    columns included."""
+    columns included (:attr:`Predictor.input_columns`, read from any object shaped like one:
+    the monitor is given stand-ins)."""
     columns = getattr(predictor.preprocessor, "input_columns_", None)
     if columns:
         return list(columns)

@@ -17,12 +17,20 @@ sends its response, so a long-lived streaming response is never cut.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Protocol
 
 import orjson
 
 PHASE_HEADERS = "headers"
 PHASE_BODY = "body"
+
+
+class _Cycle(Protocol):
+    """What the timers read of uvicorn's request/response cycle (h11's and httptools' alike)."""
+
+    response_started: bool
+    response_complete: bool
+    more_body: bool
 
 
 class ReceiveTimeouts:
@@ -33,9 +41,11 @@ class ReceiveTimeouts:
     # set by uvicorn's protocol: transport, loop, cycle (the current request/response)
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
-    cycle: Any
+    cycle: _Cycle | None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    # The base protocol class is picked at run time (timed_protocol), so mypy sees no method for
+    # these super() calls: hence their ignores.
+    def connection_made(self, transport: asyncio.Transport) -> None:
         self._receive_timer: asyncio.TimerHandle | None = None
         self._receive_phase: str | None = None
         super().connection_made(transport)  # type: ignore[misc]

@@ -39,11 +39,11 @@ def batch_order(
     """
     perm = torch.randperm(n, generator=generator)  # (N,)
     if lengths is None:
-        return list(perm.split(batch_size))
+        return list(torch.split(perm, batch_size))
     batches: list[torch.Tensor] = []
-    for chunk in perm.split(batch_size * bucket_batches):
+    for chunk in torch.split(perm, batch_size * bucket_batches):
         by_length = torch.argsort(lengths[chunk], stable=True)
-        batches += list(chunk[by_length].split(batch_size))
+        batches += list(torch.split(chunk[by_length], batch_size))
     order = torch.randperm(len(batches), generator=generator)
     return [batches[int(i)] for i in order]
 

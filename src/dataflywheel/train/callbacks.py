@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ from dataflywheel.config import TrainConfig
 from dataflywheel.errors import ConfigError
 from dataflywheel.evaluate.metrics import format_metric
 from dataflywheel.models.weights import load_trained_weights, trained_weights
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 Logs = dict[str, Any]
 
@@ -230,10 +235,10 @@ class Progress(Callback):
     """A Rich progress bar over all steps, showing epoch, live loss and the validation metric.
     Renders nothing when the console is not a terminal; redraws at most every ``refresh`` s."""
 
-    def __init__(self, *, console: Any = None, refresh: float = 0.2) -> None:
+    def __init__(self, *, console: Console | None = None, refresh: float = 0.2) -> None:
         self.console, self.refresh = console, refresh
-        self._bar: Any = None
-        self._task: Any = None
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
         self._last = 0.0
 
     def on_train_begin(self, state: TrainState) -> None:
@@ -263,7 +268,7 @@ class Progress(Callback):
         self._bar.start()
 
     def on_batch_end(self, step: int, logs: Logs) -> None:
-        if self._bar is None:
+        if self._bar is None or self._task is None:
             return
         now = time.perf_counter()
         if now - self._last >= self.refresh:
@@ -274,7 +279,7 @@ class Progress(Callback):
             self._bar.update(self._task, completed=step, loss=format_metric("loss", loss))
 
     def on_epoch_end(self, epoch: int, logs: Logs) -> None:
-        if self._bar is None:
+        if self._bar is None or self._task is None:
             return
         values = epoch_values(logs)
         self._bar.update(
@@ -286,7 +291,7 @@ class Progress(Callback):
         )
 
     def on_train_end(self, state: TrainState) -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             if state.stop_reason is not None:  # the bar stops short of the last epoch: say why
                 self._bar.update(self._task, epoch=f"{state.epoch}/{state.epochs} (stopped)")
             self._bar.stop()

@@ -127,7 +127,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     root = Path(directory)
     if not (root / POINTER).is_file():
         return None
-    folder = root / _read_pointer(root)["latest"]
+    folder: Path = root / _read_pointer(root)["latest"]
     if not folder.is_dir():
         raise ModelError(
             f"{POINTER} names a missing checkpoint {folder.name}", where=str(root), fix=_FIX

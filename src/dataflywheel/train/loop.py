@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,9 @@ def train_epoch(
     lr = group["lr"]
     # The common case, a table in full precision with a plain objective, skips per-step indirection.
     direct = data.dense and autocast is None and type(objective).batch_loss is Objective.batch_loss
-    inputs, y = list(data.inputs.items()), data.y
+    # direct: every input is a dense tensor (data.dense), so the filter keeps them all.
+    inputs = [(k, v) for k, v in data.inputs.items() if isinstance(v, torch.Tensor)] if direct else []
+    y = data.y
     for first in range(0, len(batches), accum):
         if max_steps is not None and state.step >= max_steps:
             break
@@ -293,7 +296,7 @@ def train_epoch(
             if direct:  # dense inputs: the batch is a row selection of each
                 loss = loss_fn(forward({k: v[idx] for k, v in inputs}), y[idx])
             elif autocast is not None:
-                with strategy.autocast():  # type: ignore[union-attr]
+                with strategy.autocast() or nullcontext():
                     loss = batch_loss(forward, data, idx)
             else:
                 loss = batch_loss(forward, data, idx)
@@ -365,7 +368,7 @@ def _arrange(
     ]
 
 
-def _is_terminal(stream: Any) -> bool:
+def _is_terminal(stream: object) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty()) if callable(isatty) else False
 

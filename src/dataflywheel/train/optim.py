@@ -1,5 +1,5 @@
-"""Optimiser, loss and learning-rate schedule, each built from :class:`TrainConfig` (the loss is
-the objective's: :mod:`dataflywheel.train.objective`)."""
+"""Optimiser and learning-rate schedule, each built from :class:`TrainConfig` (the loss is the
+objective's: :mod:`dataflywheel.train.objective`)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,6 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from dataflywheel.config import ScheduleConfig, TrainConfig
 from dataflywheel.errors import ConfigError
-from dataflywheel.train.objective import LossFn, make_objective, resolve_loss
-
-__all__ = ["LossFn", "lr_factor", "make_loss", "make_optimizer", "make_scheduler", "resolve_loss"]
-
-
-def make_loss(cfg: TrainConfig, task: str, *, reduction: str = "mean") -> LossFn:
-    """The task's loss on logits: BCE-with-logits, cross-entropy or MSE (see :attr:`Task.loss`)."""
-    return make_objective(cfg, task, reduction=reduction).loss
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

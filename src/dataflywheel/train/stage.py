@@ -20,6 +20,11 @@ from dataflywheel.errors import DataError
 from dataflywheel.registry.bundle import ModelBundle
 
 if TYPE_CHECKING:
+    from dataflywheel.data.schema import Schema
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.tasks.base import Metric
+    from dataflywheel.train.batching import Batchable
     from dataflywheel.train.loop import History
 
 
@@ -35,7 +40,7 @@ class Trained:
     """Train-split texts per text column cut to max_length."""
 
 
-def resolve_task(cfg: FlywheelConfig, schema: Any) -> str:
+def resolve_task(cfg: FlywheelConfig, schema: Schema) -> str:
     """The configured task, or the one inferred from the target column; a mismatch is an error."""
     from dataflywheel.data.schema import infer_task
     from dataflywheel.tasks import get_task
@@ -54,7 +59,8 @@ def all_labels(dataset: DatasetVersion, target: str) -> pl.Series:
     return pl.concat([p.cast(pl.Utf8) for p in parts])
 
 
-def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) -> tuple[Any, dict[str, int]]:
+def encode(pre: Preprocessor, target_enc: TargetEncoder, df: pl.DataFrame, target: str,
+           task: str) -> tuple[Batchable, dict[str, int]]:
     """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
     import torch
 
@@ -70,7 +76,7 @@ def encode(pre: Any, target_enc: Any, df: pl.DataFrame, target: str, task: str) 
     return Batchable(inputs, y_t, pre.pad_ids_), batch.truncated
 
 
-def valid_metrics(task: str) -> dict[str, Any]:
+def valid_metrics(task: str) -> dict[str, Metric]:
     """Per-epoch validation metrics (logged as ``val_<name>``), usable for early stopping."""
     from dataflywheel.tasks import get_task
 
@@ -89,7 +95,7 @@ def train_on_dataset(
     """Fit and train (``progress``/``log``: see :func:`~dataflywheel.train.loop.fit`)."""
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
-    from dataflywheel.models.pretrained import prepare_config
+    from dataflywheel.models.base_model import prepare_config
     from dataflywheel.models.registry import build_model, model_spec, text_columns
     from dataflywheel.tasks import get_task
     from dataflywheel.train.loop import fit
@@ -129,6 +135,9 @@ def train_on_dataset(
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(spec, base_dirs=[cfg.base_dir])
+    from dataflywheel.features.batch import check_reads, model_reads
+
+    check_reads(model_reads(model), pre.produces_, where="model.type")  # before any training
     train_b, truncated = encode(pre, target_enc, train_df, target, task)
     valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
     history = fit(

@@ -66,7 +66,7 @@ class SingleDevice:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else None
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), whose signature torch leaves unannotated
 
     def step(self, optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter], clip: float | None) -> None:
         if clip is not None:

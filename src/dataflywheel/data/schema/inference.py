@@ -1,26 +1,19 @@
-"""What a table's columns are: inferred types and the statistics later batches are checked against.
-
-A :class:`Schema` is saved beside every dataset version as JSON, so it holds only plain values
-(finite floats, strings). Category values are compared as strings everywhere; use
-:func:`category_strings` so that ``1`` and ``1.0`` are the same category.
-"""
+"""Inferring a :class:`~.columns.Schema` from a frame: each column's type by a few rules, and
+the statistics later batches are checked against (integer and float columns in numpy blocks of
+many columns at once, so a table of 100,000 columns takes seconds)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from dataflywheel.config import FeatureType
-from dataflywheel.errors import DataError, SchemaError
+from dataflywheel.data.schema.columns import ColumnSchema, Schema, few_names
+from dataflywheel.data.schema.values import category_strings, missing_mask, parse_datetimes, parse_numbers
+from dataflywheel.errors import SchemaError
 
 # A string column is a number (or datetime) column when this share of its values parse as one.
 PARSE_SHARE = 0.95
@@ -31,114 +24,6 @@ MAX_TARGET_CLASSES = 20
 MAX_CATEGORIES = 20
 CATEGORY_SHARE = 0.05
 MAX_CATEGORY_LENGTH = 64
-
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class ColumnSchema:
-    name: str
-    type: FeatureType
-    dtype: str
-    """polars dtype as read, ``str(dtype)``."""
-    missing_rate: float
-    """Share of nulls (and NaN for floats)."""
-    n_unique: int = 0
-    """Distinct non-missing values (a float column past 10,000 of them: an estimate, ~1 % off)."""
-    min: float | None = None
-    """number, and datetime as epoch seconds; statistics ignore missing and infinite values."""
-    max: float | None = None
-    mean: float | None = None
-    std: float | None = None
-    categories: list[str] | None = None
-    """category and binary: sorted observed values, as strings (see :func:`category_strings`)."""
-    coercible_failures: int = 0
-    """number columns read as strings: non-missing cells that do not parse as numbers."""
-
-
-@dataclass
-class Schema:
-    columns: list[ColumnSchema]
-    target: str | None = None
-    n_rows: int = 0
-
-    def column(self, name: str) -> ColumnSchema:
-        # name -> position, checked on use (columns may change)
-        index: dict[str, int] | None = self.__dict__.get("_index")
-        if index is None or len(index) != len(self.columns):
-            index = self.__dict__["_index"] = {c.name: i for i, c in enumerate(self.columns)}
-        pos = index.get(name)
-        if pos is not None and pos < len(self.columns) and self.columns[pos].name == name:
-            return self.columns[pos]
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise SchemaError(
-            "no such column in the schema", where=name, fix=f"use one of {_few(self.names)}"
-        )
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    @property
-    def features(self) -> list[ColumnSchema]:
-        """Every column but the target."""
-        return [c for c in self.columns if c.name != self.target]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": SCHEMA_VERSION,
-            "target": self.target,
-            "n_rows": self.n_rows,
-            "columns": [asdict(c) for c in self.columns],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Schema:
-        known = {f.name for f in fields(ColumnSchema)}
-        try:
-            columns = []
-            for c in d["columns"]:
-                unknown = set(c) - known
-                if unknown:
-                    raise TypeError(f"unknown column keys {sorted(unknown)}")
-                columns.append(ColumnSchema(**c))
-            return cls(columns=columns, target=d.get("target"), n_rows=int(d.get("n_rows", 0)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SchemaError(
-                f"not a valid schema ({exc})", fix="re-create it from the data"
-            ) from None
-
-    def save(self, path: str | Path) -> None:
-        """Write JSON atomically: a temporary file in the same folder, then ``os.replace``."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2, ensure_ascii=False, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | Path) -> Schema:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError("schema file not found", where=str(path)) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SchemaError(
-                f"not valid JSON ({exc})", where=str(path), fix="re-create it from the data"
-            ) from None
-        try:
-            return cls.from_dict(d)
-        except SchemaError as exc:
-            raise SchemaError(exc.message, where=str(path), fix=exc.fix) from None
 
 
 def infer_schema(
@@ -167,7 +52,7 @@ def infer_schema(
         raise SchemaError(
             "target column not found in the data",
             where=target,
-            fix=f"set data.target to one of {_few(df.columns)}",
+            fix=f"set data.target to one of {few_names(df.columns)}",
         )
     present = set(df.columns)
     for name in overrides:
@@ -175,7 +60,7 @@ def infer_schema(
             raise SchemaError(
                 "a feature override names a column not in the data",
                 where=name,
-                fix=f"use one of {_few(df.columns)} in data.features",
+                fix=f"use one of {few_names(df.columns)} in data.features",
             )
     dtypes = df.schema  # built once: each ``df.schema`` call costs a pass over every column
     nulls = df.null_count().row(0, named=True)
@@ -209,52 +94,6 @@ def infer_task(col: ColumnSchema) -> str:
         where=col.name,
         fix="choose a number, category or binary column as data.target",
     )
-
-
-def category_strings(s: pl.Series) -> pl.Series:
-    """Values as category strings: floats that are all whole numbers print as integers."""
-    if s.dtype.is_float():
-        finite = s.filter(s.is_finite())
-        if finite.len() and bool((finite == finite.round(0)).all()) and finite.abs().max() < 2**53:  # type: ignore[operator]
-            s = s.cast(pl.Int64, strict=False).cast(pl.String)
-            return s
-    if s.dtype.is_temporal():
-        return s.dt.to_string()
-    return s.cast(pl.String)
-
-
-def known_categories(s: pl.Series) -> list[str]:
-    """The sorted distinct present values of ``s`` as category strings: what a category encoder
-    fitted on ``s`` knows."""
-    present = s.filter(~missing_mask(s))
-    return category_strings(present).unique().sort().to_list()
-
-
-def unseen_mask(s: pl.Series, known: Sequence[str]) -> pl.Series:
-    """True where a present value of ``s`` (as a category string) is not among ``known``: the
-    one definition of an unseen category, shared by batch validation and drift monitoring."""
-    return ~missing_mask(s) & ~category_strings(s).is_in(list(known)).fill_null(True)
-
-
-def parse_numbers(s: pl.Series) -> pl.Series:
-    """A string column as Float64; cells that do not parse become null."""
-    return s.str.strip_chars().cast(pl.Float64, strict=False)
-
-
-def parse_datetimes(s: pl.Series) -> pl.Series | None:
-    """A string column as Datetime (format inferred); None when no format fits."""
-    try:
-        return s.str.strip_chars().str.to_datetime(strict=False)
-    except pl.exceptions.PolarsError:
-        return None
-
-
-def missing_mask(s: pl.Series) -> pl.Series:
-    """True where a cell is missing: null, or NaN in a float column."""
-    mask = s.is_null()
-    if s.dtype.is_float():
-        mask = mask | s.is_nan().fill_null(False)
-    return mask
 
 
 EXACT_FLOAT_DISTINCT = 10_000
@@ -500,8 +339,3 @@ def _set_stats(col: ColumnSchema, values: pl.Series, *, with_moments: bool) -> N
         col.mean = float(finite.mean())  # type: ignore[arg-type]
         std = finite.std(ddof=0)
         col.std = float(std) if std is not None and math.isfinite(std) else 0.0  # type: ignore[arg-type]
-
-
-def _few(names: list[str], k: int = 8) -> str:
-    shown = ", ".join(names[:k])
-    return shown + (f", ... ({len(names)} columns)" if len(names) > k else "")

@@ -1,0 +1,96 @@
+"""The sections of the live side: ``serve`` (the server and its access matrix), ``monitor`` (drift
+over recent predictions) and ``retrain`` (when the served loop retrains by itself)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dataflywheel.config.section import Section, check_device
+
+Backend = Literal["torch", "int8", "onnx", "onnx-int8"]
+"""What runs a served model's network (``serve.backend``); see :mod:`dataflywheel.export`."""
+ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
+"""The backends that run an ONNX export on onnxruntime."""
+
+
+class RetrainConfig(Section):
+    """When the loop retrains by itself (``flywheel serve --auto-retrain``)."""
+
+    every_n_labels: int | None = Field(50, ge=1)
+    """Retrain after this many new labelled feedback rows; null disables."""
+    drift_threshold: float | None = Field(None, gt=0)
+    """Retrain when any feature's PSI over recent inputs exceeds this; null disables."""
+    poll_seconds: float = Field(5.0, gt=0)
+    """How often the retrain worker checks the trigger."""
+
+
+class MonitorConfig(Section):
+    window: int = Field(1000, ge=10)
+    """Recent predictions compared against the training data."""
+    bins: int = Field(10, ge=2, le=100)
+    """Quantile bins for PSI on numbers."""
+    min_recent: int = Field(200, ge=1)
+    """Recent predictions needed before drift can trigger a retrain (PSI on few rows is noise)."""
+
+
+Guard = Literal["open", "token"]
+
+
+class AuthConfig(Section):
+    """Which route classes need the bearer token when ``FLYWHEEL_API_TOKEN`` is set (the access
+    matrix, :mod:`dataflywheel.serve.auth`). Probes (``/v1/health``, ``/v1/ready``) are always
+    open; feedback and admin routes always need the token."""
+
+    read: Guard = "token"
+    """GET /v1/model, /v1/monitor, /metrics, /docs and /openapi.json."""
+    predict: Guard = "open"
+    """POST /v1/predict and /v1/explain."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_size: int = Field(64, ge=1)
+    """Most records in one forward pass."""
+    max_wait_ms: float = Field(2.0, ge=0)
+    """How long the first request of a batch waits for others to join it."""
+    max_records: int = Field(1000, ge=1)
+    """Most records in one request (more is a 413)."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body (more is a 413)."""
+    log_mode: Literal["sync", "async"] = "sync"
+    """sync: a prediction's response is sent after its log row is committed. async: sent at
+    once; a crash can lose the rows of the last commit group (at most max_wait + one commit)."""
+    swap_poll_seconds: float = Field(1.0, gt=0)
+    """How often the server checks whether its alias moved (hot swap)."""
+    backend: Backend = "torch"
+    """What runs the network: torch (fp32, the bundle as trained), int8 (torch, Linear layers
+    dynamically quantised at load), onnx (ONNX Runtime on the exported fp32 graph) or onnx-int8
+    (ONNX Runtime on that graph quantised to int8, the fastest on CPU). ``flywheel export``
+    shows each one's accuracy against torch and its speed."""
+    device: str = "auto"
+    """Where the torch backend runs: auto (a CUDA GPU when torch sees one and the model has 5 M
+    parameters or more, else the CPU), cpu, cuda or cuda:N. The int8 and ONNX Runtime backends
+    run on the CPU."""
+    auth: AuthConfig = AuthConfig()
+    """The access matrix: which routes need the bearer token when one is set."""
+    header_timeout_s: float | None = Field(10.0, gt=0)
+    """A request's headers must arrive within this many seconds of the connection opening (or
+    of the request's first byte on a kept-alive connection), else 408 and the socket is closed;
+    null: no limit. Responses, streaming ones included, are never timed."""
+    body_timeout_s: float | None = Field(30.0, gt=0)
+    """A request's body must arrive within this many seconds of its headers, else 408; null: no limit."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+    @model_validator(mode="after")
+    def _device_fits_backend(self) -> ServeConfig:
+        if self.backend != "torch" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"device {self.device!r} runs the torch backend only; the {self.backend} backend "
+                             "runs on the CPU (set backend: torch, or device: cpu)")
+        return self

@@ -1,0 +1,120 @@
+"""The ``model``, ``train`` and ``evaluate`` sections: what is built, how it is fitted, and the
+promotion gate it must pass."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dataflywheel.config.section import Section, check_device
+
+
+class ModelConfig(Section):
+    type: str = "mlp"
+    """A registered model builder (``flywheel models builders`` lists them)."""
+    task: str = "auto"
+    """``auto`` (inferred from the target column) or a registered task (:mod:`dataflywheel.tasks`)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Builder arguments, e.g. for mlp: hidden [64, 64], activation relu, dropout 0.0."""
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        from dataflywheel.tasks import available_tasks
+
+        if v != "auto" and v not in available_tasks():
+            raise ValueError(f"must be auto or one of {', '.join(available_tasks())} (got {v!r})")
+        return v
+
+
+class ScheduleConfig(Section):
+    warmup_steps: int = Field(0, ge=0)
+    decay: Literal["constant", "linear", "cosine"] = "constant"
+
+
+class EarlyStoppingConfig(Section):
+    metric: str = "auto"
+    """A logged validation value: val_loss, val_roc_auc, val_accuracy, val_r2. auto = the task's
+    choice when logged (val_roc_auc for binary, the quantity the model is judged on), val_loss
+    otherwise."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """auto = max for metrics where higher is better, min for losses."""
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+def resolve_early_stopping(
+    es: EarlyStoppingConfig, task: str, logged: tuple[str, ...] = ()
+) -> tuple[str, Literal["min", "max"]]:
+    """The concrete (metric, mode) for ``auto`` settings; ``logged`` lists the validation
+    metrics the loop computes (without the ``val_`` prefix)."""
+    metric = es.metric
+    if metric == "auto":
+        from dataflywheel.tasks import get_task
+
+        preferred = get_task(task).early_stopping
+        metric = f"val_{preferred}" if preferred in logged else "val_loss"
+    mode = es.mode
+    if mode == "auto":
+        mode = "min" if metric.endswith(("loss", "rmse", "mae", "mse")) else "max"
+    return metric, mode
+
+
+class TrainConfig(Section):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["auto", "bce", "cross_entropy", "mse"] = "auto"
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    grad_clip: float | None = Field(None, gt=0)
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads; null picks one by model size and available cores."""
+    grad_accumulation: int = Field(1, ge=1)
+    """Micro-batches (of ``batch_size`` rows) whose gradients add up to one optimiser step."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (even mid-epoch); the schedule spans them."""
+    eval_every_steps: int | None = Field(None, ge=1)
+    """Also validate every N optimiser steps (logged in the history's ``evals``)."""
+    device: str = "auto"
+    """Where ``fit`` runs: auto (a CUDA GPU when torch sees one and the model has 5 M parameters or
+    more, else the CPU), cpu, cuda or cuda:N. The trained model comes back to the CPU for
+    evaluation and the bundle."""
+    bf16: bool = False
+    """Train under torch.autocast(bfloat16) where the device supports it (CUDA from compute
+    capability 8.0; CPUs with native bf16), else in fp32 with a warning."""
+    compile: bool = False
+    """Train through torch.compile (needs a C++ compiler; first steps are slow)."""
+    bucket_by_length: bool = True
+    """Text models: draw shuffled batches from length-sorted chunks, so padding stays short."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
+
+
+class EvaluateConfig(Section):
+    """Evaluation and the promotion gate: a challenger replaces the champion only if it beats
+    it on ``metric`` by ``min_improvement`` and regresses on no ``guard_metrics`` by more than
+    ``tolerance``, both models scored on the same test split (plus held-out feedback)."""
+
+    metric: str = "auto"
+    """Primary metric for comparing models: auto = roc_auc (binary), macro_f1 (multiclass),
+    rmse (regression)."""
+    min_improvement: float = Field(0.0, ge=0)
+    """A challenger must beat the champion's primary metric by at least this much."""
+    guard_metrics: list[str] | Literal["auto"] = "auto"
+    """Metrics that must not regress: auto = accuracy, f1, log_loss (binary); accuracy,
+    log_loss (multiclass); mae, r2 (regression)."""
+    tolerance: float = Field(0.01, ge=0)
+    """Largest regression allowed on a guard metric: a share of the champion's value for
+    unbounded metrics (mae, rmse, log_loss: 0.01 = 1 % worse), an absolute amount for bounded
+    ones (accuracy, f1, roc_auc, r2, ...)."""
+    feedback_holdout: float = Field(0.2, ge=0, lt=1)
+    """Share of new labelled feedback held out of retraining and added to the evaluation."""

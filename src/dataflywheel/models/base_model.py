@@ -1,0 +1,151 @@
+"""Where a ``pretrained`` model's base comes from, and how a bundle names it.
+
+A bundle references its base model portably (:func:`portable_base`): by its hub name, or by its
+folder's path relative to the project (flywheel.yaml's folder), never by an absolute path of the
+machine it was trained on; and by :func:`content_hash`, the SHA-256 over its ``config.json`` and
+weight files. Loading looks the relative path up in the folders :func:`resolve_base` is given (the
+project's, and the bundle folder's parents: a store inside the project finds it after the project
+moved). :func:`prepare_config` (called by the training stage) records both in ``model.params``
+and points the text column's ``tokenizer`` at the base folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dataflywheel.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from dataflywheel.config import FlywheelConfig
+    from dataflywheel.data.schema import Schema
+
+CONFIG_FILE = "config.json"
+SAFE_WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+WEIGHT_PATTERNS = SAFE_WEIGHT_PATTERNS + PICKLE_WEIGHT_PATTERNS
+
+
+def base_files(folder: Path) -> list[Path]:
+    """``config.json`` and the weight files of a base-model folder, sorted; a missing folder,
+    config or weights raises :class:`ModelError` naming what is missing."""
+    where = f"base model {folder}"
+    if not folder.is_dir():
+        raise ModelError("base model folder not found", where=where,
+                         fix="restore the folder or set model.params.base to a local model folder")
+    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    missing = [CONFIG_FILE] if not (folder / CONFIG_FILE).is_file() else []
+    if not weights:
+        missing.append("model weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise ModelError(f"base model folder lacks {' and '.join(missing)}", where=where,
+                         fix="copy the complete model folder (save_pretrained writes all of them)")
+    return [folder / CONFIG_FILE, *weights]
+
+
+def content_hash(folder: str | Path) -> str:
+    """SHA-256 over the names and contents of a base model's config and weight files."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in base_files(folder):
+        with open(path, "rb") as fh:
+            file_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest.update(f"{path.name}\0{file_digest}\n".encode())
+    return digest.hexdigest()
+
+
+def local_folder(base: str, base_dir: Path | Sequence[Path] | None) -> Path | None:
+    """The first folder named by ``base`` (absolute, or relative to one of ``base_dir``), or None."""
+    path = Path(base).expanduser()
+    if path.is_absolute():
+        return path if path.is_dir() else None
+    dirs = [base_dir] if isinstance(base_dir, str | Path) else list(base_dir or [])
+    for folder in [*map(Path, dirs), Path.cwd()]:
+        if (folder / path).is_dir():
+            return (folder / path).absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
+    return None
+
+
+def resolve_base(base: str, base_dir: Path | Sequence[Path] | None = None) -> Path:
+    """A local folder for ``model.params.base``: a path (relative to ``base_dir``, normally
+    flywheel.yaml's folder, or to the first of several folders that holds it, then the working
+    folder), else a hub name found in (or, when online, fetched into) the local Hugging Face cache."""
+    folder = local_folder(base, base_dir)
+    if folder is not None:
+        return folder
+    path = Path(base).expanduser()
+    if not path.is_absolute():
+        first = base_dir if isinstance(base_dir, str | Path) else next(iter(base_dir or []), None)
+        path = Path(first) / path if first is not None else path
+    if Path(base).is_absolute() or base.startswith(".") or base.count("/") > 1:
+        base_files(path)  # raises: folder not found
+    try:
+        from huggingface_hub import snapshot_download
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        return Path(snapshot_download(repo_id=base, local_files_only=offline))
+    except Exception as exc:  # noqa: BLE001 - hub errors vary by version; all mean "not available"
+        raise ModelError(
+            f"base model not found: no folder {path} and no hub model {base!r} available ({type(exc).__name__})",
+            where="model.params.base",
+            fix="give a local model folder (relative to flywheel.yaml) or a hub name in the local cache",
+        ) from None
+
+
+def portable_base(base: str, folder: Path, base_dir: Path | None) -> str:
+    """How a bundle names the base ``base`` (resolved to ``folder``): a hub name as it is, a
+    local folder by its POSIX path relative to ``base_dir`` (the project's folder)."""
+    if local_folder(base, base_dir) is None:
+        return base  # a hub name, found in the Hugging Face cache
+    return Path(os.path.relpath(folder, (base_dir or Path.cwd()).absolute())).as_posix()
+
+
+def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
+    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is the
+    portable reference of :func:`portable_base`, ``model.params.base_hash`` the base's
+    :func:`content_hash`, and whose text column reads the base's tokenizer (``max_length`` stays
+    the feature's). Other model types: ``cfg`` itself. A text column given another tokenizer is
+    a :class:`ConfigError`."""
+    from dataflywheel.config import FeatureConfig
+
+    if cfg.model.type != "pretrained":
+        return cfg
+    params = dict(cfg.model.params)
+    if not params.get("base"):
+        raise ConfigError(
+            "a pretrained model needs a base model", where="model.params.base",
+            fix="set it to a local model folder or a hub name, e.g. sentence-transformers/all-MiniLM-L6-v2",
+        )
+    given_base = str(params["base"])
+    folder = resolve_base(given_base, cfg.base_dir)
+    params["base"] = portable_base(given_base, folder, cfg.base_dir)
+    params["base_hash"] = content_hash(folder)
+    # A local base's tokenizer by the same project-relative path; a hub model's from the cache.
+    tokenizer = params["base"] if local_folder(given_base, cfg.base_dir) is not None else str(folder)
+    overrides = {f.name: f for f in cfg.data.features}
+    features = list(cfg.data.features)
+    texts = [c.name for c in schema.features if c.name not in cfg.data.exclude
+             and ((overrides[c.name].type if c.name in overrides else None) or c.type) == "text"]
+    if not texts:
+        raise ConfigError("a pretrained model reads a text column, and the data has none", where="model.type",
+                          fix="give a column type: text in data.features, or use model.type: mlp")
+    for col in texts:
+        current = overrides.get(col)
+        given = current.tokenizer if current is not None else None
+        if given is not None and cfg.resolve(given).resolve() != folder.resolve():
+            raise ConfigError("a pretrained model reads its base model's own tokenizer",
+                              where=f"data.features ({col}).tokenizer", fix="remove the tokenizer setting")
+        updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": tokenizer})
+        features = [updated if f.name == col else f for f in features] if current else [*features, updated]
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"params": params}),
+        "data": cfg.data.model_copy(update={"features": features}),
+    })
+
+
+def has_safetensors(folder: Path) -> bool:
+    """Whether the base folder holds safetensors weights (else only pickle-based ones)."""
+    return any(p.is_file() for pattern in SAFE_WEIGHT_PATTERNS for p in folder.glob(pattern))
