@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -96,10 +97,11 @@ class EventStream:
     ``on_end()`` is called once, on the loop, when it does (an engine forgets the request there).
     """
 
-    __slots__ = ("_ended", "_events", "_loop", "_waiter", "finish", "on_end")
+    __slots__ = ("_ended", "_events", "_loop", "_loop_thread", "_waiter", "finish", "on_end")
 
     def __init__(self, finish: Finish | None = None, on_end: Callable[[], object] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
@@ -108,7 +110,10 @@ class EventStream:
 
     # -- producers: any thread -----------------------------------------------------------------
     def push(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self._put, event)
+        if threading.get_ident() == self._loop_thread:  # an inline request: no wake-up to send
+            self._put(event)
+        else:
+            self._loop.call_soon_threadsafe(self._put, event)
 
     def delta(self, data: Any) -> None:
         self.push(Event("delta", data))
