@@ -101,6 +101,10 @@ class Worker:
         """The next item (or :data:`STOP`), waiting at most ``timeout`` seconds (``queue.Empty``)."""
         return self._queue.get(timeout=timeout)
 
+    def empty(self) -> bool:
+        """Whether nothing is queued (a moment's answer: another thread may queue next)."""
+        return self._queue.empty()
+
     def take_nowait(self) -> Any:
         """The next item already queued (or :data:`STOP`); ``queue.Empty`` when there is none."""
         return self._queue.get_nowait()

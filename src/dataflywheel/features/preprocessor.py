@@ -235,18 +235,17 @@ class Preprocessor:
         plan = self._layout()
         if len(records) > RECORDS_MAX:
             return self.transform(pl.DataFrame(records, infer_schema_length=None))
-        columns: dict[str, list[Any]] = {}
+        present = records[0].keys() if len(records) == 1 else {k for r in records for k in r}
         for col in self.encoders_:
-            values = [r.get(col) for r in records]
-            if not any(col in r for r in records):
+            if col not in present:
                 raise missing_column(col)
-            columns[col] = values
+        columns = {col: [r.get(col) for r in records] for col in self.encoders_}
         n = len(records)
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
         coerced = np.zeros(len(plan.numbers), dtype=np.int64)
         if plan.numbers:
-            if all(number_or_none(v) for c in plan.numbers for v in columns[c]):
+            if all(type(v) is float or number_or_none(v) for c in plan.numbers for v in columns[c]):
                 x = np.array([columns[c] for c in plan.numbers], dtype=np.float64).T
             else:
                 frame = pl.DataFrame([pl.Series(c, columns[c], strict=False) for c in plan.numbers])

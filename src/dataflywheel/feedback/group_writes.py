@@ -55,13 +55,48 @@ class FeedbackRequest:
     done: Done
 
 
+class PreparedInsert:
+    """An insert compiled once for a dialect and run as one DBAPI ``executemany`` inside the
+    connection's transaction, its values passed through the same bind processing SQLAlchemy
+    would apply (a datetime as SQLite's text), so rows read back exactly as through
+    ``conn.execute``; it skips SQLAlchemy's per-statement work on the log's hot path."""
+
+    def __init__(self, statement: Any, dialect: Any, keys: list[str]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=keys)
+        self.sql = str(compiled)
+        self.positional = bool(compiled.positional)
+        self.names: list[str] = list(compiled.positiontup or []) if self.positional else list(compiled.binds)
+        processors = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                      for name in self.names}
+        self.processors = {name: p for name, p in processors.items() if p is not None}
+
+    def run(self, conn: Connection, params: list[dict[str, Any]]) -> None:
+        for row in params:
+            for name, process in self.processors.items():
+                row[name] = process(row[name])
+        values: list[Any] = [tuple(row[n] for n in self.names) for row in params] if self.positional else params
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # open: in a transaction
+        try:
+            cursor.executemany(self.sql, values)
+        finally:
+            cursor.close()
+
+
+_PREPARED: dict[str, PreparedInsert] = {}
+
+
 def insert_predictions(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Prediction rows (dicts with every column of ``predictions``) in one executemany."""
     params = [{"id": r["id"], "created_at": r["created_at"], "model_version": r["model_version"],
                "input_json": to_json(r["input"]), "output_json": to_json(r["output"]),
                "latency_ms": r["latency_ms"]} for r in rows]
-    if params:
-        conn.execute(_INSERT_PREDICTIONS, params)
+    if not params:
+        return
+    dialect = conn.dialect
+    prepared = _PREPARED.get(dialect.name)
+    if prepared is None:
+        prepared = _PREPARED[dialect.name] = PreparedInsert(_INSERT_PREDICTIONS, dialect, list(params[0]))
+    prepared.run(conn, params)
 
 
 def record_feedback(conn: Connection, run: list[FeedbackRequest]) -> list[tuple[bool, Any]]:

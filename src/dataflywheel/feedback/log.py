@@ -32,6 +32,7 @@ item is replayed in its own transaction, so one bad row fails only its own calle
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -115,7 +116,11 @@ class LogWriter(Worker):
                                               wal_limit_bytes=wal_limit_bytes) if self._sqlite else None)
         self.group_sizes: list[int] = []
         self.commits = 0
+        self.inline_commits = 0
+        """Groups committed on the submitting thread (:meth:`submit_rows` with ``inline``)."""
         self._conn: Connection | None = None
+        self._committing = threading.Lock()
+        """Held while a group commits, on the writer thread or inline."""
 
     def closed_error(self) -> WriterClosed:
         return WriterClosed("the prediction log writer is not running", fix="start the writer first")
@@ -140,10 +145,24 @@ class LogWriter(Worker):
         self.put(_Op(op, future_done(fut)))
         return fut
 
-    def submit_rows(self, rows: list[dict[str, Any]], done: Done, result: Any = None) -> None:
+    def submit_rows(self, rows: list[dict[str, Any]], done: Done, result: Any = None, *,
+                    inline: bool = False) -> None:
         """Queue prediction rows (dicts with every column of ``predictions``); ``done(result,
-        None)`` once committed. Raises :class:`WriterClosed` when stopped."""
-        self.put(_Rows(rows, done, result))
+        None)`` once committed. Raises :class:`WriterClosed` when stopped.
+
+        With ``inline``, when the writer has nothing queued and is not committing, the rows
+        commit here, on the calling thread, before this returns: a lone request then skips
+        the hop to the writer and back (the commit is the same transaction the writer would
+        run; under load the writer's group commit takes over)."""
+        item = _Rows(rows, done, result)
+        if inline and self.alive and self.empty() and self._committing.acquire(blocking=False):
+            try:
+                self.inline_commits += 1
+                self._commit_locked([item])
+            finally:
+                self._committing.release()
+            return
+        self.put(item)
 
     def log_predictions(self, records: Iterable[PredictionRecord]) -> Future[list[str]]:
         """Insert prediction rows; the future holds their ids once committed."""
@@ -224,6 +243,10 @@ class LogWriter(Worker):
         return self._checkpointer.wal_size() if self._checkpointer is not None else 0
 
     def _commit_group(self, group: list[_Item]) -> None:
+        with self._committing:
+            self._commit_locked(group)
+
+    def _commit_locked(self, group: list[_Item]) -> None:
         try:
             conn = self._connection()
             with conn.begin():
@@ -233,7 +256,7 @@ class LogWriter(Worker):
                 call_done(group[0].done, None, exc)
             else:  # only the culprit fails
                 for item in group:
-                    self._commit_group([item])
+                    self._commit_locked([item])
             return
         self.commits += 1
         if self._checkpointer is not None:

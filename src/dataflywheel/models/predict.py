@@ -23,10 +23,13 @@ TEXT_BATCH = 64
 TABULAR_BATCH = 8192
 
 
-def as_batch(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0) -> Batch:
+def as_batch(model: nn.Module, inputs: Inputs, *, pad_id: PadIds = 0,
+             placement: tuple[torch.dtype, torch.device] | None = None) -> Batch:
     """All rows of ``inputs`` as one batch of the names ``model`` reads, as tensors of their
-    registered kinds on the model's device (floats in its dtype, ragged rows padded)."""
-    dtype, device = dtype_for(model)
+    registered kinds on the model's device (floats in its dtype, ragged rows padded).
+    ``placement``: the model's ``(dtype, device)`` when the caller knows it (saves a walk over
+    its parameters per call)."""
+    dtype, device = placement if placement is not None else dtype_for(model)
     return collate(to_tensors(inputs, sources(model_reads(model)), dtype=dtype, device=device), None,
                    pad_id=pad_id, device=device)
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,13 +57,15 @@ class Event:
 @dataclass(slots=True)
 class EngineRequest:
     """Records to run on ``model``; ``options`` are the engine's per-request knobs (a generator's
-    ``max_new_tokens``, say); ``finish`` is the caller's hook on the final result."""
+    ``max_new_tokens``, say); ``finish`` is the caller's hook on the final result; ``alone``
+    says no other request is in the pipeline with it (an engine may then skip its queue)."""
 
     model: ServedModel
     records: list[dict[str, Any]]
     options: Mapping[str, Any] | None = None
     finish: Finish | None = None
     id: str = field(default_factory=lambda: f"r{next(_REQUEST_IDS)}")
+    alone: bool = False
 
 
 class Engine(Protocol):
@@ -93,10 +97,11 @@ class EventStream:
     ``on_end()`` is called once, on the loop, when it does (an engine forgets the request there).
     """
 
-    __slots__ = ("_ended", "_events", "_loop", "_waiter", "finish", "on_end")
+    __slots__ = ("_ended", "_events", "_loop", "_loop_thread", "_waiter", "finish", "on_end")
 
     def __init__(self, finish: Finish | None = None, on_end: Callable[[], object] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
@@ -105,7 +110,10 @@ class EventStream:
 
     # -- producers: any thread -----------------------------------------------------------------
     def push(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self._put, event)
+        if threading.get_ident() == self._loop_thread:  # an inline request: no wake-up to send
+            self._put(event)
+        else:
+            self._loop.call_soon_threadsafe(self._put, event)
 
     def delta(self, data: Any) -> None:
         self.push(Event("delta", data))
@@ -183,9 +191,20 @@ Item = tuple["ServedModel", dict[str, Any]]
 """(the model a record was validated against, the record)."""
 
 
+LONE_RECORDS = 4
+"""Most records a request may hold to run inline (see :class:`MicroBatchEngine`)."""
+LONE_BUDGET_S = 0.0005
+"""Longest measured forward pass (seconds) that still runs inline on the event loop."""
+
+
 class MicroBatchEngine:
     """Today's engine: one forward pass over the records of concurrent requests, on the
     batcher's thread; one ``final`` event per request (its records' outputs, in order).
+
+    A request that arrives alone (``request.alone``, nothing in flight) with a few records, on a model whose
+    small forward passes have been measured under ``lone_budget_s``, runs inline on the event
+    loop instead: there is nothing to batch it with, and the two thread hops (to the batcher and
+    back) cost more than such a forward pass. Concurrent requests still meet in the batcher.
 
     Requests validated against different models (a hot swap in flight) share a batch but each
     runs on its own model. ``on_truncated(n)`` hears how many texts a forward pass cut.
@@ -193,19 +212,59 @@ class MicroBatchEngine:
 
     def __init__(self, *, max_batch_size: int = 64, max_wait_ms: float = 2.0,
                  on_batch: Callable[[int], None] | None = None,
-                 on_truncated: Callable[[int], None] | None = None) -> None:
+                 on_truncated: Callable[[int], None] | None = None,
+                 lone_budget_s: float = LONE_BUDGET_S) -> None:
         self.on_truncated = on_truncated
+        self.on_batch = on_batch
         self.batcher: MicroBatcher[Item, dict[str, Any]] = MicroBatcher(
-            self.forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_batch=on_batch)
+            self._timed_forward, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_batch=on_batch)
         self._inflight: dict[str, tuple[Pending[Item], EventStream]] = {}
+        self.lone_budget_s = lone_budget_s
+        self._small_cost: dict[int, deque[float]] = {}
+        """Seconds of the recent small forward passes, per served model (by id); the fastest of
+        them is the model's cost (a pass the machine preempted says nothing about the model)."""
+        self.inline = 0
+        """Requests that ran inline (for tests and metrics)."""
 
     def submit(self, request: EngineRequest) -> EventStream:
         rid, inflight = request.id, self._inflight
         stream = EventStream(request.finish, lambda: inflight.pop(rid, None))
         model = request.model
-        pending = self.batcher.enqueue([(model, r) for r in request.records], stream.done)
+        items = [(model, r) for r in request.records]
+        if request.alone and not inflight and self._lone_ok(model, len(items)):
+            self.inline += 1
+            try:
+                outputs = self._timed_forward(items)
+            except Exception as exc:  # noqa: BLE001 - the request fails, as on the batcher
+                stream.error(exc)
+                return stream
+            self.batcher.batch_sizes.append(len(items))  # a forward pass like the batcher's
+            if self.on_batch is not None:
+                self.on_batch(len(items))
+            stream.done(outputs, None)
+            return stream
+        pending = self.batcher.enqueue(items, stream.done)
         inflight[rid] = (pending, stream)
         return stream
+
+    def _lone_ok(self, model: Any, n: int) -> bool:
+        costs = self._small_cost.get(id(model))
+        if not costs or n > LONE_RECORDS:
+            return False
+        return min(costs) <= self.lone_budget_s and self.batcher.alive
+
+    def _timed_forward(self, items: list[Item]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        out = self.forward(items)
+        if len(items) <= LONE_RECORDS:
+            first = items[0][0]
+            costs = self._small_cost.get(id(first))
+            if costs is None:
+                if len(self._small_cost) > 8:  # models swapped out long ago
+                    self._small_cost.clear()
+                costs = self._small_cost[id(first)] = deque(maxlen=8)
+            costs.append(time.perf_counter() - started)
+        return out
 
     def cancel(self, request_id: str) -> bool:
         entry = self._inflight.pop(request_id, None)

@@ -23,6 +23,7 @@ Backend: ``serve.backend`` picks what runs the network (``network``): the bundle
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,6 +36,7 @@ from torch import nn
 from dataflywheel.config import ONNX_BACKENDS, Backend, PrivacyConfig
 from dataflywheel.data.schema import Schema
 from dataflywheel.errors import ConfigError
+from dataflywheel.features.batch import dtype_for
 from dataflywheel.models.predict import as_batch, logits_to_output, predict_logits
 from dataflywheel.privacy import Redactor
 from dataflywheel.registry.predictor import Predictor
@@ -57,6 +59,11 @@ class ServedModel:
     backend: Backend = "torch"
     device: str = "cpu"
     """Where the network runs (``serve.device``): ``cpu`` or ``cuda:N``."""
+
+    @functools.cached_property
+    def placement(self) -> tuple[torch.dtype, torch.device]:
+        """The serving network's float dtype and device, found once."""
+        return dtype_for(self.predictor.model if self.network is None else self.network)
 
     @property
     def redactor(self) -> Redactor | None:
@@ -96,7 +103,7 @@ class ServedModel:
                 on_truncated(n_truncated)
         else:  # a few rows: one forward, no batching
             with torch.inference_mode():
-                logits = net(as_batch(net, batch.inputs))
+                logits = net(as_batch(net, batch.inputs, placement=self.placement))
         scores = logits_to_output(logits, p.task)
         decoded = p.decode(p.task_object.scores(p.target, scores))
         version = self.version

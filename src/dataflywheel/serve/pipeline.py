@@ -71,6 +71,8 @@ class PredictPipeline:
         self.max_records = max_records
         self.metrics = metrics
         self._explaining = asyncio.Lock()
+        self.active = 0
+        """Requests between the start of their forward step and their answer."""
 
     # -- parse, validate, redact -----------------------------------------------------------------
     def prepare(self, payload: Any, *, max_records: int | None = None, started: float | None = None) -> Prepared:
@@ -95,8 +97,8 @@ class PredictPipeline:
     # -- forward and log ---------------------------------------------------------------------------
     def request(self, prepared: Prepared, **options: Any) -> EngineRequest:
         """The engine request for ``prepared``, its ``finish`` hook the log step."""
-        request = EngineRequest(prepared.model, prepared.features,
-                                finish=lambda out, done: self.log(prepared, out, done))
+        request = EngineRequest(prepared.model, prepared.features)
+        request.finish = lambda out, done: self.log(prepared, out, done, inline=request.alone)
         if options:
             request.options = options
         return request
@@ -122,7 +124,12 @@ class PredictPipeline:
         stream is read directly (no generator in between: this is the hot path)."""
         request = self.request(prepared)
         ended = False
+        self.active += 1
         try:
+            # One turn of the loop first, so that requests that arrived with this one reach this
+            # point too and the engine knows whether this one is alone (then it may skip its queue).
+            await asyncio.sleep(0)
+            request.alone = self.active == 1
             async for event in self.engine.submit(request):
                 if event.kind == "delta":
                     continue
@@ -134,16 +141,19 @@ class PredictPipeline:
                     self.metrics.predictions.inc(len(answers))
                 return answers
         finally:
+            self.active -= 1
             if not ended:  # cancelled, or the caller's task was: free the engine's slot
                 self.engine.cancel(request.id)
         raise RequestCancelled("the request was cancelled before its answer", where="the model engine",
                                fix="send the request again")
 
-    def log(self, prepared: Prepared, outputs: list[dict[str, Any]], done: Done) -> None:
+    def log(self, prepared: Prepared, outputs: list[dict[str, Any]], done: Done, *, inline: bool = False) -> None:
         """The log step (the engine's ``finish`` hook, on its thread): name each output, queue
         its row, then ``done(answers, None)``: once committed in ``sync`` mode, at once in
         ``async``. Queues straight to the log writer, so a request costs one hop to the model
-        thread, one to the writer and one back."""
+        thread, one to the writer and one back; a request that was ``inline`` (alone) commits
+        here when the writer is idle. A batch's rows always go to the writer, whose group
+        commit runs beside the next forward pass."""
         latency_ms = (time.perf_counter() - prepared.started) * 1000.0
         now = utcnow()
         answers = [{"prediction_id": pid, **out} for pid, out in zip(new_ids(len(outputs)), outputs, strict=True)]
@@ -151,7 +161,7 @@ class PredictPipeline:
                  "input": feat, "output": logged_output(out), "latency_ms": latency_ms}
                 for a, feat, out in zip(answers, prepared.features, outputs, strict=True)]
         if self.log_mode == "sync":
-            self.writer.submit_rows(rows, done, answers)
+            self.writer.submit_rows(rows, done, answers, inline=inline)
             return
         self.writer.submit_rows(rows, self._log_done)
         done(answers, None)
