@@ -14,8 +14,6 @@ training-time encoding exactly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +39,7 @@ from dataflywheel.features.encoded import (
 from dataflywheel.features.encoders import CategoryEncoder, Encoder
 from dataflywheel.features.specs import build_encoder, feature_specs
 from dataflywheel.features.text import TextEncoder
+from dataflywheel.store.artifacts import atomic_write_text
 
 if TYPE_CHECKING:
     from dataflywheel.config import FeatureConfig
@@ -310,16 +309,7 @@ class Preprocessor:
         """Write JSON to ``path`` atomically (a temp file beside it, then ``os.replace``)."""
         path = Path(path)
         text = json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
         return path
 
     @classmethod

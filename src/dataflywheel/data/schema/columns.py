@@ -7,14 +7,13 @@ through JSON. :mod:`.inference` builds one from a frame.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from dataflywheel.config import FeatureType
 from dataflywheel.errors import DataError, SchemaError
+from dataflywheel.store.artifacts import atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -97,16 +96,7 @@ class Schema:
     def save(self, path: str | Path) -> None:
         """Write JSON atomically: a temporary file in the same folder, then ``os.replace``."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2, ensure_ascii=False, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:
