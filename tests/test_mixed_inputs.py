@@ -131,3 +131,12 @@ def test_served_predictions_and_explanations_cover_every_input(project: Path) ->
     total = sum(i["attribution"] for i in items)
     assert total == pytest.approx(e["output"] - e["baseline_output"], abs=max(0.05, abs(e["convergence_delta"]) * 2))
     assert all(i["attribution"] is not None for i in items)
+
+
+def test_validate_says_which_text_columns_an_mlp_skips(tmp_path: Path) -> None:
+    pl.DataFrame(rows(60, seed=4)).write_csv(tmp_path / "tickets.csv")
+    (tmp_path / "flywheel.yaml").write_text("data: {source: tickets.csv, target: escalated}\nmodel: {type: mlp}\n")
+    result = flywheel("validate", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "inputs: wait_hours, plan" in result.out
+    assert "reads no text: ticket, reply are not an input" in result.out

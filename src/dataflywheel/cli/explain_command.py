@@ -48,8 +48,12 @@ def _lines(i: int, e: dict[str, Any]) -> list[str]:
             f"baseline {_f(e['baseline_output'])}, delta {_f(e['convergence_delta'])})")
     top = sorted(e["attributions"], key=lambda a: -abs(a["attribution"] or 0.0))[:TOP]
     rows = []
+    columns = {a.get("column") for a in e["attributions"] if "token" in a}
     for a in top:
-        name = f"token {a['token']!r}" if "token" in a else f"{a['feature']} = {a['value']}"
+        if "token" in a:  # with several text columns, say whose token it is
+            name = f"token {a['token']!r}" + (f" in {a['column']}" if len(columns) > 1 else "")
+        else:
+            name = f"{a['feature']} = {a['value']}"
         rows.append(f"  {_f(a['attribution'], signed=True)}  {name}")
     return [head, *rows]
 

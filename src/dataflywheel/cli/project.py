@@ -37,18 +37,24 @@ def validate(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> No
     """Check a flywheel.yaml: unknown keys, types and ranges, with the YAML path of each error;
     then read its data and check that the model has at least one input column."""
     from dataflywheel.config import check_model_params, load_config
-    from dataflywheel.features.inputs import config_inputs
+    from dataflywheel.features.inputs import config_columns
 
     cfg = load_config(config)
     check_model_params(cfg, where=str(config))
-    inputs = config_inputs(cfg)
+    inputs, skipped = config_columns(cfg)
     if as_json:
         print_json({"config": str(config), "valid": True, "source": cfg.data.source.type,
-                    "target": cfg.data.target, "model": cfg.model.type, "inputs": inputs})
+                    "target": cfg.data.target, "model": cfg.model.type, "inputs": inputs,
+                    "skipped_text": skipped})
         return
     shown = ", ".join(inputs[:8]) + (f", ... ({len(inputs)} columns)" if len(inputs) > 8 else "")
-    console().print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, "
-                    f"model {cfg.model.type}; inputs: {shown})", markup=False)
+    out = console()
+    out.print(f"{config}: valid (source {cfg.data.source.type}, target {cfg.data.target!r}, "
+              f"model {cfg.model.type}; inputs: {shown})", markup=False)
+    if skipped:
+        out.print(f"note: the {cfg.model.type} model reads no text: {', '.join(skipped)} "
+                  f"{'are' if len(skipped) > 1 else 'is'} not an input (model.type: transformer reads text "
+                  "beside the other columns)", markup=False)
 
 
 def run(

@@ -52,6 +52,11 @@ def _epoch_seconds(series: pl.Series, fmt: str | None) -> pl.Series:
     return s.dt.timestamp("ms").cast(pl.Float64) / 1000.0
 
 
+def readable_datetime(value: str) -> bool:
+    """Whether one text reads as a timestamp in one of :data:`DATETIME_FORMATS`."""
+    return _epoch_seconds(pl.Series("s", [value], dtype=pl.String), None)[0] is not None
+
+
 def learn_datetime_format(series: pl.Series) -> str | None:
     """The format of :data:`DATETIME_FORMATS` reading most of a text column's (sampled) values;
     None for a non-text column or when none reads any."""

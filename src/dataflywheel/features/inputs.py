@@ -49,8 +49,9 @@ def model_inputs(cfg: FlywheelConfig, schema: Schema, *, text: bool | None = Non
         return columns
     skipped = [c for c in pre.skipped if c in schema.names]
     if skipped:
-        fix = (f"set model.type: transformer (or pretrained) to read the text column {skipped[0]!r}, "
-               "or give the data a number or category column")
+        named = ", ".join(repr(c) for c in skipped)
+        fix = (f"set model.type: transformer to read the text column{'s' if len(skipped) > 1 else ''} {named} "
+               "(pretrained reads one), or give the data a number or category column")
     else:
         fix = "remove a column from data.exclude, or give the data a column other than the target"
     raise ConfigError(f"the {cfg.model.type} model would read no input column", where="data", fix=fix)
@@ -59,6 +60,12 @@ def model_inputs(cfg: FlywheelConfig, schema: Schema, *, text: bool | None = Non
 def config_inputs(cfg: FlywheelConfig) -> list[str]:
     """:func:`model_inputs` on the data ``cfg`` points at: reads the source and infers its schema
     as ingestion does (``data.exclude`` must name columns of the data)."""
+    return config_columns(cfg)[0]
+
+
+def config_columns(cfg: FlywheelConfig) -> tuple[list[str], list[str]]:
+    """``(inputs, skipped text columns)`` of the data ``cfg`` points at: :func:`model_inputs`,
+    and the text columns the model does not read (an ``mlp``'s), neither excluded nor the target."""
     from dataflywheel.data.dataset import check_excluded
     from dataflywheel.data.schema import infer_schema
     from dataflywheel.data.sources import source_from_config
@@ -68,4 +75,6 @@ def config_inputs(cfg: FlywheelConfig) -> list[str]:
     check_excluded(raw, cfg, source.describe())
     raw = raw.drop(cfg.data.exclude)
     overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
-    return model_inputs(cfg, infer_schema(raw, target=cfg.data.target, overrides=overrides))
+    schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
+    inputs = model_inputs(cfg, schema)
+    return inputs, [c.name for c in schema.features if c.type == "text" and c.name not in inputs]

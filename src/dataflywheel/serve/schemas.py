@@ -5,10 +5,13 @@ preprocessor reads is a required field (``null`` is allowed and means "missing",
 preprocessor fills as at training time). ``number`` fields take finite JSON numbers only (no
 strings, booleans, NaN or infinity); ``category``/``binary``/``text``/``datetime`` fields take
 strings, with integers and booleans read as their category string (``1`` -> ``"1"``, ``true`` ->
-``"true"``), as the encoders compare categories; like text, they must be valid Unicode. ``text``
-fields take raw text only: a non-empty, non-blank JSON string of valid Unicode (no ``null``,
-numbers or unpaired surrogates); any length passes (the body limit bounds it) and the tokenizer
-truncates it to the model's ``max_length``, counted in ``/metrics``. Extra keys are ignored, so
+``"true"``), as the encoders compare categories; like text, they must be valid Unicode;
+``datetime`` fields take a string that reads as a date or time (``2024-05-01``,
+``2024-05-01T13:45:00``, ...: the formats a datetime column is read in), nothing else. ``text``
+fields take raw text: a non-empty, non-blank JSON string of valid Unicode (no numbers or unpaired
+surrogates; ``null`` reads as empty text beside other inputs); any length passes (the body
+limit bounds it) and the tokenizer truncates it to the model's ``max_length``, counted in
+``/metrics``. Extra keys are ignored, so
 a client may send ids alongside the features; a misspelt feature shows as a missing one.
 """
 
@@ -57,8 +60,19 @@ def _check_text(value: str) -> str:
 
 Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]
 
+
+def _check_datetime(value: str) -> str:
+    from dataflywheel.features.datetimes import readable_datetime
+
+    if not readable_datetime(_check_unicode(value)):
+        raise ValueError("not a date or time: send e.g. 2024-05-01, 2024-05-01 13:45 or 2024-05-01T13:45:00")
+    return value
+
+
+Datetime = Annotated[str, Field(strict=True, max_length=100), AfterValidator(_check_datetime)]
+
 _TYPES: dict[str, Any] = {"number": Number, "category": Category, "binary": Category,
-                          "text": Text, "datetime": Category}
+                          "text": Text, "datetime": Datetime}
 
 
 class RecordBase(BaseModel):
