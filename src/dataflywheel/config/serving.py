@@ -54,8 +54,9 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535)
     max_batch_size: int = Field(64, ge=1)
     """Most records in one forward pass."""
-    max_wait_ms: float = Field(2.0, ge=0)
-    """How long the first request of a batch waits for others to join it."""
+    max_wait_ms: float = Field(0.0, ge=0)
+    """How long a batch that already has company waits for more (0: it takes what is queued and
+    goes; under load requests queue while a forward pass runs, so batches form by themselves)."""
     max_records: int = Field(1000, ge=1)
     """Most records in one request (more is a 413)."""
     max_body_bytes: int = Field(1_048_576, ge=1024)

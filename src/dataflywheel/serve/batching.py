@@ -4,8 +4,9 @@ A request submits its items (records) and awaits a future. The worker thread tak
 waiting request and every request already queued behind it. A request that is alone runs at
 once (batching must cost nothing when there is no concurrency); when others were queued, the
 worker keeps collecting until the batch holds ``max_batch_size`` items or ``max_wait_ms`` has
-passed since the first one. Under load, requests pile up while a forward pass runs, so batches
-form by themselves. ``fn`` runs once on all the batch's items and each request gets its slice.
+passed since the first one (by default 0: take what is queued and go). Under load, requests pile
+up while a forward pass runs, so batches form by themselves; on the breast-cancer MLP at
+concurrency 8, waiting 2 ms for company halved the served requests/s. ``fn`` runs once on all the batch's items and each request gets its slice.
 A request never straddles two batches; one larger than ``max_batch_size`` runs alone. If a
 batch fails, its requests are re-run one by one so a bad request fails only itself. The event
 loop never runs the model, so it keeps accepting requests (and filling the next batch) while a
@@ -65,7 +66,7 @@ class MicroBatcher(Worker, Generic[T, R]):
         fn: Callable[[list[T]], Sequence[R]],
         *,
         max_batch_size: int = 64,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         name: str = "flywheel-batcher",
         history: int = 10_000,
         on_batch: Callable[[int], None] | None = None,

@@ -210,7 +210,7 @@ class MicroBatchEngine:
     runs on its own model. ``on_truncated(n)`` hears how many texts a forward pass cut.
     """
 
-    def __init__(self, *, max_batch_size: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, *, max_batch_size: int = 64, max_wait_ms: float = 0.0,
                  on_batch: Callable[[int], None] | None = None,
                  on_truncated: Callable[[int], None] | None = None,
                  lone_budget_s: float = LONE_BUDGET_S) -> None:

@@ -26,7 +26,7 @@ class ServeSettings:
 
     max_batch_size: int = 64
     """Most records in one forward pass."""
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     """How long a batch with concurrent requests waits for more (a lone request never waits)."""
     max_records: int = 1000
     """Most records in one request (more is a 413)."""
