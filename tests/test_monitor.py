@@ -28,7 +28,7 @@ from dataflywheel.feedback.log import FeedbackRow, LogWriter, PredictionRecord, 
 from dataflywheel.feedback.monitor import clear_cache, live_accuracy, monitor_report
 from dataflywheel.store import Project
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
+from store_helpers import trained_example
 
 
 def hand_psi(r: list[float], c: list[float]) -> float:
@@ -199,12 +199,7 @@ def test_report_with_category_features_and_reference_cache(tmp_path: Path, monke
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataflywheel.loop import run
-
-    folder = tmp_path_factory.mktemp("monitor")
-    (folder / "flywheel.yaml").write_text(EXAMPLE.read_text().replace("epochs: 50", "epochs: 2"))
-    assert run(folder / "flywheel.yaml", progress=False).version == 1
-    return folder
+    return trained_example(tmp_path_factory.mktemp("monitor"), epochs=2)
 
 
 def test_end_to_end_report_and_command(trained: Path) -> None:

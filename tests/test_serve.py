@@ -24,17 +24,12 @@ from dataflywheel.serve.app import LabelError, ServeSettings, check_label, creat
 from dataflywheel.serve.batching import MicroBatcher
 from dataflywheel.serve.schemas import record_model
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
+from store_helpers import trained_example
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataflywheel.loop import run
-
-    folder = tmp_path_factory.mktemp("serve")
-    (folder / "flywheel.yaml").write_text(EXAMPLE.read_text().replace("epochs: 50", "epochs: 3"))
-    assert run(folder / "flywheel.yaml", progress=False).version == 1
-    return folder
+    return trained_example(tmp_path_factory.mktemp("serve"), epochs=3)
 
 
 @pytest.fixture(scope="module")

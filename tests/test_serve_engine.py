@@ -25,7 +25,7 @@ from dataflywheel.serve.pipeline import PredictPipeline
 from dataflywheel.serve.requests import BadRequest
 from dataflywheel.store import Project
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
+from store_helpers import trained_example
 
 
 class ToyStreamingEngine:
@@ -269,12 +269,7 @@ def test_the_micro_batcher_engine_drops_a_cancelled_request_before_its_forward_p
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataflywheel.loop import run
-
-    folder = tmp_path_factory.mktemp("serve-engine")
-    (folder / "flywheel.yaml").write_text(EXAMPLE.read_text().replace("epochs: 50", "epochs: 2"))
-    assert run(folder / "flywheel.yaml", progress=False).version == 1
-    return folder
+    return trained_example(tmp_path_factory.mktemp("serve-engine"), epochs=2)
 
 
 def test_the_server_predicts_and_logs_through_a_plugged_engine(project: Path) -> None:

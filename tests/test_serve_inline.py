@@ -17,17 +17,12 @@ from fastapi import FastAPI
 from dataflywheel.feedback.log import PredictionRow
 from dataflywheel.serve.app import ServeSettings, create_app
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "breast-cancer" / "flywheel.yaml"
+from store_helpers import trained_example
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dataflywheel.loop import run
-
-    folder = tmp_path_factory.mktemp("inline")
-    (folder / "flywheel.yaml").write_text(EXAMPLE.read_text().replace("epochs: 50", "epochs: 2"))
-    assert run(folder / "flywheel.yaml", progress=False).version == 1
-    return folder
+    return trained_example(tmp_path_factory.mktemp("inline"), epochs=2)
 
 
 def records(project: Path, n: int) -> list[dict[str, Any]]:
