@@ -4,13 +4,14 @@ A request submits its items (records) and awaits a future. The worker thread tak
 waiting request and every request already queued behind it. A request that is alone runs at
 once (batching must cost nothing when there is no concurrency); when others were queued, the
 worker keeps collecting until the batch holds ``max_batch_size`` items or ``max_wait_ms`` has
-passed since the first one (by default 0: take what is queued and go). Under load, requests pile
-up while a forward pass runs, so batches form by themselves; on the breast-cancer MLP at
-concurrency 8, waiting 2 ms for company halved the served requests/s. ``fn`` runs once on all the batch's items and each request gets its slice.
-A request never straddles two batches; one larger than ``max_batch_size`` runs alone. If a
-batch fails, its requests are re-run one by one so a bad request fails only itself. The event
-loop never runs the model, so it keeps accepting requests (and filling the next batch) while a
-forward pass is in progress.
+passed since the first one (by default 0: take what is queued and go). Under load, requests
+pile up while a forward pass runs, so batches form by themselves; on the breast-cancer MLP at
+concurrency 8, waiting 2 ms for company halved the served requests/s. ``fn`` runs once on all
+the batch's items and each request gets its slice. A request never straddles two batches; one
+larger than ``max_batch_size`` runs alone. If a batch fails, its requests are re-run one by
+one so a bad request fails only itself. The event loop runs no batch's forward pass (only a
+lone request's, see ``serve.engine``), so it keeps accepting requests (and filling the next
+batch) while a forward pass is in progress.
 
 Completion is a :data:`~dataflywheel.workers.Done` callback run on the worker thread
 (:meth:`MicroBatcher.enqueue`), so a caller can chain the next step (the prediction log write)
