@@ -5,6 +5,8 @@ Like numbers, an unreadable cell (``"yesterday"``) counts as coerced and is enco
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,9 +54,25 @@ def _epoch_seconds(series: pl.Series, fmt: str | None) -> pl.Series:
     return s.dt.timestamp("ms").cast(pl.Float64) / 1000.0
 
 
+_DATE_CHARS = re.compile(r"^[0-9 ./:T+\-Z]+$")
+
+
 def readable_datetime(value: str) -> bool:
-    """Whether one text reads as a timestamp in one of :data:`DATETIME_FORMATS`."""
-    return _epoch_seconds(pl.Series("s", [value], dtype=pl.String), None)[0] is not None
+    """Whether one text reads as a timestamp in one of :data:`DATETIME_FORMATS` (as the
+    encoder reads it). ISO 8601 text is checked in microseconds (``datetime.fromisoformat``);
+    text with other characters than digits, separators, ``T`` and ``Z`` is refused at once;
+    the rest (``01/05/2024``) is read by polars, as the encoder does."""
+    text = value.strip()
+    if not text or not _DATE_CHARS.match(text):
+        return False
+    iso = len(text) >= 10 and text[4] == "-" and text[7] == "-"  # YYYY-MM-DD, and a time as HH:MM...
+    if iso and (len(text) == 10 or (len(text) >= 16 and text[13] == ":")):
+        try:
+            datetime.fromisoformat(text)
+            return True
+        except ValueError:
+            pass
+    return _epoch_seconds(pl.Series("s", [text], dtype=pl.String), None)[0] is not None
 
 
 def learn_datetime_format(series: pl.Series) -> str | None:
