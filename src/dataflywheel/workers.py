@@ -23,6 +23,7 @@ import asyncio
 import logging
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Self
@@ -43,7 +44,7 @@ class WorkerClosed(FlywheelError):
     """A worker thread is not running (the server is starting or shutting down)."""
 
 
-class Worker:
+class Worker(ABC):
     """A daemon thread with a queue (see the module docstring). ``name`` names the thread."""
 
     name = "flywheel-worker"
@@ -58,9 +59,9 @@ class Worker:
         """What :meth:`put` raises when the worker is not running."""
         return WorkerClosed(f"{self.name} is not running", fix="retry once /v1/ready says ready")
 
+    @abstractmethod
     def run(self) -> None:
         """The thread's loop: take items until :data:`STOP`. Subclasses write it."""
-        raise NotImplementedError
 
     def start(self) -> Self:
         with self._lock:
