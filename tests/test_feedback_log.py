@@ -153,6 +153,44 @@ def test_the_wal_file_shrinks_back_after_a_load_peak(project: Project) -> None:
     assert peak > 4 * limit and after <= limit, (peak, after)
 
 
+def test_the_wal_starts_over_under_steady_load_without_truncating(project: Project) -> None:
+    """Lone commits one after another never leave SQLite a moment with every frame copied, so the
+    WAL would only grow; past ``wal_restart_bytes`` the checkpointer pauses the commits for one
+    short checkpoint and the WAL starts over: the file stays bounded, no truncating checkpoint
+    (which would stall the writers) is needed, and no write fails."""
+    from sqlalchemy import event
+
+    restart = 256 * 1024
+    truncates: list[str] = []
+    listener = lambda *a: truncates.append(a[2]) if "TRUNCATE" in a[2] else None  # noqa: E731
+    event.listen(project.metadata.engine, "before_cursor_execute", listener)
+    try:
+        with LogWriter(project.metadata, checkpoint_seconds=0.02, wal_limit_bytes=1 << 30,
+                       wal_restart_bytes=restart) as w:
+            record = {"text": "y" * 2_000}
+            deadline = time.monotonic() + 1.5
+            sizes, n = [], 0
+            while time.monotonic() < deadline:
+                done: list[BaseException | None] = []
+                rows = [{"id": new_id(), "created_at": utcnow(), "model_version": 1, "input": record,
+                         "output": {"prediction": "a"}, "latency_ms": 1.0}]
+                w.submit_rows(rows, lambda _v, e, done=done: done.append(e), None, inline=True)
+                while not done:
+                    time.sleep(0.0005)
+                assert done == [None]
+                n += 1
+                sizes.append(w.wal_size())
+            assert w.count(PredictionRow) == n
+            restarts = w._checkpointer.restarts if w._checkpointer else 0
+    finally:
+        event.remove(project.metadata.engine, "before_cursor_execute", listener)
+    assert restarts >= 2, restarts
+    assert not truncates, truncates
+    # Every commit appends at least one page-sized frame: without restarts the file would hold
+    # them all; restarting, it reuses its space from the start.
+    assert max(sizes) < n * 4096 / 2, (max(sizes), n)
+
+
 def test_feedback_unknown_prediction_is_not_found(writer: LogWriter) -> None:
     with pytest.raises(NotFoundError, match="no prediction"):
         writer.record_feedback("deadbeef", "a").result(5)

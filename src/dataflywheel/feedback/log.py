@@ -53,7 +53,7 @@ from dataflywheel.feedback.group_writes import (
 )
 from dataflywheel.feedback.ids import new_id, new_ids
 from dataflywheel.feedback.tables import FeedbackRow, PredictionRow, same_value
-from dataflywheel.feedback.wal import WalCheckpointer
+from dataflywheel.feedback.wal import RESTART_BYTES, WalCheckpointer
 from dataflywheel.store.metadata import WAL_SIZE_LIMIT, MetadataStore, utcnow
 from dataflywheel.workers import STOP, Done, Worker, WorkerClosed, call_done, future_done
 
@@ -105,22 +105,25 @@ class LogWriter(Worker):
     name = "flywheel-log-writer"
 
     def __init__(self, store: MetadataStore, *, max_group: int = 1024, checkpoint_seconds: float = 1.0,
-                 wal_limit_bytes: int = WAL_SIZE_LIMIT) -> None:
+                 wal_limit_bytes: int = WAL_SIZE_LIMIT, wal_restart_bytes: int = RESTART_BYTES) -> None:
         super().__init__()
         self.store = store
         self.max_group = max_group
         self.checkpoint_seconds = checkpoint_seconds
         self.wal_limit_bytes = wal_limit_bytes
         self._sqlite = store.engine.dialect.name == "sqlite"
+        self._committing = threading.Lock()
+        """Held while a group commits, on the writer thread or inline (and by the checkpointer's
+        short step that lets the WAL start over)."""
         self._checkpointer = (WalCheckpointer(store, checkpoint_seconds=checkpoint_seconds,
-                                              wal_limit_bytes=wal_limit_bytes) if self._sqlite else None)
+                                              wal_limit_bytes=wal_limit_bytes, pause=self._committing,
+                                              restart_bytes=wal_restart_bytes)
+                              if self._sqlite else None)
         self.group_sizes: list[int] = []
         self.commits = 0
         self.inline_commits = 0
         """Groups committed on the submitting thread (:meth:`submit_rows` with ``inline``)."""
         self._conn: Connection | None = None
-        self._committing = threading.Lock()
-        """Held while a group commits, on the writer thread or inline."""
 
     def closed_error(self) -> WriterClosed:
         return WriterClosed("the prediction log writer is not running", fix="start the writer first")
@@ -233,8 +236,11 @@ class LogWriter(Worker):
             if self._conn is not None:
                 self._conn.close()
             self._conn = self.store.engine.connect()
-            if self._sqlite:
+            if self._sqlite:  # the checkpointer checkpoints and truncates, off the commits' path
                 self._conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+                # A commit that starts the WAL over would otherwise cut the file back to the limit
+                # there and then: 100 ms for a 300 MB file here.
+                self._conn.exec_driver_sql("PRAGMA journal_size_limit=-1")
                 self._conn.commit()
         return self._conn
 
