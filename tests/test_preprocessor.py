@@ -174,6 +174,22 @@ def test_transform_records_equals_transform(fitted: Preprocessor, seed: int) -> 
     assert got.unknown == expected.unknown
 
 
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_validated_number_records_read_as_transform_reads_them(n: int) -> None:
+    """The server's records (every column present, numbers finite floats or None) skip the
+    per-value checks when every feature is a number: the same encoding, missing values filled."""
+    rng = np.random.default_rng(n)
+    df = pl.DataFrame({"a": rng.normal(5, 2, 200), "b": rng.exponential(3, 200), "c": rng.integers(0, 9, 200) * 1.0})
+    pre = Preprocessor([(c, "number", "auto") for c in "abc"]).fit(df)
+    records = [{k: (None if rng.random() < 0.2 else float(v)) for k, v in r.items()} for r in df.head(n).to_dicts()]
+    fast = pre.transform_records(records, validated=True)
+    slow = pre.transform_records(records)
+    expected = pre.transform(pl.DataFrame(records, schema={c: pl.Float64 for c in "abc"}))
+    assert np.array_equal(fast.numeric, expected.numeric) and np.array_equal(slow.numeric, expected.numeric)
+    assert fast.categorical.shape == expected.categorical.shape == (n, 0)
+    assert np.isfinite(fast.numeric).all()
+
+
 def test_transform_records_long_list_and_missing_column(fitted: Preprocessor) -> None:
     records = messy(400, seed=9).to_dicts()
     expected = fitted.transform(pl.DataFrame(records))

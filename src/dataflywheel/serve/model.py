@@ -95,7 +95,7 @@ class ServedModel:
         pass); ``on_truncated(n)`` hears how many texts were cut to ``max_length``, if any."""
         p = self.predictor
         net = p.model if self.network is None else self.network
-        batch = p.preprocessor.transform_records(records)
+        batch = p.preprocessor.transform_records(records, validated=True)  # by record_model
         if batch.texts:
             logits = predict_logits(net, batch.inputs, pad_id=p.preprocessor.pad_ids_)
             n_truncated = sum(batch.truncated.values())
