@@ -273,6 +273,9 @@ def main() -> None:
         for name, url in urls.items():  # the same answer from every server
             answer = httpx.post(url, json=record).json()
             assert str(answer["prediction"]) == str(httpx.post(urls["ours"], json=record).json()["prediction"]), name
+        for url in urls.values():  # warm up every server alike (first calls, the first checkpoints)
+            wrk(url, script, 1, 2)
+            wrk(url, script, 8, 2)
         for c in (1, 8, 64):
             for _ in range(args.repeats):
                 for name, url in urls.items():
