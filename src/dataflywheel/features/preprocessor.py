@@ -231,29 +231,34 @@ class Preprocessor:
         category or binary columns holding only strings and None, skip polars; any other
         column is read as polars would read it. ``validated``: the caller vouches that every
         record holds every column and number columns only finite floats and None (the server's
-        request model does), so the number block is read without looking at each value.
+        request model does), so records are neither checked for missing columns nor their
+        numbers value by value.
         """
         plan = self._layout()
         if len(records) > RECORDS_MAX:
             return self.transform(pl.DataFrame(records, infer_schema_length=None))
-        if validated and not plan.others and not self.__dict__.get("text_encoders_"):
-            return self._transform_numbers(plan, records)
-        present = records[0].keys() if len(records) == 1 else {k for r in records for k in r}
-        for col in self.encoders_:
-            if col not in present:
-                raise missing_column(col)
-        columns = {col: [r.get(col) for r in records] for col in self.encoders_}
+        if not validated:
+            present = records[0].keys() if len(records) == 1 else {k for r in records for k in r}
+            for col in self.encoders_:
+                if col not in present:
+                    raise missing_column(col)
+        columns = {col: [r.get(col) for r in records] for col, _, _ in plan.others}
         n = len(records)
         numeric = np.empty((n, plan.n_numeric), dtype=np.float32)
         categorical = np.empty((n, plan.n_categorical), dtype=np.int64)
         coerced = np.zeros(len(plan.numbers), dtype=np.int64)
         if plan.numbers:
-            if all(type(v) is float or number_or_none(v) for c in plan.numbers for v in columns[c]):
-                x = np.array([columns[c] for c in plan.numbers], dtype=np.float64).T
+            if validated:  # every value a finite float or None (-> NaN, filled below)
+                x = np.array([[r[c] for c in plan.numbers] for r in records], dtype=np.float64)
             else:
-                frame = pl.DataFrame([pl.Series(c, columns[c], strict=False) for c in plan.numbers])
-                coerced += unreadable_numbers(frame, plan.numbers)
-                x = frame.select(pl.col(plan.numbers).cast(pl.Float64, strict=False)).to_numpy()
+                by_column = [[r.get(c) for r in records] for c in plan.numbers]
+                if all(type(v) is float or number_or_none(v) for column in by_column for v in column):
+                    x = np.array(by_column, dtype=np.float64).T
+                else:
+                    frame = pl.DataFrame([pl.Series(c, column, strict=False)
+                                          for c, column in zip(plan.numbers, by_column, strict=True)])
+                    coerced += unreadable_numbers(frame, plan.numbers)
+                    x = frame.select(pl.col(plan.numbers).cast(pl.Float64, strict=False)).to_numpy()
             coerced += plan.scale_numbers(np.array(x, dtype=np.float64, order="C"), numeric)
         unknown: dict[str, int] = {}
         batch = EncodedBatch(numeric=numeric, categorical=categorical, unknown=unknown,
@@ -277,17 +282,6 @@ class Preprocessor:
                 texts[col] = pl.Series(col, [r.get(col) for r in records], dtype=pl.Utf8, strict=False)
             self._encode_text(batch, texts)
         return batch
-
-    def _transform_numbers(self, plan: Plan, records: Sequence[Mapping[str, Any]]) -> EncodedBatch:
-        """:meth:`transform_records` of validated records when every feature is a plain number."""
-        numeric = np.empty((len(records), plan.n_numeric), dtype=np.float32)
-        coerced = np.zeros(len(plan.numbers), dtype=np.int64)
-        if plan.numbers:
-            columns = plan.numbers
-            x = np.array([[r[c] for c in columns] for r in records], dtype=np.float64)  # None -> NaN
-            coerced += plan.scale_numbers(x, numeric)
-        return EncodedBatch(numeric=numeric, categorical=np.empty((len(records), 0), dtype=np.int64), unknown={},
-                            coerced=nonzero_counts(plan.numbers, coerced))
 
     def to_dict(self) -> dict[str, Any]:
         encoders = self._fitted()

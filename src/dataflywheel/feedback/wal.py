@@ -93,17 +93,16 @@ class WalCheckpointer(Worker):
                 _pragma(conn, "PRAGMA busy_timeout=30000")  # the pooled connection's usual setting
 
     def _checkpoint(self, conn: Connection, frame_bytes: int) -> None:
-        """A passive checkpoint beside the writers; past ``restart_bytes`` of frames, then (if
-        they committed meanwhile) one of the frames they wrote, with this process's commits
-        paused, so that the next commit starts the WAL over. (The frame count a checkpoint
-        returns is the WAL's at its start: it cannot tell whether commits landed while it ran;
-        :attr:`dirty` can.)"""
+        """A passive checkpoint beside the writers; past ``restart_bytes`` of frames (and if they
+        committed meanwhile), the catch-up and the paused step of the module docstring, so that
+        the next commit starts the WAL over. (The frame count a checkpoint returns is the WAL's
+        at its start: it cannot tell whether commits landed while it ran; :attr:`dirty` can.)"""
         row = _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")  # (busy, frames, frames copied)
         frames = int(row[1]) if row else 0
         if self.pause is None or not self.dirty or frames * frame_bytes < self.restart_bytes:
             return
-        # Catch up once more beside the writers, so that the paused step copies (and fsyncs)
-        # only what lands during this short one: its cost grows with the pages it syncs.
+        # Catch up once more beside the writers: the paused step then copies only what lands
+        # during this short one.
         _pragma(conn, "PRAGMA wal_checkpoint(PASSIVE)")
         with self.pause:
             self.dirty = False
