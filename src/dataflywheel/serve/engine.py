@@ -56,11 +56,14 @@ class Event:
 
 @dataclass(slots=True)
 class EngineRequest:
-    """Records to run on ``model``; ``options`` are the engine's per-request knobs (a generator's
-    ``max_new_tokens``, say); ``finish`` is the caller's hook on the final result; ``alone``
-    says no other request is in the pipeline with it (an engine may then skip its queue)."""
+    """Records to run on ``model`` (the served model they were validated against: a
+    :class:`~dataflywheel.serve.model.ServedModel`, or a generation engine's
+    :class:`~dataflywheel.serve.llm.generator.ServedGenerator`); ``options`` are the engine's
+    per-request knobs (a generator's sampling, say); ``finish`` is the caller's hook on the final
+    result; ``alone`` says no other request is in the pipeline with it (an engine may then skip its
+    queue)."""
 
-    model: ServedModel
+    model: Any
     records: list[dict[str, Any]]
     options: Mapping[str, Any] | None = None
     finish: Finish | None = None
