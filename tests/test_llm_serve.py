@@ -24,7 +24,8 @@ openai = pytest.importorskip("openai")
 
 
 class Served:
-    def __init__(self, generator: ServedGenerator, writer: LogWriter, base_url: str) -> None:
+    def __init__(self, app: Any, generator: ServedGenerator, writer: LogWriter, base_url: str) -> None:
+        self.app = app
         self.generator = generator
         self.writer = writer
         self.base_url = base_url
@@ -52,7 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.02)
     try:
-        yield Served(gen, writer, f"http://127.0.0.1:{port}/v1")
+        yield Served(app, gen, writer, f"http://127.0.0.1:{port}/v1")
     finally:
         server.should_exit = True
         thread.join(15)
@@ -161,3 +162,43 @@ def test_a_prompt_longer_than_the_context_is_400_naming_the_limit(served: Served
         served.client.completions.create(model="tiny-chat", prompt=long, max_tokens=8)
     assert exc.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
     assert "256" in exc.value.body["message"]  # type: ignore[index]
+
+
+def test_a_short_request_finishes_while_long_streams_run(served: Served) -> None:
+    """Continuous batching: a short request admitted into the running batch ends long before
+    the long ones, which keep streaming."""
+    done: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def ask(name: str, n: int) -> None:
+        client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
+        stream = client.completions.create(model="tiny-chat", prompt="a dog ran", max_tokens=n, temperature=1.0,
+                                           stream=True)
+        for _ in stream:
+            pass
+        done[name] = time.perf_counter() - started
+
+    longs = [threading.Thread(target=ask, args=(f"long{i}", 64)) for i in range(3)]
+    for t in longs:
+        t.start()
+    time.sleep(0.05)
+    ask("short", 2)
+    for t in longs:
+        t.join(60)
+    assert done["short"] < min(done[f"long{i}"] for i in range(3))
+
+
+def test_a_client_that_goes_away_stops_its_sequence(served: Served) -> None:
+    import httpx
+
+    engine = served.app.state.completions.engine
+    finished, cancelled = engine.finished, engine.cancelled
+    body = {"model": "tiny-chat", "prompt": "the cat", "max_tokens": 64, "stream": True, "temperature": 1.0}
+    with httpx.Client(timeout=30) as http, http.stream("POST", served.base_url + "/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 10
+    while (engine._inflight or engine.scheduled()[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.cancelled == cancelled + 1 and engine.finished == finished  # stopped, not run to its end
+    assert engine.scheduled()[:2] == (0, 0)

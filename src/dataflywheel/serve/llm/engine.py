@@ -87,6 +87,10 @@ class ContinuousBatchEngine:
         self._first_pending: set[str] = set()
         self.waiting = 0
         """Requests admitted but not yet given their first token."""
+        self.finished = 0
+        """Sequences that ran to an end-of-turn token or their ``max_tokens``."""
+        self.cancelled = 0
+        """Sequences stopped before their end (a stop string, a client gone)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Self:
@@ -151,6 +155,7 @@ class ContinuousBatchEngine:
             if out.is_finished():
                 ended_on_eos = bool(tokens) and tokens[-1] in eos
                 reason = "length" if len(tokens) >= sampling.max_tokens and not ended_on_eos else "stop"
+                self.finished += 1
                 stream.final(Generated(list(tokens), reason, len(prompt)))
 
         inflight[rid] = stream
@@ -172,7 +177,18 @@ class ContinuousBatchEngine:
             return False
         self.manager.cancel_request(request_id)
         stream.cancel()
+        self.cancelled += 1
         return True
+
+    def scheduled(self) -> tuple[int, int, float]:
+        """(sequences decoding, sequences waiting for the cache, share of the KV cache in use), as
+        the manager's scheduler sees them now."""
+        processor = getattr(self.manager, "batch_processor", None)
+        if processor is None:
+            return 0, 0, 0.0
+        scheduler = processor.scheduler
+        used = 1.0 - float(processor.cache.compute_free_capacity(relative=True))
+        return len(scheduler.active_requests), len(scheduler.waiting_requests), used
 
     def _forget(self, rid: str) -> None:
         self._inflight.pop(rid, None)
