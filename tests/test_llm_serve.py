@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import torch
 from tiny_llm import save_tiny_llm
@@ -18,6 +19,7 @@ from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
 from dataflywheel.serve.llm.engine import CacheSettings
 from dataflywheel.serve.llm.generator import ServedGenerator, load_generator
+from dataflywheel.serve.llm.protocol import Message
 from dataflywheel.store.metadata import MetadataStore
 
 openai = pytest.importorskip("openai")
@@ -202,3 +204,42 @@ def test_a_client_that_goes_away_stops_its_sequence(served: Served) -> None:
         time.sleep(0.02)
     assert engine.cancelled == cancelled + 1 and engine.finished == finished  # stopped, not run to its end
     assert engine.scheduled()[:2] == (0, 0)
+
+
+def test_metrics_count_tokens_time_to_first_token_and_the_batch(served: Served) -> None:
+    import httpx
+
+    served.client.completions.create(model="tiny-chat", prompt="a dog", max_tokens=5, temperature=0)
+    text = httpx.get(served.base_url.removesuffix("/v1") + "/metrics").text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values["flywheel_generated_tokens_total"] >= 5
+    assert values["flywheel_time_to_first_token_seconds_count"] >= 1
+    assert values["flywheel_inter_token_seconds_count"] >= 4
+    assert values["flywheel_generation_running"] == 0 and values["flywheel_generation_waiting"] == 0
+    assert 0.0 <= values["flywheel_kv_cache_used_ratio"] < 1.0
+    assert values['flywheel_requests_total{endpoint="/v1/completions",method="POST",status="200"}'] >= 1
+
+
+def test_pii_in_prompts_is_redacted_before_the_model_and_the_log_see_it(served: Served) -> None:
+    from dataclasses import replace
+
+    from dataflywheel.privacy import Redactor
+    from dataflywheel.serve.llm.completions import Completions
+
+    completions: Completions = served.app.state.completions
+    redacting = replace(served.generator, redactor=Redactor(["email", "phone"]))
+    text = "mail jane.doe@example.com or +44 20 7946 0958"
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": text}]}
+    old = completions.generator
+    completions.generator = redacting
+    try:
+        p = completions.prepare("chat", orjson.dumps(body))
+        r = served.client.chat.completions.create(max_tokens=3, **body)  # type: ignore[call-overload]
+    finally:
+        completions.generator = old
+    content = p.logged_input["messages"][0]["content"]
+    assert "jane.doe" not in content and "7946" not in content and "[email]" in content
+    assert p.prompt_ids[0] == redacting.chat_ids([Message(role="user", content=content)])
+    row = served.writer.prediction(r.id)
+    assert row is not None and "jane.doe" not in orjson.dumps(row.input).decode()

@@ -3,8 +3,8 @@ engine, every completion logged by the prediction log's group-commit writer.
 
 :func:`create_generation_app` takes a :class:`~dataflywheel.serve.llm.generator.ServedGenerator`
 and a :class:`~dataflywheel.feedback.log.LogWriter`; the engine and the writer start and stop
-with the app's lifespan. ``GET /v1/health`` and ``GET /v1/ready`` answer as the classifier
-server's do.
+with the app's lifespan. ``GET /v1/health``, ``GET /v1/ready`` and ``GET /metrics`` answer as
+the classifier server's do (``serve.llm.metrics`` adds the generation instruments).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataflywheel.serve.llm.completions import Completions
 from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine
 from dataflywheel.serve.llm.generator import ServedGenerator
 from dataflywheel.serve.llm.routes import add_generation_routes
+from dataflywheel.serve.metrics import MetricsMiddleware
 
 
 def create_generation_app(generator: ServedGenerator, writer: LogWriter, *, cache: CacheSettings | None = None,
@@ -54,4 +55,11 @@ def create_generation_app(generator: ServedGenerator, writer: LogWriter, *, cach
         return Response(orjson.dumps({"status": "ready", "model_version": generator.version}),
                         media_type="application/json")
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = completions.metrics.render()
+        return Response(body, media_type=content_type)
+
+    endpoints = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(MetricsMiddleware, metrics=completions.metrics, endpoints=endpoints)
     return app

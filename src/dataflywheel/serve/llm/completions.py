@@ -28,6 +28,7 @@ from dataflywheel.feedback.log import LogWriter, new_ids
 from dataflywheel.serve.engine import EngineRequest
 from dataflywheel.serve.llm.engine import ContinuousBatchEngine, Generated, Sampling
 from dataflywheel.serve.llm.generator import ServedGenerator
+from dataflywheel.serve.llm.metrics import GenerationMetrics
 from dataflywheel.serve.llm.protocol import ChatRequest, CompletionRequest, OpenAIError, parse_request
 from dataflywheel.serve.llm.text_stream import TextStream
 from dataflywheel.serve.pipeline import RequestCancelled
@@ -70,6 +71,12 @@ class Prepared:
     id: str
     created: int
     started: float
+    first_token: float | None = None
+    """``time.perf_counter()`` at the request's first generated text."""
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token is None else (self.first_token - self.started) * 1000.0
 
 
 class Completions:
@@ -77,13 +84,13 @@ class Completions:
     swap assigns a new one; a request runs to its end on the one it arrived with)."""
 
     def __init__(self, generator: ServedGenerator, engine: ContinuousBatchEngine, writer: LogWriter, *,
-                 log_mode: Literal["sync", "async"] = "sync") -> None:
+                 log_mode: Literal["sync", "async"] = "sync", metrics: GenerationMetrics | None = None) -> None:
         self.generator = generator
         self.engine = engine
         self.writer = writer
         self.log_mode = log_mode
+        self.metrics = metrics or GenerationMetrics(engine.scheduled)
         self.tokens_generated = 0
-        self.redactions: dict[str, int] = {}
 
     # -- parse and check ---------------------------------------------------------------------------
     def prepare(self, kind: Kind, body: bytes) -> Prepared:
@@ -106,8 +113,8 @@ class Completions:
             texts, counts = gen.redact(request.prompts)
             prompts = [gen.prompt_ids(t) for t in texts]
             logged = {"prompt": texts[0] if isinstance(request.prompt, str) else texts}
-        for k, v in counts.items():
-            self.redactions[k] = self.redactions.get(k, 0) + v
+        for pii, n in counts.items():
+            self.metrics.redactions.labels(pii).inc(n)
         param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
         budget = min(gen.budget(len(p), request.token_limit, param) for p in prompts)
         sampling = Sampling(budget, request.temperature, request.top_p)
@@ -146,10 +153,20 @@ class Completions:
                       ) -> None:
         request = EngineRequest(p.generator, [{"prompt_ids": prompt}], options={"sampling": p.sampling})
         text = TextStream(p.generator.tokenizer, p.request.stops)
+        m = self.metrics
+        last = 0.0
         try:
             async for event in self.engine.submit(request):
                 if event.kind == "delta":
+                    now = time.perf_counter()
+                    if last:
+                        m.inter_token.observe(now - last)
+                    last = now
+                    if p.first_token is None:
+                        p.first_token = now
+                        m.ttft.observe(now - p.started)
                     self.tokens_generated += len(event.data)
+                    m.tokens.inc(len(event.data))
                     piece = text.push(event.data)
                     if text.stopped:  # a stop string: the sequence is cancelled below
                         out.put_nowait(Step(index, piece, "stop", len(text.ids)))
@@ -168,24 +185,21 @@ class Completions:
         finally:
             self.engine.cancel(request.id)  # a no-op for a sequence that finished
 
-    async def collect(self, p: Prepared) -> tuple[list[Choice], float | None]:
-        """Every choice whole, and the time to the first text (ms)."""
+    async def collect(self, p: Prepared) -> list[Choice]:
+        """Every choice whole."""
         choices = [Choice(i) for i in range(len(p.prompt_ids) * p.request.n)]
-        first: float | None = None
         async for step in self.events(p):
             c = choices[step.index]
-            if step.text and first is None:
-                first = (time.perf_counter() - p.started) * 1000.0
             c.text += step.text
             if step.finish_reason is not None:
                 c.finish_reason, c.tokens = step.finish_reason, step.tokens
-        return choices, first
+        return choices
 
     # -- answers -------------------------------------------------------------------------------------
     async def answer(self, p: Prepared) -> bytes:
         """The whole response (``stream: false``), sent once its row is logged."""
-        choices, first = await self.collect(p)
-        await self.log(p, choices, first)
+        choices = await self.collect(p)
+        await self.log(p, choices)
         if p.kind == "chat":
             body: list[dict[str, Any]] = [
                 {"index": c.index, "message": {"role": "assistant", "content": c.text},
@@ -206,7 +220,6 @@ class Completions:
         head = {"id": p.id, "object": obj, "created": p.created, "model": p.generator.name}
         extra = {"usage": None} if usage else {}
         choices = [Choice(i) for i in range(len(p.prompt_ids) * p.request.n)]
-        first: float | None = None
         if p.kind == "chat":
             for c in choices:
                 delta = {"index": c.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
@@ -214,8 +227,6 @@ class Completions:
         async for step in self.events(p):
             c = choices[step.index]
             c.text += step.text
-            if step.text and first is None:
-                first = (time.perf_counter() - p.started) * 1000.0
             if step.finish_reason is not None:
                 c.finish_reason, c.tokens = step.finish_reason, step.tokens
             if step.text or step.finish_reason is not None:
@@ -226,7 +237,7 @@ class Completions:
                     delta = {"index": c.index, "text": step.text, "finish_reason": step.finish_reason,
                              "logprobs": None}
                 yield _event(head | {"choices": [delta]} | extra)
-        await self.log(p, choices, first)
+        await self.log(p, choices)
         if usage:
             yield _event(head | {"choices": [], "usage": self.usage(p, choices)})
         yield b"data: [DONE]\n\n"
@@ -238,12 +249,12 @@ class Completions:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     # -- log -----------------------------------------------------------------------------------------
-    async def log(self, p: Prepared, choices: list[Choice], ttft_ms: float | None) -> None:
+    async def log(self, p: Prepared, choices: list[Choice]) -> None:
         usage = self.usage(p, choices)
         output = {"choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
                                "completion_tokens": c.tokens} for c in choices],
                   "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-                  "ttft_ms": ttft_ms, "kind": p.kind}
+                  "ttft_ms": p.ttft_ms, "kind": p.kind}
         row = {"id": p.id, "created_at": utcnow(), "model_version": p.generator.version, "input": p.logged_input,
                "output": output, "latency_ms": (time.perf_counter() - p.started) * 1000.0}
         if self.log_mode == "sync":
