@@ -1,0 +1,60 @@
+"""The continuously batched engine on a tiny Llama: greedy equals ``model.generate``, a long
+prompt's prefill is chunked so running streams keep stepping, requests beyond the cache wait."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import torch
+from tiny_llm import tiny_llama, tiny_tokenizer
+
+from dataflywheel.serve.engine import EngineRequest
+from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine, Sampling
+
+
+def run(engine: ContinuousBatchEngine, prompt: list[int], sampling: Sampling, log: list[Any], name: str) -> Any:
+    async def go() -> list[int]:
+        tokens: list[int] = []
+        async for event in engine.submit(EngineRequest(None, [{"prompt_ids": prompt}], {"sampling": sampling})):
+            if event.kind == "delta":
+                tokens += event.data
+                log.append((name, len(tokens)))
+            elif event.kind == "error":
+                raise event.data
+        return tokens
+    return go()
+
+
+def test_concurrent_greedy_sequences_equal_model_generate_and_a_long_prefill_is_chunked() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok))
+    short = [tok(t).input_ids for t in ("the cat", "a dog ran", "what is")]
+    long = tok(" ".join(["the quick brown fox"] * 40)).input_ids[:180]
+    engine = ContinuousBatchEngine(model, [-1], CacheSettings(cache_tokens=1024, page_tokens=16, max_batch_tokens=24))
+    engine.start()
+    log: list[Any] = []
+    submitted = 0
+
+    async def main() -> list[list[int]]:
+        running = [asyncio.ensure_future(run(engine, p, Sampling(40, 0.0), log, f"s{i}")) for i, p in enumerate(short)]
+        while len({n for n, _ in log}) < len(short):  # every short stream is decoding
+            await asyncio.sleep(0.001)
+        nonlocal submitted
+        submitted = len(log)
+        late = asyncio.ensure_future(run(engine, long, Sampling(4, 0.0), log, "long"))
+        return list(await asyncio.gather(*running, late))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.close()
+    for prompt, got in zip([*short, long], results, strict=True):
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=len(got), do_sample=False)[0, len(prompt):]
+        assert got == want.tolist()
+    first_long = next(i for i, (n, _) in enumerate(log) if n == "long")
+    steps_during_prefill = sum(1 for n, _ in log[submitted:first_long] if n == "s0")
+    # 180 prompt tokens at <= 24 tokens a step (3 of them decode tokens): at least 8 steps of prefill,
+    # each giving every running stream its next token.
+    assert steps_during_prefill >= 6, log[:first_long]
+    assert engine.finished == 4 and engine.scheduled()[:2] == (0, 0)
