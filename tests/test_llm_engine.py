@@ -58,3 +58,23 @@ def test_concurrent_greedy_sequences_equal_model_generate_and_a_long_prefill_is_
     # each giving every running stream its next token.
     assert steps_during_prefill >= 6, log[:first_long]
     assert engine.finished == 4 and engine.scheduled()[:2] == (0, 0)
+
+
+def test_top_p_filters_when_asked_and_sampling_samples() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), seed=3)
+    prompt = tok("the cat sat").input_ids
+    engine = ContinuousBatchEngine(model, [-1], CacheSettings(cache_tokens=1024, page_tokens=16)).start()
+    log: list[Any] = []
+
+    async def many(sampling: Sampling, k: int) -> list[list[int]]:
+        return list(await asyncio.gather(*(run(engine, prompt, sampling, log, str(i)) for i in range(k))))
+
+    try:
+        greedy = asyncio.run(many(Sampling(12, 0.0), 1))[0]
+        nucleus = asyncio.run(many(Sampling(12, 1.0, top_p=1e-6), 4))  # a nucleus of one token: greedy
+        sampled = asyncio.run(many(Sampling(12, 1.5, top_p=1.0), 4))
+    finally:
+        engine.close()
+    assert all(s == greedy for s in nucleus)
+    assert any(s != greedy for s in sampled)

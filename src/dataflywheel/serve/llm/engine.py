@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+import torch
+
 from dataflywheel.errors import FlywheelError
 from dataflywheel.serve.engine import EngineRequest, EventStream
 
@@ -106,6 +108,7 @@ class ContinuousBatchEngine:
                                       max_batch_tokens=s.max_batch_tokens, max_requests_per_batch=s.max_sequences,
                                       per_request_processors=True, seed=s.seed, use_cuda_graph=False)
         self.manager = self.model.init_continuous_batching(generation_config=config, continuous_batching_config=cb)
+        _nucleus_only_when_asked(self.manager)
         self.manager.start()
         return self
 
@@ -198,3 +201,24 @@ class ContinuousBatchEngine:
         handlers = getattr(getattr(self.manager, "output_router", None), "result_handlers", None)
         if handlers is not None:  # a cancelled sequence gets no final output to clean its handler up
             handlers.pop(rid, None)
+
+
+def _nucleus_only_when_asked(manager: Any) -> None:
+    """Skip the per-request top-p filter in a step where no sequence asked for one (``top_p`` 1,
+    OpenAI's default): it sorts the whole vocabulary of every sequence, a tenth of a decode step
+    of SmolLM2 at 8 sequences on a CPU."""
+    from transformers.generation.continuous_batching.cb_logits_processors import (
+        ContinuousBatchingTopPLogitsWarper,
+    )
+
+    class NucleusWhenAsked(ContinuousBatchingTopPLogitsWarper):
+        def __call__(self, scores: Any, tensor_arg: Any) -> Any:
+            top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
+            if bool((top_p >= 1.0).all()):
+                return scores
+            return super().__call__(scores, tensor_arg)
+
+    processors = getattr(getattr(manager, "logit_processor", None), "logits_processor", None)
+    for proc in processors or []:
+        if type(proc) is ContinuousBatchingTopPLogitsWarper:
+            proc.__class__ = NucleusWhenAsked
