@@ -83,8 +83,8 @@ from dataflywheel.store.metadata import MetadataStore
 torch.set_num_threads(int(os.environ["THREADS"]))
 gen = load_generator(os.environ["MODEL"], name="smollm2", max_tokens=512)
 writer = LogWriter(MetadataStore("sqlite:///" + os.environ["LOG_DB"]))
-app = create_generation_app(gen, writer, cache=CacheSettings(cache_tokens=16384, max_batch_tokens=256,
-                                                             max_sequences=32))
+app = create_generation_app(gen, writer, cache=CacheSettings(cache_tokens=16384, max_sequences=32,
+                                                             max_batch_tokens=int(os.environ["MAX_BATCH_TOKENS"])))
 '''
 
 PROMPTS = [
@@ -173,17 +173,56 @@ async def point(url: str, stream: bool, clients: int, per_client: int, max_token
             "ttft_p99": ttft[min(len(ttft) - 1, int(len(ttft) * 0.99))] * 1000, "requests": len(results)}
 
 
+async def prefill_stall(url: str, streams: int = 7, prompt_tokens: int = 1000,
+                        max_tokens: int = 48) -> dict[str, float]:
+    """``streams`` streams decode; once each has its first token a ``prompt_tokens`` prompt
+    arrives. The worst inter-token gap of a running stream against its median gap."""
+    gaps: list[list[float]] = [[] for _ in range(streams)]
+    started = [0] * streams
+    long_prompt = " ".join(["The committee met again on Tuesday to review the budget."] * (prompt_tokens // 12))
+
+    async def run(k: int, client: httpx.AsyncClient) -> None:
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+                "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        last = None
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                now = time.perf_counter()
+                if last is not None:
+                    gaps[k].append(now - last)
+                last = now
+                started[k] = 1
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 4)) as client:
+        tasks = [asyncio.create_task(run(k, client)) for k in range(streams)]
+        while sum(started) < streams:
+            await asyncio.sleep(0.01)
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4,
+                "temperature": 0}
+        t = time.perf_counter()
+        r = await client.post(url + "/v1/chat/completions", json=body)
+        long_latency = time.perf_counter() - t
+        await asyncio.gather(*tasks)
+    ratios = [max(g) / statistics.median(g) for g in gaps if len(g) > 2]
+    return {"worst_gap_over_median": max(ratios), "long_prompt_tokens": r.json()["usage"]["prompt_tokens"],
+            "long_latency_s": long_latency}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--requests", type=int, default=2, help="requests per client per point")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-batch-tokens", type=int, default=256, help="our engine's tokens per step")
     args = ap.parse_args()
     folder = model_folder()
     with tempfile.TemporaryDirectory() as tmp:
         env = os.environ | {"THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads), "MODEL": str(folder),
-                            "LOG_DB": str(Path(tmp) / "log.db"), "PYTHONPATH": tmp}
+                            "LOG_DB": str(Path(tmp) / "log.db"), "PYTHONPATH": tmp,
+                            "MAX_BATCH_TOKENS": str(args.max_batch_tokens)}
         servers = {"hand-written generate": start(HAND_APP, Path(tmp), env), "ours": start(OURS_APP, Path(tmp), env)}
         try:
             for _, url in servers.values():  # warm up: first calls, allocations
@@ -200,6 +239,10 @@ def main() -> None:
                       f"{hand['ttft_p50']:7.0f} ms p99 {hand['ttft_p99']:7.0f} | tokens/s x"
                       f"{ours['tokens_s'] / hand['tokens_s']:.2f}, ttft x{ours['ttft_p50'] / hand['ttft_p50']:.2f}",
                       flush=True)
+            stall = asyncio.run(prefill_stall(servers["ours"][1]))
+            print(f"7 streams decoding, a {stall['long_prompt_tokens']}-token prompt arrives: worst inter-token gap "
+                  f"{stall['worst_gap_over_median']:.2f}x the stream's median (target <= 3); the long request "
+                  f"took {stall['long_latency_s']:.1f} s", flush=True)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()

