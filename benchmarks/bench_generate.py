@@ -189,6 +189,9 @@ async def prefill_stall(url: str, streams: int = 7, prompt_tokens: int = 1000,
             async for line in r.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
+                choices = orjson.loads(line[6:])["choices"]
+                if not (choices and choices[0]["delta"].get("content")):
+                    continue  # the role chunk and the finish chunk: not tokens
                 now = time.perf_counter()
                 if last is not None:
                     gaps[k].append(now - last)

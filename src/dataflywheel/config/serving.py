@@ -49,6 +49,29 @@ class AuthConfig(Section):
     """POST /v1/predict and /v1/explain."""
 
 
+class GenerationServeConfig(Section):
+    """How a generation model is served (``serve.generation``): the limits a request may ask
+    for and the continuously batched engine's KV cache and step budget."""
+
+    max_tokens: int = Field(512, ge=1)
+    """The most new tokens a request may ask for (``max_tokens`` above it is a 400)."""
+    default_max_tokens: int = Field(256, ge=1)
+    """New tokens when a request names no limit (bounded by what the context leaves)."""
+    cache_tokens: int = Field(16384, ge=16)
+    """KV cache capacity in tokens, all running sequences together; requests beyond it wait."""
+    page_tokens: int = Field(32, ge=1)
+    """Tokens per KV cache page."""
+    max_batch_tokens: int = Field(48, ge=8)
+    """Tokens one engine step processes at most: a decode token per running sequence plus a chunk
+    of a waiting prompt. Smaller keeps running streams smooth while a long prompt is read (each
+    chunk step costs about as much as the tokens in it on a CPU); larger reads long prompts
+    faster."""
+    max_sequences: int = Field(32, ge=1)
+    """Sequences decoded together at most."""
+    seed: int = 0
+    """The sampler's seed (one per server: sequences sampled in one batch share a generator)."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -83,6 +106,8 @@ class ServeConfig(Section):
     null: no limit. Responses, streaming ones included, are never timed."""
     body_timeout_s: float | None = Field(30.0, gt=0)
     """A request's body must arrive within this many seconds of its headers, else 408; null: no limit."""
+    generation: GenerationServeConfig = GenerationServeConfig()
+    """Generation models only: request limits and the continuously batched engine."""
 
     @field_validator("device")
     @classmethod

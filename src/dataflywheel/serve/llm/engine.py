@@ -27,6 +27,7 @@ from typing import Any, Self
 
 import torch
 
+from dataflywheel.config.serving import GenerationServeConfig
 from dataflywheel.errors import FlywheelError
 from dataflywheel.serve.engine import EngineRequest, EventStream
 
@@ -41,16 +42,20 @@ class GenerationFailed(FlywheelError):
 class CacheSettings:
     """The KV cache and the scheduler's budget (``serve.generation``)."""
 
-    cache_tokens: int = 8192
+    cache_tokens: int = 16384
     """KV cache capacity in tokens, all running sequences together; requests beyond it wait."""
     page_tokens: int = 32
     """Tokens per cache page (the allocation unit)."""
-    max_batch_tokens: int = 256
+    max_batch_tokens: int = 48
     """Tokens one step processes at most: decode tokens of the running sequences plus a chunk of
     a new prompt's prefill."""
     max_sequences: int = 32
     """Sequences decoded together at most."""
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: GenerationServeConfig) -> CacheSettings:
+        return cls(cfg.cache_tokens, cfg.page_tokens, cfg.max_batch_tokens, cfg.max_sequences, cfg.seed)
 
 
 @dataclass(frozen=True)
