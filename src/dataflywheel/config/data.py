@@ -64,6 +64,10 @@ class FeatureConfig(Section):
     tokenizer: str | None = None
     """text: a local folder (or tokenizer.json) of a Hugging Face fast tokenizer to use instead
     of training one; relative to flywheel.yaml."""
+    truncate: Literal["auto", "right", "left", "reject"] = "auto"
+    """text longer than max_length: a text column keeps its first tokens (right; auto). A
+    generation prompt (max_length then bounds prompt plus completion): left (auto) drops the
+    prompt's first tokens, reject leaves the row out; both are counted."""
 
 
 class MissingConfig(Section):

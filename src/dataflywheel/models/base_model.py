@@ -11,9 +11,12 @@ and points the text column's ``tokenizer`` at the base folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,3 +152,23 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
 def has_safetensors(folder: Path) -> bool:
     """Whether the base folder holds safetensors weights (else only pickle-based ones)."""
     return any(p.is_file() for pattern in SAFE_WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars (a fresh head, a base loaded for
+    fine-tuning, are expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(logging.ERROR)
+    # transformers' progress-bar switches carry no annotations.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

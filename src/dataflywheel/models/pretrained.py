@@ -29,10 +29,7 @@ the text alone: a dataset with tabular feature columns is refused at build time 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,7 +39,14 @@ from torch import nn
 
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import TEXT, Batch
-from dataflywheel.models.base_model import content_hash, has_safetensors, local_folder, prepare_config, resolve_base
+from dataflywheel.models.base_model import (
+    content_hash,
+    has_safetensors,
+    local_folder,
+    prepare_config,
+    quiet_transformers,
+    resolve_base,
+)
 from dataflywheel.models.mlp import model_task
 from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
 
@@ -150,7 +154,7 @@ class PretrainedClassifier(nn.Module):
         model can no longer give its bundle weights back. Other modes: unchanged."""
         if self.finetune == "lora" and not self.merged:
             peft_model = self._peft_model()
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.hf = peft_model.merge_and_unload()
             self.merged = True
         return self
@@ -185,25 +189,6 @@ class PretrainedClassifier(nn.Module):
                              f"(unexpected {extra[:3]}, missing {missing[:3]})", where="model.safetensors",
                              fix="re-register the model")
         self.load_state_dict(state, strict=self.finetune == "full")
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report and progress bars (a fresh classifier is expected here)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity(logging.ERROR)
-    # transformers' progress-bar switches carry no annotations.
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -248,7 +233,7 @@ def _with_lora(model: PreTrainedModel, lora: LoraParams | dict[str, Any]) -> Pef
                         lora_dropout=float(opts.dropout), target_modules=list(targets) if targets else None,
                         modules_to_save=heads or None)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise _bad("lora.target_modules", f"peft cannot place adapters ({exc})", targets) from None
@@ -304,7 +289,7 @@ def build_pretrained(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = AutoConfig.from_pretrained(str(folder), num_labels=n_outputs, local_files_only=True)
             # fp32 whatever the files hold: many bases ship in bf16/fp16, and Adam on half-precision
             # weights loses small updates; train.bf16 gives half-precision compute under autocast.
