@@ -41,37 +41,26 @@ from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import TEXT, Batch
 from dataflywheel.models.base_model import (
     content_hash,
-    has_safetensors,
     local_folder,
+    open_base,
     prepare_config,
     quiet_transformers,
     resolve_base,
 )
+from dataflywheel.models.lora import ADAPTER_WEIGHTS, LoraParams, write_adapters
 from dataflywheel.models.mlp import model_task
-from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
+from dataflywheel.models.params import ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
-__all__ = ["LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained", "content_hash",
-           "prepare_config", "resolve_base"]
+__all__ = ["ADAPTER_WEIGHTS", "LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained",
+           "content_hash", "prepare_config", "resolve_base"]
 
 Finetune = Literal["full", "frozen", "lora"]
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-"""peft's adapter weights file, written into a LoRA bundle (with peft's adapter_config.json)."""
 HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
-
-
-class LoraParams(ModelParams):
-    """``model.params.lora``: peft ``LoraConfig`` settings."""
-
-    r: PositiveInt = 8
-    alpha: PositiveInt = 16
-    dropout: Fraction = 0.1
-    target_modules: list[str] | None = None
-    """Module names to place adapters on, e.g. [query, value]; null: peft's default for the base."""
 
 
 class PretrainedParams(ModelParams):
@@ -133,19 +122,7 @@ class PretrainedClassifier(nn.Module):
         if self.merged:
             raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
                              fix="save the model before calling for_inference()")
-        import copy
-
-        from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        peft_model = self._peft_model()
-        state = get_peft_model_state_dict(peft_model)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(folder) / ADAPTER_WEIGHTS),
-                  metadata={"format": "pt"})
-        config = copy.deepcopy(peft_model.peft_config["default"])
-        config.base_model_name_or_path = self.reference.get("name") or self.reference.get("path")
-        config.inference_mode = True
-        config.save_pretrained(str(folder))
+        write_adapters(self._peft_model(), folder, self.reference.get("name") or self.reference.get("path"))
 
     def for_inference(self) -> PretrainedClassifier:
         """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place: the
@@ -268,24 +245,7 @@ def build_pretrained(
     if n_numeric or cardinalities:
         raise ModelError("a pretrained model reads the text column alone, and the data has other feature columns",
                          where="data", fix="list the non-text feature columns in data.exclude")
-    folder = resolve_base(base, base_dirs)
-    actual = content_hash(folder)
-    safe = has_safetensors(folder)
-    if not safe and not p.allow_pickle_weights:
-        raise ModelError(
-            "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
-            "safetensors weights are required",
-            where="model.params.allow_pickle_weights",
-            fix="convert the base to safetensors (save_pretrained(folder, safe_serialization=True)), or set "
-                "model.params.allow_pickle_weights: true if you trust the files",
-        )
-    if base_hash is not None and finetune != "full" and actual != base_hash:
-        raise ModelError(
-            f"base model content hash {actual[:16]} differs from {base_hash[:16]}, the base this "
-            f"{finetune} model was trained on",
-            where=f"base model {folder}",
-            fix="restore the original base model files in that folder, or re-train on the new base (flywheel run)",
-        )
+    folder, actual, safe = open_base(base, base_hash, finetune, base_dirs, allow_pickle_weights=p.allow_pickle_weights)
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:

@@ -108,7 +108,7 @@ class GenerationTask(Task):
 
     def decode(self, enc: TargetEncoder, scores: np.ndarray, threshold: float) -> Decoded:
         raise ModelError("answering with a generation model (predict, serve) is not built yet; its bundle "
-                         "scores completions and can generate (dataflywheel.models.generate)",
+                         "scores completions and generates (dataflywheel.registry.generation.generate)",
                          fix="evaluate it with flywheel run; generation serving comes in a later release")
 
     # -- evaluation ---------------------------------------------------------------------------
