@@ -56,7 +56,8 @@ def batch_of(pre, df: pl.DataFrame):  # noqa: ANN001, ANN201
     return collate(tensors, None, pad_id=pre.pad_ids_)
 
 
-def train(base: Path, finetune: str, epochs: int = 3, **cfg: object):  # noqa: ANN201
+def train(base: Path, finetune: str, epochs: int = 3, *, checkpoint_dir: Path | None = None, resume: bool = False,
+          **cfg: object):  # noqa: ANN201
     from dataflywheel.config import TrainConfig
     from dataflywheel.train.loop import fit
     from dataflywheel.train.stage import encode
@@ -65,7 +66,7 @@ def train(base: Path, finetune: str, epochs: int = 3, **cfg: object):  # noqa: A
     settings = {"epochs": epochs, "batch_size": 8, "optimizer": "adamw", "lr": 1e-2, "early_stopping": None,
                 "threads": 1, **cfg}
     history = fit(model, encode(pre, target, df, "completion", "generation").batch, None, TrainConfig(**settings),
-                  "generation", progress=False)
+                  "generation", progress=False, checkpoint_dir=checkpoint_dir, resume=resume)
     return df, pre, target, spec, model, history
 
 
@@ -175,6 +176,21 @@ def test_a_lora_bundle_loads_in_peft_and_refuses_a_changed_base(base: Path, tmp_
     save_tiny_llama(own, seed=1)  # other weights in the base's folder
     with pytest.raises(ModelError, match="differs from"):
         Predictor.load(folder)
+
+
+def test_lora_checkpoints_hold_the_adapters_and_resume_exactly(base: Path, tmp_path: Path) -> None:
+    from dataflywheel.models.weights import trained_weights
+    from dataflywheel.train.checkpoint import load_checkpoint
+
+    *_, straight, h_straight = train(base, "lora", epochs=4, checkpoint_dir=tmp_path / "straight")
+    weights, state = load_checkpoint(tmp_path / "straight")  # type: ignore[misc]
+    assert weights and all("lora_" in k for k in weights) and state["base"]["finetune"] == "lora"
+    train(base, "lora", epochs=2, checkpoint_dir=tmp_path / "stopped")
+    *_, resumed, h_resumed = train(base, "lora", epochs=4, checkpoint_dir=tmp_path / "stopped", resume=True)
+    assert h_resumed.resumed_from == 2
+    assert [e["loss"] for e in h_resumed.epochs] == [e["loss"] for e in h_straight.epochs]
+    for key, value in trained_weights(straight).items():
+        assert torch.equal(value, trained_weights(resumed)[key]), key
 
 
 def test_a_loaded_bundle_generates_until_the_end_of_turn(base: Path, tmp_path: Path) -> None:

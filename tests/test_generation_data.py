@@ -17,7 +17,7 @@ from dataflywheel.data.dataset import ingest
 from dataflywheel.errors import ConfigError, DataError, SchemaError
 from dataflywheel.store import Project
 
-MODEL = "transformer"  # any model type that reads text: ingestion does not build the model
+MODEL = "causal_lm"  # ingestion does not build the model: no base needed
 
 
 def chat(user: str, answer: str, system: str | None = None) -> dict[str, Any]:

@@ -300,7 +300,7 @@ def removed_summary(report: dict[str, Any], schema: Any) -> str:
         parts.append(f"{n} without a target")
     if n := report.get("duplicates_removed"):
         on = report.get("duplicate_columns")
-        what = f"duplicate {', '.join(on)} values" if on else "duplicates"
+        what = f"duplicate{'s' if n != 1 else ''} of {', '.join(on)}" if on else "duplicates"
         parts.append(f"{n} {what} (data.processing.drop_duplicates)")
     for col, n in (report.get("missing_dropped_by") or {}).items():
         kind = schema.column(col).type

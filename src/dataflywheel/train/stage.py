@@ -48,9 +48,8 @@ def resolve_task(cfg: FlywheelConfig, schema: Schema) -> str:
     from dataflywheel.tasks import get_task
 
     col = schema.column(cfg.data.target)
-    inferred = infer_task(col)
     if cfg.model.task == "auto":
-        return inferred
+        return infer_task(col)
     get_task(cfg.model.task).check_target(col, cfg.data.target)
     return cfg.model.task
 
