@@ -144,7 +144,7 @@ def test_an_unknown_task_is_a_one_line_config_error(tmp_path: Path) -> None:
     (tmp_path / "flywheel.yaml").write_text("data:\n  source: x.csv\n  target: y\nmodel:\n  task: ranking\n")
     r = flywheel("validate", cwd=tmp_path)
     assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
-    assert "model.task: must be auto or one of binary, multiclass, regression (got 'ranking')" in r.err
+    assert "model.task: must be auto or one of binary, generation, multiclass, regression (got 'ranking')" in r.err
 
     with pytest.raises(ConfigError) as err:
         config_from_dict({"data": {"source": "x.csv", "target": "y"}, "model": {"task": "ranking"}})

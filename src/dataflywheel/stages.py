@@ -94,6 +94,9 @@ def train_stage(ctx: StageContext, *, resume: bool = False, progress: bool = Tru
     trained = train_on_dataset(ctx.cfg, ctx.dataset, checkpoint_dir=ckpt, resume=resume, progress=progress,
                                log=ctx.log)
     ctx.log(trained.history.summary())
+    if throughput := trained.history.throughput():
+        ctx.log(f"training: {throughput['tokens_per_s']:.0f} tokens/s, "
+                f"peak memory {throughput['peak_memory_mb']:.0f} MB")
     return trained
 
 
@@ -116,6 +119,9 @@ def evaluate_stage(ctx: StageContext, trained: Trained) -> Evaluated:
     gate_metrics = evaluation.metrics if gate_rows is test else evaluate_split(predictor, gate_rows, target).metrics
     for column, count in trained.truncated.items():
         log(f"text column {column!r}: {count} train text(s) truncated to max_length")
+    for column, count in trained.rejected.items():
+        log(f"text column {column!r}: {count} train row(s) longer than max_length left out of the loss "
+            "(truncate: reject)")
     log(metrics_line(predictor.task, evaluation.metrics))
     return Evaluated(bundle, predictor, test, evaluation, gate_rows, eval_rows, gate_metrics)
 
@@ -193,6 +199,8 @@ def run_lineage(ctx: StageContext, trained: Trained) -> dict[str, Any]:
         "n_params": trained.n_params,
         "resumed_from_epoch": history.resumed_from,
         "truncated_texts": trained.truncated,
+        **({"rejected_texts": trained.rejected} if trained.rejected else {}),
+        **history.throughput(),
         **environment(),
     }
 
@@ -201,6 +209,8 @@ def explanations_section(predictor: Predictor, test: pl.DataFrame, n: int = 3) -
     """A few test rows explained (Integrated Gradients) for the report; never fails the run."""
     from dataflywheel.explain import report_section
 
+    if not predictor.task_object.explainable:
+        return ("Explanations", f"<p>not available for a {predictor.task} model</p>")
     try:
         return report_section(predictor, test, n=n)
     except Exception as exc:  # noqa: BLE001 (an explanation is a nicety; the model is already trained)

@@ -64,6 +64,10 @@ class FeatureConfig(Section):
     tokenizer: str | None = None
     """text: a local folder (or tokenizer.json) of a Hugging Face fast tokenizer to use instead
     of training one; relative to flywheel.yaml."""
+    truncate: Literal["auto", "right", "left", "reject"] = "auto"
+    """text longer than max_length: a text column keeps its first tokens (right; auto). A
+    generation prompt (max_length then bounds prompt plus completion): left (auto) drops the
+    prompt's first tokens, reject leaves the row out; both are counted."""
 
 
 class MissingConfig(Section):
@@ -113,6 +117,12 @@ class SplitConfig(Section):
 class DataConfig(Section):
     source: SourceConfig
     target: str
+    """The column the model learns: a label or value, or for ``model.task: generation`` the
+    completion (with chat data, the column the final assistant turn goes to)."""
+    prompt: str | None = None
+    """``model.task: generation``: the column holding the prompt (default ``prompt``). Chat data
+    (a ``messages`` column of ``{role, content}`` lists, and no target column) is split into
+    this column (the turns before the last) and the target (the last, the assistant's)."""
     features: list[FeatureConfig] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     """Columns to ignore (ids, free-text notes, leakage)."""
@@ -123,6 +133,17 @@ class DataConfig(Section):
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         return SourceConfig.from_shorthand(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _prompt_is_not_the_target(self) -> DataConfig:
+        if self.prompt is not None and self.prompt == self.target:
+            raise ValueError(f"prompt and target name the same column {self.target!r}")
+        return self
+
+    @property
+    def prompt_column(self) -> str:
+        """``prompt``, or ``prompt`` itself when unset."""
+        return self.prompt or "prompt"
 
 
 class AnomalyPolicy(Section):

@@ -68,7 +68,7 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)
-    loss: Literal["auto", "bce", "cross_entropy", "mse"] = "auto"
+    loss: Literal["auto", "bce", "cross_entropy", "mse", "sft"] = "auto"
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grad_clip: float | None = Field(None, gt=0)
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
@@ -92,6 +92,9 @@ class TrainConfig(Section):
     """Train through torch.compile (needs a C++ compiler; first steps are slow)."""
     bucket_by_length: bool = True
     """Text models: draw shuffled batches from length-sorted chunks, so padding stays short."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, about a
+    third more compute); for models that support it (causal_lm)."""
 
     @field_validator("device")
     @classmethod

@@ -29,8 +29,11 @@ from dataflywheel.store import Project
 from dataflywheel.store.metadata import DatasetFeedbackRow, DatasetParentRow, DatasetRow
 
 if TYPE_CHECKING:
+    from dataflywheel.config import FeatureType
     from dataflywheel.data.schema import Schema
+    from dataflywheel.data.source import Source
     from dataflywheel.privacy import Redactor
+    from dataflywheel.tasks import Task
 
 SPLITS = ("train", "valid", "test")
 ID_LENGTH = 16
@@ -137,7 +140,40 @@ def ingest(
         log(f"dataset {vid} is up to date (same source bytes and data config): reused, nothing to do")
         return DatasetVersion.from_row(existing, project, project.metadata.dataset_parents(vid))
     # Pass the reader, not the table: build_version then holds the only reference and can free it.
-    return build_version(cfg, project, source.read, source.describe(), fingerprint, list(parents), log=log)
+    return build_version(cfg, project, lambda: read_source(cfg, source), source.describe(), fingerprint,
+                         list(parents), log=log)
+
+
+def configured_task(cfg: FlywheelConfig) -> Task | None:
+    """The task ``model.task`` names, or None for ``auto`` (inferred from the schema later)."""
+    from dataflywheel.tasks import get_task
+
+    return None if cfg.model.task == "auto" else get_task(cfg.model.task)
+
+
+def read_source(cfg: FlywheelConfig, source: Source) -> pl.DataFrame:
+    """The source's table in the columns the configured task learns from (:meth:`Task.shape_frame`:
+    generation splits chat data into prompt and completion). ``data.prompt`` for a task that
+    reads no prompt is a :class:`ConfigError`."""
+    task = configured_task(cfg)
+    if cfg.data.prompt is not None and (task is None or not task.reads_prompt):
+        from dataflywheel.tasks import all_tasks
+
+        readers = " or ".join(t.name for t in all_tasks() if t.reads_prompt)
+        raise ConfigError("applies to a task that learns completions of prompts", where="data.prompt",
+                          fix=f"set model.task: {readers}, or remove data.prompt")
+    raw = source.read()
+    return raw if task is None else task.shape_frame(raw, cfg, source)
+
+
+def declared_types(cfg: FlywheelConfig) -> dict[str, FeatureType]:
+    """Column types set by ``data.features``, then fixed by the task (generation: the prompt and
+    the completion are text): what schema inference is told."""
+    types: dict[str, FeatureType] = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    task = configured_task(cfg)
+    if task is not None:
+        types.update(task.column_types(cfg.data))
+    return types
 
 
 def build_version(
@@ -168,8 +204,7 @@ def build_version(
     check_excluded(raw, cfg, source_desc)
     excluded = list(cfg.data.exclude)
     raw = raw.drop(excluded) if excluded else raw
-    overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
-    schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
+    schema = infer_schema(raw, target=cfg.data.target, overrides=declared_types(cfg))
     inputs = model_inputs(cfg, schema)  # no input column: an error now, before any split
     task = None if cfg.model.task == "auto" else cfg.model.task
     n_rows = raw.height
@@ -264,7 +299,9 @@ def removed_summary(report: dict[str, Any], schema: Any) -> str:
     if n := report.get("missing_target_dropped"):
         parts.append(f"{n} without a target")
     if n := report.get("duplicates_removed"):
-        parts.append(f"{n} duplicates (data.processing.drop_duplicates)")
+        on = report.get("duplicate_columns")
+        what = f"duplicate{'s' if n != 1 else ''} of {', '.join(on)}" if on else "duplicates"
+        parts.append(f"{n} {what} (data.processing.drop_duplicates)")
     for col, n in (report.get("missing_dropped_by") or {}).items():
         kind = schema.column(col).type
         parts.append(f"{n} missing {col} (data.processing.missing.{kind}: drop)")
@@ -276,9 +313,13 @@ def removed_summary(report: dict[str, Any], schema: Any) -> str:
 
 def privacy_columns(raw: pl.DataFrame, cfg: FlywheelConfig) -> list[str]:
     """The columns of ``raw`` that ``privacy`` redacts, checked: listed names must exist (and
-    be text), ``text`` means every column that is (or will be inferred as) text, but the target."""
+    be text), ``text`` means every column that is (or will be inferred as) text, but the target
+    (unless the task redacts its target: a generation model's completions are text it learns to
+    write)."""
     privacy = cfg.privacy
     excluded = set(cfg.data.exclude)
+    task = configured_task(cfg)
+    skip_target = task is None or not task.redacts_target
     if isinstance(privacy.columns, list):
         for col in privacy.columns:
             if col not in raw.columns:
@@ -291,9 +332,9 @@ def privacy_columns(raw: pl.DataFrame, cfg: FlywheelConfig) -> list[str]:
         return [c for c in dict.fromkeys(privacy.columns) if c not in excluded]
     from dataflywheel.data.schema import infer_schema
 
-    declared = {f.name: f.type for f in cfg.data.features if f.type is not None}
+    declared = declared_types(cfg)
     strings = [c for c, t in raw.schema.items()
-               if c != cfg.data.target and c not in excluded and t in (pl.String, pl.Categorical)]
+               if (c != cfg.data.target or not skip_target) and c not in excluded and t in (pl.String, pl.Categorical)]
     if not strings:
         return []
     schema = infer_schema(raw.select(strings), overrides={c: t for c, t in declared.items() if c in strings})

@@ -1,8 +1,9 @@
 """The processing stage end to end: raw table + schema + config -> clean splits and a report.
 
 Order: drop excluded columns -> coerce types -> drop rows whose target is missing -> drop
-exact duplicates -> split -> fill missing cells and clip outliers with statistics from the
-train split only -> count rows shared between splits (leakage).
+exact duplicates (whole rows, or equal values of the columns the task names: generation's
+prompt) -> split -> fill missing cells and clip outliers with statistics from the train split
+only -> count rows shared between splits (leakage).
 
 Memory: duplicates and the split are row indices; each split is gathered straight from the
 coerced frame, column by column, releasing it as it goes. So when the caller hands over its
@@ -38,10 +39,10 @@ class Processed:
     """Clean splits (keys ``train``, ``valid``, ``test``) and what processing did to get them.
 
     ``report`` keys: rows_in, rows_out, excluded, coercion_failures (per column),
-    missing_target_dropped, duplicates_removed, missing_filled (per column, all splits),
+    missing_target_dropped, duplicates_removed (and duplicate_columns when the task's duplicates
+    are equal values of some columns only), missing_filled (per column, all splits),
     missing_dropped, missing_dropped_by (rows missing each ``drop`` column), cells_clipped,
-    stratified, split_sizes, leakage (see
-    :func:`~dataflywheel.data.split.leakage_report`).
+    stratified, split_sizes, leakage (see :func:`~dataflywheel.data.split.leakage_report`).
     """
 
     splits: dict[str, pl.DataFrame]
@@ -92,7 +93,10 @@ def process(
     if missing_target:
         df = df.drop_nulls(subset=[target])
 
-    keep = unique_rows(df) if proc.drop_duplicates else None
+    from dataflywheel.tasks import get_task
+
+    duplicate_columns = get_task(task).duplicate_columns(cfg) if task is not None else None
+    keep = unique_rows(df.select(duplicate_columns) if duplicate_columns else df) if proc.drop_duplicates else None
     rows = None if keep is None else keep.arg_true().to_numpy()
     n_rows = df.height if rows is None else len(rows)
     duplicates = df.height - n_rows
@@ -147,4 +151,6 @@ def process(
         "split_sizes": {name: s.height for name, s in splits.items()},
         "leakage": leakage_report(splits, features),
     }
+    if duplicate_columns:
+        report["duplicate_columns"] = duplicate_columns
     return Processed(splits=splits, report=report)

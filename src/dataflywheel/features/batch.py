@@ -12,6 +12,7 @@ name                      dtype     shape
 ``categorical``           long      (B, n_categorical): category indices
 ``tokens``                long      (B, T): token ids, padded to the batch's longest
 ``attention_mask``        bool      (B, T): True on real tokens
+``labels``                long      (B, T): a completion's token ids, -100 elsewhere
 ========================  ========  =================================================
 
 Each encoder declares the names it produces (``Encoder.produces``), so the preprocessor knows
@@ -35,6 +36,8 @@ from dataflywheel.errors import ModelError
 from dataflywheel.features.batch_names import (
     ATTENTION_MASK,
     CATEGORICAL,
+    LABEL_PAD,
+    LABELS,
     NUMERIC,
     TABULAR,
     TEXT,
@@ -53,9 +56,9 @@ Batch = dict[str, torch.Tensor]
 Inputs = Mapping[str, "torch.Tensor | np.ndarray | Ragged"]
 """N encoded rows by name: dense arrays or tensors, and ragged token rows (padded by :func:`collate`)."""
 
-__all__ = ["ATTENTION_MASK", "CATEGORICAL", "NUMERIC", "TABULAR", "TEXT", "TOKENS", "Batch", "InputKey", "Inputs",
-           "PadIds", "check_reads", "collate", "dtype_for", "input_key", "model_reads", "n_rows", "ragged_lengths",
-           "register_input", "sources", "text_names", "to_tensors"]
+__all__ = ["ATTENTION_MASK", "CATEGORICAL", "LABELS", "LABEL_PAD", "NUMERIC", "TABULAR", "TEXT", "TOKENS", "Batch",
+           "InputKey", "Inputs", "PadIds", "check_reads", "collate", "dtype_for", "input_key", "model_reads", "n_rows",
+           "ragged_lengths", "register_input", "sources", "text_names", "to_tensors"]
 
 def model_reads(model: nn.Module) -> tuple[str, ...]:
     """The batch names ``model`` reads: its ``inputs`` attribute (every registered model, and

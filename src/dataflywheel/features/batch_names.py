@@ -10,6 +10,10 @@ from typing import Literal
 from dataflywheel.errors import ModelError
 
 NUMERIC, CATEGORICAL, TOKENS, ATTENTION_MASK = "numeric", "categorical", "tokens", "attention_mask"
+LABELS = "labels"
+"""Per-token targets aligned with ``tokens`` (a generation model's completion), -100 elsewhere."""
+LABEL_PAD = -100
+"""The label of a position that takes no part in the loss (a prompt's, padding)."""
 TABULAR: tuple[str, ...] = (NUMERIC, CATEGORICAL)
 TEXT: tuple[str, ...] = (TOKENS, ATTENTION_MASK)
 
@@ -60,6 +64,7 @@ register_input(InputKey(NUMERIC, "float"))
 register_input(InputKey(CATEGORICAL, "long"))
 register_input(InputKey(TOKENS, "long", dynamic=(0, 1), mask=ATTENTION_MASK, repeats=True))
 register_input(InputKey(ATTENTION_MASK, "bool", dynamic=(0, 1), repeats=True))
+register_input(InputKey(LABELS, "long", dynamic=(0, 1)))
 
 
 def check_reads(reads: Iterable[str], produced: Iterable[str], where: str = "model") -> None:

@@ -29,6 +29,11 @@ class EncodedBatch:
     """Token ids (no padding) per text column, in the preprocessor's order (empty without one)."""
     truncated: dict[str, int] = field(default_factory=dict)
     """Texts per text column cut to its max_length (columns with none left out)."""
+    extra: dict[str, Ragged] = field(default_factory=dict)
+    """Further ragged inputs by batch name (a chat encoder's ``labels``)."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Rows per text column left out of the loss for being too long (a chat encoder's
+    ``truncate: reject``; columns with none left out)."""
     coerced: dict[str, int] = field(default_factory=dict)
     """Cells per number or datetime feature that could not be read ("abc", "yesterday") or were
     infinite, and were encoded as missing (features with none left out)."""
@@ -41,11 +46,12 @@ class EncodedBatch:
     @property
     def inputs(self) -> dict[str, np.ndarray | Ragged]:
         """The encoded rows by batch name (:mod:`~dataflywheel.features.batch`): ``numeric``,
-        ``categorical`` and per text column its ragged token ids (``tokens``, then ``tokens_1``,
-        ...; padded per mini-batch)."""
+        ``categorical``, per text column its ragged token ids (``tokens``, then ``tokens_1``,
+        ...; padded per mini-batch), then :attr:`extra`."""
         named: dict[str, np.ndarray | Ragged] = {"numeric": self.numeric, "categorical": self.categorical}
         for i, ids in enumerate(self.texts.values()):
             named[text_names(i)[0]] = ids
+        named.update(self.extra)
         return named
 
 

@@ -66,15 +66,14 @@ def config_inputs(cfg: FlywheelConfig) -> list[str]:
 def config_columns(cfg: FlywheelConfig) -> tuple[list[str], list[str]]:
     """``(inputs, skipped text columns)`` of the data ``cfg`` points at: :func:`model_inputs`,
     and the text columns the model does not read (an ``mlp``'s), neither excluded nor the target."""
-    from dataflywheel.data.dataset import check_excluded
+    from dataflywheel.data.dataset import check_excluded, declared_types, read_source
     from dataflywheel.data.schema import infer_schema
     from dataflywheel.data.sources import source_from_config
 
     source = source_from_config(cfg.data.source, cfg.base_dir)
-    raw = source.read()
+    raw = read_source(cfg, source)
     check_excluded(raw, cfg, source.describe())
     raw = raw.drop(cfg.data.exclude)
-    overrides = {f.name: f.type for f in cfg.data.features if f.type is not None}
-    schema = infer_schema(raw, target=cfg.data.target, overrides=overrides)
+    schema = infer_schema(raw, target=cfg.data.target, overrides=declared_types(cfg))
     inputs = model_inputs(cfg, schema)
     return inputs, [c.name for c in schema.features if c.type == "text" and c.name not in inputs]

@@ -39,6 +39,7 @@ from dataflywheel.features.encoded import (
 from dataflywheel.features.encoders import CategoryEncoder, Encoder
 from dataflywheel.features.specs import build_encoder, feature_specs
 from dataflywheel.features.text import TextEncoder
+from dataflywheel.features.text_encoders import build_text_encoder, text_encoder_from_dict
 from dataflywheel.store.artifacts import atomic_write_text
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ RECORDS_MAX = 256
 
 class Preprocessor:
     """Encode ``features``: a list of (column, feature type, encoder name or "auto"), plus
-    ``text_features``: (column, :class:`TextEncoder` parameters), one encoder per text column.
+    ``text_features``: (column, text encoder parameters), one encoder per text column; the
+    parameters' ``encoder`` names its kind (:mod:`~dataflywheel.features.text_encoders`: ``text``,
+    the default, or ``chat``, which also reads the completion column when a frame holds it).
 
     ``skipped`` lists columns deliberately left out (text, for a model that reads no text),
     kept for reporting.
@@ -83,14 +86,17 @@ class Preprocessor:
         text: bool = False,
         max_texts: int | None = 1,
         base_dir: Path | None = None,
+        text_params: Mapping[str, Any] | None = None,
     ) -> Preprocessor:
         """Non-target schema columns, minus ``exclude``; ``overrides`` change type or encoder.
 
         Text columns are skipped unless ``text`` (the model reads token ids); then at most
         ``max_texts`` may remain (None: any number, each read through its own inputs). A
-        relative ``tokenizer`` path resolves against ``base_dir``.
+        relative ``tokenizer`` path resolves against ``base_dir``. ``text_params`` are added to
+        every text column's parameters (the task's, :meth:`~dataflywheel.tasks.Task.text_params`).
         """
         features, skipped, texts = feature_specs(schema, overrides, exclude, text=text, max_texts=max_texts)
+        texts = [(col, {**params, **(text_params or {})}) for col, params in texts]
         return cls(features, skipped, texts, base_dir=base_dir)
 
     def fit(self, df: pl.DataFrame) -> Preprocessor:
@@ -100,7 +106,7 @@ class Preprocessor:
             col: build_encoder(col, ftype, enc).fit(df[col]) for col, ftype, enc in self.features
         }
         self.text_encoders_: dict[str, TextEncoder] = {
-            col: TextEncoder(**params).fit(df[col], base_dir=self.base_dir) for col, params in self.text_features
+            col: build_text_encoder(params).fit(df[col], base_dir=self.base_dir) for col, params in self.text_features
         }
         return self
 
@@ -133,12 +139,13 @@ class Preprocessor:
     @property
     def produces_(self) -> tuple[str, ...]:
         """The batch names ``transform`` fills: ``numeric`` and ``categorical`` always (a block
-        may be 0 wide), then the text encoder's."""
+        may be 0 wide), then the text encoders' (a chat encoder's ``labels`` when the frame holds
+        the completion)."""
         names = ["numeric", "categorical"]
         for enc in self._fitted().values():
             names += [n for n in enc.produces if n not in names]
-        for i in range(len(self.text_encoders)):
-            names += text_names(i)
+        for i, text in enumerate(self.text_encoders.values()):
+            names += [*text_names(i), *text.extra_produces]
         return tuple(names)
 
     @property
@@ -150,8 +157,13 @@ class Preprocessor:
 
     @property
     def pad_ids_(self) -> dict[str, int]:
-        """The padding id of each text column's tokens, by its token input's batch name."""
-        return {text_names(i)[0]: enc.pad_id_ for i, enc in enumerate(self.text_encoders.values())}
+        """The padding id of each text column's tokens, by its token input's batch name (and of
+        a chat encoder's ``labels``)."""
+        pads: dict[str, int] = {}
+        for i, enc in enumerate(self.text_encoders.values()):
+            pads[text_names(i)[0]] = enc.pad_id_
+            pads.update(enc.extra_pad_ids)
+        return pads
 
     @property
     def n_numeric_(self) -> int:
@@ -205,7 +217,8 @@ class Preprocessor:
             count_cells(col, n_unknown, unknown, n_coerced, batch.coerced)
         if self.__dict__.get("text_encoders_"):
             require_columns(df, self.text_encoders_)
-            self._encode_text(batch, {c: df[c] for c in self.text_encoders_})
+            also = [c for enc in self.text_encoders_.values() for c in enc.also_reads if c in df.columns]
+            self._encode_text(batch, {c: df[c] for c in [*self.text_encoders_, *also]})
         return batch
 
     def _encode_text(self, batch: EncodedBatch, columns: Mapping[str, pl.Series]) -> None:
@@ -218,9 +231,13 @@ class Preprocessor:
                 raise DataError(f"missing text ({columns[col].null_count()} row(s))",
                                 where=f"row {first + 1}, column '{col}'",
                                 fix="give every record a text: it is the model's only input")
-            batch.texts[col], n_truncated = enc.encode(columns[col])
-            if n_truncated:
-                batch.truncated[col] = n_truncated
+            encoded = enc.encode_columns(columns, col)
+            batch.texts[col] = encoded.ids
+            batch.extra.update(encoded.extra)
+            if encoded.truncated:
+                batch.truncated[col] = encoded.truncated
+            if encoded.rejected:
+                batch.rejected[col] = encoded.rejected
 
     def transform_records(self, records: Sequence[Mapping[str, Any]], *, validated: bool = False) -> EncodedBatch:
         """``transform(pl.DataFrame(records, infer_schema_length=None))``, without the frame
@@ -280,6 +297,9 @@ class Preprocessor:
                 if not any(col in r for r in records):
                     raise missing_column(col)
                 texts[col] = pl.Series(col, [r.get(col) for r in records], dtype=pl.Utf8, strict=False)
+            for col in (c for enc in self.text_encoders_.values() for c in enc.also_reads):
+                if any(col in r for r in records):
+                    texts[col] = pl.Series(col, [r.get(col) for r in records], dtype=pl.Utf8, strict=False)
             self._encode_text(batch, texts)
         return batch
 
@@ -310,7 +330,7 @@ class Preprocessor:
         )
         pre.encoders_ = {col: Encoder.from_dict(d) for col, d in data["encoders"].items()}
         pre.text_encoders_ = {
-            col: TextEncoder.from_dict(d) for col, d in data.get("text_encoders", {}).items()
+            col: text_encoder_from_dict(d) for col, d in data.get("text_encoders", {}).items()
         }
         return pre
 

@@ -58,7 +58,11 @@ def _text_params(override: FeatureConfig | None) -> dict[str, Any]:
     ``tokenizer`` path stays relative (the preprocessor resolves it at fit, and saves it as given)."""
     if override is None:
         return {}
-    return {"max_length": override.max_length, "vocab_size": override.vocab_size, "tokenizer": override.tokenizer}
+    params: dict[str, Any] = {"max_length": override.max_length, "vocab_size": override.vocab_size,
+                              "tokenizer": override.tokenizer}
+    if override.truncate != "auto":
+        params["truncate"] = override.truncate
+    return params
 
 
 FeatureSpecs = tuple[list[tuple[str, str, str]], list[str], list[tuple[str, dict[str, Any]]]]

@@ -49,12 +49,16 @@ class TargetEncoder:
     def _check_fitted(self) -> None:
         from dataflywheel.tasks import available_tasks
 
-        state = self.task_object.target_state if self.task in available_tasks() else ()
-        if not state or not all(hasattr(self, a) for a in state):
+        known = self.task in available_tasks()
+        state = self.task_object.target_state if known else ()
+        # A task without target state (generation) is fitted once fit (or from_dict) has run.
+        fitted = all(hasattr(self, a) for a in state) and (bool(state) or self.__dict__.get("fitted_", False))
+        if not known or not fitted:
             raise NotFittedError(f"TargetEncoder ({self.task}) is not fitted; call fit first")
 
     def fit(self, series: pl.Series) -> TargetEncoder:
         self.task_object.fit_target(self, series.drop_nulls())
+        self.fitted_ = True
         return self
 
     def transform(self, series: pl.Series) -> np.ndarray:
@@ -79,4 +83,5 @@ class TargetEncoder:
             if attr not in data.get("state", {}):
                 raise ModelError(f"target encoder state lacks '{attr}'", where="TargetEncoder")
             setattr(enc, attr, data["state"][attr])
+        enc.fitted_ = True
         return enc

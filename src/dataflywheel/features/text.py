@@ -14,8 +14,9 @@ encodes as an empty text, i.e. the special tokens alone (``[CLS] [SEP]`` for Wor
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import polars as pl
 
@@ -83,6 +84,19 @@ def _prefix_holds(encoding: Encoding, prefix: str) -> bool:
     return bool(ends) and boundary > 0 and max(ends) <= boundary
 
 
+class TextEncoding(NamedTuple):
+    """What a text encoder makes of a batch of rows."""
+
+    ids: Ragged
+    """The text column's token ids (its ``tokens`` input)."""
+    truncated: int
+    """Texts cut to ``max_length``."""
+    extra: Mapping[str, Ragged] = {}
+    """Further ragged batch inputs by name (a chat encoder's ``labels``)."""
+    rejected: int = 0
+    """Rows left out for being too long (a chat encoder's ``truncate: reject``)."""
+
+
 def _ranked(counts: Counter[str]) -> list[str]:
     """The keys of ``counts``, most frequent first, ties alphabetically."""
     return sorted(counts, key=lambda k: (-counts[k], k))
@@ -93,14 +107,28 @@ class TextEncoder:
 
     name = "text"
     feature_type = "text"
-    _state = ("tokenizer_json_", "vocab_size_", "pad_id_")
+    _state: ClassVar[tuple[str, ...]] = ("tokenizer_json_", "vocab_size_", "pad_id_")
     produces = ("tokens", "attention_mask")
     """The batch names its ragged ids become: padded ``tokens`` and their ``attention_mask``."""
+    extra_produces: ClassVar[tuple[str, ...]] = ()
+    """Further batch names it fills (:attr:`TextEncoding.extra`), whatever its column's index."""
 
-    def __init__(self, max_length: int = 128, vocab_size: int = 8000, tokenizer: str | None = None) -> None:
+    def __init__(self, max_length: int = 128, vocab_size: int = 8000, tokenizer: str | None = None,
+                 truncate: str = "auto") -> None:
         self.max_length = max_length
         self.vocab_size = vocab_size
         self.tokenizer = tokenizer
+        self.truncate = truncate
+
+    @property
+    def also_reads(self) -> tuple[str, ...]:
+        """Columns besides its own it reads when a batch holds them (none)."""
+        return ()
+
+    @property
+    def extra_pad_ids(self) -> dict[str, int]:
+        """The padding value of each of :attr:`extra_produces`."""
+        return {}
 
     def get_params(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "vocab_size": self.vocab_size, "tokenizer": self.tokenizer}
@@ -111,6 +139,10 @@ class TextEncoder:
         if self.max_length < 4:
             raise ConfigError(f"must be >= 4 (got {self.max_length})",
                               where=f"data.features ({series.name}).max_length")
+        if self.truncate not in ("auto", "right"):
+            raise ConfigError(f"a text column keeps its first max_length tokens (got {self.truncate!r})",
+                              where=f"data.features ({series.name}).truncate",
+                              fix="use right (or auto); left and reject apply to a generation prompt")
         if self.tokenizer is not None:
             path = Path(self.tokenizer).expanduser()
             tok = _load_tokenizer(str(Path(base_dir) / path if base_dir is not None and not path.is_absolute()
@@ -208,6 +240,11 @@ class TextEncoder:
 
     def transform(self, series: pl.Series) -> Ragged:
         return self.encode(series)[0]
+
+    def encode_columns(self, columns: Mapping[str, pl.Series], column: str) -> TextEncoding:
+        """:meth:`encode` of ``columns[column]`` (the other columns are for encoders that read
+        more, see :attr:`also_reads`)."""
+        return TextEncoding(*self.encode(columns[column]))
 
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()

@@ -11,9 +11,12 @@ and points the text column's ``tokenizer`` at the base folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,20 +107,23 @@ def portable_base(base: str, folder: Path, base_dir: Path | None) -> str:
 
 
 def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
-    """For ``model.type: pretrained``: a copy of ``cfg`` whose ``model.params.base`` is the
-    portable reference of :func:`portable_base`, ``model.params.base_hash`` the base's
-    :func:`content_hash`, and whose text column reads the base's tokenizer (``max_length`` stays
-    the feature's). Other model types: ``cfg`` itself. A text column given another tokenizer is
-    a :class:`ConfigError`."""
+    """For a model type built on a base (its params declare ``base_hash``: ``pretrained``,
+    ``causal_lm``): a copy of ``cfg`` whose ``model.params.base`` is the portable reference of
+    :func:`portable_base`, ``model.params.base_hash`` the base's :func:`content_hash`, and whose
+    text column reads the base's tokenizer (``max_length`` stays the feature's). Other model
+    types: ``cfg`` itself. A text column given another tokenizer is a :class:`ConfigError`."""
     from dataflywheel.config import FeatureConfig
+    from dataflywheel.models.registry import params_class
 
-    if cfg.model.type != "pretrained":
+    declared = params_class(cfg.model.type)
+    if declared is None or "base_hash" not in declared.model_fields:
         return cfg
     params = dict(cfg.model.params)
     if not params.get("base"):
         raise ConfigError(
-            "a pretrained model needs a base model", where="model.params.base",
-            fix="set it to a local model folder or a hub name, e.g. sentence-transformers/all-MiniLM-L6-v2",
+            f"a {cfg.model.type} model needs a base model", where="model.params.base",
+            fix="set it to a local model folder or a hub name in the local cache, e.g. "
+                "sentence-transformers/all-MiniLM-L6-v2",
         )
     given_base = str(params["base"])
     folder = resolve_base(given_base, cfg.base_dir)
@@ -130,13 +136,14 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
     texts = [c.name for c in schema.features if c.name not in cfg.data.exclude
              and ((overrides[c.name].type if c.name in overrides else None) or c.type) == "text"]
     if not texts:
-        raise ConfigError("a pretrained model reads a text column, and the data has none", where="model.type",
+        raise ConfigError(f"a {cfg.model.type} model reads a text column, and the data has none",
+                          where="model.type",
                           fix="give a column type: text in data.features, or use model.type: mlp")
     for col in texts:
         current = overrides.get(col)
         given = current.tokenizer if current is not None else None
         if given is not None and cfg.resolve(given).resolve() != folder.resolve():
-            raise ConfigError("a pretrained model reads its base model's own tokenizer",
+            raise ConfigError(f"a {cfg.model.type} model reads its base model's own tokenizer",
                               where=f"data.features ({col}).tokenizer", fix="remove the tokenizer setting")
         updated = (current or FeatureConfig(name=col)).model_copy(update={"tokenizer": tokenizer})
         features = [updated if f.name == col else f for f in features] if current else [*features, updated]
@@ -146,6 +153,53 @@ def prepare_config(cfg: FlywheelConfig, schema: Schema) -> FlywheelConfig:
     })
 
 
+def open_base(base: str, base_hash: str | None, finetune: str, base_dirs: Sequence[Path], *,
+              allow_pickle_weights: bool) -> tuple[Path, str, bool]:
+    """``(folder, content hash, has safetensors)`` of the base ``model.params.base`` names,
+    checked: weights that are pickle-based only are refused unless ``allow_pickle_weights``, and
+    a model that rebuilds from the base's weights (every ``finetune`` but ``full``) is refused on
+    a base whose hash differs from ``base_hash``, the one it was trained on."""
+    folder = resolve_base(base, base_dirs)
+    actual = content_hash(folder)
+    safe = has_safetensors(folder)
+    if not safe and not allow_pickle_weights:
+        raise ModelError(
+            "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
+            "safetensors weights are required",
+            where="model.params.allow_pickle_weights",
+            fix="convert the base to safetensors (save_pretrained(folder, safe_serialization=True)), or set "
+                "model.params.allow_pickle_weights: true if you trust the files",
+        )
+    if base_hash is not None and finetune != "full" and actual != base_hash:
+        raise ModelError(
+            f"base model content hash {actual[:16]} differs from {base_hash[:16]}, the base this "
+            f"{finetune} model was trained on",
+            where=f"base model {folder}",
+            fix="restore the original base model files in that folder, or re-train on the new base (flywheel run)",
+        )
+    return folder, actual, safe
+
+
 def has_safetensors(folder: Path) -> bool:
     """Whether the base folder holds safetensors weights (else only pickle-based ones)."""
     return any(p.is_file() for pattern in SAFE_WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars (a fresh head, a base loaded for
+    fine-tuning, are expected here)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity(logging.ERROR)
+    # transformers' progress-bar switches carry no annotations.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

@@ -1,13 +1,16 @@
 """What a model may do beyond ``forward``, as small protocols checked with ``isinstance``.
 
 A model built on a base it loads from its own folder (a LoRA or frozen-encoder
-:class:`~dataflywheel.models.pretrained.PretrainedClassifier`) keeps and loads a trained part
-alone, names its base, writes extra bundle files and has a faster inference form; a plain
-model does none of these and keeps its whole ``state_dict``.
+:class:`~dataflywheel.models.pretrained.PretrainedClassifier`, a
+:class:`~dataflywheel.models.causal_lm.CausalLM`) keeps and loads a trained part alone, names its
+base, writes extra bundle files and has a faster inference form; a causal LM also checkpoints
+activations on request and generates; a plain model does none of these and keeps its whole
+``state_dict``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -56,4 +59,19 @@ class EmbedsInputs(Protocol):
     def input_embedding(self, name: str) -> nn.Module | None:
         """The module whose output stands for the long batch input ``name`` (category indices,
         token ids) in an explanation's integration path; None: look it up the default way."""
+        ...
+
+
+@runtime_checkable
+class CheckpointsActivations(Protocol):
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (``train.gradient_checkpointing``)."""
+        ...
+
+
+@runtime_checkable
+class Generates(Protocol):
+    def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: Sequence[int],
+                     pad_id: int) -> list[list[int]]:
+        """Greedy continuations of token-id prompts, each cut before its first of ``stop_ids``."""
         ...

@@ -29,10 +29,7 @@ the text alone: a dataset with tabular feature columns is refused at build time 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,32 +39,28 @@ from torch import nn
 
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import TEXT, Batch
-from dataflywheel.models.base_model import content_hash, has_safetensors, local_folder, prepare_config, resolve_base
+from dataflywheel.models.base_model import (
+    content_hash,
+    local_folder,
+    open_base,
+    prepare_config,
+    quiet_transformers,
+    resolve_base,
+)
+from dataflywheel.models.lora import ADAPTER_WEIGHTS, LoraParams, write_adapters
 from dataflywheel.models.mlp import model_task
-from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
+from dataflywheel.models.params import ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
-__all__ = ["LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained", "content_hash",
-           "prepare_config", "resolve_base"]
+__all__ = ["ADAPTER_WEIGHTS", "LoraParams", "PretrainedClassifier", "PretrainedParams", "build_pretrained",
+           "content_hash", "prepare_config", "resolve_base"]
 
 Finetune = Literal["full", "frozen", "lora"]
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-"""peft's adapter weights file, written into a LoRA bundle (with peft's adapter_config.json)."""
 HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
-
-
-class LoraParams(ModelParams):
-    """``model.params.lora``: peft ``LoraConfig`` settings."""
-
-    r: PositiveInt = 8
-    alpha: PositiveInt = 16
-    dropout: Fraction = 0.1
-    target_modules: list[str] | None = None
-    """Module names to place adapters on, e.g. [query, value]; null: peft's default for the base."""
 
 
 class PretrainedParams(ModelParams):
@@ -129,19 +122,7 @@ class PretrainedClassifier(nn.Module):
         if self.merged:
             raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
                              fix="save the model before calling for_inference()")
-        import copy
-
-        from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        peft_model = self._peft_model()
-        state = get_peft_model_state_dict(peft_model)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(Path(folder) / ADAPTER_WEIGHTS),
-                  metadata={"format": "pt"})
-        config = copy.deepcopy(peft_model.peft_config["default"])
-        config.base_model_name_or_path = self.reference.get("name") or self.reference.get("path")
-        config.inference_mode = True
-        config.save_pretrained(str(folder))
+        write_adapters(self._peft_model(), folder, self.reference.get("name") or self.reference.get("path"))
 
     def for_inference(self) -> PretrainedClassifier:
         """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place: the
@@ -150,7 +131,7 @@ class PretrainedClassifier(nn.Module):
         model can no longer give its bundle weights back. Other modes: unchanged."""
         if self.finetune == "lora" and not self.merged:
             peft_model = self._peft_model()
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.hf = peft_model.merge_and_unload()
             self.merged = True
         return self
@@ -185,25 +166,6 @@ class PretrainedClassifier(nn.Module):
                              f"(unexpected {extra[:3]}, missing {missing[:3]})", where="model.safetensors",
                              fix="re-register the model")
         self.load_state_dict(state, strict=self.finetune == "full")
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report and progress bars (a fresh classifier is expected here)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity(logging.ERROR)
-    # transformers' progress-bar switches carry no annotations.
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -248,7 +210,7 @@ def _with_lora(model: PreTrainedModel, lora: LoraParams | dict[str, Any]) -> Pef
                         lora_dropout=float(opts.dropout), target_modules=list(targets) if targets else None,
                         modules_to_save=heads or None)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise _bad("lora.target_modules", f"peft cannot place adapters ({exc})", targets) from None
@@ -283,28 +245,11 @@ def build_pretrained(
     if n_numeric or cardinalities:
         raise ModelError("a pretrained model reads the text column alone, and the data has other feature columns",
                          where="data", fix="list the non-text feature columns in data.exclude")
-    folder = resolve_base(base, base_dirs)
-    actual = content_hash(folder)
-    safe = has_safetensors(folder)
-    if not safe and not p.allow_pickle_weights:
-        raise ModelError(
-            "the base model's weights are pickle-based (pytorch_model.bin), which can run code when loaded; "
-            "safetensors weights are required",
-            where="model.params.allow_pickle_weights",
-            fix="convert the base to safetensors (save_pretrained(folder, safe_serialization=True)), or set "
-                "model.params.allow_pickle_weights: true if you trust the files",
-        )
-    if base_hash is not None and finetune != "full" and actual != base_hash:
-        raise ModelError(
-            f"base model content hash {actual[:16]} differs from {base_hash[:16]}, the base this "
-            f"{finetune} model was trained on",
-            where=f"base model {folder}",
-            fix="restore the original base model files in that folder, or re-train on the new base (flywheel run)",
-        )
+    folder, actual, safe = open_base(base, base_hash, finetune, base_dirs, allow_pickle_weights=p.allow_pickle_weights)
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = AutoConfig.from_pretrained(str(folder), num_labels=n_outputs, local_files_only=True)
             # fp32 whatever the files hold: many bases ship in bf16/fp16, and Adam on half-precision
             # weights loses small updates; train.bf16 gives half-precision compute under autocast.

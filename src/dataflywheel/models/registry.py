@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dataflywheel.errors import ModelError
+from dataflywheel.models.causal_lm import CausalLMParams, build_causal_lm
 from dataflywheel.models.mlp import MLPParams, build_mlp
 from dataflywheel.models.params import ModelParams
 from dataflywheel.models.predict import predict_proba
@@ -157,3 +158,4 @@ def _check_params(name: str, builder: Builder, args: dict[str, Any]) -> None:
 register_model("mlp", build_mlp, MLPParams)
 register_model("transformer", build_transformer, TransformerParams)
 register_model("pretrained", build_pretrained, PretrainedParams)
+register_model("causal_lm", build_causal_lm, CausalLMParams)

@@ -23,7 +23,9 @@ import polars as pl
 if TYPE_CHECKING:
     import torch
 
+    from dataflywheel.config import DataConfig, FeatureType, FlywheelConfig
     from dataflywheel.data.schema import ColumnSchema
+    from dataflywheel.data.source import Source
     from dataflywheel.features.target import TargetEncoder
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -74,6 +76,15 @@ class Task(ABC):
     """The loss is an MSE on the standardised target: its root times the scale is an RMSE."""
     outputs_expected: ClassVar[str] = "1"
     """How many outputs a model of this task has, as an error message says it."""
+    reads_prompt: ClassVar[bool] = False
+    """The task learns a completion of a prompt column (``data.prompt``), not a label of features."""
+    redacts_target: ClassVar[bool] = False
+    """PII redaction (``privacy.columns: text``) covers the target column too: it is text the
+    model learns to write."""
+    requires_reads: ClassVar[tuple[str, ...]] = ()
+    """Batch names a model of this task must read (generation: ``labels``, the completion's tokens)."""
+    explainable: ClassVar[bool] = True
+    """Per-prediction explanations (Integrated Gradients on the outputs) mean something for it."""
 
     @property
     def primary(self) -> str:
@@ -103,6 +114,27 @@ class Task(ABC):
     def check_target(self, col: ColumnSchema, target: str) -> None:  # noqa: B027 - optional hook
         """Raise a :class:`~dataflywheel.errors.DataError` when the configured task does not fit
         the target column (checked before training)."""
+
+    def shape_frame(self, raw: pl.DataFrame, cfg: FlywheelConfig, source: Source) -> pl.DataFrame:
+        """The table as read from ``source``, reshaped into the columns this task learns from
+        (generation: a chat column into prompt and completion); default: as read. Called before
+        redaction and schema inference, so ``raw`` may hold nested columns."""
+        return raw
+
+    def column_types(self, cfg: DataConfig) -> dict[str, FeatureType]:
+        """Column types the task fixes whatever inference would say (generation: its prompt and
+        completion are text), over ``data.features``."""
+        return {}
+
+    def duplicate_columns(self, cfg: DataConfig) -> list[str] | None:
+        """The columns on which two rows are duplicates (``data.processing.drop_duplicates``);
+        None: the whole row."""
+        return None
+
+    def text_params(self, cfg: DataConfig) -> dict[str, Any]:
+        """Parameters added to every text column's encoder (generation: the chat encoder, which
+        reads the completion beside the prompt); default none."""
+        return {}
 
     # -- model and training -------------------------------------------------------------------
 

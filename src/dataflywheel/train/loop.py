@@ -3,8 +3,8 @@
 Mini-batches come from a shuffled index permutation over in-memory tensors (no DataLoader:
 at tabular sizes its per-batch overhead rivals the model's own cost); text batches are padded
 per batch and drawn length-bucketed (:mod:`dataflywheel.train.batching`). Gradient
-accumulation, ``max_steps``, step-wise evaluation, bf16 autocast and ``torch.compile`` are
-settings of the same loop, which runs on the CPU or a CUDA GPU (``train.device``): the data
+accumulation, ``max_steps``, step-wise evaluation, bf16 autocast, gradient checkpointing and
+``torch.compile`` are settings of the same loop, which runs on the CPU or a CUDA GPU (``train.device``): the data
 tensors move to the device once, text batches as they are padded. Everything optional (early
 stopping, checkpoints, progress) is a callback; the loop itself only steps.
 """
@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from dataflywheel.config import TrainConfig, resolve_early_stopping
+from dataflywheel.errors import ConfigError
 from dataflywheel.features.batch import model_reads
+from dataflywheel.models.capabilities import CheckpointsActivations
 from dataflywheel.models.predict import logits_to_output, predict_logits
 from dataflywheel.runtime import bf16_supported, set_threads
 from dataflywheel.tasks import get_task
@@ -44,6 +46,7 @@ from dataflywheel.train.checkpoint import load_checkpoint, restore
 from dataflywheel.train.objective import Objective, make_objective
 from dataflywheel.train.optim import make_optimizer, make_scheduler
 from dataflywheel.train.strategy import SingleDevice, Strategy
+from dataflywheel.train.usage import peak_memory_mb, reset_peak_memory
 
 __all__ = ["Batchable", "History", "Metric", "fit", "train_epoch", "validate"]
 
@@ -54,7 +57,8 @@ returns it (p(class 1) for binary, (N, k) probabilities for multiclass, values f
 
 @dataclass
 class History:
-    """One log dict per epoch: epoch, loss, val_loss, val_<metric>..., lr, seconds."""
+    """One log dict per epoch: epoch, loss, val_loss, val_<metric>..., lr, seconds; a text model's
+    also tokens (trained on), tokens_per_s (of the training pass) and peak_memory_mb."""
 
     epochs: list[dict[str, Any]]
     best_epoch: int | None
@@ -72,6 +76,16 @@ class History:
     """Why training ended before ``epochs_planned`` (early stopping, max_steps), else None."""
     kept_epoch: int | None = None
     """The epoch whose weights the model holds (early stopping puts back its best epoch's)."""
+
+    def throughput(self) -> dict[str, float]:
+        """A text model's ``tokens_per_s`` over every epoch's training pass and its
+        ``peak_memory_mb`` (:mod:`~dataflywheel.train.usage`); empty for other models."""
+        timed = [e for e in self.epochs if e.get("tokens_per_s")]
+        if not timed:
+            return {}
+        seconds = sum(e["tokens"] / e["tokens_per_s"] for e in timed)
+        return {"tokens_per_s": sum(e["tokens"] for e in timed) / seconds,
+                "peak_memory_mb": max(float(e["peak_memory_mb"]) for e in timed)}
 
     def summary(self) -> str:
         """One sentence: how many epochs ran, why training stopped early, which weights were kept."""
@@ -124,6 +138,12 @@ def fit(
     n_params = sum(p.numel() for p in model.parameters())
     strategy = strategy if strategy is not None else SingleDevice(bf16_supported)
     device = strategy.place(model, cfg)
+    if cfg.gradient_checkpointing:
+        if not isinstance(model, CheckpointsActivations):
+            raise ConfigError(f"a {type(model).__name__} cannot recompute its activations",
+                              where="train.gradient_checkpointing", fix="set it to false")
+        model.enable_gradient_checkpointing()
+    reset_peak_memory(device)
     dtype = _float_dtype(model)
     reads = model_reads(model)
     train = prepare_batchable(train, task, dtype, "train", device, reads)
@@ -172,6 +192,9 @@ def fit(
                 cb.on_epoch_begin(epoch)
             t0 = time.perf_counter()
             logs: Logs = {"epoch": epoch, **runner.epoch()}
+            if "tokens" in logs:
+                logs["tokens_per_s"] = logs["tokens"] / max(time.perf_counter() - t0, 1e-9)
+                logs["peak_memory_mb"] = peak_memory_mb(device)
             if valid is not None:
                 logs.update(validate(model, valid, loss_fn, task, metrics or {}))
             if state.target_scale is not None:
@@ -260,7 +283,8 @@ def train_epoch(
     strategy: Strategy | None = None,
 ) -> Logs:
     """One pass over ``data`` (``batches``: row indices per mini-batch, default a fresh random
-    order); returns ``{"loss", "lr"}`` (mean loss over the rows seen, LR of the last step).
+    order); returns ``{"loss", "lr"}`` (mean loss over the rows seen, LR of the last step), and
+    for ragged (text) inputs ``tokens``, the token count of the rows trained on.
     Each optimiser step sums the gradients of ``grad_accumulation`` mini-batches, each
     weighted by its share of the step's rows (so it equals one batch of all those rows).
     Sets ``state.stop`` when ``max_steps`` is reached, possibly mid-epoch."""
@@ -285,6 +309,8 @@ def train_epoch(
     # direct: every input is a dense tensor (data.dense), so the filter keeps them all.
     inputs = [(k, v) for k, v in data.inputs.items() if isinstance(v, torch.Tensor)] if direct else []
     y = data.y
+    lengths = data.lengths  # (N,) tokens per row of a text split, else None
+    tokens = 0
     for first in range(0, len(batches), accum):
         if max_steps is not None and state.step >= max_steps:
             break
@@ -303,6 +329,8 @@ def train_epoch(
             backward(loss if len(micro) == 1 else loss * (len(idx) / rows))
             losses.append(loss.detach())
             sizes.append(len(idx))
+            if lengths is not None:
+                tokens += int(lengths[idx.cpu()].sum())
         step(optimizer, params, clip)
         if scheduler is not None:
             scheduler.step()
@@ -318,11 +346,12 @@ def train_epoch(
         state.stop = True
         if runner is not None:
             runner.reached_max_steps = True
+    counted: Logs = {} if lengths is None else {"tokens": tokens}
     if not losses:
-        return {"loss": float("nan"), "lr": float(lr)}
+        return {"loss": float("nan"), "lr": float(lr), **counted}
     weights = torch.tensor(sizes, dtype=torch.float64)
     mean = float((torch.stack(losses).cpu().to(torch.float64) * weights).sum() / weights.sum())
-    return {"loss": mean, "lr": float(lr)}
+    return {"loss": mean, "lr": float(lr), **counted}
 
 
 def validate(

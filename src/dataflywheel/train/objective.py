@@ -2,10 +2,11 @@
 
 An :class:`Objective` turns a model's outputs on a batch into the scalar the optimiser
 minimises (and the ``loss``/``val_loss`` the history logs). The built-in ones wrap a torch
-loss on logits; :func:`make_objective` picks the one the task names (``Task.loss``, or
-``train.loss`` when set). An objective that needs more than one forward per batch (paired
-chosen/rejected texts) overrides :meth:`Objective.batch_loss`, which the training loop calls
-for every batch that is not a plain table. ``fit(..., objective=...)`` takes one directly.
+loss on logits, or (``sft``) average the per-token losses a generation model sums per row;
+:func:`make_objective` picks the one the task names (``Task.loss``, or ``train.loss`` when set).
+An objective that needs more than one forward per batch (paired chosen/rejected texts) overrides
+:meth:`Objective.batch_loss`, which the training loop calls for every batch that is not a plain
+table. ``fit(..., objective=...)`` takes one directly.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def _squeezed(base: nn.Module) -> Objective:
     return Objective(lambda logits, y: base(logits.squeeze(-1), y))
 
 
+def token_mean_nll(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sft``: a generation model's per-row ``(summed NLL, tokens)`` (B, 2) -> the mean negative
+    log-likelihood per completion token of the batch (``y`` is the task's placeholder). A batch
+    with no labelled token (every row rejected) is 0."""
+    return outputs[:, 0].sum() / outputs[:, 1].sum().clamp_min(1.0)
+
+
 register_objective("cross_entropy", lambda reduction: Objective(nn.CrossEntropyLoss(reduction=reduction)))
 register_objective("bce", lambda reduction: _squeezed(nn.BCEWithLogitsLoss(reduction=reduction)))
 register_objective("mse", lambda reduction: _squeezed(nn.MSELoss(reduction=reduction)))
+register_objective("sft", lambda reduction: Objective(token_mean_nll))

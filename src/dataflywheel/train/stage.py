@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.data.dataset import DatasetVersion
-from dataflywheel.errors import DataError
+from dataflywheel.errors import DataError, ModelError
 from dataflywheel.registry.bundle import ModelBundle
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class Trained:
     n_params: int
     truncated: dict[str, int] = field(default_factory=dict)
     """Train-split texts per text column cut to max_length."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Train-split rows per text column left out of the loss for being too long (``truncate: reject``)."""
 
 
 def resolve_task(cfg: FlywheelConfig, schema: Schema) -> str:
@@ -46,9 +48,8 @@ def resolve_task(cfg: FlywheelConfig, schema: Schema) -> str:
     from dataflywheel.tasks import get_task
 
     col = schema.column(cfg.data.target)
-    inferred = infer_task(col)
     if cfg.model.task == "auto":
-        return inferred
+        return infer_task(col)
     get_task(cfg.model.task).check_target(col, cfg.data.target)
     return cfg.model.task
 
@@ -59,9 +60,16 @@ def all_labels(dataset: DatasetVersion, target: str) -> pl.Series:
     return pl.concat([p.cast(pl.Utf8) for p in parts])
 
 
-def encode(pre: Preprocessor, target_enc: TargetEncoder, df: pl.DataFrame, target: str,
-           task: str) -> tuple[Batchable, dict[str, int]]:
-    """``(Batchable, texts truncated per text column)`` for the rows of ``df``."""
+class Encoded(NamedTuple):
+    batch: Batchable
+    truncated: dict[str, int]
+    """Texts per text column cut to max_length."""
+    rejected: dict[str, int]
+    """Rows per text column left out of the loss for being too long."""
+
+
+def encode(pre: Preprocessor, target_enc: TargetEncoder, df: pl.DataFrame, target: str, task: str) -> Encoded:
+    """The rows of ``df`` as a :class:`Batchable`, with the texts truncated and rejected per text column."""
     import torch
 
     from dataflywheel.features.batch import to_tensors
@@ -73,7 +81,7 @@ def encode(pre: Preprocessor, target_enc: TargetEncoder, df: pl.DataFrame, targe
     y_t = get_task(task).prepare_y(torch.as_tensor(np.array(y)), torch.float32)
     named = batch.inputs
     inputs = to_tensors(named, list(named), dtype=torch.float32, device=torch.device("cpu"))
-    return Batchable(inputs, y_t, pre.pad_ids_), batch.truncated
+    return Encoded(Batchable(inputs, y_t, pre.pad_ids_), batch.truncated, batch.rejected)
 
 
 def valid_metrics(task: str) -> dict[str, Metric]:
@@ -112,7 +120,7 @@ def train_on_dataset(
     max_texts = text_columns(cfg.model.type)
     pre = Preprocessor.from_schema(
         schema, cfg.data.features, exclude=cfg.data.exclude, text=max_texts != 0, max_texts=max_texts,
-        base_dir=cfg.base_dir,
+        base_dir=cfg.base_dir, text_params=kind.text_params(cfg.data),
     ).fit(train_df)
     texts = list(pre.text_encoders.values())
     text_args: dict[str, Any] = {}
@@ -138,8 +146,13 @@ def train_on_dataset(
     from dataflywheel.features.batch import check_reads, model_reads
 
     check_reads(model_reads(model), pre.produces_, where="model.type")  # before any training
-    train_b, truncated = encode(pre, target_enc, train_df, target, task)
-    valid_b = encode(pre, target_enc, valid_df, target, task)[0] if valid_df.height else None
+    unread = [name for name in kind.requires_reads if name not in model_reads(model)]
+    if unread:
+        raise ModelError(f"a {task} model must read {unread}; a {cfg.model.type} model reads "
+                         f"{list(model_reads(model))}", where="model.type",
+                         fix=f"use a model type that reads {unread} (see the README's model table)")
+    train_b, truncated, rejected = encode(pre, target_enc, train_df, target, task)
+    valid_b = encode(pre, target_enc, valid_df, target, task).batch if valid_df.height else None
     history = fit(
         model,
         train_b,
@@ -157,4 +170,4 @@ def train_on_dataset(
     n_params = sum(p.numel() for p in model.parameters())
     bundle = ModelBundle(model=model, task=task, preprocessor=pre, target=target_enc, schema=schema, spec=spec,
                          target_column=target, privacy=cfg.privacy)
-    return Trained(bundle, history, n_params, dict(truncated or {}))
+    return Trained(bundle, history, n_params, dict(truncated or {}), dict(rejected or {}))

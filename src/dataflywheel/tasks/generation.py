@@ -1,0 +1,133 @@
+"""Generation: a completion learned for a prompt (supervised fine-tuning of a causal language model).
+
+The data is a prompt column (``data.prompt``, default ``prompt``) and a completion column
+(``data.target``), or OpenAI-style chat data split into those two at ingestion
+(:mod:`dataflywheel.data.chat`). Both are text whatever inference would say; PII is redacted
+from both; a duplicate is a prompt seen before (it keeps its first completion), so the leakage
+check, which compares the feature columns, counts prompts shared between splits.
+
+The prompt column is read by the chat encoder (:class:`~dataflywheel.features.chat.ChatEncoder`),
+which also tokenises the completion and produces the batch input ``labels``: -100 on every
+prompt position, the completion's tokens (its end-of-turn token included) elsewhere. A model of
+this task reads ``labels`` (``causal_lm``) and returns, per row, the summed negative
+log-likelihood of the completion's tokens and their count, ``(B, 2)``; the ``sft`` objective is
+their ratio, the token-level cross-entropy. The target tensor is a placeholder of one zero per
+row: the completion travels as ``labels``.
+
+Metrics on the test split: ``loss`` (mean negative log-likelihood per completion token, in nats)
+and ``perplexity`` (its exponential, the primary metric; lower is better), with the token and
+row counts they were computed on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import polars as pl
+
+from dataflywheel.errors import LabelError, ModelError, SchemaError
+from dataflywheel.tasks.base import Decoded, Task
+
+if TYPE_CHECKING:
+    from dataflywheel.config import DataConfig, FeatureType, FlywheelConfig
+    from dataflywheel.data.source import Source
+    from dataflywheel.features.target import TargetEncoder
+
+
+class GenerationTask(Task):
+    name = "generation"
+    loss = "sft"
+    metrics: ClassVar[dict[str, bool]] = {"perplexity": False, "loss": False}
+    unbounded = frozenset({"perplexity", "loss"})
+    guards = ()
+    headline = ("loss", "perplexity")
+    live_metric = "exact_match"
+    target_state = ()
+    has_classes = False
+    outputs_expected = "2 (summed completion-token NLL and token count per row)"
+    reads_prompt = True
+    redacts_target = True
+    requires_reads = ("labels",)
+    explainable = False
+
+    # -- the data -----------------------------------------------------------------------------
+
+    def shape_frame(self, raw: pl.DataFrame, cfg: FlywheelConfig, source: Source) -> pl.DataFrame:
+        """Chat data (a ``messages`` column and no target column) split into prompt and target;
+        then the prompt column must be there."""
+        from dataflywheel.data.chat import CHAT_COLUMN, shape_chat
+
+        if CHAT_COLUMN in raw.columns and cfg.data.target not in raw.columns:
+            raw = shape_chat(raw, cfg, source)
+        prompt = cfg.data.prompt_column
+        if prompt not in raw.columns:
+            raise SchemaError(f"no prompt column {prompt!r} in {source.describe()}", where="data.prompt",
+                              fix=f"set data.prompt to the column holding the prompts (columns: "
+                                  f"{', '.join(raw.columns[:8])}), or give chat data a messages column")
+        return raw
+
+    def column_types(self, cfg: DataConfig) -> dict[str, FeatureType]:
+        return {cfg.prompt_column: "text", cfg.target: "text"}
+
+    def duplicate_columns(self, cfg: DataConfig) -> list[str] | None:
+        return [cfg.prompt_column]
+
+    def text_params(self, cfg: DataConfig) -> dict[str, Any]:
+        return {"encoder": "chat", "completion": cfg.target}
+
+    # -- the target ---------------------------------------------------------------------------
+
+    def fit_target(self, enc: TargetEncoder, series: pl.Series) -> None:
+        """Nothing to fit: the completion is tokenised with the prompt, by the chat encoder."""
+
+    def encode_target(self, enc: TargetEncoder, series: pl.Series) -> np.ndarray:
+        return np.zeros(len(series), dtype=np.float32)
+
+    def decode_target(self, enc: TargetEncoder, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=object)
+
+    def true_values(self, enc: TargetEncoder, series: pl.Series) -> np.ndarray:
+        """The reference completions, as text."""
+        return np.asarray(series.cast(pl.String).to_list(), dtype=object)
+
+    # -- model and training -------------------------------------------------------------------
+
+    def n_outputs(self, enc: TargetEncoder) -> int:
+        return 2
+
+    def outputs_ok(self, n_outputs: int) -> bool:
+        return n_outputs == 2
+
+    # -- prediction ---------------------------------------------------------------------------
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Per row ``(summed NLL, tokens)`` as the model returns them."""
+        return np.asarray(logits, dtype=np.float64).reshape(-1, 2)
+
+    def decode(self, enc: TargetEncoder, scores: np.ndarray, threshold: float) -> Decoded:
+        raise ModelError("answering with a generation model (predict, serve) is not built yet; its bundle "
+                         "scores completions and generates (dataflywheel.registry.generation.generate)",
+                         fix="evaluate it with flywheel run; generation serving comes in a later release")
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(self, y_true: Any, scores: Any, class_names: list[str] | None, threshold: float) -> dict[str, Any]:
+        """Token-level loss and perplexity over every row; rows left out of the loss (their
+        prompt over ``max_length`` under ``truncate: reject``) are counted as ``rows_left_out``."""
+        s = np.asarray(scores, dtype=np.float64).reshape(-1, 2)
+        tokens = float(s[:, 1].sum())
+        loss = float(s[:, 0].sum() / tokens) if tokens else None
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)) if loss is not None else None,
+            "tokens": int(tokens),
+            "n": int((s[:, 1] > 0).sum()),
+            "rows_left_out": int((s[:, 1] == 0).sum()),
+        }
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    def check_label(self, label: Any, classes: list[str] | None) -> Any:
+        raise LabelError("feedback on generated answers is not built yet", where="label")
