@@ -6,6 +6,11 @@ real ``AutoModelForCausalLM`` folder would be."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +24,73 @@ CORPUS = [
     "the weather in town is sunny with a little rain in the evening.",
     "you are a helpful assistant. answer in one short sentence.",
     "0123456789 @ . , ? ! - + ( ) : ;",
+    "the cat sat on the mat. a dog ran in the park. the quick brown fox.",
 ]
 EOS, PAD = "<|im_end|>", "<pad>"
+
+
+def tiny_tokenizer(*, vocab_size: int = 360, template: str | None = CHATML, eos: bool = True) -> Any:
+    """The tiny byte-level BPE tokenizer (a character outside the corpus is several byte tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, "<|im_start|>", EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(CORPUS, trainer)
+    tokens: dict[str, Any] = {"pad_token": PAD, **({"eos_token": EOS} if eos else {})}
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
+    if template is not None:
+        tok.chat_template = template
+    return tok
+
+
+def tiny_llama(vocab_size: int, *, seed: int = 0, positions: int = 256) -> Any:
+    """A random tiny Llama (no folder), in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def save_tiny_llama(folder: Path, *, seed: int = 0, template: str | None = CHATML, eos: bool = True,
                     vocab_size: int = 360, positions: int = 256, **config: Any) -> Path:
     """Write a tokenizer and a random tiny Llama into ``folder`` (created); return it."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     folder.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, "<|im_start|>", EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(CORPUS, trainer)
-    tokens: dict[str, Any] = {"pad_token": PAD, **({"eos_token": EOS} if eos else {})}
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, **tokens)
-    if template is not None:
-        tok.chat_template = template
+    tok = tiny_tokenizer(vocab_size=vocab_size, template=template, eos=eos)
     tok.save_pretrained(folder)
     settings = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                 "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": positions,

@@ -7,10 +7,11 @@ import asyncio
 from typing import Any
 
 import torch
-from tiny_llm import tiny_llama, tiny_tokenizer
 
 from dataflywheel.serve.engine import EngineRequest
 from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine, Sampling
+
+from llm_helpers import tiny_llama, tiny_tokenizer
 
 
 def run(engine: ContinuousBatchEngine, prompt: list[int], sampling: Sampling, log: list[Any], name: str) -> Any:
@@ -78,3 +79,30 @@ def test_top_p_filters_when_asked_and_sampling_samples() -> None:
         engine.close()
     assert all(s == greedy for s in nucleus)
     assert any(s != greedy for s in sampled)
+
+
+def test_a_short_request_joins_the_running_batch_and_ends_first() -> None:
+    """A short request arriving while long ones decode is admitted at the next step and
+    finishes long before them (no waiting for the batch to drain)."""
+    tok = tiny_tokenizer()
+    engine = ContinuousBatchEngine(tiny_llama(len(tok)), [-1], CacheSettings(cache_tokens=1024, page_tokens=16))
+    engine.start()
+    log: list[Any] = []
+
+    async def main() -> None:
+        longs = [asyncio.ensure_future(run(engine, tok(f"the cat {i}").input_ids, Sampling(60, 1.0), log, f"long{i}"))
+                 for i in range(3)]
+        while len({n for n, _ in log}) < 3:
+            await asyncio.sleep(0.001)
+        await run(engine, tok("a dog").input_ids, Sampling(3, 1.0), log, "short")
+        await asyncio.gather(*longs)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+    short_done = max(i for i, (n, _) in enumerate(log) if n == "short")
+    assert [k for n, k in log if n == "short"] == [1, 2, 3]
+    for i in range(3):
+        steps = [k for n, k in log[:short_done] if n == f"long{i}"]
+        assert steps and max(steps) < 60  # every long stream was mid-way when the short one ended

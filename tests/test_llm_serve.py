@@ -4,7 +4,6 @@ in OpenAI's shape, every completion logged."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 import torch
-from tiny_llm import save_tiny_llm, serving
 
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
@@ -20,6 +18,8 @@ from dataflywheel.serve.llm.engine import CacheSettings
 from dataflywheel.serve.llm.generator import ServedGenerator, load_generator
 from dataflywheel.serve.llm.protocol import Message
 from dataflywheel.store.metadata import MetadataStore
+
+from llm_helpers import save_tiny_llama, serving
 
 openai = pytest.importorskip("openai")
 
@@ -36,7 +36,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("llm")
-    gen = load_generator(save_tiny_llm(root / "tiny-chat"), name="tiny-chat", version=1, max_tokens=64,
+    gen = load_generator(save_tiny_llama(root / "tiny-chat"), name="tiny-chat", version=1, max_tokens=64,
                          default_max_tokens=16)
     writer = LogWriter(MetadataStore(f"sqlite:///{root / 'log.db'}"))
     app = create_generation_app(gen, writer, cache=CacheSettings(cache_tokens=2048, page_tokens=16,
@@ -148,30 +148,6 @@ def test_a_prompt_longer_than_the_context_is_400_naming_the_limit(served: Served
         served.client.completions.create(model="tiny-chat", prompt=long, max_tokens=8)
     assert exc.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
     assert "256" in exc.value.body["message"]  # type: ignore[index]
-
-
-def test_a_short_request_finishes_while_long_streams_run(served: Served) -> None:
-    """Continuous batching: a short request admitted into the running batch ends long before
-    the long ones, which keep streaming."""
-    done: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def ask(name: str, n: int) -> None:
-        client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
-        stream = client.completions.create(model="tiny-chat", prompt="a dog ran", max_tokens=n, temperature=1.0,
-                                           stream=True)
-        for _ in stream:
-            pass
-        done[name] = time.perf_counter() - started
-
-    longs = [threading.Thread(target=ask, args=(f"long{i}", 64)) for i in range(3)]
-    for t in longs:
-        t.start()
-    time.sleep(0.05)
-    ask("short", 2)
-    for t in longs:
-        t.join(60)
-    assert done["short"] < min(done[f"long{i}"] for i in range(3))
 
 
 def test_a_client_that_goes_away_stops_its_sequence(served: Served) -> None:

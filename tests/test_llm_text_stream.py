@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from tiny_llm import tiny_tokenizer
 
 from dataflywheel.serve.llm.text_stream import TextStream
+
+from llm_helpers import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
