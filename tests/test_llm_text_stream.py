@@ -58,3 +58,10 @@ def test_special_tokens_are_not_text(tok) -> None:  # type: ignore[no-untyped-de
     ids = tok("hello", add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<|im_end|>")]
     ts = TextStream(tok)
     assert ts.push(ids) + ts.flush() == "hello"
+
+
+def test_bytes_that_never_make_a_character_are_sent_at_the_end(tok) -> None:  # type: ignore[no-untyped-def]
+    ids = tok("ab", add_special_tokens=False).input_ids + tok("🙂", add_special_tokens=False).input_ids[:2]
+    ts = TextStream(tok)
+    streamed = ts.push(ids)
+    assert streamed + ts.flush() == tok.decode(ids) == ts.text and ts.text.endswith("\ufffd")

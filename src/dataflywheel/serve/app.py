@@ -117,8 +117,16 @@ def create_app(
     micro-batching engine (:mod:`dataflywheel.serve.engine`).
     """
     cfg = _config(project)
+    settings = settings or ServeSettings.from_config(cfg.serve)
+    if serving_kind(cfg, alias) == "generation":  # the task's server: the OpenAI-compatible one
+        if auto_retrain:
+            raise ConfigError("--auto-retrain is not built for generation models yet", where="flywheel serve",
+                              fix="run flywheel retrain yourself; the server hot swaps when the alias moves")
+        from dataflywheel.serve.llm.app import create_project_generation_app
+
+        return create_project_generation_app(cfg, alias, settings)
     retrain = RetrainProcess(config_path(project)) if auto_retrain else None
-    server = Server(cfg, alias, settings or ServeSettings.from_config(cfg.serve), retrain, engine)
+    server = Server(cfg, alias, settings, retrain, engine)
     access = AccessMatrix(BearerAuth.from_env(), server.settings.auth)
 
     @asynccontextmanager
@@ -223,6 +231,23 @@ def create_app(
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=server.metrics, endpoints=endpoints)  # outermost: sees 413s
     return app
+
+
+def serving_kind(cfg: FlywheelConfig, alias: str) -> str:
+    """Which server the model under ``alias`` needs (its task's ``serving``); a reference the
+    registry cannot resolve is left to the server to report."""
+    from dataflywheel.loop import open_project
+    from dataflywheel.registry.versions import resolve
+    from dataflywheel.tasks import available_tasks, get_task
+
+    project = open_project(cfg)
+    try:
+        task = resolve(project, alias).task
+    except FlywheelError:
+        return "records"
+    finally:
+        project.close()
+    return get_task(task).serving if task in available_tasks() else "records"
 
 
 def _add_error_handlers(app: FastAPI) -> None:

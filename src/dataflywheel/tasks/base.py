@@ -85,6 +85,9 @@ class Task(ABC):
     """Batch names a model of this task must read (generation: ``labels``, the completion's tokens)."""
     explainable: ClassVar[bool] = True
     """Per-prediction explanations (Integrated Gradients on the outputs) mean something for it."""
+    serving: ClassVar[str] = "records"
+    """Which server ``flywheel serve`` runs for its models: ``records`` (``/v1/predict`` on
+    records, micro-batched) or ``generation`` (the OpenAI-compatible completions, ``serve.llm``)."""
 
     @property
     def primary(self) -> str:

@@ -51,6 +51,7 @@ class GenerationTask(Task):
     redacts_target = True
     requires_reads = ("labels",)
     explainable = False
+    serving = "generation"
 
     # -- the data -----------------------------------------------------------------------------
 

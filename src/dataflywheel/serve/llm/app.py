@@ -1,18 +1,25 @@
-"""A server for one generation model: the OpenAI-compatible routes over the continuously batched
-engine, every completion logged by the prediction log's group-commit writer.
+"""The app that serves a generation model: the OpenAI-compatible routes over the continuously
+batched engine, every completion logged by the prediction log's group-commit writer.
 
-:func:`create_generation_app` takes a :class:`~dataflywheel.serve.llm.generator.ServedGenerator`
-and a :class:`~dataflywheel.feedback.log.LogWriter`; the engine and the writer start and stop
-with the app's lifespan. ``GET /v1/health``, ``GET /v1/ready`` and ``GET /metrics`` answer as
-the classifier server's do (``serve.llm.metrics`` adds the generation instruments).
+- :func:`create_project_generation_app` serves a project's registered generation model under an
+  alias (``flywheel serve`` on a generation model, through ``serve.app.create_app``): the
+  access matrix and body limit of the classifier server, hot swap when the alias moves
+  (:class:`~dataflywheel.serve.llm.server.GenerationServer`).
+- :func:`create_generation_app` serves a :class:`~dataflywheel.serve.llm.generator.ServedGenerator`
+  (a model folder, say) with a given :class:`~dataflywheel.feedback.log.LogWriter`.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (predict access), ``GET
+/v1/models`` and ``GET /metrics`` (read access), ``GET /v1/health`` and ``GET /v1/ready``
+(public); the engine and the writer start and stop with the app's lifespan.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Response
 
 from dataflywheel.feedback.log import LogWriter
@@ -22,21 +29,56 @@ from dataflywheel.serve.llm.generator import ServedGenerator
 from dataflywheel.serve.llm.routes import add_generation_routes
 from dataflywheel.serve.metrics import MetricsMiddleware
 
+if TYPE_CHECKING:
+    from dataflywheel.config import FlywheelConfig
+    from dataflywheel.serve.auth import AccessMatrix
+    from dataflywheel.serve.server import ServeSettings
+
+JSON = "application/json"
+
 
 def create_generation_app(generator: ServedGenerator, writer: LogWriter, *, cache: CacheSettings | None = None,
                           log_mode: Literal["sync", "async"] = "sync") -> FastAPI:
     engine = ContinuousBatchEngine(generator.model, generator.eos_ids, cache)
     completions = Completions(generator, engine, writer, log_mode=log_mode)
 
+    def start() -> None:
+        writer.start()
+        completions.engine.start()
+
+    def stop() -> None:
+        completions.engine.close()
+        writer.close()
+
+    def not_ready() -> list[str]:
+        return [] if completions.engine.alive and writer.alive else ["engine or log writer not running"]
+
+    return _app(completions, start, stop, not_ready)
+
+
+def create_project_generation_app(cfg: FlywheelConfig, alias: str, settings: ServeSettings) -> FastAPI:
+    from dataflywheel.serve.auth import AccessMatrix, BearerAuth
+    from dataflywheel.serve.llm.server import GenerationServer
+
+    server = GenerationServer(cfg, alias, log_mode=settings.log_mode, swap_poll_seconds=settings.swap_poll_seconds,
+                              threads=settings.threads)
+    access = AccessMatrix(BearerAuth.from_env(), settings.auth)
+    app = _app(server.completions, server.start, server.close, server.not_ready, access=access,
+               max_body_bytes=settings.max_body_bytes)
+    app.state.server = server
+    return app
+
+
+def _app(completions: Completions, start: Callable[[], None], stop: Callable[[], None],
+         not_ready: Callable[[], list[str]], *, access: AccessMatrix | None = None,
+         max_body_bytes: int | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        writer.start()
-        engine.start()
+        start()
         try:
             yield
         finally:
-            engine.close()
-            writer.close()
+            stop()
 
     app = FastAPI(title="dataflywheel", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.completions = completions
@@ -48,18 +90,34 @@ def create_generation_app(generator: ServedGenerator, writer: LogWriter, *, cach
 
     @app.get("/v1/ready")
     async def ready() -> Response:
-        import orjson
-
-        if not (engine.alive and writer.alive):
-            return Response(orjson.dumps({"status": "not ready"}), status_code=503, media_type="application/json")
-        return Response(orjson.dumps({"status": "ready", "model_version": generator.version}),
-                        media_type="application/json")
+        reasons = not_ready()
+        if reasons:
+            return Response(orjson.dumps({"status": "not ready", "reasons": reasons}), status_code=503,
+                            media_type=JSON)
+        return Response(orjson.dumps({"status": "ready", "model_version": completions.generator.version}),
+                        media_type=JSON)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         body, content_type = completions.metrics.render()
         return Response(body, media_type=content_type)
 
+    if max_body_bytes is not None:
+        from dataflywheel.serve.limits import BodyLimitMiddleware
+
+        app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    if access is not None:
+        from dataflywheel.serve.auth import AuthMiddleware
+
+        for path, kind in (("/v1/health", "public"), ("/v1/ready", "public"), ("/v1/models", "read"),
+                           ("/metrics", "read"), ("/openapi.json", "read"), ("/v1/chat/completions", "predict"),
+                           ("/v1/completions", "predict")):
+            access.register(path, kind)  # type: ignore[arg-type]
+        missing = access.unregistered(app)
+        if missing:
+            raise RuntimeError(f"routes missing from the access matrix: {', '.join(missing)}")
+        if access.auth.enabled:
+            app.add_middleware(AuthMiddleware, matrix=access)
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=completions.metrics, endpoints=endpoints)
     return app

@@ -48,6 +48,14 @@ class Choice:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The served generation model and the engine that runs it: swapped together."""
+
+    generator: ServedGenerator
+    engine: ContinuousBatchEngine
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """A piece of one choice: its new text, and at its end why it finished and its token count."""
@@ -65,6 +73,7 @@ class Prepared:
     kind: Kind
     request: ChatRequest | CompletionRequest
     generator: ServedGenerator
+    engine: ContinuousBatchEngine
     prompt_ids: list[list[int]]
     logged_input: dict[str, Any]
     sampling: Sampling
@@ -80,17 +89,28 @@ class Prepared:
 
 
 class Completions:
-    """The two completion endpoints (module docstring). ``generator`` is the served model (a hot
-    swap assigns a new one; a request runs to its end on the one it arrived with)."""
+    """The two completion endpoints (module docstring). ``serving`` is the served model and its
+    engine (a hot swap assigns a new pair; a request runs to its end on the pair it arrived with)."""
 
     def __init__(self, generator: ServedGenerator, engine: ContinuousBatchEngine, writer: LogWriter, *,
                  log_mode: Literal["sync", "async"] = "sync", metrics: GenerationMetrics | None = None) -> None:
-        self.generator = generator
-        self.engine = engine
+        self.serving = Serving(generator, engine)
         self.writer = writer
         self.log_mode = log_mode
-        self.metrics = metrics or GenerationMetrics(engine.scheduled)
+        self.metrics = metrics or GenerationMetrics(lambda: self.serving.engine.scheduled())
         self.tokens_generated = 0
+
+    @property
+    def generator(self) -> ServedGenerator:
+        return self.serving.generator
+
+    @generator.setter
+    def generator(self, generator: ServedGenerator) -> None:
+        self.serving = Serving(generator, self.serving.engine)
+
+    @property
+    def engine(self) -> ContinuousBatchEngine:
+        return self.serving.engine
 
     # -- parse and check ---------------------------------------------------------------------------
     def prepare(self, kind: Kind, body: bytes) -> Prepared:
@@ -100,7 +120,8 @@ class Completions:
         except orjson.JSONDecodeError as exc:
             raise OpenAIError(400, f"the body is not valid JSON: {exc}") from None
         request = parse_request(ChatRequest if kind == "chat" else CompletionRequest, payload)
-        gen = self.generator
+        serving = self.serving  # read once: this request runs on this model to the end
+        gen = serving.generator
         if request.model is not None and request.model not in self.names(gen):
             raise OpenAIError(404, f"the model {request.model!r} does not exist here; this server serves "
                               f"{gen.name!r} (GET /v1/models)", param="model", code="model_not_found")
@@ -120,11 +141,12 @@ class Completions:
         sampling = Sampling(budget, request.temperature, request.top_p)
         logged |= {"max_tokens": budget, "temperature": request.temperature, "top_p": request.top_p,
                    "n": request.n, "stop": request.stops}
-        return Prepared(kind, request, gen, prompts, logged, sampling, new_ids(1)[0], int(time.time()), started)
+        return Prepared(kind, request, gen, serving.engine, prompts, logged, sampling, new_ids(1)[0], int(time.time()),
+                        started)
 
     @staticmethod
     def names(gen: ServedGenerator) -> set[str]:
-        names = {gen.name}
+        names = {gen.name, *gen.aliases}
         if gen.version is not None:
             names |= {str(gen.version), f"v{gen.version}"}
         return names
@@ -156,7 +178,7 @@ class Completions:
         m = self.metrics
         last = 0.0
         try:
-            async for event in self.engine.submit(request):
+            async for event in p.engine.submit(request):
                 if event.kind == "delta":
                     now = time.perf_counter()
                     if last:
@@ -183,7 +205,7 @@ class Completions:
         except Exception as exc:  # noqa: BLE001 - handed to the request's reader
             out.put_nowait(exc)
         finally:
-            self.engine.cancel(request.id)  # a no-op for a sequence that finished
+            p.engine.cancel(request.id)  # a no-op for a sequence that finished
 
     async def collect(self, p: Prepared) -> list[Choice]:
         """Every choice whole."""

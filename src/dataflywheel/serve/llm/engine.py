@@ -133,8 +133,9 @@ class ContinuousBatchEngine:
                 "max_batch_tokens": s.max_batch_tokens, "max_sequences": s.max_sequences}
 
     @property
-    def running(self) -> int:
-        return len(self._inflight) - self.waiting
+    def in_flight(self) -> int:
+        """Sequences submitted and not yet ended."""
+        return len(self._inflight)
 
     # -- requests (on the event loop) ------------------------------------------------------------
     def submit(self, request: EngineRequest) -> EventStream:

@@ -33,9 +33,15 @@ class ServedGenerator:
     default_max_tokens: int = 256
     """New tokens when a request names no limit (bounded by what the context leaves)."""
     redactor: Redactor | None = None
+    stop_ids: tuple[int, ...] | None = None
+    """The ids that end a turn; None: the generation config's and the tokenizer's eos ids."""
+    aliases: tuple[str, ...] = ()
+    """Other names a request may give in ``model`` (the alias served, ``champion``)."""
 
     @property
     def eos_ids(self) -> list[int]:
+        if self.stop_ids is not None:
+            return list(self.stop_ids)
         ids: list[int] = []
         for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
             if source is None:
@@ -52,8 +58,9 @@ class ServedGenerator:
         """The prompt tokens of ``messages`` through the chat template, ready for the answer."""
         if self.tokenizer.chat_template is None:
             raise OpenAIError(400, f"model {self.name!r} has no chat template: use /v1/completions", param="messages")
+        # sanitize_control_tokens: a special token written inside a message is text, as in training
         ids = self.tokenizer.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=False)
+                                                 tokenize=True, return_dict=False, sanitize_control_tokens=True)
         return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
     def prompt_ids(self, text: str) -> list[int]:
@@ -88,3 +95,23 @@ def load_generator(folder: str | Path, *, name: str | None = None, version: int 
     context = int(getattr(model.config, "max_position_embeddings", 2048))
     return ServedGenerator(model, tokenizer, name or path.name, version, context, max_tokens,
                            default_max_tokens, redactor)
+
+
+def generator_from_predictor(predictor: Any, *, name: str, max_tokens: int = 512, default_max_tokens: int = 256,
+                             aliases: tuple[str, ...] = ()) -> ServedGenerator:
+    """A :class:`ServedGenerator` over a registered generation model (a ``causal_lm`` bundle):
+    LoRA adapters folded into the base weights, the bundle's own tokenizer, chat template and
+    end-of-turn ids (its chat encoder's state), the base's position limit, the bundle's redaction."""
+    from dataflywheel.errors import ModelError
+    from dataflywheel.features.chat import ChatEncoder
+    from dataflywheel.models.causal_lm import CausalLM
+
+    model, encoder = predictor.model, getattr(predictor.preprocessor, "text_encoder_", None)
+    if not isinstance(model, CausalLM) or not isinstance(encoder, ChatEncoder):
+        raise ModelError(f"a {predictor.task} model does not generate text", fix="serve a generation model")
+    model.eval()
+    hf = model.for_inference().hf
+    hf.eval()
+    return ServedGenerator(hf, encoder.chat_tokenizer, name, predictor.version, int(model.max_positions),
+                           max_tokens, default_max_tokens, predictor.redaction.redactor,
+                           tuple(int(i) for i in encoder.stop_ids_), aliases)

@@ -51,12 +51,23 @@ class TextStream:
         return self._release(self._held + piece)
 
     def flush(self) -> str:
-        """The held-back text, at the end of the generation."""
+        """The text held back, at the end of the generation: a stop string's prefix that never
+        completed, and bytes that never made a whole character (sent as U+FFFD, as a full decode
+        shows them)."""
         if self.stopped:
             return ""
-        out, self._held = self._held, ""
-        self.text += out
-        return out
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        self._prefix = self._read = len(self.ids)
+        pending = self._held + (str(after[len(before) :]) if len(after) > len(before) else "")
+        self._held = ""
+        cut = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            pending = pending[:cut]
+        self.text += pending
+        return pending
 
     def _decode_new(self) -> str:
         decode = self.tokenizer.decode
