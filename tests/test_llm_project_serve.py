@@ -25,6 +25,32 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
+def test_python_api_generate_cli_generate_and_predict_on_prompts(project: Path) -> None:
+    import json
+
+    import polars as pl
+
+    from dataflywheel.api import load_model
+
+    from cli_helpers import flywheel
+
+    model = load_model(1, project)
+    prompts = ["question 2: tell me about two plus two", "question 5: tell me about a short sentence"]
+    answers = model.generate(prompts, max_new_tokens=10)
+    assert model.generate(prompts[0], max_new_tokens=10) == answers[0] and len(answers) == 2
+    cli = flywheel("generate", prompts[0], "--model", "1", "--max-tokens", "10", cwd=project.parent)
+    assert cli.code == 0, cli.err
+    assert cli.out == answers[0] + "\n"
+    rows = [{"id": i, "messages": [{"role": "user", "content": p}]} for i, p in enumerate(prompts)]
+    (project.parent / "ask.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = flywheel("predict", "ask.jsonl", "--model", "1", "--format", "jsonl", "--keep", "id", cwd=project.parent)
+    assert out.code == 0, out.err
+    got = pl.read_ndjson(out.out.encode())
+    assert got["completion"].to_list() == model.generate(prompts, max_new_tokens=64)
+    assert got["id"].to_list() == [0, 1]
+    assert "2 prompts answered" in out.err
+
+
 def test_serve_answers_as_the_bundle_generates_logs_and_hot_swaps(project: Path) -> None:
     from dataflywheel import registry
     from dataflywheel.loop import as_config, open_project

@@ -13,7 +13,16 @@ from typing import Annotated
 
 import typer
 
-from dataflywheel.cli import data, explain_command, export_command, loop_commands, models, monitor_command, project
+from dataflywheel.cli import (
+    data,
+    explain_command,
+    export_command,
+    generate_command,
+    loop_commands,
+    models,
+    monitor_command,
+    project,
+)
 
 app = typer.Typer(
     name="flywheel",
@@ -45,6 +54,7 @@ app.command("validate")(project.validate)
 app.command("run")(project.run)
 app.command("train")(project.train)
 app.command("predict")(project.predict)
+app.command("generate")(generate_command.generate)
 app.command("explain")(explain_command.explain)
 app.command("export")(export_command.export)
 app.command("serve")(project.serve)

@@ -95,7 +95,8 @@ def predict(
     keep: Annotated[list[str] | None, typer.Option("--keep", "-k", help="Input column to copy to the output "
                                                    "(e.g. an id), repeatable.")] = None,
 ) -> None:
-    """Batch prediction from a model bundle alone: writes prediction and class probabilities."""
+    """Batch prediction from a model bundle alone: writes prediction and class probabilities (a
+    generation model: a completion per prompt, from a prompt column or chat messages)."""
     import polars as pl
 
     from dataflywheel.api import load_model
@@ -109,8 +110,18 @@ def predict(
     if absent:
         raise FlywheelError(f"no column named {absent[0]!r} in the input", where=f"{input} (--keep)",
                             fix=f"use one of: {', '.join(frame.columns[:8])}{', ...' if frame.width > 8 else ''}")
-    result = predictor.predict(frame)
-    out = _rounded(result.to_frame())
+    from dataflywheel.tasks import get_task
+
+    generation = get_task(predictor.task).serving == "generation"
+    if generation:  # prompts in, completions out
+        from dataflywheel.registry.generation import generate_frame
+
+        with console(stderr=True).status(f"generating {len(frame)} answers..."):
+            out = generate_frame(predictor, frame)
+        result = None
+    else:
+        result = predictor.predict(frame)
+        out = _rounded(result.to_frame())
     if keep:
         clash = [c for c in keep if c in out.columns]
         kept = frame.select(keep).rename({c: f"input_{c}" for c in clash})
@@ -125,6 +136,10 @@ def predict(
         from dataflywheel.store.artifacts import atomic_write_text
 
         atomic_write_text(output, text)
+    if result is None:
+        console(stderr=True).print(f"{len(out)} prompts answered with model {predictor.version or model}",
+                                   markup=False)
+        return
     unknown = {k: v for k, v in result.unknown.items() if v}
     coerced = {k: v for k, v in getattr(result, "coerced", {}).items() if v}
     note = f"{len(out)} rows predicted with model {predictor.version or model}"

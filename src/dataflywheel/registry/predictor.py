@@ -194,6 +194,15 @@ class Predictor:
         :meth:`predict` and the server's forward pass share."""
         return self.task_object.decode(self.target, scores, self.threshold)
 
+    def generate(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64) -> Any:
+        """A generation model's greedy answer to a prompt (a string in, a string out) or to each
+        of a list of prompts (:func:`~dataflywheel.registry.generation.generate`)."""
+        from dataflywheel.registry.generation import generate
+
+        if isinstance(prompts, str):
+            return generate(self, [prompts], max_new_tokens=max_new_tokens)[0]
+        return generate(self, list(prompts), max_new_tokens=max_new_tokens)
+
     def predict(self, rows: Any) -> Predictions:
         """Predictions for records (dicts), a polars or pandas frame; text columns hold raw text."""
         df = to_frame(rows)

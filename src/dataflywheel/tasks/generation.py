@@ -108,9 +108,9 @@ class GenerationTask(Task):
         return np.asarray(logits, dtype=np.float64).reshape(-1, 2)
 
     def decode(self, enc: TargetEncoder, scores: np.ndarray, threshold: float) -> Decoded:
-        raise ModelError("answering with a generation model (predict, serve) is not built yet; its bundle "
-                         "scores completions and generates (dataflywheel.registry.generation.generate)",
-                         fix="evaluate it with flywheel run; generation serving comes in a later release")
+        raise ModelError("a generation model writes answers, it does not predict labels",
+                         fix="use model.generate(prompts) in Python, flywheel generate, flywheel predict on a "
+                             "file of prompts, or flywheel serve (OpenAI-compatible)")
 
     # -- evaluation ---------------------------------------------------------------------------
 
