@@ -84,7 +84,7 @@ torch.set_num_threads(int(os.environ["THREADS"]))
 gen = load_generator(os.environ["MODEL"], name="smollm2", max_tokens=512)
 writer = LogWriter(MetadataStore("sqlite:///" + os.environ["LOG_DB"]))
 app = create_generation_app(gen, writer, cache=CacheSettings(cache_tokens=16384, max_sequences=32,
-                                                             max_batch_tokens=int(os.environ["MAX_BATCH_TOKENS"])))
+                                                             decode_step_tokens=int(os.environ["DECODE_STEP_TOKENS"])))
 '''
 
 PROMPTS = [
@@ -219,13 +219,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client per point")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--max-batch-tokens", type=int, default=256, help="our engine's tokens per step")
+    ap.add_argument("--decode-step-tokens", type=int, default=48,
+                    help="our engine's tokens per step while sequences decode (serve.generation.decode_step_tokens)")
     args = ap.parse_args()
     folder = model_folder()
     with tempfile.TemporaryDirectory() as tmp:
         env = os.environ | {"THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads), "MODEL": str(folder),
                             "LOG_DB": str(Path(tmp) / "log.db"), "PYTHONPATH": tmp,
-                            "MAX_BATCH_TOKENS": str(args.max_batch_tokens)}
+                            "DECODE_STEP_TOKENS": str(args.decode_step_tokens)}
         servers = {"hand-written generate": start(HAND_APP, Path(tmp), env), "ours": start(OURS_APP, Path(tmp), env)}
         try:
             for _, url in servers.values():  # warm up: first calls, allocations

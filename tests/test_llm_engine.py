@@ -32,7 +32,8 @@ def test_concurrent_greedy_sequences_equal_model_generate_and_a_long_prefill_is_
     model = tiny_llama(len(tok))
     short = [tok(t).input_ids for t in ("the cat", "a dog ran", "what is")]
     long = tok(" ".join(["the quick brown fox"] * 40)).input_ids[:180]
-    engine = ContinuousBatchEngine(model, [-1], CacheSettings(cache_tokens=1024, page_tokens=16, max_batch_tokens=24))
+    engine = ContinuousBatchEngine(model, [-1], CacheSettings(cache_tokens=1024, page_tokens=16, max_batch_tokens=256,
+                                                                    decode_step_tokens=24))
     engine.start()
     log: list[Any] = []
     submitted = 0
@@ -55,7 +56,8 @@ def test_concurrent_greedy_sequences_equal_model_generate_and_a_long_prefill_is_
         assert got == want.tolist()
     first_long = next(i for i, (n, _) in enumerate(log) if n == "long")
     steps_during_prefill = sum(1 for n, _ in log[submitted:first_long] if n == "s0")
-    # 180 prompt tokens at <= 24 tokens a step (3 of them decode tokens): at least 8 steps of prefill,
+    # 180 prompt tokens at <= 24 tokens a step while the others decode (3 of them decode tokens; the
+    # 256-token budget is for steps with nothing decoding): at least 8 steps of prefill,
     # each giving every running stream its next token.
     assert steps_during_prefill >= 6, log[:first_long]
     assert engine.finished == 4 and engine.scheduled()[:2] == (0, 0)

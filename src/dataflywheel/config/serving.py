@@ -61,11 +61,13 @@ class GenerationServeConfig(Section):
     """KV cache capacity in tokens, all running sequences together; requests beyond it wait."""
     page_tokens: int = Field(32, ge=1)
     """Tokens per KV cache page."""
-    max_batch_tokens: int = Field(48, ge=8)
-    """Tokens one engine step processes at most: a decode token per running sequence plus a chunk
-    of a waiting prompt. Smaller keeps running streams smooth while a long prompt is read (each
-    chunk step costs about as much as the tokens in it on a CPU); larger reads long prompts
-    faster."""
+    max_batch_tokens: int = Field(256, ge=8)
+    """Tokens one engine step processes at most when no sequence is decoding (prompts of a burst
+    of new requests, read in chunks this big)."""
+    decode_step_tokens: int = Field(48, ge=2)
+    """Tokens a step processes at most while sequences are decoding: a token per running sequence
+    plus a chunk of a waiting prompt. Smaller keeps running streams smooth while a long prompt is
+    read (on a CPU a step costs about as much as the tokens in it); larger reads it faster."""
     max_sequences: int = Field(32, ge=1)
     """Sequences decoded together at most."""
     seed: int = 0

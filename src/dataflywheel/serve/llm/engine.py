@@ -46,16 +46,20 @@ class CacheSettings:
     """KV cache capacity in tokens, all running sequences together; requests beyond it wait."""
     page_tokens: int = 32
     """Tokens per cache page (the allocation unit)."""
-    max_batch_tokens: int = 48
-    """Tokens one step processes at most: decode tokens of the running sequences plus a chunk of
-    a new prompt's prefill."""
+    max_batch_tokens: int = 256
+    """Tokens one step processes at most: prompt tokens when no sequence is decoding (a burst of
+    new requests is read fast)."""
+    decode_step_tokens: int = 48
+    """Tokens a step processes at most while sequences are decoding: their next tokens plus a
+    chunk of a waiting prompt, so a long prompt being read stalls no running stream much."""
     max_sequences: int = 32
     """Sequences decoded together at most."""
     seed: int = 0
 
     @classmethod
     def from_config(cls, cfg: GenerationServeConfig) -> CacheSettings:
-        return cls(cfg.cache_tokens, cfg.page_tokens, cfg.max_batch_tokens, cfg.max_sequences, cfg.seed)
+        return cls(cfg.cache_tokens, cfg.page_tokens, cfg.max_batch_tokens, cfg.decode_step_tokens,
+                   cfg.max_sequences, cfg.seed)
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,10 @@ class ContinuousBatchEngine:
         config = GenerationConfig(do_sample=True, temperature=0.5, top_p=0.5,  # type: ignore[no-untyped-call]
                                   eos_token_id=self.eos_ids, max_new_tokens=256)
         cb = ContinuousBatchingConfig(page_size=s.page_tokens, num_blocks=max(1, -(-s.cache_tokens // s.page_tokens)),
-                                      max_batch_tokens=s.max_batch_tokens, max_requests_per_batch=s.max_sequences,
-                                      per_request_processors=True, seed=s.seed, use_cuda_graph=False)
+                                      max_batch_tokens=max(s.max_batch_tokens, s.decode_step_tokens),
+                                      max_requests_per_batch=s.max_sequences, per_request_processors=True,
+                                      seed=s.seed, use_cuda_graph=False,
+                                      scheduler_type=smooth_scheduler(s.decode_step_tokens))
         self.manager = self.model.init_continuous_batching(generation_config=config, continuous_batching_config=cb)
         _nucleus_only_when_asked(self.manager)
         self.manager.start()
@@ -228,3 +234,23 @@ def _nucleus_only_when_asked(manager: Any) -> None:
     for proc in processors or []:
         if type(proc) is ContinuousBatchingTopPLogitsWarper:
             proc.__class__ = NucleusWhenAsked
+
+
+def smooth_scheduler(decode_step_tokens: int) -> str:
+    """The name, in transformers' scheduler registry, of a FIFO scheduler whose steps take at most
+    ``decode_step_tokens`` tokens while any sequence is decoding (prefill chunks then stay small
+    beside the decode tokens) and the full budget when none is (a burst of prompts is read in big
+    chunks). The library's own FIFO scheduler takes one budget for both."""
+    from transformers.generation.continuous_batching.requests import RequestStatus
+    from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING, FIFOScheduler
+
+    name = f"dataflywheel-smooth-{decode_step_tokens}"
+    if name not in SCHEDULER_MAPPING:
+        class SmoothScheduler(FIFOScheduler):
+            def schedule_batch(self, token_budget: int, cache_budget: int) -> Any:
+                decoding = any(s.status == RequestStatus.DECODING for s in self.active_requests.values())
+                budget = min(token_budget, decode_step_tokens) if decoding else token_budget
+                return super().schedule_batch(budget, cache_budget)
+
+        SCHEDULER_MAPPING[name] = SmoothScheduler
+    return name
