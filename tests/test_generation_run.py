@@ -160,7 +160,8 @@ def test_init_on_chat_data_writes_a_generation_config(tmp_path: Path, base: Path
     assert cfg.data.exclude == ["user_id"] and "generation data (chat messages)" in out.out
     params = cfg.model.params
     if installed:
-        assert Path(tmp_path, params["base"]).resolve() == fake_gguf.resolve()
+        assert Path(tmp_path, params["base"]).resolve() == fake_gguf.resolve()  # under the project: relative
+        assert not Path(params["base"]).is_absolute()
     else:
         assert "# a local AutoModelForCausalLM folder or a .gguf file" in text and "set model.params.base" in out.out
         # the user points base at a model folder and runs: the written config trains as it is

@@ -84,7 +84,11 @@ def generation_starter(data: str, source_value: str | dict[str, Any], df: pl.Dat
     """A generation config: LoRA SFT of a causal LM (SmolLM2 when its package is installed)."""
     prompt, completion, chat = columns
     gguf = smollm2_gguf()
-    base = os.path.relpath(gguf, base_dir.resolve()) if gguf is not None else "models/your-causal-lm"
+    if gguf is None:
+        base = "models/your-causal-lm"
+    else:  # relative when it sits under the project, else absolute (an installed package's file)
+        relative = os.path.relpath(gguf, base_dir.resolve())
+        base = str(gguf) if relative.startswith("..") else relative
     other = [c for c in df.columns if c not in (prompt, completion, "messages")]
     config: dict[str, Any] = {
         "project": Path(data).stem,
