@@ -115,11 +115,29 @@ def test_flywheel_run_fine_tunes_lora_and_registers_loss_and_perplexity(base: Pa
     model = fw.load_model("champion", config)
     answers = generate(model, frames["test"]["prompt"].to_list()[:2], max_new_tokens=8)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # answer metrics: greedy answers to the test prompts against the references, by rouge-score
+    from rouge_score import rouge_scorer
+
+    test = frames["test"]
+    mine = generate(model, test["prompt"].to_list(), max_new_tokens=48)
+    refs = test["completion"].to_list()
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    assert metrics["answered"] == test.height and metrics["answers_left_out"] == 0
+    assert metrics["rouge_l"] == pytest.approx(sum(scorer.score(r, a)["rougeL"].fmeasure
+                                                   for r, a in zip(refs, mine, strict=True)) / test.height)
+    assert metrics["exact_match"] == pytest.approx(sum(a.strip().lower() == r.strip().lower()
+                                                       for r, a in zip(refs, mine, strict=True)) / test.height)
+    assert metrics["answer_samples"][0] == {"prompt": test["prompt"][0], "reference": refs[0], "answer": mine[0]}
+    import html
+
+    report = (bundle / "report.html").read_text()
+    assert "Sample answers" in report and html.escape(refs[0]) in report
 
     second = fw.run(write_project(tmp_path, base, finetune="lora", seed=1))  # a challenger, gated on perplexity
     assert second.version == 2 and second.verdict is not None and second.dataset_reused
     assert second.verdict["metric"] == "perplexity" and second.verdict["decision"] in ("promoted", "rejected")
     assert second.verdict["champion"] == pytest.approx(metrics["perplexity"])
+    assert [c["metric"] for c in second.verdict["checks"]] == ["perplexity", "rouge_l"]  # rouge_l guards
 
 
 def test_a_full_fine_tune_with_rejected_prompts(base: Path, tmp_path: Path) -> None:

@@ -114,9 +114,10 @@ def evaluate_stage(ctx: StageContext, trained: Trained) -> Evaluated:
     if test.height < MIN_TEST_ROWS:
         log(f"warning: the test split has {test.height} rows; its metrics are noise and the promotion "
             f"decision with them (add data or raise data.split.test)")
-    evaluation = evaluate_split(predictor, test, target)
+    evaluation = evaluate_split(predictor, test, target, ctx.cfg.evaluate)
     gate_rows, eval_rows = evaluation_rows(dataset, test)
-    gate_metrics = evaluation.metrics if gate_rows is test else evaluate_split(predictor, gate_rows, target).metrics
+    gate_metrics = (evaluation.metrics if gate_rows is test
+                    else evaluate_split(predictor, gate_rows, target, ctx.cfg.evaluate).metrics)
     for column, count in trained.truncated.items():
         log(f"text column {column!r}: {count} train text(s) truncated to max_length")
     for column, count in trained.rejected.items():

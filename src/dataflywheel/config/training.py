@@ -102,6 +102,16 @@ class TrainConfig(Section):
         return check_device(v)
 
 
+class AnswersConfig(Section):
+    """Generation models: answers generated (greedy) on the test prompts and scored against the
+    references (``exact_match``, ``rouge_l``). Generation on a CPU is slow: the prompts are capped."""
+
+    max_prompts: int = Field(32, ge=0)
+    """Test prompts answered (the first ones, in the split's order); 0 turns the answer metrics off."""
+    max_new_tokens: int = Field(48, ge=1)
+    """New tokens per answer at most."""
+
+
 class EvaluateConfig(Section):
     """Evaluation and the promotion gate: a challenger replaces the champion only if it beats
     it on ``metric`` by ``min_improvement`` and regresses on no ``guard_metrics`` by more than
@@ -121,3 +131,5 @@ class EvaluateConfig(Section):
     ones (accuracy, f1, roc_auc, r2, ...)."""
     feedback_holdout: float = Field(0.2, ge=0, lt=1)
     """Share of new labelled feedback held out of retraining and added to the evaluation."""
+    answers: AnswersConfig = AnswersConfig()
+    """Generation models only: the answers scored on the test prompts."""

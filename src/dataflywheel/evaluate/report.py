@@ -178,6 +178,7 @@ def render_report(
             metric_rows=_metric_table(splits),
             primary=primary,
             per_class=_per_class_table(kind.per_class(reference)) if kind else None,
+            samples=last.get("answer_samples") or [],
             plot_groups=groups,
             notes=notes,
             lineage=_flatten(lineage) if lineage else [],

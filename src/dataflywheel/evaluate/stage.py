@@ -29,14 +29,18 @@ def true_values(predictor: Predictor, df: pl.DataFrame, target: str) -> np.ndarr
     return get_task(predictor.task).true_values(predictor.target, df.get_column(target))
 
 
-def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str) -> Evaluation:
+def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str, settings: Any = None) -> Evaluation:
+    """The metrics of ``predictor`` on ``df``: of its scores, plus the task's answer metrics
+    (:meth:`Task.answer_metrics`; ``settings`` is the ``evaluate`` section)."""
     from dataflywheel.evaluate.metrics import evaluate_predictions
+    from dataflywheel.tasks import get_task
 
     scores, _unknown = predictor.scores(df)
     y = true_values(predictor, df, target)
     metrics = evaluate_predictions(
         predictor.task, y, scores, class_names=predictor.class_names, threshold=predictor.threshold
     )
+    metrics |= get_task(predictor.task).answer_metrics(predictor, df, target, settings)
     return Evaluation(metrics, y, scores)
 
 
@@ -87,7 +91,7 @@ def compare_to_champion(
     if champion.task != task:
         return Verdict("promoted", metric, ours, None, champion_version,
                        [f"champion solves a different task ({champion.task}); replaced"], eval_rows=rows)
-    theirs = evaluate_split(champion, test, cfg.data.target).metrics
+    theirs = evaluate_split(champion, test, cfg.data.target, cfg.evaluate).metrics
     result = gate(task, cfg.evaluate, challenger_metrics, theirs)
     checks = result.to_dict()["checks"]
     return Verdict("promoted" if result.passed else "rejected", metric, ours, theirs.get(metric), champion_version,

@@ -39,6 +39,20 @@ def generate(predictor: Predictor, prompts: Sequence[str], *, max_new_tokens: in
     return answers
 
 
+def fits(predictor: Predictor, prompts: Sequence[str]) -> list[bool]:
+    """Whether each prompt fits the model's ``max_length`` (a chat encoder with ``truncate:
+    reject`` refuses the others; with ``left`` every prompt fits)."""
+    out = []
+    for prompt in prompts:
+        try:
+            _encoded(predictor, [prompt])
+        except DataError:
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
 def _encoded(predictor: Predictor, prompts: Sequence[str]) -> tuple[Any, Any, list[list[int]]]:
     """(the model, its chat encoder, each prompt's token ids), the prompts redacted first."""
     from dataflywheel.features.chat import ChatEncoder

@@ -188,6 +188,11 @@ class Task(ABC):
                  threshold: float) -> dict[str, Any]:
         """JSON-safe metrics of ``scores`` against ``y_true`` (see :meth:`true_values`)."""
 
+    def answer_metrics(self, predictor: Any, df: pl.DataFrame, target: str, settings: Any) -> dict[str, Any]:
+        """Metrics of what the model answers on ``df`` beyond its scores (generation: answers
+        generated and compared with the references; ``settings`` is ``evaluate``). None here."""
+        return {}
+
     def plots(self, reference: dict[str, Any], y_true: np.ndarray | None, scores: np.ndarray | None,
               class_names: list[str] | None, threshold: float) -> tuple[list[Plot], list[str]]:
         """The report's evaluation plots and notes; ``reference`` holds the metrics."""

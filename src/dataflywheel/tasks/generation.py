@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 class GenerationTask(Task):
     name = "generation"
     loss = "sft"
-    metrics: ClassVar[dict[str, bool]] = {"perplexity": False, "loss": False}
+    metrics: ClassVar[dict[str, bool]] = {"perplexity": False, "loss": False, "rouge_l": True, "exact_match": True}
     unbounded = frozenset({"perplexity", "loss"})
-    guards = ()
-    headline = ("loss", "perplexity")
+    guards = ("rouge_l",)
+    headline = ("loss", "perplexity", "rouge_l", "exact_match")
     live_metric = "exact_match"
     target_state = ()
     has_classes = False
@@ -127,6 +127,39 @@ class GenerationTask(Task):
             "n": int((s[:, 1] > 0).sum()),
             "rows_left_out": int((s[:, 1] == 0).sum()),
         }
+
+    def answer_metrics(self, predictor: Any, df: pl.DataFrame, target: str, settings: Any) -> dict[str, Any]:
+        """Greedy answers to the first ``settings.answers.max_prompts`` prompts of ``df``, scored
+        against the references: ``exact_match`` (the share equal after trimming and case folding:
+        the accuracy when the references are labels) and ``rouge_l`` (mean ROUGE-L F1, the
+        ``rouge-score`` package), with ``answered`` (how many; prompts a ``truncate: reject``
+        model refuses are ``answers_left_out``) and a few ``answer_samples``."""
+        from rouge_score import rouge_scorer
+
+        from dataflywheel.registry.generation import fits, generate
+
+        answers_cfg = getattr(settings, "answers", None)
+        n = 32 if answers_cfg is None else answers_cfg.max_prompts
+        if n == 0 or df.height == 0:
+            return {}
+        column = next(iter(predictor.preprocessor.text_encoders))
+        rows = df.head(n)
+        pairs = [(str(p), str(r)) for p, r in zip(rows.get_column(column).to_list(),
+                                                  rows.get_column(target).to_list(), strict=True)]
+        ok = fits(predictor, [p for p, _ in pairs])
+        left_out = ok.count(False)
+        pairs = [pair for pair, fit in zip(pairs, ok, strict=True) if fit]
+        if not pairs:
+            return {"answered": 0, "answers_left_out": left_out}
+        prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+        answers = generate(predictor, prompts, max_new_tokens=48 if answers_cfg is None else answers_cfg.max_new_tokens)
+        scorer = rouge_scorer.RougeScorer(["rougeL"])
+        rouge = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(refs, answers, strict=True)]
+        exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
+        return {"rouge_l": float(np.mean(rouge)), "exact_match": float(np.mean(exact)), "answered": len(answers),
+                "answers_left_out": left_out,
+                "answer_samples": [{"prompt": p, "reference": r, "answer": a}
+                                   for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
 
     # -- feedback -----------------------------------------------------------------------------
 
