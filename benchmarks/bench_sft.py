@@ -76,7 +76,8 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
                                                       "completion": "completion"})]).fit(df)
     target = TargetEncoder("generation").fit(df.get_column("completion"))
     batch = encode(pre, target, df, "completion", "generation")[0]
-    spec = model_spec("causal_lm", text_vocab_size=pre.text_encoder_.vocab_size_, max_length=args.max_length,
+    spec = model_spec("causal_lm", n_numeric=0, cardinalities=[], n_outputs=2, task="generation",
+                      text_vocab_size=pre.text_encoder_.vocab_size_, max_length=args.max_length,
                       base=str(base), base_hash=content_hash(base), finetune="lora", lora=LORA)
     model = build_model(spec, seed=0)
     lengths = batch.lengths
