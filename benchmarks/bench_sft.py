@@ -90,7 +90,7 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
 
         cfg = TrainConfig(epochs=1000, max_steps=args.steps, batch_size=args.batch_size, optimizer="adamw", lr=2e-4,
                           weight_decay=0.0, grad_clip=1.0, early_stopping=None, threads=args.threads, seed=0,
-                          loss="sft", bucket_by_length=False)
+                          loss="sft", bucket_by_length=False, gradient_checkpointing=args.gradient_checkpointing)
         fit(model, batch, None, cfg, "generation", progress=False)
     else:
         from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -106,7 +106,9 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
                                   max_steps=args.steps, learning_rate=2e-4, weight_decay=0.0, max_grad_norm=1.0,
                                   lr_scheduler_type="constant", optim="adamw_torch", use_cpu=True, seed=0,
                                   logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
-                                  dataloader_num_workers=0, remove_unused_columns=False)
+                                  dataloader_num_workers=0, remove_unused_columns=False,
+                                  gradient_checkpointing=args.gradient_checkpointing,
+                                  gradient_checkpointing_kwargs={"use_reentrant": False})
         trainer = Trainer(model=model.hf, args=targs, train_dataset=features,
                           data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
         trainer.train()
@@ -122,6 +124,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -131,7 +134,8 @@ def main() -> None:
     got = {}
     for which in ("ours", "hf"):
         cmd = [sys.executable, __file__, "--worker", which, "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+               str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
+               *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
         out = subprocess.run(cmd, capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if out.returncode != 0:
@@ -142,7 +146,8 @@ def main() -> None:
               flush=True)
     o, h = got["ours"], got["hf"]
     print(f"\nLoRA SFT, SmolLM2-135M, {args.steps} steps x {args.batch_size} rows, max_length {args.max_length}, "
-          f"{args.threads} threads ({o['tokens']} tokens)")
+          f"{args.threads} threads ({o['tokens']} tokens), gradient checkpointing "
+          f"{'on' if args.gradient_checkpointing else 'off'}")
     print("| trainer | tokens/s | peak RSS MB | ratio |\n|---|---|---|---|")
     ratio = o["tokens_per_s"] / h["tokens_per_s"]
     print(f"| dataflywheel fit() | {o['tokens_per_s']:.1f} | {o['peak_mb']:.0f} | {ratio:.2f} |")
