@@ -6,11 +6,6 @@ real ``AutoModelForCausalLM`` folder would be."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,28 +52,6 @@ def tiny_llama(vocab_size: int, *, seed: int = 0, positions: int = 256) -> Any:
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions,
                       tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` served by uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def save_tiny_llama(folder: Path, *, seed: int = 0, template: str | None = CHATML, eos: bool = True,

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from server_helpers import serving
 from test_generation_run import write_project
 
 from dataflywheel.loop import run
 
-from llm_helpers import save_tiny_llama, serving
+from llm_helpers import save_tiny_llama
 
 openai = pytest.importorskip("openai")
 

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 import torch
+from server_helpers import serving
 
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
@@ -19,7 +20,7 @@ from dataflywheel.serve.llm.generator import ServedGenerator, load_generator
 from dataflywheel.serve.llm.protocol import Message
 from dataflywheel.store.metadata import MetadataStore
 
-from llm_helpers import save_tiny_llama, serving
+from llm_helpers import save_tiny_llama
 
 openai = pytest.importorskip("openai")
 

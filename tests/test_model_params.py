@@ -29,6 +29,9 @@ CASES = [
      "model.params.lora: applies to finetune: lora only"),
     ("pretrained", {"base": "b", "allow_pickle_weights": "yes"}, "model.params.allow_pickle_weights: "),
     ("pretrained", {"bsae": "b"}, "model.params.bsae: unknown key"),
+    ("causal_lm", {"base": "b", "finetune": "full", "lora": {"r": 4}},
+     "model.params.lora: applies to finetune: lora only"),  # the shared validator sees each family's finetune
+    ("causal_lm", {"base": "b", "finetune": "frozen"}, "model.params.finetune: must be one of"),
 ]
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from server_helpers import serving
 
 from dataflywheel.serve.timeouts import timed_protocol
 
@@ -44,25 +44,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(params=["httptools", "h11"])
 def address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
-                            http=timed_protocol(TIMEOUT, TIMEOUT, request.param), timeout_keep_alive=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app, lifespan="off", http=timed_protocol(TIMEOUT, TIMEOUT, request.param),
+                 timeout_keep_alive=5) as url:
+        yield "127.0.0.1", int(url.rsplit(":", 1)[1])
 
 
 def read_all(sock: socket.socket, limit: float = 5.0) -> tuple[bytes, float]:

@@ -30,15 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationInfo, field_validator
 from torch import nn
 
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import ATTENTION_MASK, LABEL_PAD, LABELS, TOKENS, Batch
 from dataflywheel.models.base_model import local_folder, open_base, quiet_transformers
-from dataflywheel.models.lora import LoraParams, write_adapters
+from dataflywheel.models.lora import BaseModelParams, LoraParams, write_adapters
 from dataflywheel.models.mlp import model_task
-from dataflywheel.models.params import ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -52,25 +50,10 @@ LOGIT_CHUNK = 1024
 ``LOGIT_CHUNK x vocab`` floats (200 MB for a 49,152-token vocabulary)."""
 
 
-class CausalLMParams(ModelParams):
-    """``model.params`` of ``model.type: causal_lm``; ``text_vocab_size`` and ``max_length`` come
-    from the prompt column's chat encoder, ``base_hash`` from :func:`~dataflywheel.models.base_model.prepare_config`."""
+class CausalLMParams(BaseModelParams):
+    """``model.params`` of ``model.type: causal_lm`` (:class:`~dataflywheel.models.lora.BaseModelParams`)."""
 
-    text_vocab_size: PositiveInt | None = None
-    max_length: PositiveInt = 128
-    base: str | None = None
-    """A local AutoModelForCausalLM folder (relative to flywheel.yaml) or a hub name in the local cache."""
-    base_hash: str | None = None
     finetune: Finetune = "lora"
-    lora: LoraParams | None = None
-    allow_pickle_weights: StrictBool = False
-
-    @field_validator("lora")
-    @classmethod
-    def _lora_mode(cls, v: LoraParams | None, info: ValidationInfo) -> LoraParams | None:
-        if v is not None and info.data.get("finetune", "lora") != "lora":
-            raise ValueError("applies to finetune: lora only")
-        return v
 
 
 class CausalLM(nn.Module):

@@ -12,7 +12,9 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dataflywheel.models.params import Fraction, ModelParams, PositiveInt
+from pydantic import ValidationInfo, field_validator
+
+from dataflywheel.models.params import Fraction, ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -45,3 +47,27 @@ def write_adapters(peft_model: PeftModel, folder: Path, base_name: str | None) -
     config.base_model_name_or_path = base_name
     config.inference_mode = True
     config.save_pretrained(str(folder))
+
+
+class BaseModelParams(ModelParams):
+    """The ``model.params`` every family fine-tuning a Hugging Face base shares (``pretrained``,
+    ``causal_lm``); each narrows ``finetune`` to its modes. ``text_vocab_size`` and ``max_length``
+    come from the text column's encoder, ``base_hash`` from
+    :func:`~dataflywheel.models.base_model.prepare_config`."""
+
+    text_vocab_size: PositiveInt | None = None
+    max_length: PositiveInt = 128
+    base: str | None = None
+    """A local model folder or ``.gguf`` file (relative to flywheel.yaml), or a Hugging Face hub name
+    in the local cache."""
+    base_hash: str | None = None
+    finetune: str = "lora"
+    lora: LoraParams | None = None
+    allow_pickle_weights: StrictBool = False
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_mode(cls, v: LoraParams | None, info: ValidationInfo) -> LoraParams | None:
+        if v is not None and info.data.get("finetune", "lora") != "lora":
+            raise ValueError("applies to finetune: lora only")
+        return v

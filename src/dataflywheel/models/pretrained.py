@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import ValidationInfo, field_validator
 from torch import nn
 
 from dataflywheel.errors import ModelError
@@ -47,9 +46,8 @@ from dataflywheel.models.base_model import (
     quiet_transformers,
     resolve_base,
 )
-from dataflywheel.models.lora import ADAPTER_WEIGHTS, LoraParams, write_adapters
+from dataflywheel.models.lora import ADAPTER_WEIGHTS, BaseModelParams, LoraParams, write_adapters
 from dataflywheel.models.mlp import model_task
-from dataflywheel.models.params import ModelParams, PositiveInt, StrictBool
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -63,25 +61,10 @@ HEAD_MODULES = ("pooler",)
 """Encoder sub-modules trained with the head in the frozen and lora modes."""
 
 
-class PretrainedParams(ModelParams):
-    """``model.params`` of ``model.type: pretrained``; ``text_vocab_size`` and ``max_length``
-    come from the text column's tokenizer, ``base_hash`` from :func:`prepare_config`."""
+class PretrainedParams(BaseModelParams):
+    """``model.params`` of ``model.type: pretrained`` (:class:`~dataflywheel.models.lora.BaseModelParams`)."""
 
-    text_vocab_size: PositiveInt | None = None
-    max_length: PositiveInt = 128
-    base: str | None = None
-    """A local model folder (relative to flywheel.yaml) or a Hugging Face hub name."""
-    base_hash: str | None = None
     finetune: Finetune = "lora"
-    lora: LoraParams | None = None
-    allow_pickle_weights: StrictBool = False
-
-    @field_validator("lora")
-    @classmethod
-    def _lora_mode(cls, v: LoraParams | None, info: ValidationInfo) -> LoraParams | None:
-        if v is not None and info.data.get("finetune", "lora") != "lora":
-            raise ValueError("applies to finetune: lora only")
-        return v
 
 
 
