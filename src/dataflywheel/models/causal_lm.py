@@ -35,7 +35,7 @@ from torch import nn
 from dataflywheel.errors import ModelError
 from dataflywheel.features.batch import ATTENTION_MASK, LABEL_PAD, LABELS, TOKENS, Batch
 from dataflywheel.models.base_model import local_folder, open_base, quiet_transformers
-from dataflywheel.models.lora import BaseModelParams, LoraParams, write_adapters
+from dataflywheel.models.lora import AdaptedBase, BaseModelParams, LoraParams
 from dataflywheel.models.mlp import model_task
 
 if TYPE_CHECKING:
@@ -56,19 +56,11 @@ class CausalLMParams(BaseModelParams):
     finetune: Finetune = "lora"
 
 
-class CausalLM(nn.Module):
+class CausalLM(AdaptedBase):
     """A batch's ``tokens``, ``attention_mask`` and ``labels`` -> per row the summed negative
     log-likelihood of its labelled tokens and their count, ``(B, 2)``."""
 
     inputs = (TOKENS, ATTENTION_MASK, LABELS)
-
-    def __init__(self, hf: nn.Module, finetune: Finetune, max_positions: int, reference: dict[str, Any]) -> None:
-        super().__init__()
-        self.hf = hf
-        self.finetune = finetune
-        self.max_positions = max_positions
-        self.reference = reference
-        self.merged = False
 
     def forward(self, batch: Batch) -> torch.Tensor:
         tokens, labels = batch.get(TOKENS), batch.get(LABELS)  # (B, T) each
@@ -163,36 +155,6 @@ class CausalLM(nn.Module):
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
 
-    def base_reference(self) -> dict[str, Any]:
-        """What model.json records about the base: its hub ``name`` or project-relative ``path``,
-        content hash, fine-tuning mode."""
-        return dict(self.reference)
-
-    def write_bundle_files(self, folder: Path) -> None:
-        """LoRA: the adapters in peft's format (see :mod:`~dataflywheel.models.lora`). Full: nothing."""
-        if self.finetune != "lora":
-            return
-        write_adapters(self._peft_model(), folder, self.reference.get("name") or self.reference.get("path"))
-
-    def for_inference(self) -> CausalLM:
-        """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place; a merged
-        model can no longer give its bundle weights back. Full: unchanged."""
-        if self.finetune == "lora" and not self.merged:
-            peft_model = self._peft_model()
-            with quiet_transformers():
-                self.hf = peft_model.merge_and_unload()
-            self.merged = True
-        return self
-
-    def _peft_model(self) -> PeftModel:
-        from peft import PeftModel
-
-        if self.merged:
-            raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
-                             fix="save the model before calling for_inference()")
-        assert isinstance(self.hf, PeftModel), "a lora model wraps its base in peft"
-        return self.hf
-
     def bundle_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight (full; tied ones, such as an lm_head sharing the embeddings, as copies, which
         safetensors requires), else the trainable adapters alone."""
@@ -210,12 +172,7 @@ class CausalLM(nn.Module):
     def load_bundle_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Take back :meth:`bundle_state_dict`; another key set is a :class:`ModelError`."""
         expected = set(self.state_dict()) if self.finetune == "full" else set(self.bundle_state_dict())
-        if set(state) != expected:
-            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-            raise ModelError(f"bundle weights do not fit this {self.finetune} model "
-                             f"(unexpected {extra[:3]}, missing {missing[:3]})", where="model.safetensors",
-                             fix="re-register the model")
-        self.load_state_dict(state, strict=self.finetune == "full")
+        self.load_checked(state, expected)
 
 
 def _with_lora(model: PreTrainedModel, lora: LoraParams) -> PeftModel:

@@ -46,7 +46,7 @@ from dataflywheel.models.base_model import (
     quiet_transformers,
     resolve_base,
 )
-from dataflywheel.models.lora import ADAPTER_WEIGHTS, BaseModelParams, LoraParams, write_adapters
+from dataflywheel.models.lora import ADAPTER_WEIGHTS, AdaptedBase, BaseModelParams, LoraParams
 from dataflywheel.models.mlp import model_task
 
 if TYPE_CHECKING:
@@ -68,18 +68,10 @@ class PretrainedParams(BaseModelParams):
 
 
 
-class PretrainedClassifier(nn.Module):
+class PretrainedClassifier(AdaptedBase):
     """A batch's ``tokens`` and ``attention_mask`` -> the Hugging Face model's logits (B, n_outputs)."""
 
     inputs = TEXT
-
-    def __init__(self, hf: nn.Module, finetune: Finetune, max_positions: int, reference: dict[str, Any]) -> None:
-        super().__init__()
-        self.hf = hf
-        self.finetune = finetune
-        self.max_positions = max_positions
-        self.reference = reference
-        self.merged = False
 
     def forward(self, batch: Batch) -> torch.Tensor:
         tokens, attention_mask = batch.get("tokens"), batch.get("attention_mask")  # (B, T) each
@@ -90,41 +82,6 @@ class PretrainedClassifier(nn.Module):
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
         logits: torch.Tensor = self.hf(input_ids=tokens, attention_mask=mask).logits  # (B, n_outputs)
         return logits
-
-    def base_reference(self) -> dict[str, Any]:
-        """What model.json records about the base: its hub ``name`` or its ``path`` relative to
-        the project (:func:`~dataflywheel.models.base_model.portable_base`), content hash, fine-tuning mode."""
-        return dict(self.reference)
-
-    def write_bundle_files(self, folder: Path) -> None:
-        """LoRA: write the adapters in peft's format (``adapter_config.json`` naming the base as
-        :meth:`base_reference` does, ``adapter_model.safetensors`` with the adapters and the
-        trained head), which ``PeftModel.from_pretrained`` loads on the base. Other modes: nothing."""
-        if self.finetune != "lora":
-            return
-        if self.merged:
-            raise ModelError("this model's LoRA adapters were merged for inference; its adapter weights are gone",
-                             fix="save the model before calling for_inference()")
-        write_adapters(self._peft_model(), folder, self.reference.get("name") or self.reference.get("path"))
-
-    def for_inference(self) -> PretrainedClassifier:
-        """Fold LoRA adapters into the base weights (peft ``merge_and_unload``), in place: the
-        same function as a plain Hugging Face model, without the adapters' extra matmuls, and
-        a network int8 quantisation and the ONNX exporter handle like any other. A merged
-        model can no longer give its bundle weights back. Other modes: unchanged."""
-        if self.finetune == "lora" and not self.merged:
-            peft_model = self._peft_model()
-            with quiet_transformers():
-                self.hf = peft_model.merge_and_unload()
-            self.merged = True
-        return self
-
-    def _peft_model(self) -> PeftModel:
-        """``hf`` of a lora model whose adapters are not merged: the peft model around the base."""
-        from peft import PeftModel
-
-        assert isinstance(self.hf, PeftModel), "a lora model wraps its base in peft"
-        return self.hf
 
     def bundle_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a bundle stores: all of them (full), else the trainable ones alone."""
@@ -143,12 +100,7 @@ class PretrainedClassifier(nn.Module):
             return
         expected = set(self.bundle_state_dict())
         state = _head_keys_as_saved(state, expected)
-        if set(state) != expected:
-            extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
-            raise ModelError(f"bundle weights do not fit this {self.finetune} model "
-                             f"(unexpected {extra[:3]}, missing {missing[:3]})", where="model.safetensors",
-                             fix="re-register the model")
-        self.load_state_dict(state, strict=self.finetune == "full")
+        self.load_checked(state, expected)
 
 
 def _head_keys_as_saved(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
