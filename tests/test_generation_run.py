@@ -138,6 +138,19 @@ def test_flywheel_run_fine_tunes_lora_and_registers_loss_and_perplexity(base: Pa
     assert second.verdict["metric"] == "perplexity" and second.verdict["decision"] in ("promoted", "rejected")
     assert second.verdict["champion"] == pytest.approx(metrics["perplexity"])
     assert [c["metric"] for c in second.verdict["checks"]] == ["perplexity", "rouge_l"]  # rouge_l guards
+    # the gate generated the champion's answers once and kept them for the next gate
+    cached = list((bundle.parent / "answers").glob("v1-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text()) == mine
+    from dataflywheel.evaluate.stage import evaluate_split
+    from dataflywheel.registry import generation
+
+    def no_generation(*_a: object, **_k: object) -> None:
+        raise AssertionError("answers were generated again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generation, "generate", no_generation)
+        again = evaluate_split(fw.load_model(1, config), test, "completion", fw.load_config(config).evaluate)
+    assert again.metrics["rouge_l"] == pytest.approx(metrics["rouge_l"])
 
 
 def test_a_full_fine_tune_with_rejected_prompts(base: Path, tmp_path: Path) -> None:

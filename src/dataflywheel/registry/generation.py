@@ -121,3 +121,31 @@ def generate_frame(predictor: Predictor, frame: pl.DataFrame, *, max_new_tokens:
         raise DataError(f"no prompts: the input has no {column!r}, 'prompt' or 'messages' column", where="input",
                         fix=f"name the prompt column {column!r}, or give chat rows a messages list")
     return pl.DataFrame({"completion": generate(predictor, prompts, max_new_tokens=max_new_tokens)})
+
+
+def cached_answers(predictor: Predictor, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """:func:`generate`'s answers, kept for a registered version beside the store's bundles
+    (``<artifacts>/models/answers/v<N>-<hash of prompts and settings>.json``), so a gate that
+    scores the champion on the same prompts with the same decoding does not generate them again.
+    Greedy decoding makes the answers a function of the version, the prompts and ``max_new_tokens``."""
+    import hashlib
+    import json
+
+    from dataflywheel.store.artifacts import atomic_write_text
+
+    if predictor.version is None:
+        return generate(predictor, prompts, max_new_tokens=max_new_tokens)
+    key = hashlib.sha256(json.dumps({"prompts": list(prompts), "max_new_tokens": max_new_tokens,
+                                     "decoding": "greedy"}).encode()).hexdigest()[:16]
+    path = predictor.folder.parent / "answers" / f"v{predictor.version}-{key}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            cached = None  # a damaged cache file is regenerated
+        if isinstance(cached, list) and len(cached) == len(prompts) and all(isinstance(a, str) for a in cached):
+            return cached
+    answers = generate(predictor, prompts, max_new_tokens=max_new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(answers))
+    return answers

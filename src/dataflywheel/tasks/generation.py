@@ -136,7 +136,7 @@ class GenerationTask(Task):
         model refuses are ``answers_left_out``) and a few ``answer_samples``."""
         from rouge_score import rouge_scorer
 
-        from dataflywheel.registry.generation import fits, generate
+        from dataflywheel.registry.generation import cached_answers, fits
 
         answers_cfg = getattr(settings, "answers", None)
         n = 32 if answers_cfg is None else answers_cfg.max_prompts
@@ -152,7 +152,7 @@ class GenerationTask(Task):
         if not pairs:
             return {"answered": 0, "answers_left_out": left_out}
         prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        answers = generate(predictor, prompts, max_new_tokens=48 if answers_cfg is None else answers_cfg.max_new_tokens)
+        answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
         scorer = rouge_scorer.RougeScorer(["rougeL"])
         rouge = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(refs, answers, strict=True)]
         exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
