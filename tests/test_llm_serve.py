@@ -204,3 +204,15 @@ def test_pii_in_prompts_is_redacted_before_the_model_and_the_log_see_it(served: 
     assert p.prompt_ids[0] == redacting.chat_ids([Message(role="user", content=content)])
     row = served.writer.prediction(r.id)
     assert row is not None and "jane.doe" not in orjson.dumps(row.input).decode()
+
+
+
+def test_an_empty_prompt_and_too_many_sequences_are_400(served: Served) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        served.client.completions.create(model="tiny-chat", prompt="", max_tokens=2)
+    assert exc.value.body["param"] == "prompt"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as exc:
+        served.client.completions.create(model="tiny-chat", prompt=["a dog"] * 5, n=16, max_tokens=2)
+    assert exc.value.body["param"] == "n"  # type: ignore[index]
+    r = served.client.completions.create(model="tiny-chat", prompt=["a dog", "the cat"], n=2, max_tokens=2)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]

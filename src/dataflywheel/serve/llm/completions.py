@@ -36,6 +36,8 @@ from dataflywheel.store.metadata import utcnow
 from dataflywheel.workers import on_loop
 
 Kind = Literal["chat", "text"]
+MAX_SEQUENCES = 64
+"""Sequences (prompts x ``n``) one request may ask for."""
 
 
 @dataclass
@@ -136,6 +138,11 @@ class Completions:
             logged = {"prompt": texts[0] if isinstance(request.prompt, str) else texts}
         for pii, n in counts.items():
             self.metrics.redactions.labels(pii).inc(n)
+        if any(not ids for ids in prompts):
+            raise OpenAIError(400, "a prompt is empty: it has no tokens to continue", param="prompt")
+        if len(prompts) * request.n > MAX_SEQUENCES:
+            raise OpenAIError(400, f"{len(prompts)} prompt(s) x n={request.n} asks for more than {MAX_SEQUENCES} "
+                              "sequences in one request", param="n", code="invalid_value")
         param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
         budget = min(gen.budget(len(p), request.token_limit, param) for p in prompts)
         sampling = Sampling(budget, request.temperature, request.top_p)
