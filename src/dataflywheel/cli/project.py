@@ -187,7 +187,8 @@ def serve(
     auto_retrain: Annotated[bool, typer.Option(
         "--auto-retrain", help="Run the retrain worker beside the server.")] = False,
 ) -> None:
-    """Serve a model over HTTP: /v1/predict (micro-batched, every prediction logged), /v1/feedback."""
+    """Serve a model over HTTP: /v1/predict (micro-batched, every prediction logged), /v1/feedback; a
+    generation model: the OpenAI-compatible /v1/chat/completions and /v1/completions (continuously batched)."""
     from dataflywheel.serve import serve as serve_app
 
     serve_app(config, alias=alias, host=host, port=port, auto_retrain=auto_retrain)
