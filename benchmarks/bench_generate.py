@@ -107,7 +107,8 @@ def start_llama_cpp(python: str, threads: int, folder: Path) -> tuple[subprocess
     port = free_port()
     log = (folder / "llama_cpp.log").open("wb")
     proc = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads", str(threads),
-                             "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2"],
+                             "--n_ctx", "4096", "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2",
+                             "--interrupt_requests", "False"],  # its default cuts a stream when the next request comes
                             stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -246,7 +247,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--llama-cpp", default=None, metavar="PYTHON",
                     help="an interpreter with llama-cpp-python[server]: adds llama.cpp's server on the same GGUF "
-                         "(n_threads = --threads; it decodes one sequence at a time)")
+                         "(n_threads = --threads; its server decodes one sequence at a time)")
     ap.add_argument("--decode-step-tokens", type=int, default=48,
                     help="our engine's tokens per step while sequences decode (serve.generation.decode_step_tokens)")
     args = ap.parse_args()
