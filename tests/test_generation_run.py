@@ -138,6 +138,10 @@ def test_flywheel_run_fine_tunes_lora_and_registers_loss_and_perplexity(base: Pa
     assert second.verdict["metric"] == "perplexity" and second.verdict["decision"] in ("promoted", "rejected")
     assert second.verdict["champion"] == pytest.approx(metrics["perplexity"])
     assert [c["metric"] for c in second.verdict["checks"]] == ["perplexity", "rouge_l"]  # rouge_l guards
+    # the challenger's report shows the champion's answers beside its own
+    v2_report = (bundle.parent / "v2" / "report.html").read_text()
+    assert "champion v1" in v2_report and html.escape(mine[0]) in v2_report
+    assert second.verdict["champion_answers"][test["prompt"][0]] == mine[0]
     # the gate generated the champion's answers once and kept them for the next gate
     cached = list((bundle.parent / "answers").glob("v1-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text()) == mine

@@ -169,6 +169,7 @@ def register_stage(ctx: StageContext, trained: Trained, evaluated: Evaluated, ga
             class_names=predictor.class_names,
             lineage={**lineage, "verdict": verdict.decision, "verdict reasons": "; ".join(verdict.reasons)},
             sections=[explanations_section(predictor, evaluated.test)],
+            champion_answers=verdict.champion_answers, champion_version=verdict.champion_version,
         )
 
     record = RunRecord(run_key=ctx.run_key, dataset_id=dataset.id, config=cfg.model_dump(mode="json"),

@@ -129,6 +129,8 @@ def render_report(
     class_names: list[str] | None = None,
     lineage: dict[str, Any] | None = None,
     sections: Sequence[tuple[str, str]] = (),
+    champion_answers: dict[str, str] | None = None,
+    champion_version: int | None = None,
 ) -> Path:
     """Write the HTML report to ``path`` atomically and return ``path``.
 
@@ -138,6 +140,8 @@ def render_report(
     ``y_true``; without them only learning curves and the confusion matrix from ``metrics`` are
     drawn. ``history`` is one dict per epoch (loss, val_loss, val_<metric>, optional epoch).
     ``sections`` are extra (heading, trusted HTML) blocks appended at the end.
+    ``champion_answers`` (prompt -> answer, a generation champion's on the same prompts) add the
+    champion's column to the sample answers.
     """
     path = Path(path)
     splits = _splits(metrics)
@@ -178,7 +182,9 @@ def render_report(
             metric_rows=_metric_table(splits),
             primary=primary,
             per_class=_per_class_table(kind.per_class(reference)) if kind else None,
-            samples=last.get("answer_samples") or [],
+            samples=[{**a, "champion": (champion_answers or {}).get(str(a["prompt"]))}
+                     for a in last.get("answer_samples") or []],
+            champion_version=champion_version if champion_answers else None,
             plot_groups=groups,
             notes=notes,
             lineage=_flatten(lineage) if lineage else [],

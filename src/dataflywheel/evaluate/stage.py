@@ -69,6 +69,9 @@ class Verdict:
     """One entry per gated metric (see :class:`~dataflywheel.evaluate.gate.Check`)."""
     eval_rows: dict[str, int] = field(default_factory=dict)
     """Rows both models were scored on: ``test`` and ``feedback_holdout``."""
+    champion_answers: dict[str, str] = field(default_factory=dict)
+    """Generation models: the champion's answers to the sample prompts (prompt -> answer), shown
+    beside the challenger's in its report."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -94,5 +97,6 @@ def compare_to_champion(
     theirs = evaluate_split(champion, test, cfg.data.target, cfg.evaluate).metrics
     result = gate(task, cfg.evaluate, challenger_metrics, theirs)
     checks = result.to_dict()["checks"]
+    answers = {str(a["prompt"]): str(a["answer"]) for a in theirs.get("answer_samples") or []}
     return Verdict("promoted" if result.passed else "rejected", metric, ours, theirs.get(metric), champion_version,
-                   result.reasons, checks, rows)
+                   result.reasons, checks, rows, answers)
