@@ -15,8 +15,31 @@ ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
 """The backends that run an ONNX export on onnxruntime."""
 
 
+CompletionKind = Literal["thumbs", "rating", "correction", "choice"]
+COMPLETION_KINDS: tuple[CompletionKind, ...] = ("thumbs", "rating", "correction", "choice")
+
+
+class CompletionFeedbackConfig(Section):
+    """Generation models: which feedback on completions the next dataset version learns from
+    (:mod:`dataflywheel.feedback.completion_set`)."""
+
+    kinds: list[CompletionKind] = Field(default_factory=lambda: list(COMPLETION_KINDS))
+    """Kinds used; rows of other kinds stay pending (a later config may use them)."""
+    min_rating: int = Field(4, ge=1, le=5)
+    """A rating from this up accepts the answer (an SFT row and a good label)."""
+    bad_rating: int = Field(2, ge=1, le=5)
+    """A rating up to this marks the answer bad (a bad label)."""
+
+    @model_validator(mode="after")
+    def _ratings(self) -> CompletionFeedbackConfig:
+        if self.bad_rating >= self.min_rating:
+            raise ValueError(f"bad_rating ({self.bad_rating}) must be below min_rating ({self.min_rating})")
+        return self
+
+
 class RetrainConfig(Section):
-    """When the loop retrains by itself (``flywheel serve --auto-retrain``)."""
+    """When the loop retrains by itself (``flywheel serve --auto-retrain``), and what a
+    generation model's next version learns from."""
 
     every_n_labels: int | None = Field(50, ge=1)
     """Retrain after this many new labelled feedback rows; null disables."""
@@ -24,6 +47,7 @@ class RetrainConfig(Section):
     """Retrain when any feature's PSI over recent inputs exceeds this; null disables."""
     poll_seconds: float = Field(5.0, gt=0)
     """How often the retrain worker checks the trigger."""
+    feedback: CompletionFeedbackConfig = CompletionFeedbackConfig()
 
 
 class MonitorConfig(Section):

@@ -97,13 +97,15 @@ def retrain(
         champion = versions.alias_version(project, versions.CHAMPION)
         if champion is None:
             raise NotFoundError("no champion model to retrain", fix="run `flywheel run` first")
-        parent = get_version(project, versions.resolve(project, champion).dataset_id)
+        info = versions.resolve(project, champion)
+        parent = get_version(project, info.dataset_id)
         remove_orphans(project, log)
         # Feedback held by a version a model was trained on (as train, valid, holdout or
         # dropped) gives the same result again; rejected rows are tried again.
-        built = build_next_version(cfg, project, parent, log=log) if retrain_due(project, parent.id) else None
+        due = retrain_due(project, parent.id)
+        built = build_next_version(cfg, project, parent, task=info.task, log=log) if due else None
         if built is None:
-            msg = f"no new labelled feedback since dataset {parent.id} (champion v{champion}): nothing to do"
+            msg = f"no new feedback to train on since dataset {parent.id} (champion v{champion}): nothing to do"
             log(msg)
             return RetrainResult("nothing_to_do", msg, parent.id, champion=champion)
         counts = {role: len(ids) for role, ids in built.roles.items()}

@@ -67,6 +67,9 @@ HELD_ROLES = (*USED_ROLES, "dropped")
 """Roles of rows a version holds: used, or dropped because their content is there already (a
 duplicate) or a newer label of the same prediction is (superseded)."""
 _ID = "\0feedback_id"
+TRAINABLE_KINDS = ("label", "thumbs", "rating", "correction", "choice")
+"""Feedback kinds a next version can train on: a classifier's labels, feedback on completions
+(:mod:`~dataflywheel.feedback.completion_set`); a lone ``comment`` trains nothing."""
 
 SHOWN_WARNINGS = 3
 """Validation warnings on labelled feedback printed one per line; the rest are counted by kind."""
@@ -141,21 +144,22 @@ def new_label_count(project: Project) -> int:
     the next retrain, but do not trigger one)."""
     seen = select(DatasetFeedbackRow.feedback_id).where(DatasetFeedbackRow.dataset_id.in_(settled_datasets()))
     with project.metadata.transaction() as s:
-        q = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.kind == "label",
+        q = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.kind.in_(TRAINABLE_KINDS),
                                                                 FeedbackRow.id.not_in(seen))
         return int(s.scalar(q) or 0)
 
 
-def _pending(project: Project, parent_id: str) -> Select[str]:
+def pending_ids(project: Project, parent_id: str, kinds: tuple[str, ...] = TRAINABLE_KINDS) -> Select[str]:
+    """Ids of feedback rows of ``kinds`` that ``parent_id`` and its ancestors do not hold."""
     held = select(DatasetFeedbackRow.feedback_id).where(
         DatasetFeedbackRow.dataset_id.in_(ancestry(project, parent_id)), DatasetFeedbackRow.role.in_(HELD_ROLES))
-    return select(FeedbackRow.id).where(FeedbackRow.kind == "label", FeedbackRow.id.not_in(held))
+    return select(FeedbackRow.id).where(FeedbackRow.kind.in_(kinds), FeedbackRow.id.not_in(held))
 
 
 def retrain_due(project: Project, parent_id: str) -> bool:
     """Whether a retrain from ``parent_id`` has anything to consider: a pending labelled row
     (:func:`pending_feedback`) that no version a model was trained on holds."""
-    pending = _pending(project, parent_id)
+    pending = pending_ids(project, parent_id)
     used = select(DatasetFeedbackRow.feedback_id).where(
         DatasetFeedbackRow.dataset_id.in_(trained_datasets()), DatasetFeedbackRow.role.in_(HELD_ROLES))
     with project.metadata.transaction() as s:
@@ -186,7 +190,7 @@ def pending_feedback(project: Project, parent_id: str) -> pl.DataFrame:
     """Labelled feedback not held by ``parent_id`` or its ancestors (rows they rejected
     included), joined to the logged input: columns ``feedback_id``, ``prediction_id``,
     ``created_at``, ``input``, ``label``."""
-    pending = _pending(project, parent_id)
+    pending = pending_ids(project, parent_id, ("label",))
     q = (select(FeedbackRow.id, FeedbackRow.prediction_id, FeedbackRow.created_at, FeedbackRow.value,
                 PredictionRow.input)
          .join(PredictionRow, PredictionRow.id == FeedbackRow.prediction_id)
@@ -255,12 +259,28 @@ def _conform(table: pl.DataFrame, cfg: FlywheelConfig, parent: DatasetVersion, t
     return table, rejected, warnings
 
 
-def _fingerprint(feedback_ids: list[str], inputs: list[str]) -> str:
+def fingerprint(feedback_ids: list[str], inputs: list[str]) -> str:
     text = "feedback\0" + "\0".join(sorted(feedback_ids)) + "\0inputs\0" + "\0".join(inputs)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def build_next_version(
+    cfg: FlywheelConfig, project: Project, parent: DatasetVersion, *, task: str | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> TrainingSet | None:
+    """The next version of ``parent`` with its pending feedback, built by the ``task`` of the
+    model trained on it (:meth:`~dataflywheel.tasks.Task.next_version`; default the
+    configured task); None when there is none."""
+    from dataflywheel.tasks import get_task
+
+    name = task or cfg.model.task
+    if name != "auto":
+        built: TrainingSet | None = get_task(name).next_version(cfg, project, parent, log)
+        return built
+    return build_label_version(cfg, project, parent, log=log)
+
+
+def build_label_version(
     cfg: FlywheelConfig, project: Project, parent: DatasetVersion, *,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> TrainingSet | None:
@@ -271,13 +291,13 @@ def build_next_version(
         return None
     all_ids = pending["feedback_id"].to_list()
     inputs = model_inputs(cfg, parent.schema())
-    vid = version_id(_fingerprint(all_ids, inputs), data_config_hash(cfg.data, cfg.model.task), [parent.id])
+    vid = version_id(fingerprint(all_ids, inputs), data_config_hash(cfg.data, cfg.model.task), [parent.id])
     existing = project.metadata.dataset(vid)
     if existing is not None and project.artifacts.exists(existing.artifact):
         log(f"dataset {vid} (dataset {parent.id} + the same {len(all_ids)} feedback rows) exists: reused")
         report = existing.report or {}
         return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
-                           _linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
+                           linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
                            dict(report.get("feedback_rejected") or {}))
 
     target = cfg.data.target
@@ -344,13 +364,13 @@ def _write(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, vid: s
               "feedback_rejected": rejected, "model_inputs": inputs,
               "test_split": f"frozen: the test split of dataset {parent.id}"}
     return write_version(project, NewVersion(
-        id=vid, source=source, fingerprint=_fingerprint([f for ids in roles.values() for f in ids], inputs),
+        id=vid, source=source, fingerprint=fingerprint([f for ids in roles.values() for f in ids], inputs),
         config_hash=data_config_hash(cfg.data, cfg.model.task), target=cfg.data.target,
         n_rows=sum(sizes.values()) + holdout.height, splits=splits, schema=parent.schema(), report=report,
         parents=[parent.id], extra={HOLDOUT: holdout}, feedback=roles))
 
 
-def _linked_roles(project: Project, dataset_id: str) -> dict[str, list[str]]:
+def linked_roles(project: Project, dataset_id: str) -> dict[str, list[str]]:
     with project.metadata.transaction() as s:
         rows = s.execute(select(DatasetFeedbackRow.feedback_id, DatasetFeedbackRow.role)
                          .where(DatasetFeedbackRow.dataset_id == dataset_id)).all()

@@ -193,6 +193,14 @@ class Task(ABC):
         generated and compared with the references; ``settings`` is ``evaluate``). None here."""
         return {}
 
+    def next_version(self, cfg: Any, project: Any, parent: Any, log: Any) -> Any:
+        """The next dataset version of ``parent`` from the feedback it does not hold yet, a
+        :class:`~dataflywheel.feedback.trainingset.TrainingSet` (None without new feedback):
+        labelled feedback as rows of the table here."""
+        from dataflywheel.feedback.trainingset import build_label_version
+
+        return build_label_version(cfg, project, parent, log=log)
+
     def plots(self, reference: dict[str, Any], y_true: np.ndarray | None, scores: np.ndarray | None,
               class_names: list[str] | None, threshold: float) -> tuple[list[Plot], list[str]]:
         """The report's evaluation plots and notes; ``reference`` holds the metrics."""
