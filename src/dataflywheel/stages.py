@@ -86,14 +86,19 @@ class Registered:
 
 
 def train_stage(ctx: StageContext, *, resume: bool = False, progress: bool = True) -> Trained:
-    """Fit the encoders and train the model (:func:`~dataflywheel.train.stage.train_on_dataset`),
-    checkpointing under the run key."""
-    from dataflywheel.train.stage import train_on_dataset
+    """Fit the encoders and train the model by ``train.method``
+    (:func:`~dataflywheel.train.methods.train_with_method`), checkpointing under the run key."""
+    from dataflywheel.train.methods import train_with_method
 
     ckpt = ctx.project.root / "checkpoints" / ctx.run_key[:16]
-    trained = train_on_dataset(ctx.cfg, ctx.dataset, checkpoint_dir=ckpt, resume=resume, progress=progress,
-                               log=ctx.log)
+    trained = train_with_method(ctx.cfg, ctx.project, ctx.dataset, ctx.run_key, checkpoint_dir=ckpt, resume=resume,
+                                progress=progress, log=ctx.log)
     ctx.log(trained.history.summary())
+    if pref := trained.preference:
+        accuracy, loss = pref.get("val_reward_accuracy"), pref.get("loss", float("nan"))
+        checked = (f", validation reward accuracy {accuracy:.3f} on {pref['valid_pairs']} pairs"
+                   if accuracy is not None else "")
+        ctx.log(f"DPO on {pref['pairs']} preference pairs (beta {pref['beta']}): loss {loss:.4f}{checked}")
     if throughput := trained.history.throughput():
         ctx.log(f"training: {throughput['tokens_per_s']:.0f} tokens/s, "
                 f"peak memory {throughput['peak_memory_mb']:.0f} MB")

@@ -61,7 +61,24 @@ def resolve_early_stopping(
     return metric, mode
 
 
+class DpoConfig(Section):
+    """The DPO phase of ``train.method: dpo`` or ``sft+dpo`` (:mod:`dataflywheel.train.preference`);
+    a field left null takes the ``train`` section's value."""
+
+    beta: float = Field(0.1, gt=0)
+    """How far the policy may move from the reference (larger: closer to it)."""
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    """Pairs per mini-batch (each pair is two sequences in one forward)."""
+
+
 class TrainConfig(Section):
+    method: Literal["sft", "dpo", "sft+dpo"] = "sft"
+    """Generation models: ``sft`` learns the completions; ``dpo`` tunes the champion on the
+    dataset's preference pairs (the champion is the reference); ``sft+dpo`` learns the
+    completions, then tunes that model on the pairs (it is the reference). Other tasks: sft."""
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"

@@ -122,19 +122,13 @@ def write_bundle(folder: Path, bundle: ModelBundle, *, metrics: dict[str, Any],
     return write_manifest(folder)
 
 
-def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None) -> ModelBundle:
-    """Verify the bundle in ``folder`` and load it, the model in inference form and in eval
-    mode. A base model named by a relative path is looked up in ``base_dirs``, then in the
-    bundle folder's parents (a store inside the project)."""
+def read_trainable_model(folder: Path, *, base_dirs: list[Path] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The verified bundle's network as it was trained (LoRA adapters separate and trainable,
+    nothing folded) and its ``model.json``: what training that continues a version starts from."""
     from safetensors.torch import load_file
 
-    from dataflywheel.data.schema import Schema
-    from dataflywheel.features.preprocessor import Preprocessor
-    from dataflywheel.features.target import TargetEncoder
-    from dataflywheel.models.capabilities import HasInferenceForm
     from dataflywheel.models.registry import build_model
     from dataflywheel.models.weights import load_trained_weights
-    from dataflywheel.privacy.inputs import bundle_privacy
 
     folder = Path(folder)
     verify_bundle(folder)
@@ -142,6 +136,21 @@ def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None) -> ModelBu
     dirs = [*(base_dirs or []), *folder.absolute().parents]
     model = build_model(meta["spec"], base_dirs=dirs)  # a pretrained model checks its base's hash here
     load_trained_weights(model, load_file(str(folder / "model.safetensors")))
+    return model, meta
+
+
+def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None) -> ModelBundle:
+    """Verify the bundle in ``folder`` and load it, the model in inference form and in eval
+    mode. A base model named by a relative path is looked up in ``base_dirs``, then in the
+    bundle folder's parents (a store inside the project)."""
+    from dataflywheel.data.schema import Schema
+    from dataflywheel.features.preprocessor import Preprocessor
+    from dataflywheel.features.target import TargetEncoder
+    from dataflywheel.models.capabilities import HasInferenceForm
+    from dataflywheel.privacy.inputs import bundle_privacy
+
+    folder = Path(folder)
+    model, meta = read_trainable_model(folder, base_dirs=base_dirs)
     if isinstance(model, HasInferenceForm):
         model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
     model.eval()

@@ -91,22 +91,25 @@ class Batchable:
         """Logits of rows ``idx``: ``model(batch)``."""
         return model(self.batch(idx))
 
+    def prepared(self, task: str, dtype: torch.dtype, name: str, device: torch.device,
+                 reads: tuple[str, ...] | None = None) -> Batchable:
+        """Checked (rows agree, not empty, every name in ``reads`` present), narrowed to ``reads``
+        (all inputs when None), the target prepared for the task, moved to ``device``."""
+        n = len(self)
+        if n == 0:
+            raise DataError(f"the {name} split is empty", where=name, fix="add rows or change data.split")
+        names = list(self.inputs) if reads is None else sources(reads)
+        check_reads(names, self.inputs.keys())
+        rows = {k: len(v) if isinstance(v, Ragged) else int(v.shape[0]) for k, v in self.inputs.items()}
+        if any(r != n for r in rows.values()):
+            shapes = ", ".join(f"{k} ({r} rows)" for k, r in rows.items())
+            raise DataError(f"{shapes} and y {tuple(self.y.shape)} differ in rows", where=name)
+        y = get_task(task).prepare_y(self.y, dtype)
+        inputs = to_tensors(self.inputs, names, dtype=dtype, device=device)
+        return Batchable(inputs, y.to(device), self.pad_id)
+
 
 def prepare_batchable(data: Batchable, task: str, dtype: torch.dtype, name: str, device: torch.device,
                       reads: tuple[str, ...] | None = None) -> Batchable:
-    """``data`` checked (rows agree, not empty, every name in ``reads`` present), narrowed to
-    ``reads`` (all inputs when None), its target prepared for the task, moved to ``device``."""
-    n = len(data)
-    if n == 0:
-        raise DataError(
-            f"the {name} split is empty", where=name, fix="add rows or change data.split"
-        )
-    names = list(data.inputs) if reads is None else sources(reads)
-    check_reads(names, data.inputs.keys())
-    rows = {k: len(v) if isinstance(v, Ragged) else int(v.shape[0]) for k, v in data.inputs.items()}
-    if any(r != n for r in rows.values()):
-        shapes = ", ".join(f"{k} ({r} rows)" for k, r in rows.items())
-        raise DataError(f"{shapes} and y {tuple(data.y.shape)} differ in rows", where=name)
-    y = get_task(task).prepare_y(data.y, dtype)
-    inputs = to_tensors(data.inputs, names, dtype=dtype, device=device)
-    return Batchable(inputs, y.to(device), data.pad_id)
+    """``data`` checked and ready for the loop (:meth:`Batchable.prepared`)."""
+    return data.prepared(task, dtype, name, device, reads)

@@ -358,10 +358,15 @@ def validate(
     model: nn.Module, data: Batchable, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], task: str,
     metrics: dict[str, Metric],
 ) -> Logs:
-    """``val_loss`` and ``val_<name>`` for each metric, in eval mode without autograd."""
+    """``val_loss`` and ``val_<name>`` for each metric, in eval mode without autograd (an
+    objective with its own ``validate``, such as DPO's over pairs, gives its logs instead)."""
+    own = getattr(loss_fn, "validate", None)
+    if callable(own):
+        logs: Logs = own(model, data)
+        return logs
     logits = predict_logits(model, data.inputs, pad_id=data.pad_id)
     with torch.no_grad():
-        logs: Logs = {"val_loss": float(loss_fn(logits, data.y))}
+        logs = {"val_loss": float(loss_fn(logits, data.y))}
     if metrics:
         y_true, y_pred = data.y.cpu().numpy(), logits_to_output(logits, task)
         for name, metric in metrics.items():

@@ -40,6 +40,10 @@ class Trained:
     """Train-split texts per text column cut to max_length."""
     rejected: dict[str, int] = field(default_factory=dict)
     """Train-split rows per text column left out of the loss for being too long (``truncate: reject``)."""
+    method: str = "sft"
+    """How it was trained (``train.method``; ``sft`` for every task but generation's DPO)."""
+    preference: dict[str, Any] = field(default_factory=dict)
+    """The DPO phase's pairs, beta, reference and last losses (empty without one)."""
 
 
 def resolve_task(cfg: FlywheelConfig, schema: Schema) -> str:
