@@ -60,6 +60,8 @@ class Evaluated:
     """How many of the gate rows are ``test`` and ``feedback_holdout``."""
     gate_metrics: dict[str, Any]
     """The challenger's metrics on the gate rows."""
+    pairs: pl.DataFrame | None = None
+    """Generation models: the held-out preference pairs the gate also scores both models on."""
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def train_stage(ctx: StageContext, *, resume: bool = False, progress: bool = Tru
 def evaluate_stage(ctx: StageContext, trained: Trained) -> Evaluated:
     """Choose the threshold on the validation split, score the test split and the gate rows."""
     from dataflywheel.evaluate.stage import choose_threshold, evaluate_split
+    from dataflywheel.feedback.completion_set import held_out_pairs
     from dataflywheel.feedback.trainingset import evaluation_rows
     from dataflywheel.registry.predictor import Predictor
 
@@ -121,15 +124,18 @@ def evaluate_stage(ctx: StageContext, trained: Trained) -> Evaluated:
             f"decision with them (add data or raise data.split.test)")
     evaluation = evaluate_split(predictor, test, target, ctx.cfg.evaluate)
     gate_rows, eval_rows = evaluation_rows(dataset, test)
-    gate_metrics = (evaluation.metrics if gate_rows is test
-                    else evaluate_split(predictor, gate_rows, target, ctx.cfg.evaluate).metrics)
+    pairs = held_out_pairs(dataset)
+    if pairs is not None:
+        eval_rows["preference_pairs"] = pairs.height
+    gate_metrics = (evaluation.metrics if gate_rows is test and pairs is None
+                    else evaluate_split(predictor, gate_rows, target, ctx.cfg.evaluate, pairs=pairs).metrics)
     for column, count in trained.truncated.items():
         log(f"text column {column!r}: {count} train text(s) truncated to max_length")
     for column, count in trained.rejected.items():
         log(f"text column {column!r}: {count} train row(s) longer than max_length left out of the loss "
             "(truncate: reject)")
     log(metrics_line(predictor.task, evaluation.metrics))
-    return Evaluated(bundle, predictor, test, evaluation, gate_rows, eval_rows, gate_metrics)
+    return Evaluated(bundle, predictor, test, evaluation, gate_rows, eval_rows, gate_metrics, pairs)
 
 
 def gate_stage(ctx: StageContext, evaluated: Evaluated) -> Gated:
@@ -143,7 +149,8 @@ def gate_stage(ctx: StageContext, evaluated: Evaluated) -> Gated:
     if champion_version is not None:
         champion = registry.load(ctx.project, champion_version, base_dir=ctx.cfg.base_dir).predictor
     verdict = compare_to_champion(ctx.cfg, evaluated.predictor.task, evaluated.gate_metrics, champion,
-                                  champion_version, evaluated.gate_rows, eval_rows=evaluated.eval_rows)
+                                  champion_version, evaluated.gate_rows, eval_rows=evaluated.eval_rows,
+                                  pairs=evaluated.pairs)
     return Gated(verdict, champion_version)
 
 

@@ -129,6 +129,24 @@ class AnswersConfig(Section):
     """New tokens per answer at most."""
 
 
+class JudgeConfig(Section):
+    """Generation models: who decides which of two answers is better (``win_rate``,
+    :mod:`dataflywheel.evaluate.judges`)."""
+
+    type: str = "reference"
+    """``reference`` (ROUGE-L against the reference decides) or ``llm`` (a language model, asked
+    in both orders)."""
+    url: str | None = None
+    """``llm``: an OpenAI-compatible base URL (``http://127.0.0.1:8000/v1``)."""
+    name: str | None = None
+    """``llm`` with ``url``: the ``model`` to name in the requests."""
+    model: str | None = None
+    """``llm``: a local causal LM folder (with a chat template) instead of an endpoint."""
+    api_key_env: str | None = None
+    """``llm`` with ``url``: the environment variable holding the bearer key."""
+    timeout_seconds: float = Field(60.0, gt=0)
+
+
 class EvaluateConfig(Section):
     """Evaluation and the promotion gate: a challenger replaces the champion only if it beats
     it on ``metric`` by ``min_improvement`` and regresses on no ``guard_metrics`` by more than
@@ -150,3 +168,5 @@ class EvaluateConfig(Section):
     """Share of new labelled feedback held out of retraining and added to the evaluation."""
     answers: AnswersConfig = AnswersConfig()
     """Generation models only: the answers scored on the test prompts."""
+    judge: JudgeConfig = JudgeConfig()
+    """Generation models only: the judge of the challenger's answers against the champion's."""

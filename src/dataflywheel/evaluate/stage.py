@@ -29,9 +29,11 @@ def true_values(predictor: Predictor, df: pl.DataFrame, target: str) -> np.ndarr
     return get_task(predictor.task).true_values(predictor.target, df.get_column(target))
 
 
-def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str, settings: Any = None) -> Evaluation:
+def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str, settings: Any = None, *,
+                   pairs: pl.DataFrame | None = None) -> Evaluation:
     """The metrics of ``predictor`` on ``df``: of its scores, plus the task's answer metrics
-    (:meth:`Task.answer_metrics`; ``settings`` is the ``evaluate`` section)."""
+    (:meth:`Task.answer_metrics`; ``settings`` is the ``evaluate`` section) and, given held-out
+    preference ``pairs``, its pair metrics (:meth:`Task.pair_metrics`)."""
     from dataflywheel.evaluate.metrics import evaluate_predictions
     from dataflywheel.tasks import get_task
 
@@ -40,7 +42,10 @@ def evaluate_split(predictor: Predictor, df: pl.DataFrame, target: str, settings
     metrics = evaluate_predictions(
         predictor.task, y, scores, class_names=predictor.class_names, threshold=predictor.threshold
     )
-    metrics |= get_task(predictor.task).answer_metrics(predictor, df, target, settings)
+    kind = get_task(predictor.task)
+    metrics |= kind.answer_metrics(predictor, df, target, settings)
+    if pairs is not None and pairs.height:
+        metrics |= kind.pair_metrics(predictor, pairs)
     return Evaluation(metrics, y, scores)
 
 
@@ -80,6 +85,7 @@ class Verdict:
 def compare_to_champion(
     cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Predictor | None,
     champion_version: int | None, test: pl.DataFrame, *, eval_rows: dict[str, int] | None = None,
+    pairs: pl.DataFrame | None = None,
 ) -> Verdict:
     """Score the champion on the rows the challenger was scored on (``test``) and apply the
     promotion gate (:mod:`dataflywheel.evaluate.gate`) to the two models' metrics."""
@@ -94,7 +100,7 @@ def compare_to_champion(
     if champion.task != task:
         return Verdict("promoted", metric, ours, None, champion_version,
                        [f"champion solves a different task ({champion.task}); replaced"], eval_rows=rows)
-    theirs = evaluate_split(champion, test, cfg.data.target, cfg.evaluate).metrics
+    theirs = evaluate_split(champion, test, cfg.data.target, cfg.evaluate, pairs=pairs).metrics
     result = gate(task, cfg.evaluate, challenger_metrics, theirs)
     checks = result.to_dict()["checks"]
     answers = {str(a["prompt"]): str(a["answer"]) for a in theirs.get("answer_samples") or []}

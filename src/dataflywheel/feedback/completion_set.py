@@ -229,6 +229,12 @@ def preference_pairs(dataset: DatasetVersion, split: str) -> pl.DataFrame:
     return extra_frame(dataset, PAIRS).filter(pl.col("split") == split).select("prompt", "chosen", "rejected")
 
 
+def held_out_pairs(dataset: DatasetVersion) -> pl.DataFrame | None:
+    """The pairs ``dataset`` holds out for the gate (None when it has none)."""
+    pairs = preference_pairs(dataset, "holdout")
+    return pairs if pairs.height else None
+
+
 def build_completion_version(cfg: FlywheelConfig, project: Project, parent: DatasetVersion, pending_ids: Any, *,
                              log: Callable[[str], None] = lambda _msg: None) -> TrainingSet | None:
     """The next version of a generation model's ``parent`` from the completion feedback

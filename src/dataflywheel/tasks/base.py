@@ -193,6 +193,11 @@ class Task(ABC):
         generated and compared with the references; ``settings`` is ``evaluate``). None here."""
         return {}
 
+    def pair_metrics(self, predictor: Any, pairs: pl.DataFrame) -> dict[str, Any]:
+        """Metrics on held-out preference pairs (columns prompt, chosen, rejected; generation:
+        ``preference_accuracy``). None here."""
+        return {}
+
     def next_version(self, cfg: Any, project: Any, parent: Any, log: Any) -> Any:
         """The next dataset version of ``parent`` from the feedback it does not hold yet, a
         :class:`~dataflywheel.feedback.trainingset.TrainingSet` (None without new feedback):

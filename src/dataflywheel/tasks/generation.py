@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 class GenerationTask(Task):
     name = "generation"
     loss = "sft"
-    metrics: ClassVar[dict[str, bool]] = {"perplexity": False, "loss": False, "rouge_l": True, "exact_match": True}
+    metrics: ClassVar[dict[str, bool]] = {"perplexity": False, "loss": False, "rouge_l": True, "exact_match": True,
+                                          "preference_accuracy": True, "win_rate": True}
     unbounded = frozenset({"perplexity", "loss"})
     guards = ("rouge_l",)
     headline = ("loss", "perplexity", "rouge_l", "exact_match")
@@ -160,6 +161,25 @@ class GenerationTask(Task):
                 "answers_left_out": left_out,
                 "answer_samples": [{"prompt": p, "reference": r, "answer": a}
                                    for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
+
+    def pair_metrics(self, predictor: Any, pairs: pl.DataFrame) -> dict[str, Any]:
+        """``preference_accuracy``: the share of held-out pairs whose chosen answer the model
+        gives a higher log-probability than the rejected one (both whole answers given the
+        prompt, as DPO compares them), over ``preference_pairs`` pairs (those with a side too
+        long to keep a completion token left out)."""
+        from dataflywheel.train.methods import labelled_tokens
+        from dataflywheel.train.preference import encode_pairs, sequence_logps
+
+        if pairs.height == 0:
+            return {}
+        pre = predictor.preprocessor
+        data = encode_pairs(pre, pairs, next(iter(pre.text_encoders)), predictor.bundle.target_column)
+        logps = sequence_logps(predictor.model, data)
+        keep = (labelled_tokens(data) > 0).all(dim=1)
+        if not bool(keep.any()):
+            return {"preference_pairs": 0}
+        better = (logps[keep, 0] > logps[keep, 1]).double()
+        return {"preference_accuracy": float(better.mean()), "preference_pairs": int(keep.sum())}
 
     # -- feedback -----------------------------------------------------------------------------
 
