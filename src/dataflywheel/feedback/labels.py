@@ -25,6 +25,7 @@ from dataflywheel.feedback.completion_feedback import (
     COMPLETION_KINDS,
     feedback_kind,
     is_completion,
+    lazy_text_redactor,
     redact_text,
 )
 from dataflywheel.store.metadata import ModelVersionRow
@@ -95,13 +96,14 @@ class FeedbackChecker:
     A plain ``value`` is a label (:func:`check_label`: stored as ``{"label": ...}``); a dict of
     fields is any kind (:func:`check_feedback`: the stored value itself). ``redactor`` (a
     :class:`~dataflywheel.privacy.Redactor`, or a function giving the one to use now, e.g. the
-    served model's) redacts the free text of corrections and comments; None stores it as given.
+    served model's) redacts the free text of corrections and comments; None: the default PII
+    kinds (so free text is never stored raw unless a function returning None says so).
     """
 
     def __init__(self, metadata: MetadataStore | None = None,
                  redactor: Redactor | Callable[[], Redactor | None] | None = None) -> None:
         self.metadata = metadata
-        self.redactor = redactor
+        self.redactor = redactor if redactor is not None else lazy_text_redactor(None)
         self.tasks: dict[int, str] = {}
 
     def task_of(self, version: int | None, session: Session | None = None) -> Task | None:
