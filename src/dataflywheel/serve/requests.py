@@ -75,6 +75,7 @@ def validate_records(model: type[BaseModel], records: list[Any], single: bool) -
 
 
 _FEEDBACK = TypeAdapter(FeedbackIn)
+_NOT_LABEL = frozenset(FIELDS) - {"label"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,11 @@ def parse_feedback(body: bytes) -> Feedback:
     if fb.completion_id is not None and fb.completion_id != pid:
         raise BadRequest(422, [{"loc": ["body", "completion_id"], "type": "value_error",
                                 "msg": "completion_id and prediction_id name one id space; send one of them"}])
+    # a plain label (the classifier's hot path) is handed on as it always was, without a dict of fields
+    if fb.label is not None and fb.model_fields_set.isdisjoint(_NOT_LABEL):
+        return Feedback(pid, "label", fb.label, fb.idempotency_key)
     fields = {f: v for f in FIELDS if (v := getattr(fb, f)) is not None}
-    if fields.keys() == {"label"}:  # a plain label, as the classifier's hot path has always stored it
+    if fields.keys() == {"label"}:
         return Feedback(pid, "label", fb.label, fb.idempotency_key)
     try:
         kind = feedback_kind(fields)
