@@ -76,6 +76,16 @@ def test_serve_answers_as_the_bundle_generates_logs_and_hot_swaps(project: Path)
         server = app.state.server
         row = server.writer.prediction(r.id)
         assert row is not None and row.model_version == 1
+        # feedback on it, checked by the version's task (generation), redacted by the bundle's privacy
+        import httpx
+
+        fb = httpx.post(url + "/v1/feedback", json={"completion_id": r.id, "thumbs": "down",
+                                                    "comment": "wrong; mail me at jo@example.com"})
+        assert fb.status_code == 201 and fb.json()["kind"] == "thumbs", fb.text
+        assert [f.value for f in server.writer.feedback_for(r.id)] == [
+            {"thumbs": "down", "choice_index": 0, "comment": "wrong; mail me at [email]"}]
+        label = httpx.post(url + "/v1/feedback", json={"prediction_id": r.id, "label": "good"})
+        assert label.status_code == 422 and "use correction" in label.json()["detail"]
         assert client.chat.completions.create(model="champion", max_tokens=2,
                                               messages=[{"role": "user", "content": "hi"}]).choices
 
@@ -113,3 +123,7 @@ def test_the_access_matrix_guards_the_completion_routes(project: Path, monkeypat
         r = client.chat.completions.create(model="assistant", max_tokens=2,
                                            messages=[{"role": "user", "content": "hi"}])
         assert r.choices  # predictions are open unless serve.auth.predict: token
+        feedback = {"completion_id": r.id, "rating": 5}
+        assert httpx.post(url + "/v1/feedback", json=feedback).status_code == 401  # writes always need it
+        assert httpx.post(url + "/v1/feedback", json=feedback, headers={"authorization": "Bearer s3cret"}
+                          ).status_code == 201

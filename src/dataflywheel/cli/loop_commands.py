@@ -135,15 +135,17 @@ def _value(value: Any) -> str:
 
 @feedback_app.command("import")
 def feedback_import(
-    file: Annotated[Path, typer.Argument(help="CSV/TSV/JSONL/JSON/Parquet: prediction_id,label or features + label.")],
+    file: Annotated[Path, typer.Argument(help="CSV/TSV/JSONL/JSON/Parquet: prediction_id,label or features + label; "
+                                               "completion_id with thumbs, rating, correction, choice, choice_index, "
+                                               "comment.")],
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Load offline labels keyed by prediction id or by the record itself (all rows or none)."""
+    """Load offline feedback by prediction (or completion) id, or labels by the record itself (all rows or none)."""
     from dataflywheel.feedback.importer import import_feedback
 
-    _cfg, project = _project(config)
+    cfg, project = _project(config)
     try:
-        result = import_feedback(project, file)
+        result = import_feedback(project, file, privacy=cfg.privacy)
     finally:
         project.close()
     console().print(f"{file}: {result.rows} rows matched by {result.matched_by}: {result.created} feedback rows "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Text, bindparam, insert, select
@@ -21,7 +22,10 @@ from dataflywheel.workers import Done
 
 Check = Callable[[Any, Any], Any]
 """``check(prediction, value)``: the stored value, or raise a FlywheelError; ``prediction`` has
-the logged row's ``id``, ``model_version`` and ``output``."""
+the logged row's ``id``, ``model_version`` and ``output`` (and its ``input`` when ``value`` is a
+dict of fields: feedback on a completion reads the request's ``n`` there). A dict it returns
+(or a dict ``value`` without a check) is the row's value as it is; anything else (a label) is
+stored as ``{kind: value}``."""
 
 _PREDICTIONS = Base.metadata.tables[PredictionRow.__tablename__]
 _FEEDBACK = Base.metadata.tables[FeedbackRow.__tablename__]
@@ -108,9 +112,13 @@ def record_feedback(conn: Connection, run: list[FeedbackRequest]) -> list[tuple[
         q = select(_F.id, _F.prediction_id, _F.kind, _F.value, _F.idempotency_key).where(
             _F.idempotency_key.in_(list(keys)))
         seen = {r.idempotency_key: (r.id, r.prediction_id, r.kind, r.value) for r in conn.execute(q)}
-    q = select(_P.id, _P.model_version, _P.output).where(_P.id.in_(list({f.prediction_id for f in run})))
+    columns = [_P.id, _P.model_version, _P.output]
+    if any(isinstance(f.value, dict) for f in run):  # fields, not a plain label: the check may read the input
+        columns.append(_P.input)
+    q = select(*columns).where(_P.id.in_(list({f.prediction_id for f in run})))
     predictions = {r.id: r for r in conn.execute(q)}
     now = utcnow()
+    tick = timedelta(microseconds=1)
     outcomes: list[tuple[bool, Any]] = []
     rows: list[dict[str, Any]] = []
     for f in run:
@@ -121,9 +129,10 @@ def record_feedback(conn: Connection, run: list[FeedbackRequest]) -> list[tuple[
                 raise _conflict(f.key, f"feedback on prediction {first[1]!r}")
             if prediction is None:
                 raise NotFoundError(f"no prediction {f.prediction_id!r}", where="prediction_id",
-                                    fix="send the prediction_id returned by /v1/predict")
+                                    fix="send the prediction_id returned by /v1/predict, or a completion's "
+                                        "response id")
             stored = f.check(prediction, f.value) if f.check is not None else f.value
-            value = {f.kind: stored}
+            value = stored if isinstance(stored, dict) else {f.kind: stored}
             if first is not None:
                 if not same_value(first[3], value):
                     raise _conflict(f.key, f"{f.kind} {(first[3] or {}).get(f.kind)!r}")
@@ -133,8 +142,9 @@ def record_feedback(conn: Connection, run: list[FeedbackRequest]) -> list[tuple[
             outcomes.append((False, exc))
             continue
         row_id = new_id()
-        rows.append({"id": row_id, "prediction_id": f.prediction_id, "created_at": now, "kind": f.kind,
-                     "value_json": to_json(value), "idempotency_key": f.key})
+        # one commit's rows a microsecond apart, in the order they came: the latest request is the newest row
+        rows.append({"id": row_id, "prediction_id": f.prediction_id, "created_at": now + len(rows) * tick,
+                     "kind": f.kind, "value_json": to_json(value), "idempotency_key": f.key})
         if f.key is not None:
             seen[f.key] = (row_id, f.prediction_id, f.kind, value)
         outcomes.append((True, FeedbackResult(row_id, created=True)))

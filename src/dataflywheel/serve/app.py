@@ -9,9 +9,11 @@ Endpoints (JSON in and out, rendered with orjson):
   answers only after the prediction rows are committed by the group-commit writer; ``async``
   answers at once, and a crash (or kill -9) can then lose the rows not yet committed: those
   queued plus the group being written, in practice the last few milliseconds of traffic.
-- ``POST /v1/feedback``: ``{prediction_id, label, idempotency_key?}`` -> 201 ``{feedback_id}``
-  once committed (200 with the same id when the key was seen before); 404 unknown prediction,
-  422 label outside the predicting model's classes, 409 key reused for another prediction or label.
+- ``POST /v1/feedback``: ``{prediction_id, label, comment?, idempotency_key?}`` -> 201
+  ``{feedback_id, prediction_id, kind, created}`` once committed (200 with the same id when the
+  key was seen before); 404 unknown prediction, 422 label outside the predicting model's classes,
+  409 key reused for another prediction or label (``serve.feedback``, shared with the generation
+  server).
 - ``POST /v1/explain``: attributions for one record or a list (``serve.explain``).
 - ``POST /v1/admin/reload``: check the alias now and swap if it moved (see ``serve.swap``).
 - ``GET /v1/health`` (the process is up), ``GET /v1/ready`` (model loaded and workers running,
@@ -59,15 +61,14 @@ from dataflywheel.serve.auth import Access, AccessMatrix, AuthMiddleware, Bearer
 from dataflywheel.serve.docs import add_docs_routes
 from dataflywheel.serve.engine import Engine
 from dataflywheel.serve.explain import add_explain_route
+from dataflywheel.serve.feedback import add_feedback_route, feedback_handler
 from dataflywheel.serve.hotpath import Answer, HotPathMiddleware, error_answer
 from dataflywheel.serve.limits import BodyLimitMiddleware
 from dataflywheel.serve.metrics import MetricsMiddleware
-from dataflywheel.serve.openapi import document_access, errors, json_body, records_body
-from dataflywheel.serve.requests import MAX_ERRORS, BadRequest, LabelError, check_label, parse_feedback
-from dataflywheel.serve.schemas import FeedbackIn
+from dataflywheel.serve.openapi import document_access, errors, records_body
+from dataflywheel.serve.requests import MAX_ERRORS, BadRequest, LabelError, check_label
 from dataflywheel.serve.server import Server, ServeSettings
 from dataflywheel.serve.worker import RetrainProcess
-from dataflywheel.workers import on_loop
 
 __all__ = ["LabelError", "OrjsonResponse", "ServeSettings", "Server", "check_label", "config_path", "create_app"]
 JSON_TYPE = "application/json"
@@ -173,12 +174,7 @@ def create_app(
     async def predict_answer(body: bytes, _headers: Mapping[str, str]) -> Answer:
         return 200, await pipeline.answer_json(body)
 
-    async def feedback_answer(body: bytes, _headers: Mapping[str, str]) -> Answer:
-        fb = parse_feedback(body)
-        result = await on_loop(lambda done: server.writer.submit_feedback(
-            fb.prediction_id, fb.label, done, idempotency_key=fb.idempotency_key, check=server.labels))
-        answer = {"feedback_id": result.id, "prediction_id": fb.prediction_id, "created": result.created}
-        return 201 if result.created else 200, orjson.dumps(answer)
+    feedback_answer = feedback_handler(server.writer, server.labels)
 
     @app.post("/v1/predict", openapi_extra=records_body(server.model.record_model),
               responses=errors(400, 413, 422, 503))
@@ -186,13 +182,7 @@ def create_app(
         status, content = await predict_answer(await request.body(), request.headers)
         return Response(content, status_code=status, media_type=JSON_TYPE)
 
-    @app.post("/v1/feedback", status_code=201, openapi_extra=json_body(FeedbackIn.model_json_schema()),
-              responses={200: {"description": "already recorded (same idempotency key, same feedback)"},
-                         **errors(404, 409, 413, 422, 503, _409="idempotency key already used for other feedback",
-                                  _422="invalid body, or a label the predicting model cannot give")})
-    async def feedback(request: Request) -> Response:
-        status, content = await feedback_answer(await request.body(), request.headers)
-        return Response(content, status_code=status, media_type=JSON_TYPE)
+    add_feedback_route(app, feedback_answer)
 
     @app.post("/v1/admin/reload", responses=errors(409, 503, _409="serving a fixed version: nothing to reload",
                                                    _503="the new version failed to load; the old one serves on"))

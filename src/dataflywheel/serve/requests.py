@@ -6,17 +6,19 @@ feedback labels. Each failure is a :class:`BadRequest` (status + JSON detail) or
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from dataflywheel.errors import LabelError
+from dataflywheel.feedback.completion_feedback import FIELDS, ONE_OF, KindError, feedback_kind
 from dataflywheel.feedback.labels import check_label
 from dataflywheel.serve.schemas import FeedbackIn
 
-__all__ = ["MAX_ERRORS", "BadRequest", "LabelError", "check_label", "logged_output", "parse_feedback", "parse_json",
-           "split_records"]
+__all__ = ["MAX_ERRORS", "BadRequest", "Feedback", "LabelError", "check_label", "logged_output", "parse_feedback",
+           "parse_json", "split_records"]
 
 MAX_ERRORS = 20
 """Most validation errors listed in one 422 answer."""
@@ -73,16 +75,51 @@ def validate_records(model: type[BaseModel], records: list[Any], single: bool) -
 
 
 _FEEDBACK = TypeAdapter(FeedbackIn)
+_NOT_LABEL = frozenset(FIELDS) - {"label"}
 
 
-def parse_feedback(body: bytes) -> FeedbackIn:
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A parsed feedback request: what the log writer is given."""
+
+    prediction_id: str
+    kind: str
+    """``label``, or a completion kind (:data:`~dataflywheel.feedback.completion_feedback.KINDS`)."""
+    value: Any
+    """A plain label (the classifier's hot path: stored as ``{"label": value}``), or the dict
+    of the request's feedback fields, which the writer's check turns into the stored value."""
+    idempotency_key: str | None
+
+
+def parse_feedback(body: bytes) -> Feedback:
     """A feedback body validated straight from its JSON bytes (422 listing ``{loc, msg, type}``
-    with ``loc`` starting at ``"body"``, as FastAPI would)."""
+    with ``loc`` starting at ``"body"``, as FastAPI would): one id (``prediction_id`` or
+    ``completion_id``, the same when both are sent) and exactly one kind of feedback."""
     try:
-        return _FEEDBACK.validate_json(body)
+        fb = _FEEDBACK.validate_json(body)
     except ValidationError as exc:
         errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise BadRequest(422, errors[:MAX_ERRORS]) from None
+    pid = fb.prediction_id or fb.completion_id
+    if pid is None:
+        raise BadRequest(422, [{"loc": ["body", "prediction_id"], "type": "missing",
+                                "msg": "Field required: send prediction_id (or completion_id, the same id space)"}])
+    if fb.completion_id is not None and fb.completion_id != pid:
+        raise BadRequest(422, [{"loc": ["body", "completion_id"], "type": "value_error",
+                                "msg": "completion_id and prediction_id name one id space; send one of them"}])
+    # a plain label (the classifier's hot path) is handed on as it always was, without a dict of fields
+    if fb.label is not None and fb.model_fields_set.isdisjoint(_NOT_LABEL):
+        return Feedback(pid, "label", fb.label, fb.idempotency_key)
+    fields = {f: v for f in FIELDS if (v := getattr(fb, f)) is not None}
+    if fields.keys() == {"label"}:
+        return Feedback(pid, "label", fb.label, fb.idempotency_key)
+    try:
+        kind = feedback_kind(fields)
+    except KindError as exc:
+        msg = ("Field required: " if exc.missing else "Only one kind per request: ") + ONE_OF
+        raise BadRequest(422, [{"loc": ["body", name], "msg": msg, "type": "missing" if exc.missing else "value_error"}
+                               for name in exc.names]) from None
+    return Feedback(pid, kind, fields, fb.idempotency_key)
 
 
 class BadRequest(Exception):

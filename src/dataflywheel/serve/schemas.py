@@ -106,11 +106,37 @@ def served_columns(predictor: Any) -> list[str]:
     return [c.name for c in predictor.schema.features]
 
 
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+FreeText = Annotated[str, Field(strict=True, max_length=100_000), AfterValidator(_check_unicode)]
+Index = Annotated[int, Field(strict=True)]
+Label = Annotated[str, Field(strict=True, max_length=10_000)] | Annotated[int, Field(strict=True)] | Number
+
+
 class FeedbackIn(BaseModel):
-    """POST /v1/feedback: the true label (or value) of a logged prediction."""
+    """POST /v1/feedback: feedback on a logged prediction or completion, one kind per request.
+
+    A classifier's (or regression model's) prediction takes its true ``label``; a completion
+    takes ``thumbs``, ``rating``, ``correction``, ``choice`` or ``comment`` (see
+    :mod:`dataflywheel.feedback.completion_feedback`: ranges and defaults are checked there,
+    against the logged response)."""
 
     model_config = ConfigDict(extra="forbid")
-    prediction_id: str = Field(min_length=1, max_length=64)
-    label: Annotated[str, Field(strict=True, max_length=10_000)] | Annotated[int, Field(strict=True)] | Number
+    prediction_id: Id | None = None
+    """The ``prediction_id`` of /v1/predict, or a completion's response ``id``."""
+    completion_id: Id | None = None
+    """A completion's response ``id`` (the same id space as ``prediction_id``: send either)."""
+    label: Label | None = None
     """A class name (an integer is read as its string, ``1`` -> ``"1"``) or, for regression, a number."""
+    thumbs: Annotated[str, Field(strict=True, max_length=10)] | None = None
+    """``up`` or ``down``."""
+    rating: Index | None = None
+    """1 to 5."""
+    correction: FreeText | None = None
+    """The answer as it should have been (the user's edit); PII-redacted before it is stored."""
+    choice: Index | None = None
+    """The index, in the response's ``choices``, of the preferred one (a response with ``n`` >= 2)."""
+    choice_index: Index | None = None
+    """Which choice the thumbs, rating, correction or comment is about (default 0 when ``n`` is 1)."""
+    comment: FreeText | None = None
+    """Free text, alone or beside another kind; PII-redacted before it is stored."""
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)

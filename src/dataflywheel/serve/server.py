@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from dataflywheel.config import AuthConfig, Backend, FlywheelConfig, ServeConfig
-from dataflywheel.feedback.labels import LabelChecker
+from dataflywheel.feedback.completion_feedback import lazy_text_redactor
+from dataflywheel.feedback.labels import FeedbackChecker
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.serve.engine import Engine, MicroBatchEngine
 from dataflywheel.serve.metrics import ServeMetrics
@@ -78,8 +79,9 @@ class Server:
             max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
             on_batch=self.metrics.batch_size.observe, on_truncated=self.metrics.truncated_texts.inc)
         self.writer = LogWriter(self.project.metadata, max_group=settings.max_commit_group)
-        self.labels = LabelChecker(self.project.metadata)
-        """Checks feedback labels by the task of the version that made the prediction."""
+        self.labels = FeedbackChecker(self.project.metadata, redactor=lazy_text_redactor(cfg.privacy))
+        """Checks feedback by the task of the version that made the prediction (a comment's text
+        redacted by the project's ``privacy`` settings)."""
         self.pipeline = PredictPipeline(model, self.engine, self.writer, log_mode=settings.log_mode,
                                         max_records=settings.max_records, metrics=self.metrics)
         self.watcher: AliasWatcher[ServedModel] | None = None

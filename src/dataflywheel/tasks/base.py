@@ -247,6 +247,18 @@ class Task(ABC):
         answer had none); a :class:`~dataflywheel.errors.LabelError` naming ``label`` when the
         model cannot have produced it."""
 
+    def check_feedback(self, kind: str, value: Mapping[str, Any], prediction: Any, *,
+                       redactor: Any = None) -> dict[str, Any]:
+        """Feedback of ``kind`` on ``prediction`` (the logged row: ``output``, and ``input``)
+        given as fields (``value``: ``label``, ``thumbs``, ``choice_index``, ``comment``, ...),
+        as the feedback row stores it, its free text PII-redacted by ``redactor``; a
+        :class:`~dataflywheel.errors.LabelError` naming the field otherwise (see
+        :mod:`dataflywheel.feedback.completion_feedback`). Default: ``label`` (checked by
+        :meth:`check_label`) or ``comment``, the feedback on an answer to a record."""
+        from dataflywheel.feedback.labels import check_answer_feedback
+
+        return check_answer_feedback(self, kind, value, prediction, redactor)
+
     def live_score(self, predicted: Any, label: Any) -> float:
         """One logged prediction against its label, in :attr:`live_metric`."""
         return float(str(predicted) == str(label))

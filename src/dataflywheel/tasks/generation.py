@@ -22,12 +22,13 @@ row counts they were computed on.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
 
-from dataflywheel.errors import LabelError, ModelError, SchemaError
+from dataflywheel.errors import ModelError, SchemaError
 from dataflywheel.tasks.base import Decoded, Task
 
 if TYPE_CHECKING:
@@ -193,4 +194,14 @@ class GenerationTask(Task):
                                         log=log)
 
     def check_label(self, label: Any, classes: list[str] | None) -> Any:
-        raise LabelError("feedback on generated answers is not built yet", where="label")
+        from dataflywheel.feedback.completion_feedback import no_label
+
+        raise no_label()
+
+    def check_feedback(self, kind: str, value: Mapping[str, Any], prediction: Any, *,
+                       redactor: Any = None) -> dict[str, Any]:
+        """Thumbs, a rating, a correction, a choice between the response's choices or a comment
+        (:func:`~dataflywheel.feedback.completion_feedback.check_completion_feedback`)."""
+        from dataflywheel.feedback.completion_feedback import check_completion_feedback
+
+        return check_completion_feedback(kind, value, prediction, redactor)

@@ -47,13 +47,14 @@ def get_task(name: str) -> Task:
                           fix=f"use one of {', '.join(available_tasks())}") from None
 
 
-def task_for_answers(*, has_classes: bool) -> Task:
-    """The first registered task whose answers have classes (or not): how a logged answer that
-    does not name its model's task is read."""
+def task_for_answers(*, has_classes: bool, serving: str = "records") -> Task:
+    """The first registered task whose answers have classes (or not), served by ``serving``
+    (``records``, or ``generation`` for a logged completion): how a logged answer that does not
+    name its model's task is read."""
     for task in _TASKS.values():
-        if task.has_classes == has_classes:
+        if task.has_classes == has_classes and task.serving == serving:
             return task
-    raise ConfigError(f"no registered task {'with' if has_classes else 'without'} classes")
+    raise ConfigError(f"no registered {serving} task {'with' if has_classes else 'without'} classes")
 
 
 def infer_task_name(column_type: str) -> str | None:

@@ -17,7 +17,10 @@ from typing import Any
 
 from dataflywheel.config import FlywheelConfig
 from dataflywheel.config.serving import GenerationServeConfig
+from dataflywheel.feedback.completion_feedback import lazy_text_redactor
+from dataflywheel.feedback.labels import FeedbackChecker
 from dataflywheel.feedback.log import LogWriter
+from dataflywheel.privacy import Redactor
 from dataflywheel.serve.llm.completions import Completions, Serving
 from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine
 from dataflywheel.serve.llm.generator import ServedGenerator, generator_from_predictor
@@ -41,6 +44,10 @@ class GenerationServer:
             raise
         self.writer = LogWriter(self.project.metadata)
         self.completions = Completions(first, self._engine(first), self.writer, log_mode=log_mode)
+        self.feedback = FeedbackChecker(self.project.metadata, redactor=self._feedback_redactor)
+        """Checks feedback by the task of the version that made the completion; its free text is
+        redacted as the served model redacts prompts."""
+        self._project_redactor = lazy_text_redactor(cfg.privacy)
         self.watcher: AliasWatcher[Serving] | None = None
         if not re.fullmatch(r"v?\d+", alias):
             self.watcher = AliasWatcher(self._alias_version, self._load_serving, self._install,
@@ -57,6 +64,10 @@ class GenerationServer:
         s = self.settings
         return generator_from_predictor(loaded.predictor, name=self.cfg.project, max_tokens=s.max_tokens,
                                         default_max_tokens=s.default_max_tokens, aliases=(self.alias,))
+
+    def _feedback_redactor(self) -> Redactor | None:
+        """The served model's redactor; when it redacts no prompt, the project's ``privacy``."""
+        return self.completions.generator.redactor or self._project_redactor()
 
     def _engine(self, generator: ServedGenerator) -> ContinuousBatchEngine:
         return ContinuousBatchEngine(generator.model, generator.eos_ids, CacheSettings.from_config(self.settings))
