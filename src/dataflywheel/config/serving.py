@@ -16,14 +16,15 @@ ONNX_BACKENDS: tuple[Backend, ...] = ("onnx", "onnx-int8")
 
 
 CompletionKind = Literal["thumbs", "rating", "correction", "choice"]
-COMPLETION_KINDS: tuple[CompletionKind, ...] = ("thumbs", "rating", "correction", "choice")
+TRAINED_COMPLETION_KINDS: tuple[CompletionKind, ...] = ("thumbs", "rating", "correction", "choice")
+"""The kinds of feedback on completions a generation model learns from (a ``comment`` teaches nothing)."""
 
 
 class CompletionFeedbackConfig(Section):
     """Generation models: which feedback on completions the next dataset version learns from
     (:mod:`dataflywheel.feedback.completion_set`)."""
 
-    kinds: list[CompletionKind] = Field(default_factory=lambda: list(COMPLETION_KINDS))
+    kinds: list[CompletionKind] = Field(default_factory=lambda: list(TRAINED_COMPLETION_KINDS))
     """Kinds used; rows of other kinds stay pending (a later config may use them)."""
     min_rating: int = Field(4, ge=1, le=5)
     """A rating from this up accepts the answer (an SFT row and a good label)."""

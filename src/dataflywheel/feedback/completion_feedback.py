@@ -204,10 +204,11 @@ def lazy_text_redactor(privacy: PrivacyConfig | None) -> Callable[[], Redactor |
 
 # -- latest wins -------------------------------------------------------------------------------------
 
-def feedback_target(row: FeedbackRow, n: int | None = None) -> int | None:
+def feedback_target(row: Any, n: int | None = None) -> int | None:
     """What a row is about within its completion: its ``choice_index``; for a ``choice`` row, the
     group of choices it chose among (the prompt: ``choice // n``; 0 when ``n`` is unknown, as for
-    every chat completion); None for a row about no choice (a classifier's label)."""
+    every chat completion); None for a row about no choice (a classifier's label). ``row`` is
+    anything with a ``kind`` and a ``value`` (a :class:`FeedbackRow`)."""
     value = row.value or {}
     if row.kind == "choice":
         choice = value.get("choice")

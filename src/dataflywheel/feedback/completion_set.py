@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from sqlalchemy import select
 
-from dataflywheel.config.serving import COMPLETION_KINDS as config_kinds
+from dataflywheel.config.serving import TRAINED_COMPLETION_KINDS
 from dataflywheel.data.chat import split_conversation
 from dataflywheel.data.dataset import SPLITS, DatasetVersion, NewVersion, data_config_hash, version_id, write_version
+from dataflywheel.feedback.completion_feedback import choices_per_prompt, feedback_target
 from dataflywheel.feedback.log import FeedbackRow, PredictionRow
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
     from dataflywheel.feedback.trainingset import TrainingSet
     from dataflywheel.store import Project
 
-COMPLETION_KINDS = config_kinds
-"""Feedback kinds on completions that a next version can train on (``comment`` is not one)."""
 PAIRS, LABELS = "pairs", "labels"
 PAIR_COLUMNS = {"prompt": pl.String, "chosen": pl.String, "rejected": pl.String, "split": pl.String,
                 "feedback_id": pl.String, "kind": pl.String}
@@ -94,10 +93,9 @@ class Products:
 
 
 def choice_key(row: Pending) -> tuple[str, str, int | None]:
-    """What a newer row replaces: the same completion, kind and choice (a ``choice`` row is
-    about the whole response)."""
-    index = None if row.kind == "choice" else int(row.value.get("choice_index", 0))
-    return row.prediction_id, row.kind, index
+    """What a newer row replaces: the same completion, kind and choice (a ``choice`` row: the
+    same prompt's choices), as :func:`~dataflywheel.feedback.completion_feedback.feedback_target` reads it."""
+    return row.prediction_id, row.kind, feedback_target(row, choices_per_prompt(row))
 
 
 def latest_rows(rows: list[Pending]) -> tuple[list[Pending], list[str]]:
@@ -197,7 +195,7 @@ def pending_completion_feedback(project: Project, pending_ids: Any) -> list[Pend
     q = (select(FeedbackRow.id, FeedbackRow.prediction_id, FeedbackRow.kind, FeedbackRow.value,
                 PredictionRow.input, PredictionRow.output)
          .join(PredictionRow, PredictionRow.id == FeedbackRow.prediction_id)
-         .where(FeedbackRow.id.in_(pending_ids), FeedbackRow.kind.in_(COMPLETION_KINDS))
+         .where(FeedbackRow.id.in_(pending_ids), FeedbackRow.kind.in_(TRAINED_COMPLETION_KINDS))
          .order_by(FeedbackRow.created_at, FeedbackRow.id))
     with project.metadata.transaction() as s:
         return [Pending(r[0], r[1], r[2], feedback_value(r[2], r[3]), dict(r[4] or {}), dict(r[5] or {}))

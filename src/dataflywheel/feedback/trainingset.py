@@ -37,6 +37,7 @@ import polars as pl
 from sqlalchemy import CompoundSelect, Select, delete, func, or_, select
 
 from dataflywheel.config import FlywheelConfig
+from dataflywheel.config.serving import TRAINED_COMPLETION_KINDS
 from dataflywheel.data.dataset import (
     SPLITS,
     DatasetVersion,
@@ -67,7 +68,7 @@ HELD_ROLES = (*USED_ROLES, "dropped")
 """Roles of rows a version holds: used, or dropped because their content is there already (a
 duplicate) or a newer label of the same prediction is (superseded)."""
 _ID = "\0feedback_id"
-TRAINABLE_KINDS = ("label", "thumbs", "rating", "correction", "choice")
+TRAINABLE_KINDS = ("label", *TRAINED_COMPLETION_KINDS)
 """Feedback kinds a next version can train on: a classifier's labels, feedback on completions
 (:mod:`~dataflywheel.feedback.completion_set`); a lone ``comment`` trains nothing."""
 

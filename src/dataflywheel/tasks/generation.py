@@ -187,10 +187,11 @@ class GenerationTask(Task):
     def next_version(self, cfg: Any, project: Any, parent: Any, log: Any) -> Any:
         """Feedback on completions as SFT rows, preference pairs and good/bad labels
         (:mod:`~dataflywheel.feedback.completion_set`)."""
-        from dataflywheel.feedback.completion_set import COMPLETION_KINDS, build_completion_version
+        from dataflywheel.config.serving import TRAINED_COMPLETION_KINDS
+        from dataflywheel.feedback.completion_set import build_completion_version
         from dataflywheel.feedback.trainingset import pending_ids
 
-        return build_completion_version(cfg, project, parent, pending_ids(project, parent.id, COMPLETION_KINDS),
+        return build_completion_version(cfg, project, parent, pending_ids(project, parent.id, TRAINED_COMPLETION_KINDS),
                                         log=log)
 
     def check_label(self, label: Any, classes: list[str] | None) -> Any:
