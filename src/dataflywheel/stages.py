@@ -150,7 +150,7 @@ def gate_stage(ctx: StageContext, evaluated: Evaluated) -> Gated:
         champion = registry.load(ctx.project, champion_version, base_dir=ctx.cfg.base_dir).predictor
     verdict = compare_to_champion(ctx.cfg, evaluated.predictor.task, evaluated.gate_metrics, champion,
                                   champion_version, evaluated.gate_rows, eval_rows=evaluated.eval_rows,
-                                  pairs=evaluated.pairs)
+                                  pairs=evaluated.pairs, challenger=evaluated.predictor)
     return Gated(verdict, champion_version)
 
 
@@ -182,6 +182,7 @@ def register_stage(ctx: StageContext, trained: Trained, evaluated: Evaluated, ga
             lineage={**lineage, "verdict": verdict.decision, "verdict reasons": "; ".join(verdict.reasons)},
             sections=[explanations_section(predictor, evaluated.test)],
             champion_answers=verdict.champion_answers, champion_version=verdict.champion_version,
+            differences=verdict.differences,
         )
 
     record = RunRecord(run_key=ctx.run_key, dataset_id=dataset.id, config=cfg.model_dump(mode="json"),

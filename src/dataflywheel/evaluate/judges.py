@@ -90,13 +90,12 @@ Which answer is better? Reply A or B."""
 
 
 def verdict(text: str) -> str | None:
-    """``A`` or ``B`` from a judge's reply (its first letter that is one), else None."""
-    for ch in text.strip().upper():
-        if ch in "AB":
-            return ch
-        if ch.isalpha():
-            return None
-    return None
+    """``A`` or ``B`` from a judge's reply: its first standalone letter A or B (``B.``,
+    ``Answer: B``), else None."""
+    import re
+
+    found = re.search(r"\b([AB])\b", text) or re.search(r"\b([ab])\b", text.strip()[:2])
+    return found.group(1).upper() if found else None
 
 
 class LLMJudge:

@@ -131,6 +131,7 @@ def render_report(
     sections: Sequence[tuple[str, str]] = (),
     champion_answers: dict[str, str] | None = None,
     champion_version: int | None = None,
+    differences: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write the HTML report to ``path`` atomically and return ``path``.
 
@@ -141,7 +142,8 @@ def render_report(
     drawn. ``history`` is one dict per epoch (loss, val_loss, val_<metric>, optional epoch).
     ``sections`` are extra (heading, trusted HTML) blocks appended at the end.
     ``champion_answers`` (prompt -> answer, a generation champion's on the same prompts) add the
-    champion's column to the sample answers.
+    champion's column to the sample answers; ``differences`` (the gate's prompts where the two
+    models' answers differ most) a table of them.
     """
     path = Path(path)
     splits = _splits(metrics)
@@ -185,6 +187,8 @@ def render_report(
             samples=[{**a, "champion": (champion_answers or {}).get(str(a["prompt"]))}
                      for a in last.get("answer_samples") or []],
             champion_version=champion_version if champion_answers else None,
+            differences=list(differences),
+            champion_version_any=champion_version,
             plot_groups=groups,
             notes=notes,
             lineage=_flatten(lineage) if lineage else [],

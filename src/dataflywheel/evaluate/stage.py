@@ -77,6 +77,9 @@ class Verdict:
     champion_answers: dict[str, str] = field(default_factory=dict)
     """Generation models: the champion's answers to the sample prompts (prompt -> answer), shown
     beside the challenger's in its report."""
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    """Generation models: the prompts where the two models' answers differ most, with both
+    answers, the reference and the judge's score (:meth:`Task.compare_answers`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -85,7 +88,7 @@ class Verdict:
 def compare_to_champion(
     cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Predictor | None,
     champion_version: int | None, test: pl.DataFrame, *, eval_rows: dict[str, int] | None = None,
-    pairs: pl.DataFrame | None = None,
+    pairs: pl.DataFrame | None = None, challenger: Predictor | None = None,
 ) -> Verdict:
     """Score the champion on the rows the challenger was scored on (``test``) and apply the
     promotion gate (:mod:`dataflywheel.evaluate.gate`) to the two models' metrics."""
@@ -101,8 +104,16 @@ def compare_to_champion(
         return Verdict("promoted", metric, ours, None, champion_version,
                        [f"champion solves a different task ({champion.task}); replaced"], eval_rows=rows)
     theirs = evaluate_split(champion, test, cfg.data.target, cfg.evaluate, pairs=pairs).metrics
+    differences: list[dict[str, Any]] = []
+    if challenger is not None:
+        from dataflywheel.tasks import get_task
+
+        ours_more, theirs_more, differences = get_task(task).compare_answers(challenger, champion, test,
+                                                                              cfg.data.target, cfg.evaluate)
+        challenger_metrics = {**challenger_metrics, **ours_more}
+        theirs = {**theirs, **theirs_more}
     result = gate(task, cfg.evaluate, challenger_metrics, theirs)
     checks = result.to_dict()["checks"]
     answers = {str(a["prompt"]): str(a["answer"]) for a in theirs.get("answer_samples") or []}
-    return Verdict("promoted" if result.passed else "rejected", metric, ours, theirs.get(metric), champion_version,
-                   result.reasons, checks, rows, answers)
+    return Verdict("promoted" if result.passed else "rejected", metric, challenger_metrics.get(metric),
+                   theirs.get(metric), champion_version, result.reasons, checks, rows, answers, differences)

@@ -127,16 +127,19 @@ def cached_answers(predictor: Predictor, prompts: Sequence[str], max_new_tokens:
     """:func:`generate`'s answers, kept for a registered version beside the store's bundles
     (``<artifacts>/models/answers/v<N>-<hash of prompts and settings>.json``), so a gate that
     scores the champion on the same prompts with the same decoding does not generate them again.
-    Greedy decoding makes the answers a function of the version, the prompts and ``max_new_tokens``."""
+    Greedy decoding makes the answers a function of the version, the prompts and ``max_new_tokens``.
+    A predictor without a version (a challenger under evaluation) keeps them in memory instead."""
     import hashlib
     import json
 
     from dataflywheel.store.artifacts import atomic_write_text
 
-    if predictor.version is None:
-        return generate(predictor, prompts, max_new_tokens=max_new_tokens)
     key = hashlib.sha256(json.dumps({"prompts": list(prompts), "max_new_tokens": max_new_tokens,
                                      "decoding": "greedy"}).encode()).hexdigest()[:16]
+    if predictor.version is None:  # a challenger being evaluated: kept in memory for its gate
+        if key not in predictor.answer_memo:
+            predictor.answer_memo[key] = generate(predictor, prompts, max_new_tokens=max_new_tokens)
+        return list(predictor.answer_memo[key])
     path = predictor.folder.parent / "answers" / f"v{predictor.version}-{key}.json"
     if path.is_file():
         try:

@@ -90,6 +90,9 @@ class Predictor:
         defaults); a recorded one always wins."""
         self.bundle = bundle
         self.folder = Path(folder) if folder is not None else Path(".")
+        self.answer_memo: dict[str, list[str]] = {}
+        """A generation model's greedy answers per (prompts, settings) key while it has no
+        version to cache them under (:func:`~dataflywheel.registry.generation.cached_answers`)."""
         self.redaction = self.redaction_for(bundle.privacy if bundle.privacy is not None else privacy)
 
     @property

@@ -193,6 +193,13 @@ class Task(ABC):
         generated and compared with the references; ``settings`` is ``evaluate``). None here."""
         return {}
 
+    def compare_answers(self, challenger: Any, champion: Any, df: pl.DataFrame, target: str,
+                        settings: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """Metrics that judge the two models' answers on ``df`` against each other (generation:
+        ``win_rate``, by ``settings.judge``): the challenger's, the champion's, and the rows where
+        they differ most, for the report. None here."""
+        return {}, {}, []
+
     def pair_metrics(self, predictor: Any, pairs: pl.DataFrame) -> dict[str, Any]:
         """Metrics on held-out preference pairs (columns prompt, chosen, rejected; generation:
         ``preference_accuracy``). None here."""

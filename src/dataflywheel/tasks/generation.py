@@ -163,6 +163,43 @@ class GenerationTask(Task):
                 "answer_samples": [{"prompt": p, "reference": r, "answer": a}
                                    for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
 
+    def compare_answers(self, challenger: Any, champion: Any, df: pl.DataFrame, target: str,
+                        settings: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """``win_rate`` of each model over the other on the prompts :meth:`answer_metrics` scores
+        (their answers come from the answer cache), as ``settings.judge`` decides
+        (:mod:`~dataflywheel.evaluate.judges`), and the five prompts where the two answers differ
+        most (lowest ROUGE-L between them)."""
+        from rouge_score import rouge_scorer
+
+        from dataflywheel.evaluate.judges import make_judge, win_rate
+        from dataflywheel.registry.generation import cached_answers, fits
+
+        answers_cfg = getattr(settings, "answers", None)
+        n = 32 if answers_cfg is None else answers_cfg.max_prompts
+        judge_cfg = getattr(settings, "judge", None)
+        if n == 0 or df.height == 0 or judge_cfg is None:
+            return {}, {}, []
+        column = next(iter(challenger.preprocessor.text_encoders))
+        rows = df.head(n)
+        prompts = [str(p) for p in rows.get_column(column).to_list()]
+        refs = [str(r) for r in rows.get_column(target).to_list()]
+        ok = [a and b for a, b in zip(fits(challenger, prompts), fits(champion, prompts), strict=True)]
+        prompts = [p for p, fit in zip(prompts, ok, strict=True) if fit]
+        refs = [r for r, fit in zip(refs, ok, strict=True) if fit]
+        if not prompts:
+            return {}, {}, []
+        max_new = 48 if answers_cfg is None else answers_cfg.max_new_tokens
+        ours, theirs = cached_answers(challenger, prompts, max_new), cached_answers(champion, prompts, max_new)
+        scores = make_judge(judge_cfg)(prompts, refs, ours, theirs)
+        rate = win_rate(scores)
+        scorer = rouge_scorer.RougeScorer(["rougeL"])
+        overlap = [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(ours, theirs, strict=True)]
+        order = sorted(range(len(prompts)), key=lambda i: overlap[i])[:5]
+        differ = [{"prompt": prompts[i], "reference": refs[i], "challenger": ours[i], "champion": theirs[i],
+                   "judged": scores[i], "overlap": overlap[i]} for i in order if overlap[i] < 1.0]
+        judged = {"judge": judge_cfg.type, "judged_prompts": len(prompts)}
+        return ({"win_rate": rate, **judged}, {"win_rate": None if rate is None else 1.0 - rate, **judged}, differ)
+
     def pair_metrics(self, predictor: Any, pairs: pl.DataFrame) -> dict[str, Any]:
         """``preference_accuracy``: the share of held-out pairs whose chosen answer the model
         gives a higher log-probability than the rejected one (both whole answers given the
