@@ -131,7 +131,8 @@ def test_retrain_with_dpo_tunes_the_champion_on_completion_feedback(project: Pat
     from dataflywheel.feedback.retrain import retrain
     from dataflywheel.registry import versions
 
-    config = copy_project(project, tmp_path / "p", "retrain: {feedback: {}}\n")
+    config = copy_project(project, tmp_path / "p", "evaluate: {metric: preference_accuracy, guard_metrics: "
+                                                   "[rouge_l, win_rate], answers: {max_prompts: 8}}\n")
     dpo = "method: dpo, dpo: {beta: 0.5, epochs: 4, lr: 0.01, batch_size: 2}"
     text = config.read_text().replace("train: {epochs: 3,", f"train: {{{dpo}, epochs: 3,")
     config.write_text(text)
@@ -154,7 +155,7 @@ def test_retrain_with_dpo_tunes_the_champion_on_completion_feedback(project: Pat
             if i % 2:
                 log.feedback(cid, "choice", choice=1)
             else:
-                log.feedback(cid, "correction", correction="the word is cat.", choice_index=0)
+                correction = log.feedback(cid, "correction", correction="the word is cat.", choice_index=0)
         lines.clear()
         result = retrain(cfg, store, log=lines.append)
         assert result.status == "trained" and result.version == 2, result.message
@@ -166,6 +167,13 @@ def test_retrain_with_dpo_tunes_the_champion_on_completion_feedback(project: Pat
         assert cached
         info = versions.resolve(store, 2)
         assert info.metrics  # evaluated and gated like any version
+        checks = {c["metric"]: c for c in (info.verdict or {})["checks"]}
+        assert checks["preference_accuracy"]["role"] == "primary"
+        assert checks["preference_accuracy"]["challenger"] is not None
+        assert checks["preference_accuracy"]["challenger"] >= checks["preference_accuracy"]["champion"]
+        win = checks["win_rate"]
+        assert win["challenger"] + win["champion"] == pytest.approx(1.0)
+        assert info.verdict["eval_rows"]["preference_pairs"] >= 1
         # v2 prefers the chosen answers more than v1 did: DPO moved the policy the pairs' way
         from dataflywheel.data.dataset import get_version
         from dataflywheel.feedback.completion_set import preference_pairs
@@ -182,6 +190,14 @@ def test_retrain_with_dpo_tunes_the_champion_on_completion_feedback(project: Pat
                                                        "prompt", "completion"))
             margins.append(float((logps[:, 0] - logps[:, 1]).mean()))
         assert margins[1] > margins[0] + 0.5, margins
+        assert result.method == "dpo" and result.built["preference_pairs_by_kind"] == {"correction": 6, "choice": 6}
+        assert "training method: dpo" in text and "trained (dpo)" in result.message
+
+        # lineage: the correction -> the first model that learned from it; v2's completion chain
+        from dataflywheel.lineage_trace import trace_feedback
+
+        learned = trace_feedback(store, correction)
+        assert learned["first_model"]["version"] == 2 and learned["feedback"]["kind"] == "correction"
     finally:
         writer.close()
         store.close()

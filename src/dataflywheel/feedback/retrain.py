@@ -44,6 +44,10 @@ class RetrainResult:
     """``promoted`` or ``rejected`` (None when nothing was trained)."""
     verdict: dict[str, Any] | None = None
     champion: int | None = None
+    method: str | None = None
+    """How the challenger was trained (``train.method``: sft, dpo, sft+dpo)."""
+    built: dict[str, Any] = field(default_factory=dict)
+    """Generation models: what the feedback became (SFT rows, preference pairs, labels per split and kind)."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -108,8 +112,11 @@ def retrain(
             msg = f"no new feedback to train on since dataset {parent.id} (champion v{champion}): nothing to do"
             log(msg)
             return RetrainResult("nothing_to_do", msg, parent.id, champion=champion)
+        from dataflywheel.feedback.completion_set import summary
+
         counts = {role: len(ids) for role, ids in built.roles.items()}
-        base = RetrainResult("no_usable_rows", "", parent.id, built.dataset.id, counts, champion=champion)
+        base = RetrainResult("no_usable_rows", "", parent.id, built.dataset.id, counts, champion=champion,
+                             built=summary(built.dataset))
         if not any(counts.get(r) for r in USED_ROLES):
             dropped = ", ".join(f"{k} {v}" for k, v in built.dropped.items() if v)
             if counts.get(REJECTED):
@@ -126,9 +133,11 @@ def retrain(
         run = train_and_register(cfg, project, built.dataset, progress=progress, log=log, actor="flywheel retrain")
         decision = (run.verdict or {}).get("decision")
         base.version, base.decision, base.verdict, base.champion = run.version, decision, run.verdict, run.champion
+        base.method = cfg.train.method
         if run.trained:
             base.status = "trained"
-            base.message = (f"model v{run.version} trained on dataset {built.dataset.id}: {decision}; "
+            how = f" ({cfg.train.method})" if base.built else ""
+            base.message = (f"model v{run.version} trained{how} on dataset {built.dataset.id}: {decision}; "
                             f"champion v{run.champion}")
         else:
             base.status = "already_trained"

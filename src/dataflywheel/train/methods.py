@@ -48,6 +48,8 @@ def train_with_method(cfg: FlywheelConfig, project: Project, dataset: DatasetVer
     from dataflywheel.train.stage import train_on_dataset
 
     method = cfg.train.method
+    if method != "sft" or cfg.model.task == "generation":
+        log(f"training method: {method} (train.method)")
     if method == "dpo":
         trained, reference = champion_start(cfg, project, dataset)
     else:
