@@ -75,7 +75,10 @@ class BackgroundServer:
     def __init__(self, app: Any, port: int) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        # log_config=None: uvicorn's own logging config would reset every handler of the process
+        # (logging.config.dictConfig closes them all), the caller's included.
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    log_config=None))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{port}"
 
