@@ -35,6 +35,7 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_serve.py
