@@ -119,14 +119,11 @@ def create_app(
     """
     cfg = _config(project)
     settings = settings or ServeSettings.from_config(cfg.serve)
+    retrain = RetrainProcess(config_path(project)) if auto_retrain else None
     if serving_kind(cfg, alias) == "generation":  # the task's server: the OpenAI-compatible one
-        if auto_retrain:
-            raise ConfigError("--auto-retrain is not built for generation models yet", where="flywheel serve",
-                              fix="run flywheel retrain yourself; the server hot swaps when the alias moves")
         from dataflywheel.serve.llm.app import create_project_generation_app
 
-        return create_project_generation_app(cfg, alias, settings)
-    retrain = RetrainProcess(config_path(project)) if auto_retrain else None
+        return create_project_generation_app(cfg, alias, settings, retrain=retrain)
     server = Server(cfg, alias, settings, retrain, engine)
     access = AccessMatrix(BearerAuth.from_env(), server.settings.auth)
 

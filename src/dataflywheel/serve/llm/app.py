@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from dataflywheel.privacy import Redactor
     from dataflywheel.serve.auth import AccessMatrix
     from dataflywheel.serve.server import ServeSettings
+    from dataflywheel.serve.worker import RetrainProcess
 
 JSON = "application/json"
 
@@ -70,12 +71,13 @@ def create_generation_app(generator: ServedGenerator, writer: LogWriter, *, cach
     return _app(completions, start, stop, not_ready, checker, access=access)
 
 
-def create_project_generation_app(cfg: FlywheelConfig, alias: str, settings: ServeSettings) -> FastAPI:
+def create_project_generation_app(cfg: FlywheelConfig, alias: str, settings: ServeSettings, *,
+                                  retrain: RetrainProcess | None = None) -> FastAPI:
     from dataflywheel.serve.auth import AccessMatrix, BearerAuth
     from dataflywheel.serve.llm.server import GenerationServer
 
     server = GenerationServer(cfg, alias, log_mode=settings.log_mode, swap_poll_seconds=settings.swap_poll_seconds,
-                              threads=settings.threads)
+                              threads=settings.threads, retrain=retrain)
     access = AccessMatrix(BearerAuth.from_env(), settings.auth)
     app = _app(server.completions, server.start, server.close, server.not_ready, server.feedback, access=access,
                max_body_bytes=settings.max_body_bytes)

@@ -25,14 +25,17 @@ from dataflywheel.serve.llm.completions import Completions, Serving
 from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine
 from dataflywheel.serve.llm.generator import ServedGenerator, generator_from_predictor
 from dataflywheel.serve.swap import AliasWatcher
+from dataflywheel.serve.worker import RetrainProcess
 
 
 class GenerationServer:
     def __init__(self, cfg: FlywheelConfig, alias: str, *, log_mode: Any = "sync", swap_poll_seconds: float = 1.0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, retrain: RetrainProcess | None = None) -> None:
         from dataflywheel.loop import open_project
 
         self.cfg = cfg
+        self.retrain = retrain
+        """``flywheel serve --auto-retrain``: the retrain worker process, started and stopped with the server."""
         self.alias = alias
         self.settings: GenerationServeConfig = cfg.serve.generation
         self.threads = threads
@@ -98,8 +101,12 @@ class GenerationServer:
         self.completions.metrics.model_version.set(self.completions.generator.version or 0)
         if self.watcher is not None:
             self.watcher.start()
+        if self.retrain is not None:
+            self.retrain.start()
 
     def close(self) -> None:
+        if self.retrain is not None:
+            self.retrain.stop()
         if self.watcher is not None:
             self.watcher.close()
         self.completions.engine.close()
