@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,10 +140,13 @@ def read_trainable_model(folder: Path, *, base_dirs: list[Path] | None = None) -
     return model, meta
 
 
-def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None) -> ModelBundle:
+def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None,
+                model_from: Callable[[Path, dict[str, Any]], nn.Module | None] | None = None) -> ModelBundle:
     """Verify the bundle in ``folder`` and load it, the model in inference form and in eval
     mode. A base model named by a relative path is looked up in ``base_dirs``, then in the
-    bundle folder's parents (a store inside the project)."""
+    bundle folder's parents (a store inside the project). ``model_from(folder, model.json)``
+    may give the model in inference form from elsewhere (a LoRA version over a base already in
+    memory, :mod:`~dataflywheel.serve.llm.adapter_swap`); None builds it from the files."""
     from dataflywheel.data.schema import Schema
     from dataflywheel.features.preprocessor import Preprocessor
     from dataflywheel.features.target import TargetEncoder
@@ -150,7 +154,15 @@ def read_bundle(folder: Path, *, base_dirs: list[Path] | None = None) -> ModelBu
     from dataflywheel.privacy.inputs import bundle_privacy
 
     folder = Path(folder)
-    model, meta = read_trainable_model(folder, base_dirs=base_dirs)
+    given = None
+    if model_from is not None:
+        verify_bundle(folder)
+        meta = read_json(folder, "model.json")
+        given = model_from(folder, meta)
+    if given is not None:
+        model = given
+    else:
+        model, meta = read_trainable_model(folder, base_dirs=base_dirs)
     if isinstance(model, HasInferenceForm):
         model = model.for_inference()  # e.g. LoRA adapters folded into the base weights
     model.eval()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from dataflywheel.registry import versions
 from dataflywheel.registry.predictor import Predictor
@@ -28,14 +28,16 @@ def is_bundle_ref(ref: str | int | Path) -> TypeGuard[str | Path]:
     return isinstance(ref, (str, Path)) and Path(ref).is_dir()
 
 
-def load(project: Project | None, ref: str | int | Path, *, base_dir: Path | None = None) -> LoadedModel:
+def load(project: Project | None, ref: str | int | Path, *, base_dir: Path | None = None,
+         model_from: Any = None) -> LoadedModel:
     """Resolve ``ref`` in ``project``'s registry and load its bundle (a folder loads without a
-    project). A pretrained model named by a relative path is looked up in ``base_dir``."""
+    project). A pretrained model named by a relative path is looked up in ``base_dir``;
+    ``model_from``: see :func:`~dataflywheel.registry.bundle.read_bundle`."""
     if is_bundle_ref(ref):
         return LoadedModel(Predictor.load(ref), None)
     if project is None:
         raise TypeError("a version or alias reference needs a project")
     info = versions.resolve(project, ref if isinstance(ref, int) else str(ref))
-    predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=base_dir)
+    predictor = Predictor.load(project.artifacts.path(info.artifact), base_dir=base_dir, model_from=model_from)
     predictor.version = info.version
     return LoadedModel(predictor, info)

@@ -160,11 +160,13 @@ class Predictor:
 
     @classmethod
     def load(cls, folder: str | Path, *, privacy: PrivacyConfig | None = None,
-             base_dir: Path | None = None) -> Predictor:
+             base_dir: Path | None = None, model_from: Any = None) -> Predictor:
         """Verify and load the bundle in ``folder`` (:func:`read_bundle`; ``privacy``: see
-        :meth:`__init__`). A base model the bundle names by a relative path is looked up in
-        ``base_dir`` (the project's folder), then in the bundle folder's parents."""
-        bundle = read_bundle(Path(folder), base_dirs=[Path(base_dir)] if base_dir is not None else None)
+        :meth:`__init__`; ``model_from``: see :func:`read_bundle`). A base model the bundle names
+        by a relative path is looked up in ``base_dir`` (the project's folder), then in the
+        bundle folder's parents."""
+        bundle = read_bundle(Path(folder), base_dirs=[Path(base_dir)] if base_dir is not None else None,
+                             model_from=model_from)
         return cls(bundle, folder=Path(folder), privacy=privacy)
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from dataflywheel.config import FlywheelConfig
@@ -21,6 +22,7 @@ from dataflywheel.feedback.completion_feedback import lazy_text_redactor
 from dataflywheel.feedback.labels import FeedbackChecker
 from dataflywheel.feedback.log import LogWriter
 from dataflywheel.privacy import Redactor
+from dataflywheel.serve.llm.adapter_swap import Adapters, SharedBase, read_adapters, served_causal_lm
 from dataflywheel.serve.llm.completions import Completions, Serving
 from dataflywheel.serve.llm.engine import CacheSettings, ContinuousBatchEngine
 from dataflywheel.serve.llm.generator import ServedGenerator, generator_from_predictor
@@ -35,6 +37,12 @@ class GenerationServer:
 
         self.cfg = cfg
         self.retrain = retrain
+        self.shared: SharedBase | None = None
+        """The served base's own weights of the LoRA-adapted modules: a version of the same base
+        swaps in over it (:mod:`~dataflywheel.serve.llm.adapter_swap`)."""
+        self.shared_swaps = 0
+        """Swaps that reused the served base instead of loading it."""
+        self._adapters: Adapters | None = None
         """``flywheel serve --auto-retrain``: the retrain worker process, started and stopped with the server."""
         self.alias = alias
         self.settings: GenerationServeConfig = cfg.serve.generation
@@ -61,12 +69,30 @@ class GenerationServer:
         from dataflywheel import registry
         from dataflywheel.runtime import set_threads
 
-        loaded = registry.load(self.project, ref, base_dir=self.cfg.base_dir)
+        self._adapters, reused = None, False
+
+        def model_from(folder: Path, meta: dict[str, Any]) -> Any:
+            nonlocal reused
+            self._adapters = read_adapters(folder, meta)
+            served = getattr(self, "completions", None)
+            if self._adapters is None or self.shared is None or served is None or not self.shared.fits(self._adapters):
+                return None
+            reused = True
+            generator = served.generator
+            return served_causal_lm(self.shared.model_for(generator.model, self._adapters), generator.context_tokens,
+                                    meta)
+
+        loaded = registry.load(self.project, ref, base_dir=self.cfg.base_dir, model_from=model_from)
         n_params = sum(p.numel() for p in loaded.predictor.model.parameters())
         set_threads(self.threads, n_params)
         s = self.settings
-        return generator_from_predictor(loaded.predictor, name=self.cfg.project, max_tokens=s.max_tokens,
-                                        default_max_tokens=s.default_max_tokens, aliases=(self.alias,))
+        generator = generator_from_predictor(loaded.predictor, name=self.cfg.project, max_tokens=s.max_tokens,
+                                             default_max_tokens=s.default_max_tokens, aliases=(self.alias,))
+        if reused:
+            self.shared_swaps += 1
+        else:  # a model loaded whole: the base of the swaps to come
+            self.shared = None if self._adapters is None else SharedBase(generator.model, self._adapters)
+        return generator
 
     def _feedback_redactor(self) -> Redactor | None:
         """The served model's redactor; when it redacts no prompt, the project's ``privacy``."""
