@@ -20,7 +20,7 @@ from llm_helpers import save_tiny_llama
 
 openai = pytest.importorskip("openai")
 
-LOOP = """retrain: {every_n_labels: 10, poll_seconds: 0.3}
+LOOP = """retrain: {every_n_labels: 10, poll_seconds: 0.3, method: dpo}
 evaluate: {metric: preference_accuracy, guard_metrics: [], answers: {max_prompts: 4, max_new_tokens: 8}}
 """
 
@@ -31,10 +31,10 @@ def test_serve_auto_retrain_learns_from_choices_and_corrections(tmp_path: Path) 
 
     base = save_tiny_llama(tmp_path / "tiny-llama")
     config = write_project(tmp_path / "p", base, finetune="lora")
+    text = config.read_text().replace("train: {epochs: 3,", "train: {dpo: {beta: 0.5, epochs: 3, batch_size: 4}, "
+                                                           "epochs: 3,")
+    config.write_text(text + LOOP)  # the first version learned by sft, the next ones by dpo (retrain.method)
     assert run(config, progress=False).version == 1
-    text = config.read_text().replace("train: {epochs: 3,", "train: {method: dpo, dpo: {beta: 0.5, epochs: 3, "
-                                                           "batch_size: 4}, epochs: 3,")
-    config.write_text(text + LOOP)
 
     app = create_app(config, auto_retrain=True)
     with serving(app) as url:
@@ -63,6 +63,10 @@ def test_serve_auto_retrain_learns_from_choices_and_corrections(tmp_path: Path) 
             info = versions.resolve(store, 2)  # the worker trained v2 by itself
             checks = {c["metric"]: c for c in (info.verdict or {})["checks"]}
             assert "preference_accuracy" in checks
+            import json
+
+            lineage = json.loads((store.artifacts.path(info.artifact) / "lineage.json").read_text())
+            assert lineage["train_method"] == "dpo" and lineage["dpo"]["pairs"] >= 1
             promoted = versions.alias_version(store, "champion") == 2
         finally:
             store.close()

@@ -215,6 +215,8 @@ def run_lineage(ctx: StageContext, trained: Trained) -> dict[str, Any]:
         "resumed_from_epoch": history.resumed_from,
         "truncated_texts": trained.truncated,
         **({"rejected_texts": trained.rejected} if trained.rejected else {}),
+        "train_method": trained.method,
+        **({"dpo": trained.preference} if trained.preference else {}),
         **history.throughput(),
         **environment(),
     }

@@ -49,6 +49,10 @@ class RetrainConfig(Section):
     poll_seconds: float = Field(5.0, gt=0)
     """How often the retrain worker checks the trigger."""
     feedback: CompletionFeedbackConfig = CompletionFeedbackConfig()
+    method: Literal["sft", "dpo", "sft+dpo"] | None = None
+    """How a retrain trains the challenger (``train.method`` for ``flywheel retrain`` and the
+    retrain worker; null: ``train.method``). A generation project's first version is learned with
+    ``sft`` and the versions after it tuned on feedback with ``dpo``."""
 
 
 class MonitorConfig(Section):

@@ -84,7 +84,8 @@ def retrain(
     progress: bool = False,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> RetrainResult:
-    """Retrain from the champion's dataset plus pending labelled feedback (module docstring)."""
+    """Retrain from the champion's dataset plus pending feedback (module docstring), training as
+    ``retrain.method`` says when set (else ``train.method``)."""
     from dataflywheel.data.dataset import get_version
     from dataflywheel.feedback.trainingset import (
         REJECTED,
@@ -97,6 +98,8 @@ def retrain(
     from dataflywheel.loop import train_and_register
     from dataflywheel.registry import versions
 
+    if cfg.retrain.method is not None and cfg.retrain.method != cfg.train.method:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": cfg.retrain.method})})
     with retrain_lock(project):
         champion = versions.alias_version(project, versions.CHAMPION)
         if champion is None:
