@@ -106,12 +106,14 @@ def holdout_frame(dataset: DatasetVersion) -> pl.DataFrame | None:
 
 
 def evaluation_rows(dataset: DatasetVersion, test: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The rows a challenger and its champion are scored on: ``test`` plus the dataset's
-    held-out feedback (``test`` itself, unchanged, when there is none), and their counts."""
+    """The rows a challenger and its champion are scored on: the dataset's held-out feedback,
+    then ``test`` (``test`` itself, unchanged, when there is none), and their counts. Held-out
+    feedback comes first so that a metric capped to the first rows (a generation model's answers,
+    ``evaluate.answers.max_prompts``) scores what users said as well as the frozen test split."""
     held = holdout_frame(dataset)
     if held is None or held.height == 0:
         return test, {"test": test.height}
-    rows = pl.concat([test, held.select(test.columns).cast(test.schema)], how="vertical")
+    rows = pl.concat([held.select(test.columns).cast(test.schema), test], how="vertical")
     return rows, {"test": test.height, "feedback_holdout": held.height}
 
 
