@@ -241,9 +241,9 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
         HOLDOUT,
         REJECTED,
         TrainingSet,
+        existing_version,
         fingerprint,
         holdout_frame,
-        linked_roles,
         unit_hash,
     )
 
@@ -254,13 +254,8 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
     prompt_col, target = cfg.data.prompt_column, cfg.data.target
     inputs = [prompt_col]
     vid = version_id(fingerprint(all_ids, inputs), data_config_hash(cfg.data, cfg.model.task), [parent.id])
-    existing = project.metadata.dataset(vid)
-    if existing is not None and project.artifacts.exists(existing.artifact):
-        log(f"dataset {vid} (dataset {parent.id} + the same {len(all_ids)} feedback rows) exists: reused")
-        report = existing.report or {}
-        return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
-                           linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
-                           dict(report.get("feedback_rejected") or {}))
+    if (reused := existing_version(project, parent, vid, len(all_ids), log)) is not None:
+        return reused
 
     fb = cfg.retrain.feedback
     latest, superseded = latest_rows(rows)
@@ -292,24 +287,22 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
         useful.add(fid)
         sft[role_of(prompt)].append({prompt_col: prompt, target: completion})
     old_pairs, old_labels = extra_frame(parent, PAIRS), extra_frame(parent, LABELS)
-    seen = set(zip(old_pairs["prompt"], old_pairs["chosen"], old_pairs["rejected"], strict=True))
-    new_pairs: list[dict[str, Any]] = []
-    for fid, prompt, chosen, rejected, kind in made.pairs:
-        if (prompt, chosen, rejected) in seen:
-            continue
-        seen.add((prompt, chosen, rejected))
-        useful.add(fid)
-        new_pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "split": role_of(prompt),
-                          "feedback_id": fid, "kind": kind})
-    labelled = set(zip(old_labels["prompt"], old_labels["completion"], old_labels["good"], strict=True))
-    new_labels: list[dict[str, Any]] = []
-    for fid, prompt, completion, good, kind in made.labels:
-        if (prompt, completion, good) in labelled:
-            continue
-        labelled.add((prompt, completion, good))
-        useful.add(fid)
-        new_labels.append({"prompt": prompt, "completion": completion, "good": good, "split": role_of(prompt),
-                           "feedback_id": fid, "kind": kind})
+
+    def fresh(rows: list[tuple[Any, ...]], held: pl.DataFrame, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+        """``rows`` (feedback id, *columns, kind) not in ``held`` nor earlier in ``rows``, as records."""
+        seen = set(zip(*(held[c] for c in columns), strict=True))
+        out = []
+        for fid, *values, kind in rows:
+            if tuple(values) in seen:
+                continue
+            seen.add(tuple(values))
+            useful.add(fid)
+            out.append(dict(zip(columns, values, strict=True)) | {"split": role_of(values[0]), "feedback_id": fid,
+                                                                   "kind": kind})
+        return out
+
+    new_pairs = fresh(made.pairs, old_pairs, ("prompt", "chosen", "rejected"))
+    new_labels = fresh(made.labels, old_labels, ("prompt", "completion", "good"))
 
     roles: dict[str, list[str]] = {"train": [], "valid": [], HOLDOUT: []}
     for fid in sorted(useful):

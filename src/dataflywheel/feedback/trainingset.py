@@ -295,13 +295,8 @@ def build_label_version(
     all_ids = pending["feedback_id"].to_list()
     inputs = model_inputs(cfg, parent.schema())
     vid = version_id(fingerprint(all_ids, inputs), data_config_hash(cfg.data, cfg.model.task), [parent.id])
-    existing = project.metadata.dataset(vid)
-    if existing is not None and project.artifacts.exists(existing.artifact):
-        log(f"dataset {vid} (dataset {parent.id} + the same {len(all_ids)} feedback rows) exists: reused")
-        report = existing.report or {}
-        return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
-                           linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
-                           dict(report.get("feedback_rejected") or {}))
+    if (reused := existing_version(project, parent, vid, len(all_ids), log)) is not None:
+        return reused
 
     target = cfg.data.target
     split = cfg.data.split
@@ -350,6 +345,19 @@ def build_label_version(
         f"dropped {len(roles['dropped'])} ({', '.join(f'{k} {v}' for k, v in dropped.items() if v) or 'none'}), "
         f"rejected {len(roles[REJECTED])}{describe_rejected(reasons)}")
     return TrainingSet(dataset, parent.id, roles, dropped, reasons)
+
+
+def existing_version(project: Project, parent: DatasetVersion, vid: str, n_feedback: int,
+                     log: Callable[[str], None]) -> TrainingSet | None:
+    """The version ``vid`` when it exists already (the same parent and feedback), else None."""
+    existing = project.metadata.dataset(vid)
+    if existing is None or not project.artifacts.exists(existing.artifact):
+        return None
+    log(f"dataset {vid} (dataset {parent.id} + the same {n_feedback} feedback rows) exists: reused")
+    report = existing.report or {}
+    return TrainingSet(DatasetVersion.from_row(existing, project, [parent.id]), parent.id,
+                       linked_roles(project, vid), dict(report.get("feedback_dropped") or {}),
+                       dict(report.get("feedback_rejected") or {}))
 
 
 def describe_rejected(reasons: dict[str, int]) -> str:
