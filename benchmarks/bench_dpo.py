@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
-from bench_sft import LORA, base_folder, peak_mb, rows
+from bench_sft import LORA, base_folder, peak_mb, rows, run_side
 
 BETA, LR = 0.1, 5e-5
 
@@ -123,14 +120,7 @@ def main() -> None:
     base_folder()  # convert once, outside the timed workers
     got = {}
     for which in ("ours", "trl"):
-        cmd = [sys.executable, __file__, "--worker", which, "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-        if out.returncode != 0:
-            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
-        got[which] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = got[which]
+        got[which] = r = run_side(__file__, which, args, [])
         print(f"{which:>4}: {r['seconds']:6.1f} s ({r['steps_per_s']:.3f} steps/s, {r['tokens']} tokens), "
               f"peak RSS {r['peak_mb']:6.0f} MB", flush=True)
     o, t = got["ours"], got["trl"]

@@ -118,6 +118,18 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
+def run_side(script: str, which: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """One side of a benchmark in its own process (``script --worker which`` with the common
+    options), its JSON result."""
+    cmd = [sys.executable, script, "--worker", which, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--max-length", str(args.max_length), "--threads", str(args.threads), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if out.returncode != 0:
+        raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
@@ -133,15 +145,8 @@ def main() -> None:
     base_folder()  # convert once, outside the timed workers
     got = {}
     for which in ("ours", "hf"):
-        cmd = [sys.executable, __file__, "--worker", which, "--steps", str(args.steps), "--batch-size",
-               str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads),
-               *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
-        out = subprocess.run(cmd, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-        if out.returncode != 0:
-            raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
-        got[which] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = got[which]
+        got[which] = r = run_side(__file__, which, args, ["--gradient-checkpointing"] if args.gradient_checkpointing
+                                  else [])
         print(f"{which:>4}: {r['tokens_per_s']:7.1f} tokens/s, {r['seconds']:6.1f} s, peak RSS {r['peak_mb']:6.0f} MB",
               flush=True)
     o, h = got["ours"], got["hf"]
