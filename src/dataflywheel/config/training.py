@@ -133,3 +133,8 @@ class EvaluateConfig(Section):
     """Share of new labelled feedback held out of retraining and added to the evaluation."""
     answers: AnswersConfig = AnswersConfig()
     """Generation models only: the answers scored on the test prompts."""
+    compare_base: bool = True
+    """The first version of a model on a pretrained base whose task compares with it (generation)
+    is also scored with its base, on the same rows: the report shows both, with paired bootstrap
+    95 % intervals of the differences (per-item scores, e.g. each answer's ROUGE-L). It costs a
+    second evaluation (a generation model answers the prompts again); false skips it."""

@@ -51,6 +51,7 @@ class GenerationTask(Task):
     redacts_target = True
     requires_reads = ("labels",)
     explainable = False
+    compares_base = True
     serving = "generation"
 
     # -- the data -----------------------------------------------------------------------------
@@ -133,7 +134,9 @@ class GenerationTask(Task):
         against the references: ``exact_match`` (the share equal after trimming and case folding:
         the accuracy when the references are labels) and ``rouge_l`` (mean ROUGE-L F1, the
         ``rouge-score`` package), with ``answered`` (how many; prompts a ``truncate: reject``
-        model refuses are ``answers_left_out``) and a few ``answer_samples``."""
+        model refuses are ``answers_left_out``), a few ``answer_samples`` and ``item_scores`` (each
+        answered prompt's ROUGE-L and exact match, in order: what a paired comparison of two models
+        on the same prompts resamples, :mod:`~dataflywheel.evaluate.bootstrap`)."""
         from rouge_score import rouge_scorer
 
         from dataflywheel.registry.generation import cached_answers, fits
@@ -158,6 +161,8 @@ class GenerationTask(Task):
         exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
         return {"rouge_l": float(np.mean(rouge)), "exact_match": float(np.mean(exact)), "answered": len(answers),
                 "answers_left_out": left_out,
+                "item_scores": {"rouge_l": [round(float(v), 6) for v in rouge],
+                                "exact_match": [float(v) for v in exact]},
                 "answer_samples": [{"prompt": p, "reference": r, "answer": a}
                                    for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
 
