@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,25 @@ def test_the_quick_example_fine_tunes_and_reports_v1_beside_its_base(base: Path,
     assert "Beside the base model" in report and "<th>base model</th>" in report and "<th>this model</th>" in report
     assert html.escape(theirs["answer_samples"][0]["answer"]) in report
     assert f"{verdict['intervals']['rouge_l']['difference']:+.4f}" in report
+
+    # compare.py splits both models' item scores by instruction: headlines and topics
+    import contextlib
+    import io
+    import runpy
+    import sys
+
+    out, argv, cwd = io.StringIO(), sys.argv, Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        sys.argv = ["compare.py", "--json"]
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(EXAMPLE / "compare.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    kinds = json.loads(out.getvalue().split("\nheadline: ")[0])
+    assert set(kinds) == {"headline", "topic"}
+    assert kinds["headline"]["rouge_l"]["n"] + kinds["topic"]["rouge_l"]["n"] == 12
 
     # the base is not scored again for a challenger: it is gated against the champion, with intervals
     config.write_text(config.read_text(encoding="utf-8").replace("seed: 0", "seed: 1"), encoding="utf-8")

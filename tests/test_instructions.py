@@ -70,3 +70,18 @@ def test_the_base_link_points_at_the_installed_gguf(tmp_path: Path) -> None:
     link = link_base(tmp_path / "smollm2.gguf")
     assert link.is_symlink() and link.resolve() == gguf.resolve()
     assert link_base(link).resolve() == gguf.resolve()  # made again over an older link
+
+
+def test_scores_are_compared_per_instruction() -> None:
+    from dataflywheel.data.instructions import by_instruction, instruction_kind, prompts
+
+    asked = prompts("The bank raised rates.", ["business", "tech"])
+    assert instruction_kind(asked["headline"]) == "headline" and instruction_kind(asked["topic"]) == "topic"
+    assert instruction_kind("Hello") == "other"
+    answered = [asked["headline"], asked["topic"]] * 50
+    ours = {"rouge_l": [0.5, 1.0] * 50, "exact_match": [0.0, 1.0] * 50}
+    theirs = {"rouge_l": [0.25, 0.0] * 50, "exact_match": [0.0, 0.0] * 50}
+    found = by_instruction(answered, ours, theirs)
+    assert set(found) == {"headline", "topic"} and set(found["topic"]) == {"rouge_l", "exact_match"}
+    assert found["headline"]["rouge_l"]["difference"] == pytest.approx(0.25) and found["headline"]["rouge_l"]["n"] == 50
+    assert found["topic"]["exact_match"]["ours"] == 1.0 and found["topic"]["exact_match"]["excludes_zero"]

@@ -72,6 +72,29 @@ def instruction_chats(frame: pl.DataFrame, *, max_chars: int = MAX_CHARS) -> Ite
             yield {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 
+def instruction_kind(prompt: str) -> str:
+    """``headline`` or ``topic`` for a prompt :func:`prompts` wrote (``other`` for any other)."""
+    if prompt.startswith(HEADLINE):
+        return "headline"
+    return "topic" if prompt.startswith(TOPIC.split("{", 1)[0]) else "other"
+
+
+def by_instruction(prompts_answered: Sequence[str], ours: dict[str, list[float]],
+                   theirs: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Two models' item scores on the same prompts (the metrics' ``item_scores``), compared per
+    instruction: ``{kind: {metric: Interval.to_dict()}}`` (ROUGE-L of the headlines, exact match
+    of the topics: their accuracy)."""
+    from dataflywheel.evaluate.bootstrap import paired_interval
+
+    kinds = [instruction_kind(p) for p in prompts_answered]
+    out: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kinds)):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        out[kind] = {metric: paired_interval([ours[metric][i] for i in rows], [theirs[metric][i] for i in rows]
+                                             ).to_dict() for metric in ours if metric in theirs}
+    return out
+
+
 def write_chats(path: Path, chats: Iterator[Chat] | Sequence[Chat]) -> int:
     """Write ``chats`` as JSON lines to ``path``; return how many."""
     n = 0
