@@ -94,3 +94,16 @@ def test_the_quick_example_fine_tunes_and_reports_v1_beside_its_base(base: Path,
     assert v2["verdict"]["champion_version"] == 1 and not v2["verdict"]["base_metrics"]
     assert set(v2["verdict"]["intervals"]) == {"rouge_l", "exact_match"}
     assert "Beside the champion v1" in Path(v2["report"]).read_text(encoding="utf-8")
+
+
+def test_answers_threads_apply_inside_the_block_and_are_restored() -> None:
+    import torch
+
+    from dataflywheel.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

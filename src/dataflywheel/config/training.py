@@ -110,6 +110,10 @@ class AnswersConfig(Section):
     """Test prompts answered (the first ones, in the split's order); 0 turns the answer metrics off."""
     max_new_tokens: int = Field(48, ge=1)
     """New tokens per answer at most."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads while the answers are generated (null: as training left them). Decoding runs
+    many small steps, each a barrier for every thread: on a CPU shared with other work, one thread
+    can decode several times faster than two."""
 
 
 class EvaluateConfig(Section):

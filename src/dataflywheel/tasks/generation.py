@@ -155,7 +155,10 @@ class GenerationTask(Task):
         if not pairs:
             return {"answered": 0, "answers_left_out": left_out}
         prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
+        from dataflywheel.runtime import torch_threads
+
+        with torch_threads(None if answers_cfg is None else answers_cfg.threads):
+            answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
         scorer = rouge_scorer.RougeScorer(["rougeL"])
         rouge = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(refs, answers, strict=True)]
         exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
