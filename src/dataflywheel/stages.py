@@ -145,12 +145,18 @@ def gate_stage(ctx: StageContext, evaluated: Evaluated) -> Gated:
     from dataflywheel.registry import versions
 
     champion_version = versions.alias_version(ctx.project, versions.CHAMPION)
-    champion = None
+    champion = base = None
     if champion_version is not None:
         champion = registry.load(ctx.project, champion_version, base_dir=ctx.cfg.base_dir).predictor
+    elif ctx.cfg.evaluate.compare_base:
+        from dataflywheel.evaluate.baseline import base_predictor
+
+        base = base_predictor(evaluated.predictor, [ctx.cfg.base_dir])
+        if base is not None:
+            ctx.log("scoring the base model on the same rows, for comparison (evaluate.compare_base)")
     verdict = compare_to_champion(ctx.cfg, evaluated.predictor.task, evaluated.gate_metrics, champion,
                                   champion_version, evaluated.gate_rows, eval_rows=evaluated.eval_rows,
-                                  pairs=evaluated.pairs, challenger=evaluated.predictor)
+                                  pairs=evaluated.pairs, challenger=evaluated.predictor, base=base)
     return Gated(verdict, champion_version)
 
 
@@ -182,7 +188,7 @@ def register_stage(ctx: StageContext, trained: Trained, evaluated: Evaluated, ga
             lineage={**lineage, "verdict": verdict.decision, "verdict reasons": "; ".join(verdict.reasons)},
             sections=[explanations_section(predictor, evaluated.test)],
             champion_answers=verdict.champion_answers, champion_version=verdict.champion_version,
-            differences=verdict.differences,
+            differences=verdict.differences, base_metrics=verdict.base_metrics, intervals=verdict.intervals,
         )
 
     record = RunRecord(run_key=ctx.run_key, dataset_id=dataset.id, config=cfg.model_dump(mode="json"),

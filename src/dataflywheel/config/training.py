@@ -127,6 +127,10 @@ class AnswersConfig(Section):
     """Test prompts answered (the first ones, in the split's order); 0 turns the answer metrics off."""
     max_new_tokens: int = Field(48, ge=1)
     """New tokens per answer at most."""
+    threads: int | None = Field(None, ge=1)
+    """torch threads while the answers are generated (null: as training left them). Decoding runs
+    many small steps, each a barrier for every thread: on a CPU shared with other work, one thread
+    can decode several times faster than two."""
 
 
 class JudgeConfig(Section):
@@ -170,3 +174,8 @@ class EvaluateConfig(Section):
     """Generation models only: the answers scored on the test prompts."""
     judge: JudgeConfig = JudgeConfig()
     """Generation models only: the judge of the challenger's answers against the champion's."""
+    compare_base: bool = True
+    """The first version of a model on a pretrained base whose task compares with it (generation)
+    is also scored with its base, on the same rows: the report shows both, with paired bootstrap
+    95 % intervals of the differences (per-item scores, e.g. each answer's ROUGE-L). It costs a
+    second evaluation (a generation model answers the prompts again); false skips it."""

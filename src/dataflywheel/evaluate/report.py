@@ -82,6 +82,17 @@ def _per_class_table(per_class: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"columns": _PER_CLASS_COLUMNS, "rows": rows}
 
 
+def _interval_rows(intervals: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One row per metric: the two values, the difference and its interval, signed to 4 decimals."""
+    rows = []
+    for metric, iv in (intervals or {}).items():
+        rows.append({"metric": metric, "ours": f"{iv['ours']:.4f}", "theirs": f"{iv['theirs']:.4f}",
+                     "difference": f"{iv['difference']:+.4f}", "low": f"{iv['low']:+.4f}", "high": f"{iv['high']:+.4f}",
+                     "excludes_zero": bool(iv["excludes_zero"]), "n": iv["n"],
+                     "confidence": f"{iv['confidence'] * 100:g} %"})
+    return rows
+
+
 def _flatten(lineage: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key, value in lineage.items():
@@ -132,6 +143,8 @@ def render_report(
     champion_answers: dict[str, str] | None = None,
     champion_version: int | None = None,
     differences: Sequence[dict[str, Any]] = (),
+    base_metrics: dict[str, Any] | None = None,
+    intervals: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write the HTML report to ``path`` atomically and return ``path``.
 
@@ -143,11 +156,24 @@ def render_report(
     ``sections`` are extra (heading, trusted HTML) blocks appended at the end.
     ``champion_answers`` (prompt -> answer, a generation champion's on the same prompts) add the
     champion's column to the sample answers; ``differences`` (the gate's prompts where the two
-    models' answers differ most) a table of them.
+    models' answers differ most) a table of them. ``base_metrics`` (a first version's base model on the
+    same rows) add a base column to the metrics and the sample answers. ``intervals`` (metric ->
+    :meth:`~dataflywheel.evaluate.bootstrap.Interval.to_dict`, against the champion, else the base)
+    are a table of their own.
     """
     path = Path(path)
     splits = _splits(metrics)
     last = next(reversed(splits.values()), {})
+    beside = None
+    if champion_answers:
+        beside = f"champion v{champion_version}" if champion_version is not None else "champion"
+    elif base_metrics:
+        beside = "base model"
+        champion_answers = {str(a["prompt"]): str(a["answer"]) for a in base_metrics.get("answer_samples") or []}
+    table = splits
+    if base_metrics:
+        table = {("this model" if name == "value" else name): m for name, m in splits.items()}
+        table["base model"] = base_metrics
     kind = _task(task)
     threshold = float(last.get("threshold", 0.5)) if kind is not None and kind.uses_threshold else None
     reference = last
@@ -180,8 +206,8 @@ def render_report(
             task=task,
             threshold=threshold,
             generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            metric_columns=list(splits),
-            metric_rows=_metric_table(splits),
+            metric_columns=list(table),
+            metric_rows=_metric_table(table),
             primary=primary,
             per_class=_per_class_table(kind.per_class(reference)) if kind else None,
             samples=[{**a, "champion": (champion_answers or {}).get(str(a["prompt"]))}
@@ -189,6 +215,8 @@ def render_report(
             champion_version=champion_version if champion_answers else None,
             differences=list(differences),
             champion_version_any=champion_version,
+            beside=beside,
+            intervals=_interval_rows(intervals) if beside else [],
             plot_groups=groups,
             notes=notes,
             lineage=_flatten(lineage) if lineage else [],

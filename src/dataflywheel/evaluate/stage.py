@@ -80,6 +80,12 @@ class Verdict:
     differences: list[dict[str, Any]] = field(default_factory=list)
     """Generation models: the prompts where the two models' answers differ most, with both
     answers, the reference and the judge's score (:meth:`Task.compare_answers`)."""
+    base_metrics: dict[str, Any] = field(default_factory=dict)
+    """A first version built on a pretrained base (:mod:`~dataflywheel.evaluate.baseline`): the
+    base model's metrics on the same rows (its sample answers and item scores included)."""
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per metric with item scores: the paired bootstrap interval of the challenger's value minus
+    the champion's (or, for a first version, the base's); see :class:`~dataflywheel.evaluate.bootstrap.Interval`."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -88,10 +94,14 @@ class Verdict:
 def compare_to_champion(
     cfg: FlywheelConfig, task: str, challenger_metrics: dict[str, Any], champion: Predictor | None,
     champion_version: int | None, test: pl.DataFrame, *, eval_rows: dict[str, int] | None = None,
-    pairs: pl.DataFrame | None = None, challenger: Predictor | None = None,
+    pairs: pl.DataFrame | None = None, challenger: Predictor | None = None, base: Predictor | None = None,
 ) -> Verdict:
     """Score the champion on the rows the challenger was scored on (``test``) and apply the
-    promotion gate (:mod:`dataflywheel.evaluate.gate`) to the two models' metrics."""
+    promotion gate (:mod:`dataflywheel.evaluate.gate`) to the two models' metrics, with paired
+    intervals of the differences where the metrics hold item scores. Without a champion the
+    challenger becomes it; ``base`` (its base model, :func:`~dataflywheel.evaluate.baseline.base_predictor`)
+    is then scored on the same rows and compared, for the record."""
+    from dataflywheel.evaluate import baseline
     from dataflywheel.evaluate.gate import gate
     from dataflywheel.evaluate.metrics import primary_metric
 
@@ -99,7 +109,15 @@ def compare_to_champion(
     metric, _higher = primary_metric(task, cfg.evaluate.metric)
     ours = challenger_metrics.get(metric)
     if champion is None:
-        return Verdict("champion", metric, ours, None, None, ["first model: becomes champion"], eval_rows=rows)
+        reasons = ["first model: becomes champion"]
+        if base is None:
+            return Verdict("champion", metric, ours, None, None, reasons, eval_rows=rows)
+        base_metrics = evaluate_split(base, test, cfg.data.target, cfg.evaluate).metrics
+        found = baseline.intervals(challenger_metrics, base_metrics)
+        if found:
+            reasons.append(f"beside its base model: {baseline.describe(found, 'base')}")
+        return Verdict("champion", metric, ours, None, None, reasons, eval_rows=rows, base_metrics=base_metrics,
+                       intervals=found)
     if champion.task != task:
         return Verdict("promoted", metric, ours, None, champion_version,
                        [f"champion solves a different task ({champion.task}); replaced"], eval_rows=rows)
@@ -116,4 +134,5 @@ def compare_to_champion(
     checks = result.to_dict()["checks"]
     answers = {str(a["prompt"]): str(a["answer"]) for a in theirs.get("answer_samples") or []}
     return Verdict("promoted" if result.passed else "rejected", metric, challenger_metrics.get(metric),
-                   theirs.get(metric), champion_version, result.reasons, checks, rows, answers, differences)
+                   theirs.get(metric), champion_version, result.reasons, checks, rows, answers, differences,
+                   intervals=baseline.intervals(challenger_metrics, theirs))

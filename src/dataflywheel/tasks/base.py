@@ -85,6 +85,10 @@ class Task(ABC):
     """Batch names a model of this task must read (generation: ``labels``, the completion's tokens)."""
     explainable: ClassVar[bool] = True
     """Per-prediction explanations (Integrated Gradients on the outputs) mean something for it."""
+    compares_base: ClassVar[bool] = False
+    """A model of this task built on a pretrained base answers as that base does before training
+    (a causal LM; a classifier's fresh head does not), so the first version of such a model is
+    scored beside its base on the same rows (``evaluate.compare_base``)."""
     serving: ClassVar[str] = "records"
     """Which server ``flywheel serve`` runs for its models: ``records`` (``/v1/predict`` on
     records, micro-batched) or ``generation`` (the OpenAI-compatible completions, ``serve.llm``)."""

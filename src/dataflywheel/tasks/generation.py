@@ -53,6 +53,7 @@ class GenerationTask(Task):
     redacts_target = True
     requires_reads = ("labels",)
     explainable = False
+    compares_base = True
     serving = "generation"
 
     # -- the data -----------------------------------------------------------------------------
@@ -135,7 +136,9 @@ class GenerationTask(Task):
         against the references: ``exact_match`` (the share equal after trimming and case folding:
         the accuracy when the references are labels) and ``rouge_l`` (mean ROUGE-L F1, the
         ``rouge-score`` package), with ``answered`` (how many; prompts a ``truncate: reject``
-        model refuses are ``answers_left_out``) and a few ``answer_samples``."""
+        model refuses are ``answers_left_out``), a few ``answer_samples`` and ``item_scores`` (each
+        answered prompt's ROUGE-L and exact match, in order: what a paired comparison of two models
+        on the same prompts resamples, :mod:`~dataflywheel.evaluate.bootstrap`)."""
         from rouge_score import rouge_scorer
 
         from dataflywheel.registry.generation import cached_answers, fits
@@ -154,12 +157,17 @@ class GenerationTask(Task):
         if not pairs:
             return {"answered": 0, "answers_left_out": left_out}
         prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
+        from dataflywheel.runtime import torch_threads
+
+        with torch_threads(None if answers_cfg is None else answers_cfg.threads):
+            answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
         scorer = rouge_scorer.RougeScorer(["rougeL"])
         rouge = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(refs, answers, strict=True)]
         exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
         return {"rouge_l": float(np.mean(rouge)), "exact_match": float(np.mean(exact)), "answered": len(answers),
                 "answers_left_out": left_out,
+                "item_scores": {"rouge_l": [round(float(v), 6) for v in rouge],
+                                "exact_match": [float(v) for v in exact]},
                 "answer_samples": [{"prompt": p, "reference": r, "answer": a}
                                    for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
 
