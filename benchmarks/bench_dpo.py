@@ -11,6 +11,7 @@ learning rate, gradient clipping 1.0, the same torch threads; the time includes 
 reference log-probabilities of every pair. TRL tokenises with the same chat template itself.
 
     python benchmarks/bench_dpo.py [--steps 6] [--batch-size 4] [--max-length 512] [--threads 2]
+                                   [--gradient-checkpointing]   (on both sides; TRL's own default is on)
 
 Target (issue 17): >= 1.0x TRL's speed, no more memory.
 """
@@ -69,7 +70,7 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
         tokens = int(lengths.sum()) if lengths is not None else 0
         cfg = TrainConfig(epochs=1000, max_steps=args.steps, batch_size=args.batch_size, optimizer="adamw", lr=LR,
                           weight_decay=0.0, grad_clip=1.0, early_stopping=None, threads=args.threads, seed=0,
-                          bucket_by_length=False)
+                          bucket_by_length=False, gradient_checkpointing=args.gradient_checkpointing)
         fit(model, batch, None, cfg, "generation", progress=False, objective=DPOObjective(BETA))
     else:
         from datasets import Dataset
@@ -92,7 +93,10 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
                           lr_scheduler_type="constant", optim="adamw_torch", use_cpu=True, seed=0,
                           logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
                           dataloader_num_workers=0, max_length=args.max_length, precompute_ref_log_probs=True,
-                          precompute_ref_batch_size=args.batch_size)
+                          precompute_ref_batch_size=args.batch_size,
+                          # TRL turns checkpointing on by default; the same setting on both sides
+                          gradient_checkpointing=args.gradient_checkpointing,
+                          gradient_checkpointing_kwargs={"use_reentrant": False})
         peft = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                           target_modules=LORA["target_modules"], task_type="CAUSAL_LM")
         trainer = DPOTrainer(model=model, args=targs, train_dataset=dataset, processing_class=tokenizer,
@@ -112,6 +116,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's default is on)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -120,12 +125,14 @@ def main() -> None:
     base_folder()  # convert once, outside the timed workers
     got = {}
     for which in ("ours", "trl"):
-        got[which] = r = run_side(__file__, which, args, [])
+        got[which] = r = run_side(__file__, which, args,
+                                  ["--gradient-checkpointing"] if args.gradient_checkpointing else [])
         print(f"{which:>4}: {r['seconds']:6.1f} s ({r['steps_per_s']:.3f} steps/s, {r['tokens']} tokens), "
               f"peak RSS {r['peak_mb']:6.0f} MB", flush=True)
     o, t = got["ours"], got["trl"]
     print(f"\nLoRA DPO, SmolLM2-135M, {args.steps} steps x {args.batch_size} pairs, max_length {args.max_length}, "
-          f"beta {BETA}, {args.threads} threads, reference log-probabilities precomputed on both sides")
+          f"beta {BETA}, {args.threads} threads, reference log-probabilities precomputed on both sides, gradient "
+          f"checkpointing {'on' if args.gradient_checkpointing else 'off'} on both")
     print("| trainer | seconds | steps/s | peak RSS MB | speed ratio |\n|---|---|---|---|---|")
     print(f"| dataflywheel fit() + DPOObjective | {o['seconds']:.1f} | {o['steps_per_s']:.3f} | {o['peak_mb']:.0f} | "
           f"{t['seconds'] / o['seconds']:.2f} |")
