@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def main() -> None:
     (tmp / "flywheel.yaml").write_text(CONFIG.format(base=base_folder()))
     run(tmp / "flywheel.yaml", progress=False)
     port = free_port()
-    proc = start(["flywheel", "serve", "--port", str(port)], cwd=tmp)
+    proc = start([str(Path(sys.executable).parent / "flywheel"), "serve", "--port", str(port)], cwd=tmp)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/ready", timeout=180, proc=proc)
         url = f"http://127.0.0.1:{port}"
