@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench_sft import LORA, base_folder, peak_mb, rows, run_side
+from bench_sft import LORA, base_folder, peak_mb, rows, run_side, training_args
 
 BETA, LR = 0.1, 5e-5
 
@@ -111,14 +111,7 @@ def worker(which: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's default is on)")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = training_args(__doc__, batch_size=4, max_length=512)  # TRL's default is checkpointing on
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return

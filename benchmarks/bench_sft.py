@@ -130,15 +130,21 @@ def run_side(script: str, which: str, args: argparse.Namespace, extra: list[str]
     return result
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_args(doc: str | None, *, batch_size: int, max_length: int) -> argparse.Namespace:
+    """The options a training benchmark shares (``--steps``, ``--batch-size``, ``--max-length``,
+    ``--threads``, ``--gradient-checkpointing`` on both sides, and the hidden ``--worker``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--max-length", type=int, default=max_length)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = training_args(__doc__, batch_size=8, max_length=128)
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return
