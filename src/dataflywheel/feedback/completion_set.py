@@ -106,16 +106,16 @@ def latest_rows(rows: list[Pending]) -> tuple[list[Pending], list[str]]:
     return [r for r in rows if r.id in kept], [r.id for r in rows if r.id not in kept]
 
 
-def completion_prompt(logged_input: dict[str, Any], index: int) -> str | None:
-    """The prompt of choice ``index`` as a dataset stores prompts (one user turn as its text,
-    a longer conversation as the JSON of its messages; :mod:`dataflywheel.data.chat`); a raw
-    completion prompt is read as one user turn. None when the input holds no prompt."""
+def completion_prompt(logged_input: dict[str, Any], index: int, n: int) -> str | None:
+    """The prompt of choice ``index`` (``n`` choices per prompt) as a dataset stores prompts (one
+    user turn as its text, a longer conversation as the JSON of its messages;
+    :mod:`dataflywheel.data.chat`); a raw completion prompt is read as one user turn. None when
+    the input holds no prompt."""
     messages = logged_input.get("messages")
     if isinstance(messages, list) and messages:
         return split_conversation([*messages, {"role": "assistant", "content": ""}])[0]
     prompt = logged_input.get("prompt")
     if isinstance(prompt, list):
-        n = max(int(logged_input.get("n") or 1), 1)
         prompt = prompt[index // n] if index // n < len(prompt) else None
     return prompt if isinstance(prompt, str) else None
 
@@ -125,9 +125,8 @@ def choice_text(output: dict[str, Any], index: int) -> str | None:
     return str(choices[index]["text"]) if 0 <= index < len(choices) else None
 
 
-def siblings(logged_input: dict[str, Any], output: dict[str, Any], index: int) -> list[int]:
+def siblings(output: dict[str, Any], index: int, n: int) -> list[int]:
     """The other choices answering the same prompt as choice ``index`` (``n`` per prompt)."""
-    n = max(int(logged_input.get("n") or 1), 1)
     first = index // n * n
     return [i for i in range(first, min(first + n, len(output.get("choices") or []))) if i != index]
 
@@ -149,7 +148,8 @@ def products(rows: list[Pending], min_rating: int, bad_rating: int, kinds: Itera
             continue
         value = row.value
         index = int(value.get("choice", value.get("choice_index", 0)))
-        prompt = completion_prompt(row.input, index)
+        n = choices_per_prompt(row)
+        prompt = completion_prompt(row.input, index, n)
         answer = choice_text(row.output, index)
         if prompt is None or answer is None:
             reject(row.id, "the completion holds no prompt or no such choice")
@@ -177,7 +177,7 @@ def products(rows: list[Pending], min_rating: int, bad_rating: int, kinds: Itera
             if correction != answer:
                 out.pairs.append((row.id, prompt, correction, answer, row.kind))
         elif row.kind == "choice":
-            others = [t for i in siblings(row.input, row.output, index)
+            others = [t for i in siblings(row.output, index, n)
                       if (t := choice_text(row.output, i)) is not None and t != answer]
             out.pairs.extend((row.id, prompt, answer, t, row.kind) for t in others)
             if not others:
@@ -198,21 +198,8 @@ def pending_completion_feedback(project: Project, pending_ids: Any) -> list[Pend
          .where(FeedbackRow.id.in_(pending_ids), FeedbackRow.kind.in_(TRAINED_COMPLETION_KINDS))
          .order_by(FeedbackRow.created_at, FeedbackRow.id))
     with project.metadata.transaction() as s:
-        return [Pending(r[0], r[1], r[2], feedback_value(r[2], r[3]), dict(r[4] or {}), dict(r[5] or {}))
+        return [Pending(r[0], r[1], r[2], dict(r[3] or {}), dict(r[4] or {}), dict(r[5] or {}))
                 for r in s.execute(q).all()]
-
-
-def feedback_value(kind: str, stored: Any) -> dict[str, Any]:
-    """A completion feedback row's value as a flat dict (``{"rating": 5, "choice_index": 0}``),
-    whether the row holds it flat or under its kind (``{"rating": {...}}``, as the writer keys
-    a checked value by kind)."""
-    value = dict(stored or {})
-    inner = value.get(kind)
-    return dict(inner) if isinstance(inner, dict) else value
-
-
-def _frame(rows: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
 
 
 def extra_frame(dataset: DatasetVersion, name: str) -> pl.DataFrame:
@@ -241,6 +228,7 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
         HOLDOUT,
         REJECTED,
         TrainingSet,
+        describe_rejected,
         existing_version,
         fingerprint,
         holdout_frame,
@@ -313,15 +301,15 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
     roles[REJECTED] = sorted(f for ids in made.rejected.values() for f in ids)
 
     def rows_of(role: str) -> pl.DataFrame:
-        frame = _frame(sft[role], {prompt_col: pl.String, target: pl.String})
+        frame = pl.DataFrame(sft[role], schema={prompt_col: pl.String, target: pl.String})
         return frame.with_columns(pl.lit(None, dtype=d).alias(c) for c, d in train.schema.items()
                                   if c not in frame.columns).select(train.columns).cast(train.schema)
 
     out = {"train": pl.concat([train, rows_of("train")]), "valid": pl.concat([parts["valid"], rows_of("valid")]),
            "test": parts["test"]}
     holdout = pl.concat(([held.cast(train.schema)] if held is not None else []) + [rows_of(HOLDOUT)])
-    pairs = pl.concat([old_pairs, _frame(new_pairs, PAIR_COLUMNS)])
-    labels = pl.concat([old_labels, _frame(new_labels, LABEL_COLUMNS)])
+    pairs = pl.concat([old_pairs, pl.DataFrame(new_pairs, schema=PAIR_COLUMNS)])
+    labels = pl.concat([old_labels, pl.DataFrame(new_labels, schema=LABEL_COLUMNS)])
     dropped = {"superseded": len(superseded), "duplicate": len(duplicate),
                **{why: len(ids) for why, ids in made.skipped.items()}}
     reasons = {why: len(ids) for why, ids in made.rejected.items()}
@@ -348,8 +336,7 @@ def build_completion_version(cfg: FlywheelConfig, project: Project, parent: Data
     log(f"dataset {vid} = dataset {parent.id} + {len(all_ids)} completion feedback rows: "
         f"{n_sft} SFT rows (train +{len(sft['train'])}, valid +{len(sft['valid'])}, held out {len(sft[HOLDOUT])}), "
         f"{len(new_pairs)} preference pairs ({pairs.height} in all), {len(new_labels)} good/bad labels; "
-        f"dropped {len(roles['dropped'])}, rejected {len(roles[REJECTED])}"
-        + (f" ({'; '.join(f'{n}: {why}' for why, n in reasons.items())})" if reasons else ""))
+        f"dropped {len(roles['dropped'])}, rejected {len(roles[REJECTED])}{describe_rejected(reasons)}")
     return TrainingSet(dataset, parent.id, roles, dropped, reasons)
 
 

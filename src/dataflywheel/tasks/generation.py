@@ -141,26 +141,13 @@ class GenerationTask(Task):
         on the same prompts resamples, :mod:`~dataflywheel.evaluate.bootstrap`)."""
         from rouge_score import rouge_scorer
 
-        from dataflywheel.registry.generation import cached_answers, fits
-
-        answers_cfg = getattr(settings, "answers", None)
-        n = 32 if answers_cfg is None else answers_cfg.max_prompts
-        if n == 0 or df.height == 0:
+        chosen = self._scored_prompts([predictor], df, target, settings)
+        if chosen is None:
             return {}
-        column = next(iter(predictor.preprocessor.text_encoders))
-        rows = df.head(n)
-        pairs = [(str(p), str(r)) for p, r in zip(rows.get_column(column).to_list(),
-                                                  rows.get_column(target).to_list(), strict=True)]
-        ok = fits(predictor, [p for p, _ in pairs])
-        left_out = ok.count(False)
-        pairs = [pair for pair, fit in zip(pairs, ok, strict=True) if fit]
-        if not pairs:
+        prompts, refs, left_out = chosen
+        if not prompts:
             return {"answered": 0, "answers_left_out": left_out}
-        prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        from dataflywheel.runtime import torch_threads
-
-        with torch_threads(None if answers_cfg is None else answers_cfg.threads):
-            answers = cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
+        answers = self._answers(predictor, prompts, settings)
         scorer = rouge_scorer.RougeScorer(["rougeL"])
         rouge = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(refs, answers, strict=True)]
         exact = [a.strip().casefold() == r.strip().casefold() for r, a in zip(refs, answers, strict=True)]
@@ -171,6 +158,36 @@ class GenerationTask(Task):
                 "answer_samples": [{"prompt": p, "reference": r, "answer": a}
                                    for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]}
 
+    @staticmethod
+    def _scored_prompts(predictors: list[Any], df: pl.DataFrame, target: str,
+                        settings: Any) -> tuple[list[str], list[str], int] | None:
+        """The first ``settings.answers.max_prompts`` prompts of ``df`` that every one of
+        ``predictors`` can answer (``truncate: reject`` refuses a prompt too long), their
+        references and how many were left out; None when answers are off (or ``df`` is empty)."""
+        from dataflywheel.registry.generation import fits
+
+        answers_cfg = getattr(settings, "answers", None)
+        n = 32 if answers_cfg is None else answers_cfg.max_prompts
+        if n == 0 or df.height == 0:
+            return None
+        column = next(iter(predictors[0].preprocessor.text_encoders))
+        rows = df.head(n)
+        prompts = [str(p) for p in rows.get_column(column).to_list()]
+        refs = [str(r) for r in rows.get_column(target).to_list()]
+        ok = [all(fit) for fit in zip(*(fits(p, prompts) for p in predictors), strict=True)]
+        kept = [i for i, fit in enumerate(ok) if fit]
+        return [prompts[i] for i in kept], [refs[i] for i in kept], len(prompts) - len(kept)
+
+    @staticmethod
+    def _answers(predictor: Any, prompts: list[str], settings: Any) -> list[str]:
+        """Greedy answers (the answer cache's, when it has them) on ``settings.answers.threads``."""
+        from dataflywheel.registry.generation import cached_answers
+        from dataflywheel.runtime import torch_threads
+
+        answers_cfg = getattr(settings, "answers", None)
+        with torch_threads(None if answers_cfg is None else answers_cfg.threads):
+            return cached_answers(predictor, prompts, 48 if answers_cfg is None else answers_cfg.max_new_tokens)
+
     def compare_answers(self, challenger: Any, champion: Any, df: pl.DataFrame, target: str,
                         settings: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         """``win_rate`` of each model over the other on the prompts :meth:`answer_metrics` scores
@@ -180,24 +197,13 @@ class GenerationTask(Task):
         from rouge_score import rouge_scorer
 
         from dataflywheel.evaluate.judges import make_judge, win_rate
-        from dataflywheel.registry.generation import cached_answers, fits
 
-        answers_cfg = getattr(settings, "answers", None)
-        n = 32 if answers_cfg is None else answers_cfg.max_prompts
         judge_cfg = getattr(settings, "judge", None)
-        if n == 0 or df.height == 0 or judge_cfg is None:
+        chosen = self._scored_prompts([challenger, champion], df, target, settings)
+        if judge_cfg is None or chosen is None or not chosen[0]:
             return {}, {}, []
-        column = next(iter(challenger.preprocessor.text_encoders))
-        rows = df.head(n)
-        prompts = [str(p) for p in rows.get_column(column).to_list()]
-        refs = [str(r) for r in rows.get_column(target).to_list()]
-        ok = [a and b for a, b in zip(fits(challenger, prompts), fits(champion, prompts), strict=True)]
-        prompts = [p for p, fit in zip(prompts, ok, strict=True) if fit]
-        refs = [r for r, fit in zip(refs, ok, strict=True) if fit]
-        if not prompts:
-            return {}, {}, []
-        max_new = 48 if answers_cfg is None else answers_cfg.max_new_tokens
-        ours, theirs = cached_answers(challenger, prompts, max_new), cached_answers(champion, prompts, max_new)
+        prompts, refs, _ = chosen
+        ours, theirs = self._answers(challenger, prompts, settings), self._answers(champion, prompts, settings)
         scores = make_judge(judge_cfg)(prompts, refs, ours, theirs)
         rate = win_rate(scores)
         scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -213,7 +219,6 @@ class GenerationTask(Task):
         gives a higher log-probability than the rejected one (both whole answers given the
         prompt, as DPO compares them), over ``preference_pairs`` pairs (those with a side too
         long to keep a completion token left out)."""
-        from dataflywheel.train.methods import labelled_tokens
         from dataflywheel.train.preference import encode_pairs, sequence_logps
 
         if pairs.height == 0:
@@ -221,7 +226,7 @@ class GenerationTask(Task):
         pre = predictor.preprocessor
         data = encode_pairs(pre, pairs, next(iter(pre.text_encoders)), predictor.bundle.target_column)
         logps = sequence_logps(predictor.model, data)
-        keep = (labelled_tokens(data) > 0).all(dim=1)
+        keep = (data.labelled_tokens() > 0).all(dim=1)
         if not bool(keep.any()):
             return {"preference_pairs": 0}
         better = (logps[keep, 0] > logps[keep, 1]).double()

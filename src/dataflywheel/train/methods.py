@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from dataflywheel.errors import ConfigError, DataError
@@ -106,22 +105,6 @@ def champion_start(cfg: FlywheelConfig, project: Project, dataset: DatasetVersio
     return Trained(bundle, empty, n_params, method="dpo"), f"model v{champion} (run {info.run_id})"
 
 
-def labelled_tokens(data: PairBatchable) -> torch.Tensor:
-    """Labelled tokens of each pair's chosen and rejected side, (N, 2)."""
-    from dataflywheel.features.batch import LABEL_PAD, LABELS
-    from dataflywheel.features.ragged import Ragged
-
-    counts = []
-    for side in data.sides():
-        labels = side[LABELS]
-        if isinstance(labels, Ragged):
-            seen = np.concatenate([[0], np.cumsum(labels.ids != LABEL_PAD)])
-            counts.append(torch.from_numpy(seen[labels.offsets[1:]] - seen[labels.offsets[:-1]]))
-        else:
-            counts.append((labels != LABEL_PAD).sum(dim=1).cpu())
-    return torch.stack(counts, dim=1)
-
-
 def reference_pairs(model: torch.nn.Module, pre: Preprocessor, pairs: pl.DataFrame, cfg: FlywheelConfig,
                     cache_folder: Path, reference: str, log: Log) -> PairBatchable | None:
     """``pairs`` encoded, with the reference log-probabilities (``model`` before DPO) as their
@@ -136,13 +119,12 @@ def reference_pairs(model: torch.nn.Module, pre: Preprocessor, pairs: pl.DataFra
     key = cache.key(reference, pairs, {"prompt": cfg.data.prompt_column})  # the reference fixes the encoder
     logps = cache.get(key, pairs.height)
     if logps is None:
-        torch.manual_seed(cfg.train.seed)
         logps = sequence_logps(model, data, cfg.train.dpo.batch_size or cfg.train.batch_size)
         cache.put(key, logps)
     else:
         log(f"DPO: reference log-probabilities of {pairs.height} pairs read from the cache")
     data.y = logps
-    keep = (labelled_tokens(data) > 0).all(dim=1)
+    keep = (data.labelled_tokens() > 0).all(dim=1)
     if not bool(keep.all()):
         log(f"DPO: {int((~keep).sum())} pairs with a side that keeps no completion token left out "
             "(prompt too long)")

@@ -34,11 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataflywheel.features.batch import ATTENTION_MASK, LABEL_PAD, LABELS, TOKENS, Batch, PadIds, collate
+from dataflywheel.features.batch import (
+    ATTENTION_MASK,
+    LABEL_PAD,
+    LABELS,
+    TOKENS,
+    Batch,
+    PadIds,
+    collate,
+    ragged_lengths,
+)
 from dataflywheel.features.ragged import Ragged
 from dataflywheel.train.batching import Batchable
 from dataflywheel.train.objective import Objective
@@ -70,8 +80,8 @@ class PairBatchable(Batchable):
     @property
     def lengths(self) -> torch.Tensor | None:
         """Tokens per pair, both sides (for length-bucketed batches and the tokens/s figure)."""
-        chosen, rejected = Batchable(self.inputs, self.y).lengths, Batchable(self.sides()[1], self.y).lengths
-        return None if chosen is None or rejected is None else chosen + rejected
+        chosen, rejected = (ragged_lengths(side) for side in self.sides())
+        return None if chosen is None or rejected is None else torch.from_numpy(chosen + rejected)
 
     def sides(self) -> tuple[dict[str, torch.Tensor | Ragged], dict[str, torch.Tensor | Ragged]]:
         if self.rejected is None:
@@ -85,6 +95,18 @@ class PairBatchable(Batchable):
         a = Batchable(chosen, placeholder, self.pad_id).prepared(task, dtype, name, device, reads)
         b = Batchable(rejected, placeholder, self.pad_id).prepared(task, dtype, f"{name} (rejected)", device, reads)
         return PairBatchable(a.inputs, self.y.to(device=device, dtype=torch.float32), self.pad_id, b.inputs)
+
+    def labelled_tokens(self) -> torch.Tensor:
+        """Labelled tokens of each pair's chosen and rejected side, (N, 2) (0: nothing to score)."""
+        counts = []
+        for side in self.sides():
+            labels = side[LABELS]
+            if isinstance(labels, Ragged):
+                seen = np.concatenate([[0], np.cumsum(labels.ids != LABEL_PAD)])
+                counts.append(torch.from_numpy(seen[labels.offsets[1:]] - seen[labels.offsets[:-1]]))
+            else:
+                counts.append((labels != LABEL_PAD).sum(dim=1).cpu())
+        return torch.stack(counts, dim=1)
 
     def pair_batch(self, idx: torch.Tensor) -> Batch:
         """Rows ``idx``: the chosen sides then the rejected sides, ``(2B, T)`` each input."""

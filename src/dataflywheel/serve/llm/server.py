@@ -42,7 +42,6 @@ class GenerationServer:
         swaps in over it (:mod:`~dataflywheel.serve.llm.adapter_swap`)."""
         self.shared_swaps = 0
         """Swaps that reused the served base instead of loading it."""
-        self._adapters: Adapters | None = None
         """``flywheel serve --auto-retrain``: the retrain worker process, started and stopped with the server."""
         self.alias = alias
         self.settings: GenerationServeConfig = cfg.serve.generation
@@ -69,18 +68,18 @@ class GenerationServer:
         from dataflywheel import registry
         from dataflywheel.runtime import set_threads
 
-        self._adapters, reused = None, False
+        adapters: Adapters | None = None
+        reused = False
 
         def model_from(folder: Path, meta: dict[str, Any]) -> Any:
-            nonlocal reused
-            self._adapters = read_adapters(folder, meta)
-            served = getattr(self, "completions", None)
-            if self._adapters is None or self.shared is None or served is None or not self.shared.fits(self._adapters):
+            nonlocal adapters, reused
+            adapters = read_adapters(folder, meta)
+            served = getattr(self, "completions", None)  # None on the first load
+            if adapters is None or self.shared is None or served is None or not self.shared.fits(adapters):
                 return None
             reused = True
             generator = served.generator
-            return served_causal_lm(self.shared.model_for(generator.model, self._adapters), generator.context_tokens,
-                                    meta)
+            return served_causal_lm(self.shared.model_for(generator.model, adapters), generator.context_tokens, meta)
 
         loaded = registry.load(self.project, ref, base_dir=self.cfg.base_dir, model_from=model_from)
         n_params = sum(p.numel() for p in loaded.predictor.model.parameters())
@@ -91,7 +90,7 @@ class GenerationServer:
         if reused:
             self.shared_swaps += 1
         else:  # a model loaded whole: the base of the swaps to come
-            self.shared = None if self._adapters is None else SharedBase(generator.model, self._adapters)
+            self.shared = None if adapters is None else SharedBase(generator.model, adapters)
         return generator
 
     def _feedback_redactor(self) -> Redactor | None:
