@@ -126,7 +126,7 @@ def endpoint_asker(cfg: JudgeConfig) -> Callable[[str], str]:
         raise ConfigError("an llm judge needs an endpoint or a model", where="evaluate.judge",
                           fix="set judge.url (an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1) "
                               "or judge.model (a local generation model folder)")
-    key = os.environ.get(cfg.api_key_env or "", "") if cfg.api_key_env else ""
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     client = httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, timeout=cfg.timeout_seconds)
 
